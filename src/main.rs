@@ -1,0 +1,6 @@
+use clap::Parser;
+use microgate::cli::Cli;
+
+fn main() {
+    let Cli {} = Cli::parse();
+}

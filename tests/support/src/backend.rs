@@ -1,0 +1,305 @@
+//! A real HTTP server standing in for one container port of a Pod.
+//!
+//! By default it answers every request `200` with the Pod's name as the body (and in the
+//! `x-pod-name` header), so a client can tell which instance served it. A test scripts failures
+//! through [`Backend`]: a fixed status, an added delay, failing the next K requests, or closing
+//! the connection in the middle of a response. Stopping it closes the listener and every open
+//! connection, so the address refuses connections as a dead Pod's would.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{Request, Response, StatusCode, body::Frame, service::service_fn};
+use hyper_util::{rt::TokioExecutor, rt::TokioIo, server::conn::auto};
+use tokio::{net::TcpListener, task::JoinSet};
+
+/// The header that carries the serving Pod's name in every response.
+pub const POD_NAME_HEADER: &str = "x-pod-name";
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A handle to a running backend: script its behaviour, read its counters. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    pod: String,
+    addr: SocketAddr,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+    fail_next: AtomicU32,
+    fail_status: AtomicU16,
+    close_mid_response: AtomicBool,
+    requests: AtomicU64,
+}
+
+impl Backend {
+    /// The address the backend listens on (pod IP and container port).
+    pub fn addr(&self) -> SocketAddr {
+        self.state.addr
+    }
+
+    /// The Pod this backend plays.
+    pub fn pod_name(&self) -> &str {
+        &self.state.pod
+    }
+
+    /// Requests received so far, including failed ones.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Answer every request with `status` (the body still names the Pod).
+    pub fn respond_with_status(&self, status: StatusCode) {
+        self.state.status.store(status.as_u16(), Ordering::Relaxed);
+    }
+
+    /// Wait this long before answering each request.
+    pub fn delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Answer the next `count` requests with `status`, then go back to normal.
+    pub fn fail_next(&self, count: u32, status: StatusCode) {
+        self.state.fail_status.store(status.as_u16(), Ordering::Relaxed);
+        self.state.fail_next.store(count, Ordering::Relaxed);
+    }
+
+    /// Send the status line, headers and half the body, then drop the connection.
+    pub fn close_mid_response(&self, enabled: bool) {
+        self.state.close_mid_response.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Back to the default: `200`, no delay, no scripted failures.
+    pub fn reset(&self) {
+        self.respond_with_status(StatusCode::OK);
+        self.delay(Duration::ZERO);
+        self.fail_next(0, StatusCode::SERVICE_UNAVAILABLE);
+        self.close_mid_response(false);
+    }
+}
+
+/// A backend's server task; dropping it stops the server and closes all its connections.
+#[derive(Debug)]
+pub struct RunningBackend {
+    handle: Backend,
+    server: JoinSet<()>,
+}
+
+impl RunningBackend {
+    /// Serves HTTP/1.1 and h2c on an already bound listener.
+    pub fn serve(listener: TcpListener, pod: &str) -> std::io::Result<Self> {
+        let state = Arc::new(State {
+            pod: pod.to_owned(),
+            addr: listener.local_addr()?,
+            status: AtomicU16::new(StatusCode::OK.as_u16()),
+            delay_ms: AtomicU64::new(0),
+            fail_next: AtomicU32::new(0),
+            fail_status: AtomicU16::new(StatusCode::SERVICE_UNAVAILABLE.as_u16()),
+            close_mid_response: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+        });
+        let mut server = JoinSet::new();
+        server.spawn(accept_loop(listener, state.clone()));
+        Ok(Self {
+            handle: Backend { state },
+            server,
+        })
+    }
+
+    pub fn handle(&self) -> &Backend {
+        &self.handle
+    }
+
+    /// Stops accepting and closes every open connection.
+    pub async fn stop(mut self) {
+        self.server.shutdown().await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    // Connections live in this set: when the accept loop is aborted, the set is dropped and every
+    // connection with it, as when a container dies.
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::debug!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            // Reap finished connections so the set does not grow with every one served.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| handle(state.clone(), request));
+            let builder = auto::Builder::new(TokioExecutor::new());
+            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::trace!(%error, "backend connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    _request: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let delay = state.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let body = Bytes::from(format!("{}\n", state.pod));
+
+    if state.close_mid_response.load(Ordering::Relaxed) {
+        // Promise the whole body, send half, then fail the stream: hyper aborts the connection.
+        let half = body.slice(..body.len() / 2);
+        let chunks = futures::stream::iter([
+            Ok(Frame::data(half)),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "closed mid-response",
+            )),
+        ]);
+        return Ok(response(
+            StatusCode::OK,
+            &state.pod,
+            body.len(),
+            BodyExt::boxed(StreamBody::new(chunks)),
+        ));
+    }
+
+    let failing = state
+        .fail_next
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
+        .is_ok();
+    let status = if failing {
+        &state.fail_status
+    } else {
+        &state.status
+    };
+    let status =
+        StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let length = body.len();
+    Ok(response(
+        status,
+        &state.pod,
+        length,
+        Full::new(body).map_err(|never| match never {}).boxed(),
+    ))
+}
+
+fn response(status: StatusCode, pod: &str, length: usize, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(value) = pod.parse() {
+        headers.insert(POD_NAME_HEADER, value);
+    }
+    headers.insert(hyper::header::CONTENT_LENGTH, length.into());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe;
+
+    async fn backend() -> RunningBackend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        RunningBackend::serve(listener, "web-0").expect("serve")
+    }
+
+    #[tokio::test]
+    async fn answers_with_its_pod_name_by_default() {
+        let running = backend().await;
+        let answer = probe::get(running.handle().addr(), "/anything")
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, "web-0\n");
+        assert_eq!(answer.headers[POD_NAME_HEADER], "web-0");
+        assert_eq!(running.handle().requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn fixed_status_and_failing_the_next_requests() {
+        let running = backend().await;
+        let (backend, addr) = (running.handle().clone(), running.handle().addr());
+        backend.respond_with_status(StatusCode::IM_A_TEAPOT);
+        assert_eq!(
+            probe::get(addr, "/").await.expect("answer").status,
+            StatusCode::IM_A_TEAPOT
+        );
+        backend.reset();
+        backend.fail_next(2, StatusCode::SERVICE_UNAVAILABLE);
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(probe::get(addr, "/").await.expect("answer").status);
+        }
+        assert_eq!(
+            statuses,
+            [
+                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::OK
+            ]
+        );
+        assert_eq!(backend.requests(), 4);
+    }
+
+    #[tokio::test]
+    async fn added_delay_holds_the_answer_back() {
+        let running = backend().await;
+        running.handle().delay(Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let answer = probe::get(running.handle().addr(), "/").await.expect("answer");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "answered after {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_mid_response_cuts_the_body_short() {
+        let running = backend().await;
+        running.handle().close_mid_response(true);
+        let error = probe::get(running.handle().addr(), "/")
+            .await
+            .expect_err("the body is cut short");
+        assert!(matches!(error, probe::ProbeError::Http { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_backend_refuses_connections() {
+        let running = backend().await;
+        let addr = running.handle().addr();
+        assert!(probe::get(addr, "/").await.is_ok());
+        running.stop().await;
+        let error = probe::get(addr, "/").await.expect_err("nothing listens any more");
+        assert!(error.is_connection_refused(), "{error:?}");
+    }
+}

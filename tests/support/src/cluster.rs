@@ -1,0 +1,107 @@
+//! The local control plane, as tests and tools reach it.
+//!
+//! [`ensure_running`] starts it with `tests/cluster/cluster.sh up` (which reuses a healthy one
+//! within a second) once per process; [`client`] connects kube-rs to it with the admin
+//! kubeconfig the script writes. A start that fails is an error carrying the script's reason: no
+//! test quietly skips because the cluster is missing.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// Overrides where the cluster keeps its state (the network-namespace run uses its own).
+pub const CLUSTER_DIR_ENV: &str = "MICROGATE_CLUSTER_DIR";
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("could not start the local control plane (`{script} up`): {reason}")]
+    Start { script: String, reason: String },
+    #[error("could not read the kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
+    #[error("could not build a client from {path}: {reason}")]
+    Client { path: String, reason: String },
+}
+
+/// The repository root: this crate lives in `tests/support`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+/// Where the cluster's kubeconfig, certificates and logs live.
+pub fn cluster_dir() -> PathBuf {
+    std::env::var_os(CLUSTER_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/cluster"))
+}
+
+/// The admin kubeconfig of the local cluster.
+pub fn kubeconfig_path() -> PathBuf {
+    cluster_dir().join("kubeconfig")
+}
+
+/// The pinned binaries (`kubectl`, `helm`, ...) built for the cluster.
+pub fn bin_dir() -> PathBuf {
+    repo_root().join("target/cluster/bin")
+}
+
+/// Starts the control plane unless a healthy one runs; once per process. Blocks.
+pub fn ensure_running() -> Result<PathBuf, ClusterError> {
+    static STARTED: OnceLock<Result<PathBuf, ClusterError>> = OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            let script = repo_root().join("tests/cluster/cluster.sh");
+            let start_error = |reason: String| ClusterError::Start {
+                script: script.display().to_string(),
+                reason,
+            };
+            // The script's progress and failure reasons go straight to the terminal.
+            let status = Command::new("bash")
+                .arg(&script)
+                .arg("up")
+                .env(CLUSTER_DIR_ENV, cluster_dir())
+                .status()
+                .map_err(|e| start_error(e.to_string()))?;
+            if !status.success() {
+                return Err(start_error(format!(
+                    "it exited with {status}; its output above says why"
+                )));
+            }
+            Ok(kubeconfig_path())
+        })
+        .clone()
+}
+
+/// A kube client for the local cluster, starting the cluster if needed.
+pub async fn client() -> Result<Client, ClusterError> {
+    let path = tokio::task::spawn_blocking(ensure_running)
+        .await
+        .map_err(|e| ClusterError::Start {
+            script: "cluster.sh".into(),
+            reason: e.to_string(),
+        })??;
+    let shown = path.display().to_string();
+    let kubeconfig = Kubeconfig::read_from(&path).map_err(|e| ClusterError::Kubeconfig {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| ClusterError::Kubeconfig {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+    Client::try_from(config).map_err(|e| ClusterError::Client {
+        path: shown,
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,554 @@
+//! A fake kubelet: it does what the scheduler and the kubelet would do for the Pods it watches.
+//!
+//! For each new Pod it binds the Pod to one fake Node (as the scheduler would, through
+//! `pods/<name>/binding`), starts a real HTTP [backend](crate::backend) on
+//! `<pod IP>:<containerPort>` for every declared port, and then sets the Pod's status: phase
+//! Running, `podIP`/`podIPs`, and the PodScheduled, Initialized, ContainersReady and Ready
+//! conditions. The backend is listening before the Pod is reported Ready, so whoever sees Ready
+//! can connect at once.
+//!
+//! Bound Pods wait forever for a kubelet to confirm deletion; when a Pod gets a deletion
+//! timestamp (scale-down, rollout, garbage collection, namespace deletion) this kubelet stops its
+//! backend and deletes it with grace period 0.
+//!
+//! Tests flip readiness with [`Kubelet::set_ready`] (a failing probe) and script backends through
+//! [`Kubelet::backend`].
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::core::v1::{Binding, ContainerStatus, Node, ObjectReference, Pod},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::{
+    backend::{Backend, RunningBackend},
+    pod_ips::{PodIpError, PodIpPool},
+};
+
+/// The fake Node every Pod is bound to.
+pub const NODE_NAME: &str = "microgate-fake-node";
+/// The environment variable naming the node's address (and the API server's advertise address).
+pub const NODE_IP_ENV: &str = "MICROGATE_ADVERTISE_ADDRESS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("kubernetes API call failed: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    PodIp(#[from] PodIpError),
+    #[error("{NODE_IP_ENV}={0:?} is not an IPv4 address")]
+    NodeIp(String),
+    #[error("pod {0} is not running on this kubelet")]
+    UnknownPod(String),
+}
+
+fn kube_error(context: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeletError {
+    let context = context.into();
+    move |source| KubeletError::Kube { context, source }
+}
+
+/// Which Pods a kubelet plays: those of one namespace (a test's), or all of them (the demo).
+#[derive(Clone, Debug, Default)]
+pub struct KubeletConfig {
+    pub namespace: Option<String>,
+}
+
+/// A running fake kubelet. Cheap to clone; [`Kubelet::stop`] ends it.
+#[derive(Clone)]
+pub struct Kubelet {
+    shared: Arc<Shared>,
+    watch: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+struct Shared {
+    client: Client,
+    node_ip: Ipv4Addr,
+    pods: Mutex<HashMap<PodKey, RunningPod>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct PodKey {
+    namespace: String,
+    name: String,
+}
+
+struct RunningPod {
+    uid: String,
+    ip: Ipv4Addr,
+    backends: Vec<RunningBackend>,
+}
+
+/// One pool per process, so that kubelets of concurrent tests never hand out the same address.
+fn pod_ips() -> Result<&'static PodIpPool, PodIpError> {
+    static POOL: OnceLock<Result<PodIpPool, PodIpError>> = OnceLock::new();
+    POOL.get_or_init(PodIpPool::from_env)
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+impl Kubelet {
+    /// Registers the fake Node (idempotently) and starts playing kubelet for the configured Pods.
+    pub async fn start(client: Client, config: KubeletConfig) -> Result<Self, KubeletError> {
+        pod_ips()?;
+        let node_ip = match std::env::var(NODE_IP_ENV) {
+            Ok(value) => value.parse().map_err(|_| KubeletError::NodeIp(value))?,
+            Err(_) => Ipv4Addr::LOCALHOST,
+        };
+        ensure_node(&client, node_ip).await?;
+
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            node_ip,
+            pods: Mutex::default(),
+        });
+        let pods: Api<Pod> = match &config.namespace {
+            Some(namespace) => Api::namespaced(client, namespace),
+            None => Api::all(client),
+        };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let watch = tokio::spawn(watch_pods(shared.clone(), pods, ready_tx));
+        // Only return once the initial list is in, so no Pod created after `start` is missed.
+        let _ = ready_rx.await;
+        Ok(Self {
+            shared,
+            watch: Arc::new(Mutex::new(Some(watch))),
+        })
+    }
+
+    /// The backend serving `pod`'s first container port, once the Pod runs.
+    pub fn backend(&self, namespace: &str, pod: &str) -> Option<Backend> {
+        self.backends(namespace, pod).into_iter().next()
+    }
+
+    /// The backends serving each of `pod`'s container ports, in declaration order.
+    pub fn backends(&self, namespace: &str, pod: &str) -> Vec<Backend> {
+        let pods = lock(&self.shared.pods);
+        pods.get(&key(namespace, pod))
+            .map(|running| running.backends.iter().map(|b| b.handle().clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The IP this kubelet gave `pod`.
+    pub fn pod_ip(&self, namespace: &str, pod: &str) -> Option<Ipv4Addr> {
+        lock(&self.shared.pods)
+            .get(&key(namespace, pod))
+            .map(|running| running.ip)
+    }
+
+    /// Names of the Pods whose backends run now, sorted.
+    pub fn running_pods(&self, namespace: &str) -> Vec<String> {
+        let mut names: Vec<_> = lock(&self.shared.pods)
+            .keys()
+            .filter(|k| k.namespace == namespace)
+            .map(|k| k.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Reports the Pod's readiness as a readiness probe would; the backend keeps running.
+    pub async fn set_ready(&self, namespace: &str, pod: &str, ready: bool) -> Result<(), KubeletError> {
+        if !lock(&self.shared.pods).contains_key(&key(namespace, pod)) {
+            return Err(KubeletError::UnknownPod(format!("{namespace}/{pod}")));
+        }
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), namespace);
+        let current = api
+            .get_status(pod)
+            .await
+            .map_err(kube_error(format!("get pod {namespace}/{pod}")))?;
+        let patch = readiness_patch(&current, ready, Timestamp::now());
+        api.patch_status(pod, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .map_err(kube_error(format!("set readiness of pod {namespace}/{pod}")))?;
+        Ok(())
+    }
+
+    /// Stops watching and stops every backend this kubelet runs.
+    pub async fn stop(&self) {
+        let watch = lock(&self.watch).take();
+        if let Some(watch) = watch {
+            watch.abort();
+            let _ = watch.await;
+        }
+        let pods: Vec<_> = lock(&self.shared.pods)
+            .drain()
+            .map(|(_, running)| running)
+            .collect();
+        for running in pods {
+            for backend in running.backends {
+                backend.stop().await;
+            }
+        }
+    }
+}
+
+fn key(namespace: &str, name: &str) -> PodKey {
+    PodKey {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking test must not wedge the kubelet of the others: the map stays consistent.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn ensure_node(client: &Client, node_ip: Ipv4Addr) -> Result<(), KubeletError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(NODE_NAME.to_owned()),
+            labels: Some([("kubernetes.io/hostname".to_owned(), NODE_NAME.to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    };
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(kube_error("create the fake node")(error)),
+    }
+    let now = Timestamp::now().to_string();
+    let status = json!({"status": {
+        "addresses": [{"type": "InternalIP", "address": node_ip.to_string()},
+                      {"type": "Hostname", "address": NODE_NAME}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                        "message": "fake kubelet of the microgate test harness",
+                        "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        "capacity": {"cpu": "64", "memory": "256Gi", "pods": "10000"},
+        "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "10000"},
+    }});
+    nodes
+        .patch_status(NODE_NAME, &PatchParams::default(), &Patch::Strategic(status))
+        .await
+        .map_err(kube_error("set the fake node's status"))?;
+    Ok(())
+}
+
+async fn watch_pods(shared: Arc<Shared>, pods: Api<Pod>, ready: tokio::sync::oneshot::Sender<()>) {
+    let mut ready = Some(ready);
+    let mut events = watcher(pods.clone(), watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    loop {
+        let event = match events.try_next().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "pod watch failed; retrying");
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                if let Err(error) = shared.sync_pod(&pod).await {
+                    tracing::warn!(pod = %pod.name_any(), %error, "could not play kubelet for the pod");
+                }
+            }
+            watcher::Event::Delete(pod) => shared.forget(&pod).await,
+            watcher::Event::InitDone => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+            watcher::Event::Init => {}
+        }
+    }
+}
+
+impl Shared {
+    /// Moves one Pod one step towards what a kubelet would have made of it. Every step is
+    /// idempotent: the watch may deliver the same Pod again (relists, our own status writes).
+    async fn sync_pod(&self, pod: &Pod) -> Result<(), KubeletError> {
+        let namespace = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.forget(pod).await;
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: pod.uid(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            return match api.delete(&name, &params).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+                Err(error) => Err(kube_error(format!("force-delete pod {namespace}/{name}"))(error)),
+            };
+        }
+
+        let spec = pod.spec.as_ref();
+        match spec.and_then(|spec| spec.node_name.as_deref()) {
+            None => return self.bind(&api, pod).await,
+            Some(NODE_NAME) => {}
+            Some(_) => return Ok(()), // another node's Pod: not ours to run
+        }
+        let phase = pod.status.as_ref().and_then(|status| status.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            return Ok(());
+        }
+        let pod_key = key(&namespace, &name);
+        if lock(&self.pods)
+            .get(&pod_key)
+            .is_some_and(|running| Some(&running.uid) == pod.metadata.uid.as_ref())
+        {
+            return Ok(());
+        }
+
+        let running = self.run(pod).await?;
+        let ip = running.ip;
+        let patch = running_status_patch(pod, self.node_ip, ip, Timestamp::now());
+        if let Some(replaced) = lock(&self.pods).insert(pod_key, running) {
+            // A Pod of the same name but another uid (a StatefulSet-like recreate): the old one is gone.
+            drop(replaced.backends);
+        }
+        api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .map_err(kube_error(format!("set status of pod {namespace}/{name}")))?;
+        tracing::debug!(pod = %name, %ip, "pod running");
+        Ok(())
+    }
+
+    async fn bind(&self, api: &Api<Pod>, pod: &Pod) -> Result<(), KubeletError> {
+        let name = pod.name_any();
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                uid: pod.metadata.uid.clone(),
+                ..ObjectMeta::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Node".to_owned()),
+                name: Some(NODE_NAME.to_owned()),
+                ..ObjectReference::default()
+            },
+        };
+        match api
+            .create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &binding)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already bound (a repeated event) or already gone: nothing to do.
+            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => Ok(()),
+            Err(error) => Err(kube_error(format!("bind pod {name}"))(error)),
+        }
+    }
+
+    /// Gives the Pod an address and starts a backend on each of its container ports.
+    async fn run(&self, pod: &Pod) -> Result<RunningPod, KubeletError> {
+        let name = pod.name_any();
+        let ports = container_ports(pod);
+        let previous_ip = pod
+            .status
+            .as_ref()
+            .and_then(|status| status.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| pod_ips().is_ok_and(|pool| pool.contains(*ip)));
+        // A Pod that already has an IP (this kubelet restarted) keeps it if it is still free.
+        if let Some(ip) = previous_ip
+            && let Ok(listeners) = bind_all(ip, &ports).await
+        {
+            return Ok(self.serve(pod, ip, listeners));
+        }
+        let pool = pod_ips()?;
+        loop {
+            let ip = pool.allocate()?;
+            match bind_all(ip, &ports).await {
+                Ok(listeners) => return Ok(self.serve(pod, ip, listeners)),
+                // Taken by another process's kubelet: try the next address.
+                Err(error) => tracing::debug!(pod = %name, %ip, %error, "address in use; trying the next"),
+            }
+        }
+    }
+
+    fn serve(&self, pod: &Pod, ip: Ipv4Addr, listeners: Vec<TcpListener>) -> RunningPod {
+        let name = pod.name_any();
+        let backends = listeners
+            .into_iter()
+            .filter_map(|listener| RunningBackend::serve(listener, &name).ok())
+            .collect();
+        RunningPod {
+            uid: pod.uid().unwrap_or_default(),
+            ip,
+            backends,
+        }
+    }
+
+    /// Stops the Pod's backends, if this kubelet runs it.
+    async fn forget(&self, pod: &Pod) {
+        let pod_key = key(&pod.namespace().unwrap_or_default(), &pod.name_any());
+        let removed = {
+            let mut pods = lock(&self.pods);
+            match pods.get(&pod_key) {
+                Some(running) if Some(&running.uid) == pod.metadata.uid.as_ref() => pods.remove(&pod_key),
+                _ => None,
+            }
+        };
+        if let Some(running) = removed {
+            for backend in running.backends {
+                backend.stop().await;
+            }
+        }
+    }
+}
+
+fn container_ports(pod: &Pod) -> Vec<u16> {
+    let containers = pod.spec.iter().flat_map(|spec| spec.containers.iter());
+    containers
+        .flat_map(|container| container.ports.iter().flatten())
+        .filter(|port| port.protocol.as_deref().is_none_or(|protocol| protocol == "TCP"))
+        .filter_map(|port| u16::try_from(port.container_port).ok())
+        .collect()
+}
+
+async fn bind_all(ip: Ipv4Addr, ports: &[u16]) -> std::io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(ports.len());
+    for &port in ports {
+        listeners.push(TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), port)).await?);
+    }
+    Ok(listeners)
+}
+
+/// The status a kubelet reports once every container runs and passes its readiness probe.
+fn running_status_patch(pod: &Pod, node_ip: Ipv4Addr, pod_ip: Ipv4Addr, now: Timestamp) -> serde_json::Value {
+    let now = now.to_string();
+    let uid = pod.uid().unwrap_or_default();
+    let containers: Vec<_> = pod
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .map(|container| {
+            json!({
+                "name": container.name,
+                "image": container.image.clone().unwrap_or_default(),
+                "imageID": "",
+                "containerID": format!("fake://{uid}/{}", container.name),
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": now}},
+            })
+        })
+        .collect();
+    let condition = |type_: &str| json!({"type": type_, "status": "True", "lastTransitionTime": now});
+    json!({"status": {
+        "phase": "Running",
+        "hostIP": node_ip.to_string(),
+        "hostIPs": [{"ip": node_ip.to_string()}],
+        "podIP": pod_ip.to_string(),
+        "podIPs": [{"ip": pod_ip.to_string()}],
+        "startTime": now,
+        "conditions": [condition("PodScheduled"), condition("Initialized"),
+                       condition("ContainersReady"), condition("Ready")],
+        "containerStatuses": containers,
+    }})
+}
+
+/// Ready and ContainersReady (and each container's `ready`) as a readiness probe would set them.
+fn readiness_patch(pod: &Pod, ready: bool, now: Timestamp) -> serde_json::Value {
+    let value = if ready { "True" } else { "False" };
+    let reason = if ready { None } else { Some("ContainersNotReady") };
+    let condition = |type_: &str| json!({"type": type_, "status": value, "reason": reason, "lastTransitionTime": now.to_string()});
+    // The list is replaced whole by a patch, so each entry is sent complete.
+    let containers: Vec<_> = pod
+        .status
+        .iter()
+        .flat_map(|status| status.container_statuses.iter().flatten())
+        .map(|container| ContainerStatus {
+            ready,
+            ..container.clone()
+        })
+        .collect();
+    json!({"status": {
+        "conditions": [condition("ContainersReady"), condition("Ready")],
+        "containerStatuses": containers,
+    }})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "t", "uid": "u-1"},
+            "spec": {"containers": [
+                {"name": "web", "image": "example/web:1", "ports": [
+                    {"containerPort": 8080}, {"containerPort": 9000, "protocol": "UDP"}, {"containerPort": 9090}]},
+                {"name": "sidecar", "image": "example/sidecar:1"}]},
+        }))
+        .expect("valid pod")
+    }
+
+    #[test]
+    fn only_tcp_container_ports_get_backends() {
+        assert_eq!(container_ports(&pod()), vec![8080, 9090]);
+    }
+
+    #[test]
+    fn running_status_reports_every_container_ready_with_the_pod_ip() {
+        let now = Timestamp::from_second(1_700_000_000).expect("valid time");
+        let patch = running_status_patch(&pod(), Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 9, 2), now);
+        let status = &patch["status"];
+        assert_eq!(status["phase"], "Running");
+        assert_eq!(status["podIP"], "127.0.9.2");
+        assert_eq!(status["podIPs"][0]["ip"], "127.0.9.2");
+        let conditions = status["conditions"].as_array().expect("conditions");
+        let types: Vec<_> = conditions
+            .iter()
+            .map(|c| c["type"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(types, ["PodScheduled", "Initialized", "ContainersReady", "Ready"]);
+        assert!(conditions.iter().all(|c| c["status"] == "True"));
+        let containers = status["containerStatuses"]
+            .as_array()
+            .expect("container statuses");
+        assert_eq!(containers.len(), 2);
+        assert!(containers.iter().all(|c| c["ready"] == true));
+    }
+
+    #[test]
+    fn readiness_patch_flips_ready_and_containers_ready_only() {
+        let mut pod = pod();
+        let now = Timestamp::from_second(1_700_000_000).expect("valid time");
+        let running = running_status_patch(&pod, Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 9, 2), now);
+        pod.status = serde_json::from_value(running["status"].clone()).expect("valid status");
+        let patch = readiness_patch(&pod, false, now);
+        let conditions = patch["status"]["conditions"].as_array().expect("conditions");
+        assert_eq!(conditions.len(), 2);
+        assert!(
+            conditions
+                .iter()
+                .all(|c| c["status"] == "False" && c["reason"] == "ContainersNotReady")
+        );
+        let containers = patch["status"]["containerStatuses"]
+            .as_array()
+            .expect("container statuses");
+        assert_eq!(containers.len(), 2);
+        assert!(containers.iter().all(|c| c["ready"] == false));
+    }
+}

@@ -1,0 +1,21 @@
+//! The test harness for microgate: a real local control plane, a namespace per test, and a fake
+//! kubelet whose Pods are real HTTP servers on loopback addresses.
+//!
+//! - [`cluster`]: start or reuse the control plane of `tests/cluster/`; a kube client for it.
+//! - [`namespace`]: [`with_namespace`] gives each test its own namespace and kubelet.
+//! - [`kubelet`]: binds Pods to a fake Node, runs their backends, reports their status.
+//! - [`backend`]: the HTTP server behind each Pod, scriptable (status, delay, failures).
+//! - [`pod_ips`]: where Pod addresses come from (`127.0.0.0/8`, or a private namespace's range).
+//! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
+//!
+//! The `fake-kubelet` binary runs the same kubelet outside `cargo test`, for the demo.
+
+pub mod backend;
+pub mod cluster;
+pub mod kubelet;
+pub mod namespace;
+pub mod pod_ips;
+pub mod probe;
+pub mod wait;
+
+pub use namespace::{HarnessError, TestNamespace, with_namespace};

@@ -1,0 +1,77 @@
+//! A plain HTTP/1.1 client for checking what an address answers, one connection per request.
+//!
+//! Tests use it to ask a pod IP, the gateway or anything else on loopback "who are you?", and to
+//! see a refused connection for what it is.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// What an HTTP request got back.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP exchange with {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("no answer from {addr} within {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+}
+
+impl ProbeError {
+    /// Whether nothing listens at the address (the kernel refused the connection).
+    pub fn is_connection_refused(&self) -> bool {
+        matches!(self, ProbeError::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
+}
+
+/// `GET http://addr/path`, reading the whole body; 5 s at most.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<Answer, ProbeError> {
+    let after = Duration::from_secs(5);
+    tokio::time::timeout(after, exchange(addr, path))
+        .await
+        .map_err(|_| ProbeError::Timeout { addr, after })?
+}
+
+async fn exchange(addr: SocketAddr, path: &str) -> Result<Answer, ProbeError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ProbeError::Connect { addr, source })?;
+    let http = |source| ProbeError::Http { addr, source };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    let connection = tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .expect("a GET with a path and a host header is a valid request");
+    let response = sender.send_request(request).await.map_err(http)?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(http)?.to_bytes();
+    connection.abort();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

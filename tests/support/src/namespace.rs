@@ -8,8 +8,8 @@
 //! .await;
 //! ```
 //! The namespace is deleted even when the test panics (set `MICROGATE_KEEP_NAMESPACES=1` to keep
-//! a failed test's namespace for a look with kubectl), and the deletion is waited for: the
-//! kubelet keeps force-deleting Pods until the namespace is gone.
+//! a failed test's namespace for a look with kubectl). The namespace controller finishes the
+//! deletion in the background; [`TestNamespace::delete_and_wait`] waits for it.
 
 use std::{
     collections::hash_map::RandomState,
@@ -22,11 +22,13 @@ use std::{
 
 use futures::FutureExt;
 use k8s_openapi::{
-    NamespaceResourceScope, api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    NamespaceResourceScope,
+    api::core::v1::{Namespace, Pod},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, Resource,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
 };
 
 use crate::{
@@ -135,41 +137,63 @@ impl TestNamespace {
         Ok(self.kubelet.set_ready(&self.name, pod, ready).await?)
     }
 
-    /// Deletes the namespace and waits until the API server no longer has it, then stops the kubelet.
+    /// Deletes the namespace without waiting for the namespace controller to finish.
+    ///
+    /// Once the namespace is terminating nothing new can be created in it, so the kubelet stops
+    /// and every Pod left is deleted with grace period 0: bound Pods would otherwise wait for a
+    /// kubelet forever and hold the namespace in `Terminating`.
     pub async fn delete(self) -> Result<(), HarnessError> {
         let namespaces = Api::<Namespace>::all(self.client.clone());
-        let result = async {
-            match namespaces.delete(&self.name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => {
-                    return Err(HarnessError::Kube {
-                        context: format!("delete namespace {}", self.name),
-                        source,
-                    });
-                }
-            }
-            wait::until(
-                format!("namespace {} to be gone", self.name),
-                DELETION_TIMEOUT,
-                || async {
-                    match namespaces.get_opt(&self.name).await {
-                        Ok(None) => Probe::Done(()),
-                        Ok(Some(namespace)) => Probe::NotYet(format!(
-                            "phase {:?}, conditions {:?}",
-                            namespace.status.as_ref().and_then(|s| s.phase.clone()),
-                            namespace.status.as_ref().and_then(|s| s.conditions.clone())
-                        )),
-                        Err(error) => Probe::NotYet(error.to_string()),
-                    }
-                },
-            )
-            .await?;
-            Ok(())
-        }
-        .await;
+        let marked = match namespaces.delete(&self.name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(HarnessError::Kube {
+                context: format!("delete namespace {}", self.name),
+                source,
+            }),
+        };
         self.kubelet.stop().await;
-        result
+        marked?;
+        let force = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::background()
+        };
+        match self
+            .api::<Pod>()
+            .delete_collection(&force, &ListParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(HarnessError::Kube {
+                context: format!("force-delete the pods of {}", self.name),
+                source,
+            }),
+        }
+    }
+
+    /// [`delete`](Self::delete), then waits until the API server no longer has the namespace.
+    pub async fn delete_and_wait(self) -> Result<(), HarnessError> {
+        let namespaces = Api::<Namespace>::all(self.client.clone());
+        let name = self.name.clone();
+        self.delete().await?;
+        wait::until(
+            format!("namespace {name} to be gone"),
+            DELETION_TIMEOUT,
+            || async {
+                match namespaces.get_opt(&name).await {
+                    Ok(None) => Probe::Done(()),
+                    Ok(Some(namespace)) => Probe::NotYet(format!(
+                        "phase {:?}, conditions {:?}",
+                        namespace.status.as_ref().and_then(|s| s.phase.clone()),
+                        namespace.status.as_ref().and_then(|s| s.conditions.clone())
+                    )),
+                    Err(error) => Probe::NotYet(error.to_string()),
+                }
+            },
+        )
+        .await?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,40 @@
+# microgate: build, test and run against a real local Kubernetes control plane.
+# `make help` lists the targets.
+SHELL := bash
+CLUSTER := tests/cluster/cluster.sh
+
+.PHONY: help build test test-netns lint fmt cluster cluster-down cluster-status kubelet
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+build: ## build microgate and the test harness
+	cargo build --workspace
+
+test: lint ## everything: format, lints, unit and control-plane tests, then the same in a private network namespace
+	cargo test --workspace --no-run
+	bash tests/cluster/with-cluster.sh cargo test --workspace
+	$(MAKE) --no-print-directory test-netns
+
+test-netns: ## the whole test suite inside a private network namespace (10.200.0.0/16 pod IPs; root)
+	cargo test --workspace --no-run
+	bash tests/cluster/netns.sh bash tests/cluster/with-cluster.sh cargo test --workspace --offline
+
+lint: ## rustfmt and clippy, warnings as errors
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	cargo fmt --all
+
+cluster: ## start the local control plane (or reuse a running one); writes target/cluster/kubeconfig
+	@bash $(CLUSTER) up
+
+cluster-down: ## stop the local control plane; leaves no process behind
+	@bash $(CLUSTER) down
+
+cluster-status: ## show whether each control-plane component is up
+	@bash $(CLUSTER) status
+
+kubelet: cluster ## play kubelet for every namespace of the local cluster (Ctrl-C stops it)
+	cargo run -q -p microgate-test-support --bin fake-kubelet

@@ -24,7 +24,15 @@ controllers=deployment-controller,replicaset-controller,garbage-collector-contro
 say() { echo "cluster: $*" >&2; }
 
 pid_of() { cat "$dir/$1.pid" 2>/dev/null || true; }
-alive() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+# A pid is ours while it runs (not a zombie nobody reaped) with this cluster's folder in its
+# command line: after a reboot or a crash the number may belong to anything.
+running() {
+  local pid=$1
+  [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+  [ "$(sed 's/^.*) \(.\).*/\1/' "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir/"
+}
+alive() { running "$(pid_of "$1")"; }
 
 # Fails naming the process, the reason and the end of its log, so a broken start never hangs.
 fail_start() {
@@ -71,14 +79,14 @@ stop_all() {
   local name pid
   for name in kube-controller-manager kube-apiserver etcd; do
     pid=$(pid_of "$name")
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid" 2>/dev/null || true; fi
+    if running "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
   for name in kube-controller-manager kube-apiserver etcd; do
     pid=$(pid_of "$name")
-    [ -n "$pid" ] || continue
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
     rm -f "$dir/$name.pid"
+    running "$pid" || continue
+    for _ in $(seq 1 50); do running "$pid" || break; sleep 0.1; done
+    running "$pid" && kill -KILL "$pid" 2>/dev/null || true
   done
   # Strays from an earlier run whose pid files were lost still name this folder on their
   # command line: a half-started etcd must not hold the data directory.

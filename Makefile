@@ -3,13 +3,16 @@
 SHELL := bash
 CLUSTER := tests/cluster/cluster.sh
 
-.PHONY: help build test test-netns lint fmt cluster cluster-down cluster-status kubelet
+.PHONY: help build crds test test-netns lint fmt cluster cluster-down cluster-status kubelet
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 build: ## build microgate and the test harness
 	cargo build --workspace
+
+crds: ## regenerate crds/ from the API types (a test fails when it is stale)
+	cargo run -q -- crd > crds/microgate.dev.yaml
 
 test: lint ## everything: format, lints, unit and control-plane tests, then the same in a private network namespace
 	cargo test --workspace --no-run

@@ -1,8 +1,8 @@
 //! The command line: `microgate --help` lists what the binary can do.
-//!
-//! Subcommands (`crd`, `controller`, `gateway`, `run`) join as they are implemented.
 
-use clap::Parser;
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
 
 /// A Kubernetes operator and built-in L7 gateway for microservices.
 ///
@@ -10,8 +10,42 @@ use clap::Parser;
 /// ready endpoints by watching Pods, and balances HTTP traffic over them as `Gateway` resources
 /// declare.
 #[derive(Debug, Parser)]
-#[command(name = "microgate", version, about, long_about, arg_required_else_help = true)]
-pub struct Cli {}
+#[command(name = "microgate", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions of Microservice and Gateway as YAML.
+    ///
+    /// `microgate crd | kubectl apply -f -` installs them.
+    Crd,
+    /// Run the operator: reconcile Microservices into Deployments and Services.
+    Controller(ControllerArgs),
+}
+
+/// Options of `microgate controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, short, env = "MICROGATE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Logging options shared by the long-running subcommands.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log as JSON lines (for log collectors) instead of text. Levels come from RUST_LOG.
+    #[arg(long, env = "MICROGATE_LOG_JSON")]
+    pub log_json: bool,
+}
 
 #[cfg(test)]
 mod tests {
@@ -27,9 +61,14 @@ mod tests {
     fn version_flag_reports_the_crate_version() {
         let err = Cli::try_parse_from(["microgate", "--version"]).expect_err("--version exits early");
         assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
-        assert_eq!(
-            err.to_string().trim(),
-            format!("microgate {}", env!("CARGO_PKG_VERSION"))
-        );
+        assert_eq!(err.to_string().trim(), format!("microgate {}", env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn controller_defaults_to_all_namespaces_and_the_admin_port() {
+        let cli = Cli::try_parse_from(["microgate", "controller"]).expect("valid arguments");
+        let Command::Controller(args) = cli.command else { panic!("parsed {:?}", cli.command) };
+        assert_eq!(args.namespace, None);
+        assert_eq!(args.admin_addr.port(), 9090);
     }
 }

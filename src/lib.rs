@@ -4,4 +4,5 @@
 //! resources into Deployments and Services, discovery turns Pod watches into a registry of ready
 //! endpoints, and the gateway balances traffic over that registry.
 
+pub mod api;
 pub mod cli;

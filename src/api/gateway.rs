@@ -1,0 +1,245 @@
+//! `Gateway`: where traffic enters (listeners) and which Microservice it goes to (routes).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{duration::Duration, policy::RetryPolicy};
+
+/// A DNS label: what names a listener, a route or a Microservice.
+const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A host name, optionally with a leading `*.` wildcard label.
+const HOSTNAME: &str = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// An HTTP header name as routes use them.
+pub(crate) const HEADER_NAME: &str = "^[A-Za-z0-9-]+$";
+
+/// Listeners on which the built-in gateway accepts HTTP, and routes that send each request to
+/// one of a set of weighted Microservices, with timeouts and retries.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "microgate.dev",
+    version = "v1alpha1",
+    kind = "Gateway",
+    cel,
+    plural = "gateways",
+    namespaced,
+    status = "GatewayStatus",
+    shortname = "mgw",
+    category = "microgate",
+    doc = "A Gateway declares the listeners on which microgate's built-in gateway accepts HTTP traffic and the routes that send each request to weighted Microservices, with timeouts and retries. `kubectl get mgw` lists them (plain `gateways` may mean the Kubernetes Gateway API).",
+    printcolumn(name = "Listeners", type_ = "string", json_path = ".spec.listeners[*].port", description = "Listener ports"),
+    printcolumn(name = "Routes", type_ = "string", json_path = ".spec.routes[*].name"),
+    printcolumn(name = "Programmed", type_ = "string", json_path = ".status.conditions[?(@.type==\"Programmed\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.routes.all(r, !has(r.listeners) || r.listeners.all(l, self.listeners.exists(x, x.name == l)))")
+    .message("every name in routes[].listeners must be the name of one of this Gateway's listeners")
+    .field_path(".routes"))]
+pub struct GatewaySpec {
+    /// Where the gateway accepts connections; names and ports are unique.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(validation = Rule::new("self.all(l, self.filter(m, m.port == l.port).size() == 1)").message("listeners must use distinct ports"))]
+    pub listeners: Vec<Listener>,
+    /// Rules sending requests to Microservices, tried in order: the first whose listeners,
+    /// hostnames and matches all fit the request wins. Names are unique.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub routes: Vec<Route>,
+    /// Timeout and retry policy of routes that do not set their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<RoutePolicy>,
+}
+
+/// A port on which the gateway accepts HTTP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// The listener's name, unique in the Gateway (a DNS label).
+    #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL))]
+    pub name: String,
+    /// The TCP port.
+    #[schemars(range(min = 1, max = 65_535))]
+    pub port: i32,
+    /// HTTP: HTTP/1.1, and HTTP/2 without TLS for clients that ask for it.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Host names this listener serves (`Host` header, port ignored); `*.example.com` matches
+    /// any one label in front. Empty: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253), pattern(HOSTNAME)))]
+    pub hostnames: Vec<String>,
+}
+
+/// The protocol a listener speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1, and HTTP/2 cleartext (h2c) with prior knowledge.
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+}
+
+/// Where matching requests go, and how they are timed out and retried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.timeout) || !has(self.retry) || !has(self.retry.perTryTimeout) || duration(self.retry.perTryTimeout) <= duration(self.timeout)")
+    .message("retry.perTryTimeout must not exceed timeout")
+    .field_path(".retry.perTryTimeout"))]
+pub struct Route {
+    /// The route's name, unique in the Gateway (a DNS label).
+    #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL))]
+    pub name: String,
+    /// The listeners this route serves, by name. Empty: all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63), pattern(DNS_LABEL)))]
+    pub listeners: Vec<String>,
+    /// Host names this route serves, as in listeners. Empty: any host its listeners take.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253), pattern(HOSTNAME)))]
+    pub hostnames: Vec<String>,
+    /// The route takes a request that fits any one of these (each one's conditions all hold).
+    /// Empty: every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub matches: Vec<RouteMatch>,
+    /// Where requests go: each backend receives a share of requests proportional to its weight.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new("self.exists(b, b.weight > 0)").message("at least one backend must have a positive weight"))]
+    pub backends: Vec<Backend>,
+    /// Deadline for the whole request, retries included; the gateway answers 504 past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("timeout must be positive"))]
+    pub timeout: Option<Duration>,
+    /// Retry policy; without it the Gateway's `defaults.retry` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Conditions on a request, all of which must hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    /// The request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// The request method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+    /// Request headers that must be present with exactly these values (names are case-insensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// How a path is compared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathMatch {
+    /// Exact: the whole path. PathPrefix: the path starts with `value` at a `/` boundary
+    /// (`/api` takes `/api` and `/api/x`, not `/apix`).
+    #[serde(rename = "type", default)]
+    pub kind: PathMatchType,
+    /// The path or prefix; starts with `/`.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path value must start with '/'"))]
+    pub value: String,
+}
+
+/// The path comparisons a route can make.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PathMatchType {
+    Exact,
+    #[default]
+    PathPrefix,
+}
+
+/// An HTTP method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Connect,
+    Options,
+    Trace,
+    Patch,
+}
+
+/// A header that must be present with an exact value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderMatch {
+    /// The header's name.
+    #[schemars(length(min = 1, max = 256), pattern(HEADER_NAME))]
+    pub name: String,
+    /// The exact value.
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// A Microservice in the Gateway's namespace, with its share of the route's traffic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    /// The Microservice's name.
+    #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL))]
+    pub microservice: String,
+    /// Relative share of requests; 0 sends none (a drained backend).
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub weight: i32,
+}
+
+fn default_weight() -> i32 {
+    1
+}
+
+/// Timeout and retry policy, as routes set it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.timeout) || !has(self.retry) || !has(self.retry.perTryTimeout) || duration(self.retry.perTryTimeout) <= duration(self.timeout)")
+    .message("retry.perTryTimeout must not exceed timeout")
+    .field_path(".retry.perTryTimeout"))]
+pub struct RoutePolicy {
+    /// Deadline for the whole request, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("timeout must be positive"))]
+    pub timeout: Option<Duration>,
+    /// Retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// What microgate last observed of a Gateway.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Accepted (the spec is valid and its backends exist) and Programmed (the gateway serves it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Each route's ready backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub routes: Vec<RouteStatus>,
+}
+
+/// A route's state in the gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// The route's name.
+    pub name: String,
+    /// Backends with at least one ready endpoint.
+    pub ready_backends: i32,
+}

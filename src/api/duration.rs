@@ -46,18 +46,20 @@ impl From<Duration> for time::Duration {
 pub enum DurationError {
     #[error("invalid duration {0:?}: {1}")]
     Invalid(String, kube::core::duration::ParseError),
-    #[error("invalid duration {0:?}: must not be negative")]
-    Negative(String),
+    #[error("invalid duration {0:?}: expected a number and a unit, like 250ms, 2s or 1m30s")]
+    Shape(String),
 }
 
 impl FromStr for Duration {
     type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parsed: kube::core::Duration = s.parse().map_err(|e| DurationError::Invalid(s.to_owned(), e))?;
-        if parsed.is_negative() {
-            return Err(DurationError::Negative(s.to_owned()));
+        // Go accepts a bare "0" and kube's parser an empty string; the schema's PATTERN does not.
+        // Starting with a digit also rules out a sign: durations here are never negative.
+        if s.is_empty() || s.starts_with(|c: char| !c.is_ascii_digit()) {
+            return Err(DurationError::Shape(s.to_owned()));
         }
+        let parsed: kube::core::Duration = s.parse().map_err(|e| DurationError::Invalid(s.to_owned(), e))?;
         Ok(Self(parsed.into()))
     }
 }

@@ -32,6 +32,9 @@ pub struct ControllerArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, short, env = "MICROGATE_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Reconcile only Microservices whose labels match this selector (e.g. `shard=a`).
+    #[arg(long, short = 'l', env = "MICROGATE_SELECTOR")]
+    pub selector: Option<String>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
@@ -61,13 +64,18 @@ mod tests {
     fn version_flag_reports_the_crate_version() {
         let err = Cli::try_parse_from(["microgate", "--version"]).expect_err("--version exits early");
         assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
-        assert_eq!(err.to_string().trim(), format!("microgate {}", env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            err.to_string().trim(),
+            format!("microgate {}", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]
     fn controller_defaults_to_all_namespaces_and_the_admin_port() {
         let cli = Cli::try_parse_from(["microgate", "controller"]).expect("valid arguments");
-        let Command::Controller(args) = cli.command else { panic!("parsed {:?}", cli.command) };
+        let Command::Controller(args) = cli.command else {
+            panic!("parsed {:?}", cli.command)
+        };
         assert_eq!(args.namespace, None);
         assert_eq!(args.admin_addr.port(), 9090);
     }

@@ -1,8 +1,13 @@
 //! microgate: a Kubernetes operator and a built-in L7 gateway, in one binary.
 //!
-//! Data flows one way: watches → registry → gateway. The controller reconciles `Microservice`
-//! resources into Deployments and Services, discovery turns Pod watches into a registry of ready
-//! endpoints, and the gateway balances traffic over that registry.
+//! Data flows one way: watches → registry → gateway.
+//!
+//! - [`api`]: the `Microservice` and `Gateway` resources (`microgate.dev/v1alpha1`).
+//! - [`controller`]: reconcilers that turn them into Deployments, Services and status.
+//! - [`telemetry`]: logs, metrics and the admin endpoints.
+//! - [`cli`]: the command line.
 
 pub mod api;
 pub mod cli;
+pub mod controller;
+pub mod telemetry;

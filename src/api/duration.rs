@@ -107,7 +107,13 @@ mod tests {
 
     #[test]
     fn parses_and_prints_go_durations() {
-        let cases = [("250ms", 250), ("2s", 2_000), ("1m30s", 90_000), ("1.5s", 1_500), ("1h", 3_600_000)];
+        let cases = [
+            ("250ms", 250),
+            ("2s", 2_000),
+            ("1m30s", 90_000),
+            ("1.5s", 1_500),
+            ("1h", 3_600_000),
+        ];
         for (text, ms) in cases {
             let parsed: Duration = text.parse().expect(text);
             assert_eq!(parsed.get(), time::Duration::from_millis(ms), "{text}");

@@ -16,6 +16,8 @@ pub(crate) const HEADER_NAME: &str = "^[A-Za-z0-9-]+$";
 
 /// Listeners on which the built-in gateway accepts HTTP, and routes that send each request to
 /// one of a set of weighted Microservices, with timeouts and retries.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "microgate.dev",
@@ -28,9 +30,18 @@ pub(crate) const HEADER_NAME: &str = "^[A-Za-z0-9-]+$";
     shortname = "mgw",
     category = "microgate",
     doc = "A Gateway declares the listeners on which microgate's built-in gateway accepts HTTP traffic and the routes that send each request to weighted Microservices, with timeouts and retries. `kubectl get mgw` lists them (plain `gateways` may mean the Kubernetes Gateway API).",
-    printcolumn(name = "Listeners", type_ = "string", json_path = ".spec.listeners[*].port", description = "Listener ports"),
+    printcolumn(
+        name = "Listeners",
+        type_ = "string",
+        json_path = ".spec.listeners[*].port",
+        description = "Listener ports"
+    ),
     printcolumn(name = "Routes", type_ = "string", json_path = ".spec.routes[*].name"),
-    printcolumn(name = "Programmed", type_ = "string", json_path = ".status.conditions[?(@.type==\"Programmed\")].status"),
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -15,6 +15,8 @@ use super::policy::TrafficPolicy;
 
 /// One service of an application: the image to run, how many instances, the HTTP port they
 /// serve, and how the gateway balances over them and judges their health.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "microgate.dev",

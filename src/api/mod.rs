@@ -48,16 +48,28 @@ mod tests {
     fn committed_crds_match_the_api_types() {
         let committed = include_str!("../../crds/microgate.dev.yaml");
         let generated = crds_yaml().expect("CRDs serialize");
-        assert!(committed == generated, "crds/ is stale: run `make crds` and commit the result");
+        assert!(
+            committed == generated,
+            "crds/ is stale: run `make crds` and commit the result"
+        );
     }
 
     #[test]
     fn both_kinds_are_in_the_microgate_group_and_category() {
         for crd in crds() {
             assert_eq!(crd.spec.group, GROUP);
-            assert_eq!(crd.spec.names.categories.as_deref(), Some(&["microgate".to_owned()][..]));
+            assert_eq!(
+                crd.spec.names.categories.as_deref(),
+                Some(&["microgate".to_owned()][..])
+            );
             let version = &crd.spec.versions[0];
-            assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some()
+            );
         }
     }
 }

@@ -135,7 +135,11 @@ pub struct CircuitBreaker {
 
 impl Default for CircuitBreaker {
     fn default() -> Self {
-        Self { max_connections: default_limit(), max_pending_requests: default_limit(), max_requests: default_limit() }
+        Self {
+            max_connections: default_limit(),
+            max_pending_requests: default_limit(),
+            max_requests: default_limit(),
+        }
     }
 }
 
@@ -239,7 +243,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { base: default_backoff_base(), max: default_backoff_max() }
+        Self {
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
     }
 }
 
@@ -266,7 +273,10 @@ pub struct RetryBudget {
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        Self { percent: default_budget_percent(), min_per_second: default_budget_min_per_second() }
+        Self {
+            percent: default_budget_percent(),
+            min_per_second: default_budget_min_per_second(),
+        }
     }
 }
 

@@ -20,10 +20,15 @@ pub async fn install_crds(client: &Client) {
     let params = PatchParams::apply("microgate-tests").force();
     for crd in microgate::api::crds() {
         let name = crd.name_any();
-        crds.patch(&name, &params, &Patch::Apply(&crd)).await.unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
-        tokio::time::timeout(Duration::from_secs(30), await_condition(crds.clone(), &name, conditions::is_crd_established()))
+        crds.patch(&name, &params, &Patch::Apply(&crd))
             .await
-            .unwrap_or_else(|_| panic!("CRD {name} not established within 30 s"))
-            .unwrap_or_else(|e| panic!("watch CRD {name}: {e}"));
+            .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not established within 30 s"))
+        .unwrap_or_else(|e| panic!("watch CRD {name}: {e}"));
     }
 }

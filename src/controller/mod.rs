@@ -1,0 +1,101 @@
+//! The operator half of microgate: reconcilers that turn the API's resources into running
+//! Kubernetes objects, and report back in their status.
+//!
+//! [`run`] starts the Microservice controller (kube-runtime's `Controller`: a watch on
+//! Microservices and on the Deployments and Services they own, feeding [`microservice::reconcile`])
+//! and serves the admin endpoints.
+
+pub mod conditions;
+pub mod context;
+pub mod error;
+pub mod microservice;
+
+use std::{future::Future, net::SocketAddr};
+
+use futures::StreamExt;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+use kube::{
+    Api, Client,
+    core::DeserializeGuard,
+    runtime::{Controller, controller, watcher},
+};
+use prometheus_client::registry::Registry;
+
+pub use context::{Context, Scope};
+
+use crate::{
+    api::{Microservice, labels},
+    telemetry::{Admin, ControllerMetrics},
+};
+
+fn namespaced_or_all<K>(client: &Client, scope: &Scope) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match &scope.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A running controller: its admin address, and the future that runs it until `shutdown` resolves.
+pub struct Running<F> {
+    pub admin_addr: SocketAddr,
+    pub serve: F,
+}
+
+/// Prepares the controller for `scope` with its admin endpoints bound on `admin_addr`; awaiting
+/// `serve` runs it until `shutdown` completes.
+pub async fn start(
+    client: Client,
+    scope: Scope,
+    admin_addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> std::io::Result<Running<impl Future<Output = ()>>> {
+    let mut registry = Registry::default();
+    let metrics = ControllerMetrics::register(&mut registry);
+    let admin = Admin::new(registry);
+    let (admin_addr, serve_admin) = admin.bind(admin_addr).await?;
+    let ctx = Context::new(client.clone(), metrics);
+
+    let mut microservices = watcher::Config::default().any_semantic();
+    if let Some(selector) = &scope.label_selector {
+        microservices = microservices.labels(selector);
+    }
+    // Only what microgate made: the owned watches stay small in a big cluster.
+    let owned = watcher::Config::default().labels(&format!("{}=microgate", labels::MANAGED_BY));
+    let controller = Controller::new(
+        namespaced_or_all::<DeserializeGuard<Microservice>>(&client, &scope),
+        microservices,
+    )
+    .owns(namespaced_or_all::<Deployment>(&client, &scope), owned.clone())
+    .owns(namespaced_or_all::<Service>(&client, &scope), owned)
+    .with_config(controller::Config::default().concurrency(16))
+    .graceful_shutdown_on(shutdown);
+    let store = controller.store();
+
+    let serve = async move {
+        let ready = async move {
+            if store.wait_until_ready().await.is_ok() {
+                admin.set_ready();
+                tracing::info!("caches synced; reconciling");
+            }
+            std::future::pending::<()>().await
+        };
+        let reconcile = controller
+            .run(microservice::reconcile, microservice::error_policy, ctx)
+            .for_each(|result| async {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "controller event");
+                }
+            });
+        // Ends when the controller has shut down gracefully (or the admin server failed).
+        tokio::select! {
+            () = reconcile => {}
+            () = serve_admin => {}
+            () = ready => {}
+        }
+    };
+    Ok(Running { admin_addr, serve })
+}

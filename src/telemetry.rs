@@ -1,0 +1,249 @@
+//! What microgate tells its operators: structured logs (tracing), Prometheus metrics, and the
+//! admin endpoints `/metrics`, `/healthz` (the process is alive) and `/readyz` (its caches are
+//! synced and it is doing its job).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Installs the global tracing subscriber: text for people, JSON lines for log collectors.
+/// Levels come from `RUST_LOG` (default `info`).
+pub fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_target(true);
+    // A second init (tests start several controllers) keeps the first subscriber.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+    pub error: &'static str,
+}
+
+/// The controller's metrics, registered in a registry of their own.
+pub struct ControllerMetrics {
+    pub reconciliations: Family<KindLabels, Counter>,
+    pub failures: Family<ErrorLabels, Counter>,
+    pub duration: Family<KindLabels, Histogram>,
+}
+
+impl ControllerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            reconciliations: Family::default(),
+            failures: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ])
+            }),
+        };
+        registry.register(
+            "microgate_reconciliations",
+            "Reconciliations run",
+            metrics.reconciliations.clone(),
+        );
+        registry.register(
+            "microgate_reconcile_failures",
+            "Reconciliations that failed, by error",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "microgate_reconcile_duration_seconds",
+            "Time one reconciliation took",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one reconciliation and observes its duration when the returned guard drops.
+    pub fn start(&self, kind: &'static str) -> ReconcileTimer<'_> {
+        self.reconciliations.get_or_create(&KindLabels { kind }).inc();
+        ReconcileTimer {
+            metrics: self,
+            kind,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    metrics: &'a ControllerMetrics,
+    kind: &'static str,
+    started: std::time::Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.metrics
+            .duration
+            .get_or_create(&KindLabels { kind: self.kind })
+            .observe(seconds);
+    }
+}
+
+/// Shared state of the admin endpoints.
+#[derive(Clone, Default)]
+pub struct Admin {
+    registry: Arc<Mutex<Registry>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Admin {
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            ready: Arc::default(),
+        }
+    }
+
+    /// `/readyz` answers 200 from now on.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.clone())
+    }
+
+    /// Binds the admin address; the returned future serves until dropped.
+    pub async fn bind(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, impl Future<Output = ()> + use<>)> {
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let router = self.router();
+        let serve = async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "admin server stopped");
+            }
+        };
+        Ok((bound, serve))
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let mut text = String::new();
+    let encoded = {
+        let registry = admin
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        encode(&mut text, &registry)
+    };
+    match encoded {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn readyz(State(admin): State<Admin>) -> Response {
+    if admin.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn get_text(admin: &Admin, path: &str) -> (StatusCode, String) {
+        let request = axum::http::Request::get(path)
+            .body(Body::empty())
+            .expect("request");
+        let response = admin.router().oneshot(request).await.expect("infallible router");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_turns_ready_once_set_and_healthz_always_answers() {
+        let admin = Admin::new(Registry::default());
+        assert_eq!(get_text(&admin, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(
+            get_text(&admin, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        admin.set_ready();
+        assert_eq!(get_text(&admin, "/readyz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text_with_kind_labels() {
+        let mut registry = Registry::default();
+        let metrics = ControllerMetrics::register(&mut registry);
+        drop(metrics.start("Microservice"));
+        metrics
+            .failures
+            .get_or_create(&ErrorLabels {
+                kind: "Microservice",
+                error: "apply",
+            })
+            .inc();
+        let admin = Admin::new(registry);
+        let (status, text) = get_text(&admin, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            text.contains("microgate_reconciliations_total{kind=\"Microservice\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("microgate_reconcile_failures_total{kind=\"Microservice\",error=\"apply\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("microgate_reconcile_duration_seconds_count{kind=\"Microservice\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -2,6 +2,10 @@
 //! controller reconciling Microservices into Deployments and Services.
 
 mod api_validation;
+mod examples;
+mod microservice;
+
+use std::{net::SocketAddr, process::Command, time::Duration};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
@@ -9,7 +13,11 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{conditions, wait::await_condition},
 };
-use std::time::Duration;
+use microgate::controller::{self, Scope};
+use microgate_test_support::{
+    TestNamespace, cluster, probe,
+    wait::{self, Probe},
+};
 
 /// Installs (or updates) microgate's CRDs from the API types and waits until they are served.
 ///
@@ -30,5 +38,93 @@ pub async fn install_crds(client: &Client) {
         .await
         .unwrap_or_else(|_| panic!("CRD {name} not established within 30 s"))
         .unwrap_or_else(|e| panic!("watch CRD {name}: {e}"));
+    }
+}
+
+/// Runs the pinned kubectl against the local cluster; panics with its stderr if it fails.
+pub fn kubectl(args: &[&str]) -> String {
+    let output = Command::new(cluster::bin_dir().join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(cluster::kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The controller running in this test process, as `microgate controller` would run it.
+pub struct ControllerUnderTest {
+    admin: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControllerUnderTest {
+    /// A controller for the test's namespace only.
+    pub async fn start(ns: &TestNamespace) -> Self {
+        Self::start_scoped(
+            ns,
+            Scope {
+                namespace: Some(ns.name.clone()),
+                label_selector: None,
+            },
+        )
+        .await
+    }
+
+    /// A controller for all namespaces, limited to Microservices matching `selector`.
+    pub async fn start_all_namespaces(ns: &TestNamespace, selector: &str) -> Self {
+        Self::start_scoped(
+            ns,
+            Scope {
+                namespace: None,
+                label_selector: Some(selector.to_owned()),
+            },
+        )
+        .await
+    }
+
+    async fn start_scoped(ns: &TestNamespace, scope: Scope) -> Self {
+        install_crds(&ns.client).await;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let running = controller::start(ns.client.clone(), scope, any_port, std::future::pending())
+            .await
+            .expect("bind the admin endpoints");
+        let admin = running.admin_addr;
+        let task = tokio::spawn(running.serve);
+        wait::until("the controller's /readyz", Duration::from_secs(30), || async {
+            match probe::get(admin, "/readyz").await {
+                Ok(answer) if answer.status == 200 => Probe::Done(()),
+                other => Probe::NotYet(format!("{other:?}")),
+            }
+        })
+        .await
+        .expect("the controller gets ready");
+        Self { admin, task }
+    }
+
+    /// Reconciliations finished so far (from `/metrics`).
+    pub async fn completed_reconciliations(&self) -> u64 {
+        let metrics = probe::get(self.admin, "/metrics")
+            .await
+            .expect("GET /metrics")
+            .body;
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("microgate_reconcile_duration_seconds_count{kind=\"Microservice\"} ")
+            })
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ControllerUnderTest {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -33,10 +33,20 @@ pub(crate) const HEADER_NAME: &str = "^[A-Za-z0-9-]+$";
     printcolumn(
         name = "Listeners",
         type_ = "string",
-        json_path = ".spec.listeners[*].port",
-        description = "Listener ports"
+        json_path = ".status.listeners",
+        description = "Listeners as name:port"
     ),
-    printcolumn(name = "Routes", type_ = "string", json_path = ".spec.routes[*].name"),
+    printcolumn(
+        name = "Routes",
+        type_ = "integer",
+        json_path = ".status.routeCount",
+        description = "Number of routes"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
     printcolumn(
         name = "Programmed",
         type_ = "string",
@@ -117,8 +127,10 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub matches: Vec<RouteMatch>,
-    /// Where requests go: each backend receives a share of requests proportional to its weight.
+    /// Where requests go: each backend (a distinct Microservice) receives a share of requests
+    /// proportional to its weight.
     #[schemars(length(min = 1, max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["microservice".into()]))]
     #[x_kube(validation = Rule::new("self.exists(b, b.weight > 0)").message("at least one backend must have a positive weight"))]
     pub backends: Vec<Backend>,
     /// Deadline for the whole request, retries included; the gateway answers 504 past it.
@@ -235,6 +247,12 @@ pub struct GatewayStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The listeners as `name:port`, comma-separated, as `kubectl get` shows them.
+    #[serde(default)]
+    pub listeners: String,
+    /// How many routes the Gateway has.
+    #[serde(default)]
+    pub route_count: i32,
     /// Accepted (the spec is valid and its backends exist) and Programmed (the gateway serves it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

@@ -29,17 +29,44 @@ use super::policy::TrafficPolicy;
     shortname = "msvc",
     category = "microgate",
     doc = "A Microservice is one service of an application: microgate runs it as a Deployment and a Service of the same name, discovers its ready endpoints, and balances gateway traffic over them.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready", description = "Ready replicas of desired replicas"),
-    printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.readyEndpoints", description = "Ready endpoints the gateway balances over"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "Ready replicas of desired replicas"
+    ),
+    printcolumn(
+        name = "Endpoints",
+        type_ = "integer",
+        json_path = ".status.readyEndpoints",
+        description = "Ready endpoints the gateway balances over"
+    ),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
-    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.trafficPolicy.loadBalancer.policy", description = "Load-balancing policy"),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".spec.trafficPolicy.loadBalancer.policy",
+        description = "Load-balancing policy"
+    ),
     printcolumn(name = "Port", type_ = "integer", json_path = ".spec.port", priority = 1),
-    printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol", priority = 1),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(
+        name = "Protocol",
+        type_ = "string",
+        json_path = ".spec.protocol",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas", label_selector_path = ".status.selector"),
-    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
-        .message("metadata.name must be a DNS label (at most 63 lowercase letters, digits and '-', starting with a letter): it also names the Service")
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MicroserviceSpec {

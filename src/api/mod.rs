@@ -6,7 +6,9 @@ pub mod gateway;
 pub mod microservice;
 pub mod policy;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use kube::CustomResourceExt;
 
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus};
@@ -27,7 +29,42 @@ pub mod labels {
 
 /// The CustomResourceDefinitions of both kinds, as `microgate crd` prints them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Microservice::crd(), Gateway::crd()]
+    let mut microservice = Microservice::crd();
+    restrict_name_to_dns_label(&mut microservice);
+    vec![microservice, Gateway::crd()]
+}
+
+/// A Microservice's name also names its Service, which must be a DNS-1035 label: say so in the
+/// schema (the one place a CRD may constrain `metadata`), so the API server refuses a bad name
+/// naming `metadata.name`.
+fn restrict_name_to_dns_label(crd: &mut CustomResourceDefinition) {
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let name = JSONSchemaProps {
+            type_: Some("string".to_owned()),
+            max_length: Some(63),
+            pattern: Some("^[a-z]([-a-z0-9]*[a-z0-9])?$".to_owned()),
+            description: Some(
+                "A DNS label: it also names the Microservice's Deployment and Service.".to_owned(),
+            ),
+            ..JSONSchemaProps::default()
+        };
+        let metadata = JSONSchemaProps {
+            type_: Some("object".to_owned()),
+            properties: Some([("name".to_owned(), name)].into()),
+            ..JSONSchemaProps::default()
+        };
+        schema
+            .properties
+            .get_or_insert_default()
+            .insert("metadata".to_owned(), metadata);
+    }
 }
 
 /// The CRDs as one multi-document YAML stream.

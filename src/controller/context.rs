@@ -8,14 +8,11 @@ use std::{
 };
 
 use kube::{
-    Client,
-    runtime::{
-        events::{Recorder, Reporter},
-        reflector::ObjectRef,
-    },
+    Client, Resource, ResourceExt,
+    runtime::events::{Recorder, Reporter},
 };
 
-use crate::{api::Microservice, telemetry::ControllerMetrics};
+use crate::telemetry::ControllerMetrics;
 
 /// Which objects a controller takes care of.
 #[derive(Clone, Debug, Default)]
@@ -30,8 +27,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
-    /// Consecutive failures per object, for exponential backoff.
-    failures: Mutex<HashMap<ObjectRef<Microservice>, u32>>,
+    /// Consecutive failures per object (`Kind/namespace/name`), for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -49,7 +46,7 @@ impl Context {
     }
 
     /// The wait before retrying `object` after one more failure: 1 s, 2 s, 4 s ... up to 5 min.
-    pub fn backoff_after_failure(&self, object: ObjectRef<Microservice>) -> Duration {
+    pub fn backoff_after_failure(&self, object: String) -> Duration {
         let mut failures = self
             .failures
             .lock()
@@ -60,12 +57,22 @@ impl Context {
     }
 
     /// Forgets `object`'s failures after a success.
-    pub fn succeeded(&self, object: &ObjectRef<Microservice>) {
+    pub fn succeeded(&self, object: &str) {
         self.failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(object);
     }
+}
+
+/// The key under which an object's failures are counted.
+pub fn failure_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
 }
 
 fn backoff(failures: u32) -> Duration {

@@ -8,6 +8,7 @@
 pub mod conditions;
 pub mod context;
 pub mod error;
+pub mod gateway;
 pub mod microservice;
 
 use std::{future::Future, net::SocketAddr};
@@ -15,16 +16,16 @@ use std::{future::Future, net::SocketAddr};
 use futures::StreamExt;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     core::DeserializeGuard,
-    runtime::{Controller, controller, watcher},
+    runtime::{Controller, controller, reflector::ObjectRef, watcher},
 };
 use prometheus_client::registry::Registry;
 
 pub use context::{Context, Scope};
 
 use crate::{
-    api::{Microservice, labels},
+    api::{Gateway, Microservice, labels},
     telemetry::{Admin, ControllerMetrics},
 };
 
@@ -51,13 +52,16 @@ pub async fn start(
     client: Client,
     scope: Scope,
     admin_addr: SocketAddr,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Running<impl Future<Output = ()>>> {
     let mut registry = Registry::default();
     let metrics = ControllerMetrics::register(&mut registry);
     let admin = Admin::new(registry);
     let (admin_addr, serve_admin) = admin.bind(admin_addr).await?;
     let ctx = Context::new(client.clone(), metrics);
+    // Both controllers stop on the same signal.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let shutdown_gateways = shutdown.clone();
 
     let mut microservices = watcher::Config::default().any_semantic();
     if let Some(selector) = &scope.label_selector {
@@ -75,6 +79,41 @@ pub async fn start(
     .graceful_shutdown_on(shutdown);
     let store = controller.store();
 
+    let mut gateways_config = watcher::Config::default().any_semantic();
+    if let Some(selector) = &scope.label_selector {
+        gateways_config = gateways_config.labels(selector);
+    }
+    let gateway_controller = Controller::new(
+        namespaced_or_all::<Gateway>(&client, &scope),
+        gateways_config.clone(),
+    );
+    let gateways = gateway_controller.store();
+    // A Microservice appearing, going or changing readiness changes the status of every Gateway
+    // of its namespace that routes to it.
+    let gateway_controller = gateway_controller
+        .watches(
+            namespaced_or_all::<Microservice>(&client, &scope),
+            gateways_config,
+            move |ms: Microservice| {
+                let namespace = ms.namespace();
+                let name = ms.name_any();
+                gateways
+                    .state()
+                    .into_iter()
+                    .filter(|gw| gw.namespace() == namespace)
+                    .filter(|gw| {
+                        gw.spec
+                            .routes
+                            .iter()
+                            .any(|r| r.backends.iter().any(|b| b.microservice == name))
+                    })
+                    .map(|gw| ObjectRef::from_obj(gw.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(controller::Config::default().concurrency(4))
+        .graceful_shutdown_on(shutdown_gateways);
+
     let serve = async move {
         let ready = async move {
             if store.wait_until_ready().await.is_ok() {
@@ -83,14 +122,18 @@ pub async fn start(
             }
             std::future::pending::<()>().await
         };
-        let reconcile = controller
-            .run(microservice::reconcile, microservice::error_policy, ctx)
-            .for_each(|result| async {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "controller event");
-                }
-            });
-        // Ends when the controller has shut down gracefully (or the admin server failed).
+        let microservices = controller
+            .run(microservice::reconcile, microservice::error_policy, ctx.clone())
+            .map(|result| result.map(|_| ()).map_err(|e| e.to_string()));
+        let gateways = gateway_controller
+            .run(gateway::reconcile, gateway::error_policy, ctx)
+            .map(|result| result.map(|_| ()).map_err(|e| e.to_string()));
+        let reconcile = futures::stream::select(microservices, gateways).for_each(|result| async {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        });
+        // Ends when the controllers have shut down gracefully (or the admin server failed).
         tokio::select! {
             () = reconcile => {}
             () = serve_admin => {}

@@ -3,6 +3,7 @@
 
 mod api_validation;
 mod examples;
+mod gateway;
 mod microservice;
 
 use std::{net::SocketAddr, process::Command, time::Duration};

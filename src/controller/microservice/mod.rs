@@ -22,13 +22,13 @@ use kube::{
     runtime::{
         controller::Action,
         events::{Event, EventType},
-        reflector::ObjectRef,
     },
 };
 use serde_json::json;
 
 use super::{
     Context,
+    context::failure_key,
     error::{Error, Result},
 };
 use crate::api::{FIELD_MANAGER, Microservice};
@@ -125,7 +125,7 @@ async fn reconcile_valid(ms: &Microservice, ctx: &Context) -> Result<Action> {
         }
     };
     publish_changes(ms, before.as_ref(), &applied, ctx).await;
-    ctx.succeeded(&ObjectRef::from_obj(ms));
+    ctx.succeeded(&failure_key(ms));
     Ok(Action::requeue(RESYNC))
 }
 
@@ -194,11 +194,7 @@ pub fn error_policy(
         error: error.metric_label(),
     };
     ctx.metrics.failures.get_or_create(&labels).inc();
-    let (name, namespace) = (guarded.name_any(), guarded.namespace());
-    tracing::warn!(%name, namespace = namespace.as_deref().unwrap_or_default(), %error, "reconcile failed");
-    let mut object = ObjectRef::<Microservice>::new(&name);
-    if let Some(namespace) = namespace {
-        object = object.within(&namespace);
-    }
-    Action::requeue(ctx.backoff_after_failure(object))
+    let (name, namespace) = (guarded.name_any(), guarded.namespace().unwrap_or_default());
+    tracing::warn!(%name, %namespace, %error, "Microservice reconcile failed");
+    Action::requeue(ctx.backoff_after_failure(format!("Microservice/{namespace}/{name}")))
 }

@@ -1,0 +1,220 @@
+//! The Gateway reconciler (control-plane half): checks that every route's backends name
+//! Microservices that exist, and reports the Gateway's shape and readiness in its status.
+//! Whether the data plane serves it (`Programmed`) is the gateway's to report.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+
+use super::{
+    Context,
+    conditions::{self, Desired},
+    context::failure_key,
+    error::{Error, Result},
+};
+use crate::api::{Gateway, GatewayStatus, Microservice, gateway::RouteStatus};
+
+pub const ACCEPTED: &str = "Accepted";
+
+/// How often an unchanged Gateway is looked at anyway.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(600);
+
+pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start("Gateway");
+    let name = gateway.name_any();
+    let namespace = gateway.namespace().ok_or_else(|| Error::MissingMetadata {
+        object: name.clone(),
+        what: "namespace",
+    })?;
+    let object = format!("{namespace}/{name}");
+    let microservices: Api<Microservice> = Api::namespaced(ctx.client.clone(), &namespace);
+    let ready_replicas: BTreeMap<String, i32> = microservices
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("the Microservices of {namespace}"),
+            source,
+        })?
+        .items
+        .into_iter()
+        .map(|ms| (ms.name_any(), ms.status.map(|s| s.ready_replicas).unwrap_or(0)))
+        .collect();
+
+    let status = compute(&gateway, &ready_replicas, Timestamp::now());
+    if gateway.status.as_ref() != Some(&status) {
+        let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &namespace);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            what: format!("Gateway {object}"),
+            source,
+        })?;
+    }
+    ctx.succeeded(&failure_key(gateway.as_ref()));
+    Ok(Action::requeue(RESYNC))
+}
+
+/// A failed pass: count it, log it, and retry with exponential backoff.
+pub fn error_policy(gateway: Arc<Gateway>, error: &Error, ctx: Arc<Context>) -> Action {
+    let labels = crate::telemetry::ErrorLabels {
+        kind: "Gateway",
+        error: error.metric_label(),
+    };
+    ctx.metrics.failures.get_or_create(&labels).inc();
+    tracing::warn!(name = %gateway.name_any(), namespace = gateway.namespace().unwrap_or_default(), %error, "Gateway reconcile failed");
+    Action::requeue(ctx.backoff_after_failure(failure_key(gateway.as_ref())))
+}
+
+/// The Gateway's status given each Microservice of its namespace and its ready replicas.
+pub fn compute(gateway: &Gateway, ready_replicas: &BTreeMap<String, i32>, now: Timestamp) -> GatewayStatus {
+    let previous = gateway.status.clone().unwrap_or_default();
+    let mut missing = Vec::new();
+    let routes = gateway
+        .spec
+        .routes
+        .iter()
+        .map(|route| {
+            let mut ready_backends = 0;
+            for backend in &route.backends {
+                match ready_replicas.get(&backend.microservice) {
+                    Some(&ready) if ready > 0 => ready_backends += 1,
+                    Some(_) => {}
+                    None => missing.push(format!(
+                        "route {}: Microservice {} does not exist",
+                        route.name, backend.microservice
+                    )),
+                }
+            }
+            RouteStatus {
+                name: route.name.clone(),
+                ready_backends,
+            }
+        })
+        .collect();
+    let accepted = if missing.is_empty() {
+        Desired::new(
+            ACCEPTED,
+            true,
+            "Accepted",
+            "every backend names an existing Microservice",
+        )
+    } else {
+        Desired::new(ACCEPTED, false, "BackendNotFound", missing.join("; "))
+    };
+    // Programmed belongs to the data plane: keep whatever it last reported.
+    let mut conditions = conditions::merge(
+        &previous.conditions,
+        vec![accepted],
+        gateway.metadata.generation,
+        now,
+    );
+    conditions.extend(previous.conditions.into_iter().filter(|c| c.type_ != ACCEPTED));
+    GatewayStatus {
+        observed_generation: gateway.metadata.generation,
+        listeners: gateway
+            .spec
+            .listeners
+            .iter()
+            .map(|l| format!("{}:{}", l.name, l.port))
+            .collect::<Vec<_>>()
+            .join(","),
+        route_count: i32::try_from(gateway.spec.routes.len()).unwrap_or(i32::MAX),
+        conditions,
+        routes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway() -> Gateway {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "shop", "namespace": "s", "generation": 3},
+            "spec": {
+                "listeners": [{"name": "http", "port": 8080}, {"name": "admin", "port": 9000}],
+                "routes": [
+                    {"name": "orders", "backends": [{"microservice": "orders"}, {"microservice": "orders-canary"}]},
+                    {"name": "web", "backends": [{"microservice": "storefront"}]},
+                ],
+            },
+        }))
+        .expect("valid gateway")
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_700_000_000).expect("valid time")
+    }
+
+    #[test]
+    fn accepted_when_every_backend_exists_with_ready_backends_per_route() {
+        let ready = BTreeMap::from([
+            ("orders".into(), 2),
+            ("orders-canary".into(), 0),
+            ("storefront".into(), 1),
+        ]);
+        let status = compute(&gateway(), &ready, now());
+        assert_eq!(status.listeners, "http:8080,admin:9000");
+        assert_eq!(status.route_count, 2);
+        assert_eq!(status.observed_generation, Some(3));
+        let ready_backends: Vec<_> = status
+            .routes
+            .iter()
+            .map(|r| (r.name.as_str(), r.ready_backends))
+            .collect();
+        assert_eq!(ready_backends, [("orders", 1), ("web", 1)]);
+        assert_eq!(status.conditions[0].type_, ACCEPTED);
+        assert_eq!(status.conditions[0].status, "True");
+    }
+
+    #[test]
+    fn a_missing_microservice_is_named_in_the_accepted_condition() {
+        let ready = BTreeMap::from([("orders".into(), 2)]);
+        let status = compute(&gateway(), &ready, now());
+        let accepted = &status.conditions[0];
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_str()),
+            ("False", "BackendNotFound")
+        );
+        assert!(
+            accepted
+                .message
+                .contains("route orders: Microservice orders-canary does not exist")
+        );
+        assert!(
+            accepted
+                .message
+                .contains("route web: Microservice storefront does not exist")
+        );
+    }
+
+    #[test]
+    fn the_data_planes_programmed_condition_is_kept() {
+        let mut gateway = gateway();
+        let programmed = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Programmed".into(),
+            status: "True".into(),
+            reason: "Programmed".into(),
+            message: String::new(),
+            observed_generation: Some(3),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()),
+        };
+        gateway.status = Some(GatewayStatus {
+            conditions: vec![programmed.clone()],
+            ..GatewayStatus::default()
+        });
+        let status = compute(&gateway, &BTreeMap::new(), now());
+        assert!(status.conditions.contains(&programmed));
+    }
+}

@@ -1,0 +1,642 @@
+//! The API server itself refuses invalid Microservices and Gateways, and says which field is
+//! wrong: every rule lives in the CRD schema (OpenAPI ranges, patterns, enums, required fields,
+//! list-map keys, and CEL `x-kubernetes-validations`), so `kubectl apply` fails at admission
+//! instead of the controller discovering the problem later. Valid objects come back with the
+//! schema's defaults filled in.
+//!
+//! The objects are sent as raw JSON through `DynamicObject`: most invalid ones (an unknown enum
+//! value, a malformed duration, a missing field) cannot even be built as the Rust types. Rows
+//! whose rule is a CEL rule are also checked offline with the types' client-side
+//! `validate_cel()`.
+
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, PostParams},
+};
+use microgate::api::{Gateway, Microservice};
+use microgate_test_support::with_namespace;
+use serde_json::{Map, Value, json};
+
+const API_VERSION: &str = "microgate.dev/v1alpha1";
+const IMAGE: &str = "registry.example/orders:1.4.2";
+
+/// Which of the two kinds an object is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Microservice,
+    Gateway,
+}
+
+impl Kind {
+    fn of(object: &Value) -> Self {
+        match object["kind"].as_str() {
+            Some("Microservice") => Self::Microservice,
+            Some("Gateway") => Self::Gateway,
+            other => panic!("not a microgate object: kind {other:?}"),
+        }
+    }
+
+    fn resource(self) -> ApiResource {
+        match self {
+            Self::Microservice => ApiResource::erase::<Microservice>(&()),
+            Self::Gateway => ApiResource::erase::<Gateway>(&()),
+        }
+    }
+
+    /// Client-side CEL validation of `object`: `Err` when it does not deserialize into the Rust
+    /// type at all, otherwise what `validate_cel()` says.
+    fn validate_cel_offline(self, object: &Value) -> Result<Result<(), String>, String> {
+        let verdict = match self {
+            Self::Microservice => serde_json::from_value::<Microservice>(object.clone())
+                .map_err(|e| format!("does not deserialize into Microservice: {e}"))?
+                .validate_cel(),
+            Self::Gateway => serde_json::from_value::<Gateway>(object.clone())
+                .map_err(|e| format!("does not deserialize into Gateway: {e}"))?
+                .validate_cel(),
+        };
+        Ok(verdict.map_err(|errors| errors.to_string()))
+    }
+}
+
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` removes a key, anything else
+/// (arrays included) replaces.
+fn merge(base: &mut Value, patch: Value) {
+    let Value::Object(patch) = patch else {
+        *base = patch;
+        return;
+    };
+    if !base.is_object() {
+        *base = Value::Object(Map::new());
+    }
+    let base = base.as_object_mut().expect("made an object above");
+    for (key, value) in patch {
+        if value.is_null() {
+            base.remove(&key);
+        } else {
+            merge(base.entry(key).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// A valid Microservice (`spec: {image}`), with `spec` merged over it; no name yet.
+fn microservice(spec: Value) -> Value {
+    let mut object = json!({
+        "apiVersion": API_VERSION,
+        "kind": "Microservice",
+        "metadata": {},
+        "spec": {"image": IMAGE},
+    });
+    merge(&mut object["spec"], spec);
+    object
+}
+
+/// A valid Microservice whose `trafficPolicy.loadBalancer` is `load_balancer`.
+fn microservice_balanced(load_balancer: Value) -> Value {
+    microservice(json!({"trafficPolicy": {"loadBalancer": load_balancer}}))
+}
+
+/// A valid route (`orders`, one backend), with `overrides` merged over it.
+fn route(overrides: Value) -> Value {
+    let mut route = json!({"name": "orders", "backends": [{"microservice": "orders"}]});
+    merge(&mut route, overrides);
+    route
+}
+
+/// A valid Gateway (listener `web` on 8080, route `orders`), with `spec` merged over it; no name yet.
+fn gateway(spec: Value) -> Value {
+    let mut object = json!({
+        "apiVersion": API_VERSION,
+        "kind": "Gateway",
+        "metadata": {},
+        "spec": {
+            "listeners": [{"name": "web", "port": 8080}],
+            "routes": [route(json!({}))],
+        },
+    });
+    merge(&mut object["spec"], spec);
+    object
+}
+
+/// A valid Gateway whose one route has `overrides` merged over it.
+fn gateway_with_route(overrides: Value) -> Value {
+    gateway(json!({"routes": [route(overrides)]}))
+}
+
+/// A valid Gateway whose one route has this `retry` policy.
+fn gateway_with_retry(retry: Value) -> Value {
+    gateway_with_route(json!({"retry": retry}))
+}
+
+/// One object the API server must refuse.
+struct Invalid {
+    what: &'static str,
+    object: Value,
+    /// The field path the error must report, e.g. `spec.routes[0].retry.perTryTimeout`.
+    field: &'static str,
+    /// A substring of the error message, e.g. the rule's message.
+    message: Option<&'static str>,
+    /// The rule is a CEL rule, so the client-side `validate_cel()` must refuse it too.
+    cel: bool,
+}
+
+/// A row rejected by an OpenAPI check (range, pattern, enum, required, list-map key).
+fn openapi(what: &'static str, object: Value, field: &'static str, message: &'static str) -> Invalid {
+    Invalid {
+        what,
+        object,
+        field,
+        message: Some(message),
+        cel: false,
+    }
+}
+
+/// A row rejected by a CEL rule (`x-kubernetes-validations`).
+fn cel(what: &'static str, object: Value, field: &'static str, message: &'static str) -> Invalid {
+    Invalid {
+        what,
+        object,
+        field,
+        message: Some(message),
+        cel: true,
+    }
+}
+
+fn invalid_objects() -> Vec<Invalid> {
+    vec![
+        // Microservice
+        openapi(
+            "replicas below zero",
+            microservice(json!({"replicas": -1})),
+            "spec.replicas",
+            "greater than or equal to 0",
+        ),
+        openapi(
+            "port 0",
+            microservice(json!({"port": 0})),
+            "spec.port",
+            "greater than or equal to 1",
+        ),
+        openapi(
+            "port 70000",
+            microservice(json!({"port": 70000})),
+            "spec.port",
+            "less than or equal to 65535",
+        ),
+        openapi(
+            "unknown protocol",
+            microservice(json!({"protocol": "HTTP3"})),
+            "spec.protocol",
+            "Unsupported value",
+        ),
+        openapi(
+            "empty image",
+            microservice(json!({"image": ""})),
+            "spec.image",
+            "at least 1 chars long",
+        ),
+        cel(
+            "image with a space",
+            microservice(json!({"image": "registry.example/orders 1.4.2"})),
+            "spec.image",
+            "image must not contain spaces",
+        ),
+        openapi(
+            "no image",
+            microservice(json!({"image": null})),
+            "spec.image",
+            "Required value",
+        ),
+        openapi(
+            "name that is not a DNS label for a Service",
+            {
+                let mut object = microservice(json!({}));
+                object["metadata"]["name"] = json!("1orders");
+                object
+            },
+            "metadata.name",
+            "should match",
+        ),
+        cel(
+            "healthCheck.path not starting with '/'",
+            microservice(json!({"healthCheck": {"path": "healthz"}})),
+            "spec.healthCheck.path",
+            "healthCheck.path must start with '/'",
+        ),
+        openapi(
+            "unknown load-balancer policy",
+            microservice_balanced(json!({"policy": "Fastest"})),
+            "spec.trafficPolicy.loadBalancer.policy",
+            "Unsupported value: \"Fastest\"",
+        ),
+        cel(
+            "ConsistentHash policy without consistentHash",
+            microservice_balanced(json!({"policy": "ConsistentHash"})),
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+            "consistentHash is required when policy is ConsistentHash",
+        ),
+        cel(
+            "consistentHash with policy RoundRobin",
+            microservice_balanced(json!({"policy": "RoundRobin", "consistentHash": {"header": "x-user-id"}})),
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+            "allowed only then",
+        ),
+        cel(
+            "consistentHash naming two keys",
+            microservice_balanced(json!({
+                "policy": "ConsistentHash",
+                "consistentHash": {"header": "x-user-id", "cookie": "session"},
+            })),
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+            "consistentHash must name exactly one key",
+        ),
+        cel(
+            "consistentHash naming no key (sourceIp: false)",
+            microservice_balanced(json!({"policy": "ConsistentHash", "consistentHash": {"sourceIp": false}})),
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+            "consistentHash must name exactly one key",
+        ),
+        openapi(
+            "consistentHash header with a space",
+            microservice_balanced(
+                json!({"policy": "ConsistentHash", "consistentHash": {"header": "x user"}}),
+            ),
+            "spec.trafficPolicy.loadBalancer.consistentHash.header",
+            "should match",
+        ),
+        cel(
+            "zero baseEjectionTime",
+            microservice(json!({"trafficPolicy": {"outlierDetection": {"baseEjectionTime": "0s"}}})),
+            "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+            "baseEjectionTime must be positive",
+        ),
+        openapi(
+            "circuit breaker allowing no connections",
+            microservice(json!({"trafficPolicy": {"circuitBreaker": {"maxConnections": 0}}})),
+            "spec.trafficPolicy.circuitBreaker.maxConnections",
+            "greater than or equal to 1",
+        ),
+        // Gateway: listeners
+        openapi(
+            "Gateway without listeners",
+            gateway(json!({"listeners": null})),
+            "spec.listeners",
+            "Required value",
+        ),
+        openapi(
+            "Gateway with an empty listener list",
+            gateway(json!({"listeners": []})),
+            "spec.listeners",
+            "at least 1 items",
+        ),
+        openapi(
+            "duplicate listener names",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080}, {"name": "web", "port": 8081}]})),
+            "spec.listeners[1]",
+            "Duplicate value",
+        ),
+        cel(
+            "duplicate listener ports",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080}, {"name": "admin", "port": 8080}]})),
+            "spec.listeners",
+            "listeners must use distinct ports",
+        ),
+        openapi(
+            "listener name with uppercase",
+            gateway(json!({"listeners": [{"name": "Web", "port": 8080}]})),
+            "spec.listeners[0].name",
+            "should match",
+        ),
+        openapi(
+            "listener hostname with uppercase",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080, "hostnames": ["Shop.example.com"]}]})),
+            "spec.listeners[0].hostnames[0]",
+            "should match",
+        ),
+        openapi(
+            "listener port 70000",
+            gateway(json!({"listeners": [{"name": "web", "port": 70000}]})),
+            "spec.listeners[0].port",
+            "less than or equal to 65535",
+        ),
+        // Gateway: routes
+        openapi(
+            "duplicate route names",
+            gateway(json!({"routes": [route(json!({})), route(json!({}))]})),
+            "spec.routes[1]",
+            "Duplicate value",
+        ),
+        cel(
+            "route naming a listener that does not exist",
+            gateway_with_route(json!({"listeners": ["admin"]})),
+            "spec.routes",
+            "must be the name of one of this Gateway's listeners",
+        ),
+        openapi(
+            "route hostname with uppercase",
+            gateway_with_route(json!({"hostnames": ["API.example.com"]})),
+            "spec.routes[0].hostnames[0]",
+            "should match",
+        ),
+        cel(
+            "path match value not starting with '/'",
+            gateway_with_route(json!({"matches": [{"path": {"type": "PathPrefix", "value": "api"}}]})),
+            "spec.routes[0].matches[0].path.value",
+            "path value must start with '/'",
+        ),
+        openapi(
+            "header match name with a space",
+            gateway_with_route(json!({"matches": [{"headers": [{"name": "x user", "value": "1"}]}]})),
+            "spec.routes[0].matches[0].headers[0].name",
+            "should match",
+        ),
+        openapi(
+            "unknown method",
+            gateway_with_route(json!({"matches": [{"method": "FETCH"}]})),
+            "spec.routes[0].matches[0].method",
+            "Unsupported value",
+        ),
+        openapi(
+            "route without backends",
+            gateway_with_route(json!({"backends": []})),
+            "spec.routes[0].backends",
+            "at least 1 items",
+        ),
+        openapi(
+            "the same Microservice twice in one route's backends",
+            gateway_with_route(json!({"backends": [
+                {"microservice": "orders", "weight": 1},
+                {"microservice": "orders", "weight": 2},
+            ]})),
+            "spec.routes[0].backends[1]",
+            "Duplicate value",
+        ),
+        cel(
+            "all backend weights zero",
+            gateway_with_route(json!({"backends": [
+                {"microservice": "orders", "weight": 0},
+                {"microservice": "payments", "weight": 0},
+            ]})),
+            "spec.routes[0].backends",
+            "at least one backend must have a positive weight",
+        ),
+        openapi(
+            "malformed timeout",
+            gateway_with_route(json!({"timeout": "soon"})),
+            "spec.routes[0].timeout",
+            "should match",
+        ),
+        openapi(
+            "negative timeout",
+            gateway_with_route(json!({"timeout": "-1s"})),
+            "spec.routes[0].timeout",
+            "should match",
+        ),
+        cel(
+            "zero timeout",
+            gateway_with_route(json!({"timeout": "0s"})),
+            "spec.routes[0].timeout",
+            "timeout must be positive",
+        ),
+        cel(
+            "zero perTryTimeout",
+            gateway_with_retry(json!({"perTryTimeout": "0s"})),
+            "spec.routes[0].retry.perTryTimeout",
+            "perTryTimeout must be positive",
+        ),
+        cel(
+            "perTryTimeout longer than the route's timeout",
+            gateway_with_route(json!({"timeout": "1s", "retry": {"perTryTimeout": "2s"}})),
+            "spec.routes[0].retry.perTryTimeout",
+            "retry.perTryTimeout must not exceed timeout",
+        ),
+        cel(
+            "perTryTimeout longer than the timeout in defaults",
+            gateway(json!({"defaults": {"timeout": "1s", "retry": {"perTryTimeout": "1500ms"}}})),
+            "spec.defaults.retry.perTryTimeout",
+            "retry.perTryTimeout must not exceed timeout",
+        ),
+        openapi(
+            "retry attempts over the cap",
+            gateway_with_retry(json!({"attempts": 11})),
+            "spec.routes[0].retry.attempts",
+            "less than or equal to 10",
+        ),
+        cel(
+            "backoff base longer than max",
+            gateway_with_retry(json!({"backoff": {"base": "1s", "max": "100ms"}})),
+            "spec.routes[0].retry.backoff.base",
+            "backoff.base must not exceed backoff.max",
+        ),
+        cel(
+            "zero backoff base",
+            gateway_with_retry(json!({"backoff": {"base": "0s"}})),
+            "spec.routes[0].retry.backoff.base",
+            "backoff.base must be positive",
+        ),
+        openapi(
+            "retry budget of 101 percent",
+            gateway_with_retry(json!({"budget": {"percent": 101}})),
+            "spec.routes[0].retry.budget.percent",
+            "less than or equal to 100",
+        ),
+        openapi(
+            "unknown retryOn value",
+            gateway_with_retry(json!({"retryOn": ["5xx", "timeout"]})),
+            "spec.routes[0].retry.retryOn[1]",
+            "Unsupported value: \"timeout\"",
+        ),
+        cel(
+            "retriable-status-codes in retryOn without retriableStatusCodes",
+            gateway_with_retry(json!({"retryOn": ["retriable-status-codes"]})),
+            "spec.routes[0].retry.retriableStatusCodes",
+            "retriableStatusCodes must list at least one code",
+        ),
+        openapi(
+            "retriable status code 600",
+            gateway_with_retry(json!({"retryOn": ["retriable-status-codes"], "retriableStatusCodes": [600]})),
+            "spec.routes[0].retry.retriableStatusCodes[0]",
+            "less than or equal to 599",
+        ),
+    ]
+}
+
+/// Creates `object` as it is, without going through the Rust types.
+async fn create_raw(client: &Client, namespace: &str, object: &Value) -> Result<DynamicObject, kube::Error> {
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &Kind::of(object).resource());
+    let object: DynamicObject = serde_json::from_value(object.clone()).expect("a DynamicObject");
+    api.create(&PostParams::default(), &object).await
+}
+
+/// Every way `case` was not refused as it should be, as readable lines.
+async fn check(client: &Client, namespace: &str, case: &Invalid) -> Vec<String> {
+    let Invalid {
+        what,
+        object,
+        field,
+        message,
+        cel,
+    } = case;
+    let kind = Kind::of(object);
+    let mut problems = Vec::new();
+    match create_raw(client, namespace, object).await {
+        Ok(created) => problems.push(format!(
+            "{what}: ACCEPTED by the API server (expected a rejection naming {field}); stored spec: {}",
+            created.data["spec"]
+        )),
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            eprintln!("refused  {what}: {}", status.message);
+            // Field errors read `<path>: <type>: <detail>`; the path must be the offending field's.
+            if !status.message.contains(&format!("{field}: ")) {
+                problems.push(format!(
+                    "{what}: the error does not name {field}: {}",
+                    status.message
+                ));
+            }
+            if let Some(message) = message
+                && !status.message.contains(message)
+            {
+                problems.push(format!(
+                    "{what}: the error does not say {message:?}: {}",
+                    status.message
+                ));
+            }
+        }
+        Err(other) => problems.push(format!("{what}: expected HTTP 422 Invalid, got {other}")),
+    }
+    if *cel {
+        match kind.validate_cel_offline(object) {
+            Ok(Ok(())) => problems.push(format!("{what}: client-side validate_cel() accepts it")),
+            Ok(Err(errors)) => eprintln!("         offline: {}", errors.replace('\n', " ")),
+            Err(error) => problems.push(format!("{what}: marked as a CEL row but {error}")),
+        }
+    }
+    problems
+}
+
+#[tokio::test]
+async fn invalid_objects_are_rejected_at_admission_naming_the_field() {
+    with_namespace("validation", |ns| async move {
+        crate::install_crds(&ns.client).await;
+        let cases = invalid_objects();
+        let mut failures = Vec::new();
+        for (index, case) in cases.iter().enumerate() {
+            let mut case_named = Invalid {
+                object: case.object.clone(),
+                ..*case
+            };
+            if case_named.object["metadata"]["name"].is_null() {
+                // Distinct names, so one wrongly accepted object cannot make the next row a 409.
+                case_named.object["metadata"]["name"] = json!(format!("case-{index:02}"));
+            }
+            failures.extend(check(&ns.client, &ns.name, &case_named).await);
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} invalid objects were not refused as expected:\n  {}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n  ")
+        );
+    })
+    .await;
+}
+
+/// `object`'s value at a `/`-separated JSON pointer, as the API server stored it.
+fn at<'a>(object: &'a Value, pointer: &str) -> &'a Value {
+    object.pointer(pointer).unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
+    with_namespace("validation", |ns| async move {
+        crate::install_crds(&ns.client).await;
+
+        let mut orders = microservice(json!({}));
+        orders["metadata"]["name"] = json!("orders");
+        let mut edge = gateway_with_route(json!({"retry": {}}));
+        edge["metadata"]["name"] = json!("edge");
+
+        for object in [&orders, &edge] {
+            let kind = Kind::of(object);
+            assert_eq!(
+                kind.validate_cel_offline(object)
+                    .expect("a valid object deserializes"),
+                Ok(()),
+                "client-side CEL refuses the valid {kind:?}"
+            );
+            create_raw(&ns.client, &ns.name, object)
+                .await
+                .unwrap_or_else(|e| panic!("the valid {kind:?} is refused: {e}"));
+        }
+
+        // Read back as raw JSON: the Rust types' serde defaults would hide a missing schema default.
+        let microservices = Api::<DynamicObject>::namespaced_with(
+            ns.client.clone(),
+            &ns.name,
+            &Kind::Microservice.resource(),
+        );
+        let stored = serde_json::to_value(
+            microservices
+                .get("orders")
+                .await
+                .expect("read the Microservice back"),
+        )
+        .expect("serialize");
+        let expected = [
+            ("/spec/image", json!(IMAGE)),
+            ("/spec/replicas", json!(1)),
+            ("/spec/port", json!(8080)),
+            ("/spec/protocol", json!("HTTP")),
+            ("/spec/trafficPolicy/loadBalancer/policy", json!("RoundRobin")),
+            (
+                "/spec/trafficPolicy/outlierDetection/consecutiveFailures",
+                json!(5),
+            ),
+            (
+                "/spec/trafficPolicy/outlierDetection/baseEjectionTime",
+                json!("30s"),
+            ),
+            (
+                "/spec/trafficPolicy/outlierDetection/maxEjectionPercent",
+                json!(50),
+            ),
+            ("/spec/trafficPolicy/circuitBreaker/maxConnections", json!(1024)),
+        ];
+        for (pointer, value) in &expected {
+            assert_eq!(at(&stored, pointer), value, "Microservice {pointer} in {stored}");
+        }
+        assert!(at(&stored, "/spec/trafficPolicy/loadBalancer/consistentHash").is_null());
+        let typed: Microservice =
+            serde_json::from_value(stored).expect("the stored Microservice deserializes");
+        typed
+            .validate_cel()
+            .expect("client-side CEL accepts the stored Microservice");
+
+        let gateways =
+            Api::<DynamicObject>::namespaced_with(ns.client.clone(), &ns.name, &Kind::Gateway.resource());
+        let stored = serde_json::to_value(gateways.get("edge").await.expect("read the Gateway back"))
+            .expect("serialize");
+        let expected = [
+            ("/spec/listeners/0/protocol", json!("HTTP")),
+            ("/spec/routes/0/backends/0/weight", json!(1)),
+            ("/spec/routes/0/retry/attempts", json!(2)),
+            (
+                "/spec/routes/0/retry/retryOn",
+                json!(["connect-failure", "reset", "gateway-error"]),
+            ),
+            ("/spec/routes/0/retry/backoff/base", json!("25ms")),
+            ("/spec/routes/0/retry/backoff/max", json!("250ms")),
+            ("/spec/routes/0/retry/budget/percent", json!(20)),
+            ("/spec/routes/0/retry/budget/minPerSecond", json!(10)),
+        ];
+        for (pointer, value) in &expected {
+            assert_eq!(at(&stored, pointer), value, "Gateway {pointer} in {stored}");
+        }
+        assert!(at(&stored, "/spec/routes/0/retry/perTryTimeout").is_null());
+        let typed: Gateway = serde_json::from_value(stored).expect("the stored Gateway deserializes");
+        typed
+            .validate_cel()
+            .expect("client-side CEL accepts the stored Gateway");
+    })
+    .await;
+}

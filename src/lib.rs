@@ -4,10 +4,12 @@
 //!
 //! - [`api`]: the `Microservice` and `Gateway` resources (`microgate.dev/v1alpha1`).
 //! - [`controller`]: reconcilers that turn them into Deployments, Services and status.
+//! - [`discovery`]: the Pod watch that keeps the registry of each Microservice's endpoints.
 //! - [`telemetry`]: logs, metrics and the admin endpoints.
 //! - [`cli`]: the command line.
 
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod discovery;
 pub mod telemetry;

@@ -4,6 +4,7 @@ use clap::Parser;
 use microgate::{
     cli::{Cli, Command, ControllerArgs},
     controller::{self, Scope},
+    discovery::Registry,
     telemetry,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -53,9 +54,15 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
         namespace: args.namespace,
         label_selector: args.selector,
     };
-    let running = controller::start(client, scope, args.admin_addr, shutdown_signal())
-        .await
-        .map_err(|e| format!("cannot serve the admin endpoints on {}: {e}", args.admin_addr))?;
+    let running = controller::start(
+        client,
+        scope,
+        Registry::default(),
+        args.admin_addr,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| format!("cannot serve the admin endpoints on {}: {e}", args.admin_addr))?;
     tracing::info!(admin = %running.admin_addr, "controller started");
     running.serve.await;
     tracing::info!("controller stopped");

@@ -12,7 +12,7 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 
-use crate::telemetry::ControllerMetrics;
+use crate::{discovery::Registry, telemetry::ControllerMetrics};
 
 /// Which objects a controller takes care of.
 #[derive(Clone, Debug, Default)]
@@ -25,6 +25,8 @@ pub struct Scope {
 
 pub struct Context {
     pub client: Client,
+    /// Every Microservice's endpoints, as discovery sees them.
+    pub registry: Registry,
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
     /// Consecutive failures per object (`Kind/namespace/name`), for exponential backoff.
@@ -32,7 +34,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: ControllerMetrics) -> Arc<Self> {
+    pub fn new(client: Client, registry: Registry, metrics: ControllerMetrics) -> Arc<Self> {
         let reporter = Reporter {
             controller: "microgate".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -40,6 +42,7 @@ impl Context {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            registry,
             metrics,
             failures: Mutex::default(),
         })

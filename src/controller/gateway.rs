@@ -18,7 +18,10 @@ use super::{
     context::failure_key,
     error::{Error, Result},
 };
-use crate::api::{Gateway, GatewayStatus, Microservice, gateway::RouteStatus};
+use crate::{
+    api::{Gateway, GatewayStatus, Microservice, gateway::RouteStatus},
+    discovery::ServiceKey,
+};
 
 pub const ACCEPTED: &str = "Accepted";
 
@@ -34,8 +37,9 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
     })?;
     let object = format!("{namespace}/{name}");
     let microservices: Api<Microservice> = Api::namespaced(ctx.client.clone(), &namespace);
-    let ready_replicas: BTreeMap<String, i32> = microservices
-        .list(&ListParams::default())
+    // Existence from the API server; readiness from the registry the gateway balances over.
+    let ready_endpoints: BTreeMap<String, usize> = microservices
+        .list_metadata(&ListParams::default())
         .await
         .map_err(|source| Error::Read {
             what: format!("the Microservices of {namespace}"),
@@ -43,10 +47,17 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
         })?
         .items
         .into_iter()
-        .map(|ms| (ms.name_any(), ms.status.map(|s| s.ready_replicas).unwrap_or(0)))
+        .map(|ms| {
+            let name = ms.name_any();
+            let ready = ctx
+                .registry
+                .snapshot(&ServiceKey::new(&namespace, &name))
+                .ready_count();
+            (name, ready)
+        })
         .collect();
 
-    let status = compute(&gateway, &ready_replicas, Timestamp::now());
+    let status = compute(&gateway, &ready_endpoints, Timestamp::now());
     if gateway.status.as_ref() != Some(&status) {
         let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &namespace);
         api.patch_status(
@@ -75,8 +86,12 @@ pub fn error_policy(gateway: Arc<Gateway>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(ctx.backoff_after_failure(failure_key(gateway.as_ref())))
 }
 
-/// The Gateway's status given each Microservice of its namespace and its ready replicas.
-pub fn compute(gateway: &Gateway, ready_replicas: &BTreeMap<String, i32>, now: Timestamp) -> GatewayStatus {
+/// The Gateway's status given each Microservice of its namespace and its ready endpoints.
+pub fn compute(
+    gateway: &Gateway,
+    ready_endpoints: &BTreeMap<String, usize>,
+    now: Timestamp,
+) -> GatewayStatus {
     let previous = gateway.status.clone().unwrap_or_default();
     let mut missing = Vec::new();
     let routes = gateway
@@ -86,7 +101,7 @@ pub fn compute(gateway: &Gateway, ready_replicas: &BTreeMap<String, i32>, now: T
         .map(|route| {
             let mut ready_backends = 0;
             for backend in &route.backends {
-                match ready_replicas.get(&backend.microservice) {
+                match ready_endpoints.get(&backend.microservice) {
                     Some(&ready) if ready > 0 => ready_backends += 1,
                     Some(_) => {}
                     None => missing.push(format!(

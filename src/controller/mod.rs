@@ -7,6 +7,7 @@
 
 pub mod conditions;
 pub mod context;
+pub mod endpoints;
 pub mod error;
 pub mod gateway;
 pub mod microservice;
@@ -20,12 +21,13 @@ use kube::{
     core::DeserializeGuard,
     runtime::{Controller, controller, reflector::ObjectRef, watcher},
 };
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as Prometheus;
 
 pub use context::{Context, Scope};
 
 use crate::{
     api::{Gateway, Microservice, labels},
+    discovery::{self, DiscoveryMetrics, Registry},
     telemetry::{Admin, ControllerMetrics},
 };
 
@@ -51,14 +53,16 @@ pub struct Running<F> {
 pub async fn start(
     client: Client,
     scope: Scope,
+    registry: Registry,
     admin_addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Running<impl Future<Output = ()>>> {
-    let mut registry = Registry::default();
-    let metrics = ControllerMetrics::register(&mut registry);
-    let admin = Admin::new(registry);
+    let mut prometheus = Prometheus::default();
+    let metrics = ControllerMetrics::register(&mut prometheus);
+    let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
+    let admin = Admin::new(prometheus);
     let (admin_addr, serve_admin) = admin.bind(admin_addr).await?;
-    let ctx = Context::new(client.clone(), metrics);
+    let ctx = Context::new(client.clone(), registry.clone(), metrics);
     // Both controllers stop on the same signal.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let shutdown_gateways = shutdown.clone();
@@ -78,6 +82,18 @@ pub async fn start(
     .with_config(controller::Config::default().concurrency(16))
     .graceful_shutdown_on(shutdown);
     let store = controller.store();
+    let (client_for_discovery, registry_for_discovery) = (client.clone(), registry.clone());
+    let watched_namespace = scope.namespace.clone();
+    let discovery = async move {
+        discovery::run(
+            client_for_discovery,
+            watched_namespace.as_deref(),
+            registry_for_discovery,
+            discovery_metrics,
+        )
+        .await
+    };
+    let publish_endpoints = endpoints::publish(client.clone(), registry, store.clone());
 
     let mut gateways_config = watcher::Config::default().any_semantic();
     if let Some(selector) = &scope.label_selector {
@@ -138,6 +154,8 @@ pub async fn start(
             () = reconcile => {}
             () = serve_admin => {}
             () = ready => {}
+            () = discovery => {}
+            () = publish_endpoints => {}
         }
     };
     Ok(Running { admin_addr, serve })

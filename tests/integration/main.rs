@@ -2,6 +2,7 @@
 //! controller reconciling Microservices into Deployments and Services.
 
 mod api_validation;
+mod discovery;
 mod examples;
 mod gateway;
 mod microservice;
@@ -14,7 +15,10 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{conditions, wait::await_condition},
 };
-use microgate::controller::{self, Scope};
+use microgate::{
+    controller::{self, Scope},
+    discovery::Registry,
+};
 use microgate_test_support::{
     TestNamespace, cluster, probe,
     wait::{self, Probe},
@@ -60,6 +64,8 @@ pub fn kubectl(args: &[&str]) -> String {
 
 /// The controller running in this test process, as `microgate controller` would run it.
 pub struct ControllerUnderTest {
+    /// The registry the controller's discovery keeps.
+    pub registry: Registry,
     admin: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
@@ -92,9 +98,16 @@ impl ControllerUnderTest {
     async fn start_scoped(ns: &TestNamespace, scope: Scope) -> Self {
         install_crds(&ns.client).await;
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        let running = controller::start(ns.client.clone(), scope, any_port, std::future::pending())
-            .await
-            .expect("bind the admin endpoints");
+        let registry = Registry::default();
+        let running = controller::start(
+            ns.client.clone(),
+            scope,
+            registry.clone(),
+            any_port,
+            std::future::pending(),
+        )
+        .await
+        .expect("bind the admin endpoints");
         let admin = running.admin_addr;
         let task = tokio::spawn(running.serve);
         wait::until("the controller's /readyz", Duration::from_secs(30), || async {
@@ -105,7 +118,11 @@ impl ControllerUnderTest {
         })
         .await
         .expect("the controller gets ready");
-        Self { admin, task }
+        Self {
+            registry,
+            admin,
+            task,
+        }
     }
 
     /// Reconciliations finished so far (from `/metrics`).

@@ -47,21 +47,33 @@ fn condition(ms: &Microservice, type_: &str) -> Option<(String, String, String)>
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-/// Waits until the Microservice's status says `ready` (e.g. "2/2") with Ready=True.
+/// Waits until the Microservice's status says `ready` (e.g. "2/2") with Ready=True, and
+/// discovery has published as many ready endpoints.
 async fn await_ready(ns: &TestNamespace, name: &str, ready: &str) -> Microservice {
     let api = ns.api::<Microservice>();
+    let ready_count: i32 = ready
+        .split('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("ready as n/m");
     wait::until(
         format!("Microservice {name} to be {ready} and Ready"),
         WAIT,
         || async {
             match api.get(name).await {
                 Ok(ms) => {
-                    let shown = ms.status.as_ref().map(|s| s.ready.clone()).unwrap_or_default();
+                    let status = ms.status.clone().unwrap_or_default();
                     let ready_condition = condition(&ms, "Ready");
-                    if shown == ready && ready_condition.as_ref().is_some_and(|c| c.0 == "True") {
+                    if status.ready == ready
+                        && status.ready_endpoints == ready_count
+                        && ready_condition.as_ref().is_some_and(|c| c.0 == "True")
+                    {
                         Probe::Done(ms)
                     } else {
-                        Probe::NotYet(format!("ready {shown:?}, condition {ready_condition:?}"))
+                        Probe::NotYet(format!(
+                            "ready {:?}, readyEndpoints {}, condition {ready_condition:?}",
+                            status.ready, status.ready_endpoints
+                        ))
                     }
                 }
                 Err(error) => Probe::NotYet(error.to_string()),
@@ -223,7 +235,7 @@ async fn kubectl_shows_the_columns_and_scales_through_the_scale_subresource() {
             [
                 "orders",
                 "1/1",
-                "0",
+                "1",
                 "registry.example/orders:1.4.2",
                 "RoundRobin",
                 "8080",

@@ -31,7 +31,7 @@ use super::{
     context::failure_key,
     error::{Error, Result},
 };
-use crate::api::{FIELD_MANAGER, Microservice};
+use crate::api::{FIELD_MANAGER, Microservice, MicroserviceStatus};
 
 /// How often an unchanged Microservice is looked at anyway, as a safety net for missed events.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(600);
@@ -101,7 +101,7 @@ async fn reconcile_valid(ms: &Microservice, ctx: &Context) -> Result<Action> {
         api.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
+            &Patch::Merge(status_patch(&status)),
         )
         .await
         .map_err(|source| Error::Status {
@@ -127,6 +127,19 @@ async fn reconcile_valid(ms: &Microservice, ctx: &Context) -> Result<Action> {
     publish_changes(ms, before.as_ref(), &applied, ctx).await;
     ctx.succeeded(&failure_key(ms));
     Ok(Action::requeue(RESYNC))
+}
+
+/// The status this reconciler owns, as a merge patch. `endpoints` and `readyEndpoints` are left
+/// out: the endpoint publisher writes them, and this pass's copy of them may be older.
+fn status_patch(status: &MicroserviceStatus) -> serde_json::Value {
+    json!({"status": {
+        "observedGeneration": status.observed_generation,
+        "replicas": status.replicas,
+        "readyReplicas": status.ready_replicas,
+        "ready": status.ready,
+        "selector": status.selector,
+        "conditions": status.conditions,
+    }})
 }
 
 /// Tells people, through Events on the Microservice, what this pass changed.

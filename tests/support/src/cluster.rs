@@ -83,6 +83,16 @@ pub fn ensure_running() -> Result<PathBuf, ClusterError> {
 
 /// A kube client for the local cluster, starting the cluster if needed.
 pub async fn client() -> Result<Client, ClusterError> {
+    let config = config().await?;
+    Client::try_from(config).map_err(|e| ClusterError::Client {
+        path: kubeconfig_path().display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The client configuration for the local cluster (e.g. to reach it through a proxy), starting
+/// the cluster if needed.
+pub async fn config() -> Result<Config, ClusterError> {
     let path = tokio::task::spawn_blocking(ensure_running)
         .await
         .map_err(|e| ClusterError::Start {
@@ -94,14 +104,10 @@ pub async fn client() -> Result<Client, ClusterError> {
         path: shown.clone(),
         reason: e.to_string(),
     })?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| ClusterError::Kubeconfig {
-            path: shown.clone(),
+            path: shown,
             reason: e.to_string(),
-        })?;
-    Client::try_from(config).map_err(|e| ClusterError::Client {
-        path: shown,
-        reason: e.to_string(),
-    })
+        })
 }

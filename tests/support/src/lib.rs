@@ -7,6 +7,7 @@
 //! - [`backend`]: the HTTP server behind each Pod, scriptable (status, delay, failures).
 //! - [`pod_ips`]: where Pod addresses come from (`127.0.0.0/8`, or a private namespace's range).
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
+//! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
 //!
 //! The `fake-kubelet` binary runs the same kubelet outside `cargo test`, for the demo.
 
@@ -16,6 +17,7 @@ pub mod kubelet;
 pub mod namespace;
 pub mod pod_ips;
 pub mod probe;
+pub mod proxy;
 pub mod wait;
 
 pub use namespace::{HarnessError, TestNamespace, with_namespace};

@@ -1,0 +1,82 @@
+//! Publishes the registry's endpoints into each Microservice's status (`endpoints`,
+//! `readyEndpoints`): the same view the gateway balances over, for people and tools.
+//!
+//! Writes are coalesced: each pass publishes every Microservice whose endpoints changed since
+//! the last one, and passes are at least a window apart, so status writes per Microservice stay
+//! below one per window however fast its Pods churn.
+
+use std::{collections::HashMap, time::Duration};
+
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::reflector::{ObjectRef, Store},
+};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::{
+    api::{Microservice, microservice::EndpointStatus},
+    discovery::{Registry, ServiceKey, Snapshot},
+};
+
+/// The shortest time between two status writes for one Microservice.
+pub const WINDOW: Duration = Duration::from_millis(500);
+
+pub async fn publish(
+    client: Client,
+    registry: Registry,
+    microservices: Store<DeserializeGuard<Microservice>>,
+) {
+    let mut changes = registry.subscribe();
+    let mut published: HashMap<ServiceKey, u64> = HashMap::new();
+    loop {
+        let pass = Instant::now();
+        for (key, snapshot) in registry.snapshots() {
+            if published.get(&key) == Some(&snapshot.version) {
+                continue;
+            }
+            let reference =
+                ObjectRef::<DeserializeGuard<Microservice>>::new(&key.name).within(&key.namespace);
+            // A Microservice outside this controller's scope, or not seen yet: the next change retries.
+            let Some(current) = microservices.get(&reference) else {
+                continue;
+            };
+            let Ok(ms) = &current.0 else { continue };
+            let status = as_status(&snapshot);
+            let shown = ms.status.as_ref().map(|s| (s.ready_endpoints, &s.endpoints));
+            if shown != Some((status.0, &status.1)) {
+                let api: Api<Microservice> = Api::namespaced(client.clone(), &key.namespace);
+                let patch = json!({"status": {"readyEndpoints": status.0, "endpoints": status.1}});
+                if let Err(error) = api
+                    .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    tracing::warn!(microservice = %key, %error, "could not publish endpoints to status");
+                    continue;
+                }
+            }
+            published.insert(key, snapshot.version);
+        }
+        tokio::time::sleep_until(pass + WINDOW).await;
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn as_status(snapshot: &Snapshot) -> (i32, Vec<EndpointStatus>) {
+    let endpoints: Vec<_> = snapshot
+        .endpoints
+        .iter()
+        .map(|e| EndpointStatus {
+            pod: e.pod.to_string(),
+            ip: e.ip.to_string(),
+            port: i32::from(e.port),
+            ready: e.ready,
+        })
+        .collect();
+    let ready = i32::try_from(snapshot.ready_count()).unwrap_or(i32::MAX);
+    (ready, endpoints)
+}

@@ -52,6 +52,8 @@ pub struct ErrorLabels {
 /// The controller's metrics, registered in a registry of their own.
 pub struct ControllerMetrics {
     pub reconciliations: Family<KindLabels, Counter>,
+    /// Status writes that publish endpoints (coalesced per window).
+    pub endpoint_status_writes: Counter,
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
 }
@@ -60,6 +62,7 @@ impl ControllerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             reconciliations: Family::default(),
+            endpoint_status_writes: Counter::default(),
             failures: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new([
@@ -71,6 +74,11 @@ impl ControllerMetrics {
             "microgate_reconciliations",
             "Reconciliations run",
             metrics.reconciliations.clone(),
+        );
+        registry.register(
+            "microgate_endpoint_status_writes",
+            "Status writes publishing a Microservice's endpoints",
+            metrics.endpoint_status_writes.clone(),
         );
         registry.register(
             "microgate_reconcile_failures",
@@ -243,6 +251,10 @@ mod tests {
         );
         assert!(
             text.contains("microgate_reconcile_duration_seconds_count{kind=\"Microservice\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("microgate_endpoint_status_writes_total 0"),
             "{text}"
         );
     }

@@ -7,12 +7,14 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use futures::{StreamExt, stream};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::reflector::{ObjectRef, Store},
 };
+use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -24,15 +26,20 @@ use crate::{
 /// The shortest time between two status writes for one Microservice.
 pub const WINDOW: Duration = Duration::from_millis(500);
 
+/// How many status writes one pass makes at once.
+const CONCURRENT_WRITES: usize = 16;
+
 pub async fn publish(
     client: Client,
     registry: Registry,
     microservices: Store<DeserializeGuard<Microservice>>,
+    writes: Counter,
 ) {
     let mut changes = registry.subscribe();
     let mut published: HashMap<ServiceKey, u64> = HashMap::new();
     loop {
         let pass = Instant::now();
+        let mut due = Vec::new();
         for (key, snapshot) in registry.snapshots() {
             if published.get(&key) == Some(&snapshot.version) {
                 continue;
@@ -46,18 +53,32 @@ pub async fn publish(
             let Ok(ms) = &current.0 else { continue };
             let status = as_status(&snapshot);
             let shown = ms.status.as_ref().map(|s| (s.ready_endpoints, &s.endpoints));
-            if shown != Some((status.0, &status.1)) {
-                let api: Api<Microservice> = Api::namespaced(client.clone(), &key.namespace);
-                let patch = json!({"status": {"readyEndpoints": status.0, "endpoints": status.1}});
-                if let Err(error) = api
-                    .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                {
-                    tracing::warn!(microservice = %key, %error, "could not publish endpoints to status");
-                    continue;
-                }
+            if shown == Some((status.0, &status.1)) {
+                published.insert(key, snapshot.version);
+            } else {
+                due.push((key, snapshot.version, status));
             }
-            published.insert(key, snapshot.version);
+        }
+        let done: Vec<_> = stream::iter(due)
+            .map(|(key, version, (ready, endpoints))| {
+                let api: Api<Microservice> = Api::namespaced(client.clone(), &key.namespace);
+                async move {
+                    let patch = json!({"status": {"readyEndpoints": ready, "endpoints": endpoints}});
+                    match api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch)).await {
+                        Ok(_) => Some((key, version)),
+                        Err(error) => {
+                            tracing::warn!(microservice = %key, %error, "could not publish endpoints to status");
+                            None
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        for (key, version) in done.into_iter().flatten() {
+            writes.inc();
+            published.insert(key, version);
         }
         tokio::time::sleep_until(pass + WINDOW).await;
         if changes.changed().await.is_err() {

@@ -93,7 +93,12 @@ pub async fn start(
         )
         .await
     };
-    let publish_endpoints = endpoints::publish(client.clone(), registry, store.clone());
+    let publish_endpoints = endpoints::publish(
+        client.clone(),
+        registry,
+        store.clone(),
+        ctx.metrics.endpoint_status_writes.clone(),
+    );
 
     let mut gateways_config = watcher::Config::default().any_semantic();
     if let Some(selector) = &scope.label_selector {

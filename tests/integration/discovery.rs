@@ -348,3 +348,38 @@ async fn a_deleted_and_recreated_microservice_starts_clean() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn endpoint_status_writes_are_coalesced_under_churn() {
+    with_namespace("disc-churn", |ns| async move {
+        let controller = ControllerUnderTest::start(&ns).await;
+        let pods = ns.api::<Pod>();
+        create_microservice(&ns, "orders", 2, json!({})).await;
+        await_status_endpoints(&ns, "orders", 2, 2).await;
+        let pod = live_pods(&pods, "orders")
+            .await
+            .into_keys()
+            .next()
+            .expect("a pod");
+
+        let writes_before = controller.metric("microgate_endpoint_status_writes_total").await;
+        let started = std::time::Instant::now();
+        let flips = 41;
+        for i in 0..flips {
+            ns.set_ready(&pod, i % 2 == 1).await.expect("flip readiness");
+        }
+        // An odd number of flips ends unready: the status must settle on 1 of 2.
+        await_status_endpoints(&ns, "orders", 1, 2).await;
+        let elapsed = started.elapsed();
+        let writes = controller.metric("microgate_endpoint_status_writes_total").await - writes_before;
+        // Passes are at least a window apart, and each writes this Microservice at most once.
+        let bound = (elapsed.as_secs_f64() / microgate::controller::endpoints::WINDOW.as_secs_f64()).ceil()
+            as u64
+            + 1;
+        assert!(
+            writes <= bound,
+            "{writes} status writes for {flips} flips in {elapsed:?} (at most {bound})"
+        );
+    })
+    .await;
+}

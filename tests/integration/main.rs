@@ -125,17 +125,21 @@ impl ControllerUnderTest {
         }
     }
 
-    /// Reconciliations finished so far (from `/metrics`).
+    /// Reconciliations of Microservices finished so far (from `/metrics`).
     pub async fn completed_reconciliations(&self) -> u64 {
+        self.metric("microgate_reconcile_duration_seconds_count{kind=\"Microservice\"}")
+            .await
+    }
+
+    /// The value of one sample of `/metrics`, by its name and labels (0 when absent).
+    pub async fn metric(&self, sample: &str) -> u64 {
         let metrics = probe::get(self.admin, "/metrics")
             .await
             .expect("GET /metrics")
             .body;
         metrics
             .lines()
-            .find_map(|line| {
-                line.strip_prefix("microgate_reconcile_duration_seconds_count{kind=\"Microservice\"} ")
-            })
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|count| count.trim().parse().ok())
             .unwrap_or(0)
     }

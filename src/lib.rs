@@ -12,4 +12,5 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod discovery;
+pub mod gateway;
 pub mod telemetry;

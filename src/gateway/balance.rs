@@ -1,0 +1,282 @@
+//! Load balancing over one Microservice's ready endpoints.
+//!
+//! A [`Pool`] is built per configuration change from a registry snapshot and the Microservice's
+//! `trafficPolicy.loadBalancer`; picking is lock-free (atomics only). Endpoint state (requests in
+//! flight, latency) lives in [`EndpointState`], carried over from the previous pool for Pods that
+//! stay, so a rebuild does not reset what the balancer learned.
+
+use std::{
+    cell::Cell,
+    collections::hash_map::RandomState,
+    hash::{BuildHasher, Hash, Hasher},
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::{api::policy::LoadBalancerPolicy, discovery::Endpoint};
+
+/// One endpoint as the balancer tracks it.
+#[derive(Debug)]
+pub struct EndpointState {
+    pub pod: Arc<str>,
+    pub addr: SocketAddr,
+    in_flight: AtomicUsize,
+    /// Peak-sensitive moving average of response latency, in microseconds (0: unknown).
+    latency_us: AtomicU64,
+}
+
+impl EndpointState {
+    pub fn new(endpoint: &Endpoint) -> Self {
+        Self {
+            pod: endpoint.pod.clone(),
+            addr: SocketAddr::new(endpoint.ip, endpoint.port),
+            in_flight: AtomicUsize::new(0),
+            latency_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { endpoint: self.clone() }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records one response time: a slower one counts at once, a faster one only decays the average.
+    pub fn observe(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self.latency_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(if sample >= old || old == 0 { sample } else { old - (old - sample) / 8 })
+        });
+    }
+
+    /// The PeakEwma cost: expected latency times the queue it would join.
+    fn cost(&self) -> u64 {
+        let latency = self.latency_us.load(Ordering::Relaxed).max(1);
+        latency.saturating_mul(self.in_flight() as u64 + 1)
+    }
+}
+
+/// A request in flight to an endpoint.
+#[derive(Debug)]
+pub struct InFlight {
+    endpoint: Arc<EndpointState>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The ready endpoints of one Microservice and how to choose among them.
+#[derive(Debug)]
+pub struct Pool {
+    policy: LoadBalancerPolicy,
+    endpoints: Vec<Arc<EndpointState>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// A pool of `snapshot`'s ready endpoints, reusing the state of those `previous` already had.
+    pub fn new(policy: LoadBalancerPolicy, ready: &[Endpoint], previous: Option<&Pool>) -> Self {
+        let endpoints = ready
+            .iter()
+            .map(|endpoint| {
+                let addr = SocketAddr::new(endpoint.ip, endpoint.port);
+                previous
+                    .and_then(|p| p.endpoints.iter().find(|e| e.pod == endpoint.pod && e.addr == addr))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointState::new(endpoint)))
+            })
+            .collect();
+        Self { policy, endpoints, next: AtomicUsize::new(0) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// Chooses an endpoint, avoiding `avoid` (the one that just failed) when there is another.
+    /// `hash` is the request's consistent-hash key, for the ConsistentHash policy.
+    pub fn pick(&self, hash: Option<u64>, avoid: Option<&EndpointState>) -> Option<Arc<EndpointState>> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let avoided = |e: &Arc<EndpointState>| avoid.is_some_and(|a| std::ptr::eq(Arc::as_ptr(e), a));
+        if n == 1 {
+            return Some(self.endpoints[0].clone());
+        }
+        let chosen = match self.policy {
+            LoadBalancerPolicy::RoundRobin => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                let e = &self.endpoints[i];
+                if avoided(e) { &self.endpoints[(i + 1) % n] } else { e }
+            }
+            LoadBalancerPolicy::Random => {
+                let e = &self.endpoints[random_below(n)];
+                if avoided(e) { &self.endpoints[(random_below(n - 1) + 1 + self.index_of(e)) % n] } else { e }
+            }
+            LoadBalancerPolicy::LeastRequest => self.two_choices(&avoided, |e| e.in_flight() as u64),
+            LoadBalancerPolicy::PeakEwma => self.two_choices(&avoided, EndpointState::cost),
+            LoadBalancerPolicy::ConsistentHash => {
+                let key = hash.unwrap_or_else(|| random_below(usize::MAX) as u64);
+                // Rendezvous hashing: the endpoint with the highest score for this key wins, so
+                // a change of endpoints moves only the keys of the endpoints that changed.
+                let best = self
+                    .endpoints
+                    .iter()
+                    .filter(|e| !avoided(e))
+                    .max_by_key(|e| score(key, &e.pod));
+                best.unwrap_or(&self.endpoints[0])
+            }
+        };
+        Some(chosen.clone())
+    }
+
+    fn index_of(&self, endpoint: &Arc<EndpointState>) -> usize {
+        self.endpoints.iter().position(|e| Arc::ptr_eq(e, endpoint)).unwrap_or(0)
+    }
+
+    /// Power of two choices: two distinct random endpoints, the cheaper wins.
+    fn two_choices(&self, avoided: &dyn Fn(&Arc<EndpointState>) -> bool, cost: impl Fn(&EndpointState) -> u64) -> &Arc<EndpointState> {
+        let n = self.endpoints.len();
+        let a = random_below(n);
+        let b = (a + 1 + random_below(n - 1)) % n;
+        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+        match (avoided(ea), avoided(eb)) {
+            (true, false) => eb,
+            (false, true) => ea,
+            _ => if cost(eb) < cost(ea) { eb } else { ea },
+        }
+    }
+}
+
+fn score(key: u64, pod: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    pod.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The hash of a consistent-hash key (a header or cookie value, a client address).
+pub fn hash_key(value: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A fast thread-local random number below `n` (xorshift; not for secrets).
+pub fn random_below(n: usize) -> usize {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().build_hasher().finish() | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        if n == 0 { 0 } else { (x % n as u64) as usize }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: usize) -> Vec<Endpoint> {
+        (0..n)
+            .map(|i| Endpoint {
+                pod: format!("pod-{i}").into(),
+                ip: format!("127.0.9.{}", i + 2).parse().expect("ip"),
+                port: 8080,
+                ready: true,
+                node: None,
+            })
+            .collect()
+    }
+
+    fn counts(pool: &Pool, picks: usize, hash: impl Fn(usize) -> Option<u64>) -> Vec<usize> {
+        let mut counts = vec![0; pool.len()];
+        for i in 0..picks {
+            let e = pool.pick(hash(i), None).expect("an endpoint");
+            counts[pool.index_of(&e)] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_spreads_exactly() {
+        let pool = Pool::new(LoadBalancerPolicy::RoundRobin, &endpoints(3), None);
+        assert_eq!(counts(&pool, 300, |_| None), [100, 100, 100]);
+    }
+
+    #[test]
+    fn random_reaches_every_endpoint_roughly_evenly() {
+        let pool = Pool::new(LoadBalancerPolicy::Random, &endpoints(4), None);
+        let counts = counts(&pool, 4000, |_| None);
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let pool = Pool::new(LoadBalancerPolicy::LeastRequest, &endpoints(3), None);
+        let busy = pool.endpoints[0].clone();
+        let _held: Vec<_> = (0..10).map(|_| busy.begin()).collect();
+        let counts = counts(&pool, 300, |_| None);
+        // The busy one wins only a two-choice draw against itself, which cannot happen.
+        assert_eq!(counts[0], 0, "{counts:?}");
+    }
+
+    #[test]
+    fn peak_ewma_prefers_the_fast_endpoint() {
+        let pool = Pool::new(LoadBalancerPolicy::PeakEwma, &endpoints(2), None);
+        pool.endpoints[0].observe(Duration::from_millis(50));
+        pool.endpoints[1].observe(Duration::from_millis(1));
+        assert_eq!(counts(&pool, 100, |_| None), [0, 100]);
+    }
+
+    #[test]
+    fn consistent_hash_sticks_and_moves_few_keys_when_an_endpoint_goes() {
+        let ten = Pool::new(LoadBalancerPolicy::ConsistentHash, &endpoints(10), None);
+        let nine = Pool::new(LoadBalancerPolicy::ConsistentHash, &endpoints(9), Some(&ten));
+        let keys = 10_000u64;
+        let mut moved = 0;
+        for key in 0..keys {
+            let before = ten.pick(Some(key), None).expect("endpoint");
+            assert!(Arc::ptr_eq(&before, &ten.pick(Some(key), None).expect("endpoint")), "sticky");
+            let after = nine.pick(Some(key), None).expect("endpoint");
+            if before.pod != after.pod {
+                moved += 1;
+                assert_eq!(&*before.pod, "pod-9", "only the removed endpoint's keys move");
+            }
+        }
+        assert!(moved as f64 / keys as f64 <= 0.15, "{moved} of {keys} keys moved");
+    }
+
+    #[test]
+    fn a_failed_endpoint_is_avoided_on_retry_and_state_survives_rebuilds() {
+        let pool = Pool::new(LoadBalancerPolicy::RoundRobin, &endpoints(2), None);
+        let failed = pool.pick(None, None).expect("endpoint");
+        for _ in 0..10 {
+            let next = pool.pick(None, Some(&failed)).expect("endpoint");
+            assert!(!Arc::ptr_eq(&next, &failed));
+        }
+        let _guard = failed.begin();
+        let rebuilt = Pool::new(LoadBalancerPolicy::RoundRobin, &endpoints(3), Some(&pool));
+        assert_eq!(rebuilt.endpoints.iter().map(|e| e.in_flight()).sum::<usize>(), 1, "in-flight kept");
+    }
+}

@@ -1,0 +1,95 @@
+//! The data plane: an L7 HTTP gateway configured by Gateway resources, balancing over the
+//! registry's endpoints.
+//!
+//! [`run`] watches Gateways and Microservices, compiles them with the registry's snapshots into
+//! a [`config::RouteTable`] on every change, swaps it in atomically, and keeps one listener per
+//! port the table names. Requests flow through [`proxy::Proxy`]: route → pick → forward with
+//! retries and timeouts.
+
+pub mod balance;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod retry;
+pub mod router;
+pub mod server;
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use tokio::sync::Notify;
+
+pub use metrics::GatewayMetrics;
+
+use crate::{
+    api::{Gateway, Microservice},
+    discovery::{Registry, ServiceKey},
+};
+
+/// Runs the gateway for `namespace` (or all) until the watches end, listening on `address`.
+pub async fn run(client: Client, namespace: Option<String>, registry: Registry, address: IpAddr, metrics: GatewayMetrics) {
+    let (gateways, gateways_writer) = reflector::store::<Gateway>();
+    let (microservices, microservices_writer) = reflector::store::<Microservice>();
+    let changed = Arc::new(Notify::new());
+    let api = |client: Client| match &namespace {
+        Some(ns) => (Api::<Gateway>::namespaced(client.clone(), ns), Api::<Microservice>::namespaced(client, ns)),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let (gateway_api, microservice_api) = api(client);
+    let watch_gateways = {
+        let changed = changed.clone();
+        reflector(gateways_writer, watcher(gateway_api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |_| {
+                changed.notify_one();
+                async {}
+            })
+    };
+    let watch_microservices = {
+        let changed = changed.clone();
+        reflector(microservices_writer, watcher(microservice_api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |_| {
+                changed.notify_one();
+                async {}
+            })
+    };
+
+    let table = Arc::new(ArcSwap::from_pointee(config::RouteTable::default()));
+    let proxy = Arc::new(proxy::Proxy::new(table.clone(), metrics));
+    let mut listeners = server::Listeners::new(address, proxy);
+    let mut registry_changes = registry.subscribe();
+    let program = async {
+        let _ = gateways.wait_until_ready().await;
+        loop {
+            let policies: HashMap<ServiceKey, _> = microservices
+                .state()
+                .iter()
+                .map(|ms| (ServiceKey::new(&ms.namespace().unwrap_or_default(), &ms.name_any()), ms.spec.traffic_policy.clone()))
+                .collect();
+            let previous = table.load_full();
+            let compiled = config::compile(&gateways.state(), &policies, &registry, Some(&previous));
+            let ports: Vec<u16> = compiled.listeners.keys().copied().collect();
+            table.store(Arc::new(compiled));
+            listeners.set_ports(ports.into_iter()).await;
+            tokio::select! {
+                () = changed.notified() => {}
+                result = registry_changes.changed() => if result.is_err() { return },
+                // A listener that could not bind is tried again.
+                () = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = watch_gateways => {}
+        () = watch_microservices => {}
+        () = program => {}
+    }
+}

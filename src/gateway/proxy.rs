@@ -1,0 +1,311 @@
+//! One proxied request, in phases: route, buffer, pick, forward (with retries and timeouts),
+//! respond. The route table is loaded once per request, without a lock.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use super::{
+    balance::{hash_key, random_below},
+    config::{Attached, HashOn, Route, RouteTable, Upstream},
+    metrics::GatewayMetrics,
+    retry::{self, Failure},
+    router::request_host,
+};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Request bodies up to this size are buffered so that they can be retried; larger ones are refused.
+pub const MAX_BUFFERED_BODY: usize = 1 << 20;
+
+/// Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub struct Proxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    metrics: GatewayMetrics,
+}
+
+impl Proxy {
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: GatewayMetrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self { table, client, metrics }
+    }
+
+    pub async fn handle(&self, port: u16, client_addr: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+        let table = self.table.load_full();
+        let host = request_host(request.uri(), request.headers());
+        let Some(attached) = find_route(&table, port, host.as_deref(), &request) else {
+            self.metrics.request("<none>", StatusCode::NOT_FOUND);
+            return local(StatusCode::NOT_FOUND, "no route matches this request");
+        };
+        let route = &attached.route;
+        let response = self.forward(route, client_addr, host, request).await;
+        self.metrics.request(&route.id, response.status());
+        response
+    }
+
+    async fn forward(&self, route: &Route, client_addr: SocketAddr, host: Option<String>, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let deadline = route.timeout.map(|t| started + t);
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            }
+            Err(_) => return local(StatusCode::BAD_REQUEST, "could not read the request body"),
+        };
+        let headers = upstream_headers(&parts.headers, client_addr, host.as_deref());
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
+        let policy = route.retry.as_ref();
+        let attempts = 1 + policy.map(|p| u32::try_from(p.attempts).unwrap_or(0)).unwrap_or(0);
+        route.budget.deposit();
+
+        let Some(upstream) = pick_backend(route) else {
+            return local(StatusCode::SERVICE_UNAVAILABLE, "the route has no backend with weight");
+        };
+        let hash = upstream.hash_on.as_ref().and_then(|on| request_hash(on, &parts.headers, client_addr));
+        let mut failed: Option<Arc<super::balance::EndpointState>> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(endpoint) = upstream.pool.pick(hash, failed.as_deref()) else {
+                return local(StatusCode::SERVICE_UNAVAILABLE, &format!("no ready endpoints for {}", upstream.service));
+            };
+            let mut builder = Request::builder().method(parts.method.clone()).uri(format!("http://{}{path}", endpoint.addr));
+            if let Some(h) = builder.headers_mut() {
+                h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            let Ok(outgoing) = builder.body(Full::new(body.clone())) else {
+                return local(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
+            };
+            let per_try = policy.and_then(|p| p.per_try_timeout).map(|d| d.get());
+            let limit = match (per_try, deadline) {
+                (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
+                (t, d) => t.or(d.map(|d| d.saturating_duration_since(Instant::now()))),
+            };
+            let in_flight = endpoint.begin();
+            let sent = Instant::now();
+            let request = self.client.request(outgoing);
+            let result = match limit {
+                Some(limit) => match tokio::time::timeout(limit, request).await {
+                    Ok(result) => Attempt::from(result),
+                    Err(_) => Attempt::TimedOut,
+                },
+                None => Attempt::from(request.await),
+            };
+            drop(in_flight);
+            let failure = match &result {
+                Attempt::Answered(response) => {
+                    endpoint.observe(sent.elapsed());
+                    let status = response.status();
+                    let listed = policy.is_some_and(|p| p.retriable_status_codes.contains(&i32::from(status.as_u16())));
+                    (status.is_server_error() || listed).then_some(Failure::Status(status))
+                }
+                Attempt::Failed(error) if error.is_connect() => Some(Failure::Connect),
+                Attempt::Failed(_) => Some(Failure::Reset),
+                Attempt::TimedOut => Some(Failure::Timeout),
+            };
+            let retry = failure.is_some_and(|f| {
+                attempt < attempts
+                    && policy.is_some_and(|p| retry::should_retry(p, f, idempotent))
+                    && deadline.is_none_or(|d| Instant::now() < d)
+            });
+            if retry && route.budget.withdraw() {
+                self.metrics.retry(&route.id);
+                failed = Some(endpoint.clone());
+                if let Some(p) = policy {
+                    let wait = retry::backoff(p, attempt);
+                    let wait = deadline.map(|d| wait.min(d.saturating_duration_since(Instant::now()))).unwrap_or(wait);
+                    tokio::time::sleep(wait).await;
+                }
+                continue;
+            } else if retry {
+                self.metrics.budget_exhausted(&route.id);
+            }
+            return match result {
+                Attempt::Answered(response) => downstream(response),
+                Attempt::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    local(StatusCode::GATEWAY_TIMEOUT, "the route's timeout passed")
+                }
+                Attempt::TimedOut => local(StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time"),
+                Attempt::Failed(error) if error.is_connect() => {
+                    local(StatusCode::BAD_GATEWAY, "could not connect to the upstream")
+                }
+                Attempt::Failed(_) => local(StatusCode::BAD_GATEWAY, "the upstream connection broke"),
+            };
+        }
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Answered(Response<Incoming>),
+    Failed(hyper_util::client::legacy::Error),
+    TimedOut,
+}
+
+impl From<Result<Response<Incoming>, hyper_util::client::legacy::Error>> for Attempt {
+    fn from(result: Result<Response<Incoming>, hyper_util::client::legacy::Error>) -> Self {
+        match result {
+            Ok(response) => Attempt::Answered(response),
+            Err(error) => Attempt::Failed(error),
+        }
+    }
+}
+
+fn find_route<'t>(table: &'t RouteTable, port: u16, host: Option<&str>, request: &Request<Incoming>) -> Option<&'t Attached> {
+    let routes = table.listeners.get(&port)?;
+    let host_ok = |patterns: &[super::router::HostPattern]| {
+        patterns.is_empty() || host.is_some_and(|h| patterns.iter().any(|p| p.matches(h)))
+    };
+    routes.iter().find(|attached| {
+        host_ok(&attached.listener_hostnames)
+            && host_ok(&attached.route.hostnames)
+            && (attached.route.matches.is_empty()
+                || attached.route.matches.iter().any(|m| m.matches(request.method(), request.uri().path(), request.headers())))
+    })
+}
+
+fn pick_backend(route: &Route) -> Option<&Arc<Upstream>> {
+    if route.total_weight == 0 {
+        return None;
+    }
+    let mut ticket = random_below(route.total_weight as usize) as u32;
+    for backend in &route.backends {
+        if ticket < backend.weight {
+            return Some(&backend.upstream);
+        }
+        ticket -= backend.weight;
+    }
+    route.backends.last().map(|b| &b.upstream)
+}
+
+fn request_hash(on: &HashOn, headers: &HeaderMap, client: SocketAddr) -> Option<u64> {
+    match on {
+        HashOn::Header(name) => headers.get(name).map(|v| hash_key(v.as_bytes())),
+        HashOn::Cookie(name) => headers.get_all(header::COOKIE).iter().find_map(|value| {
+            value.to_str().ok()?.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| hash_key(v.as_bytes()))
+            })
+        }),
+        HashOn::SourceIp => Some(hash_key(client.ip().to_string().as_bytes())),
+    }
+}
+
+/// The client's headers as the upstream gets them: hop-by-hop ones removed, forwarding ones added.
+fn upstream_headers(headers: &HeaderMap, client: SocketAddr, host: Option<&str>) -> HeaderMap {
+    let mut out = headers.clone();
+    strip_hop_by_hop(&mut out);
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {}", client.ip()),
+        None => client.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+        out.insert("x-forwarded-for", value);
+    }
+    out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(value) = host.and_then(|h| HeaderValue::try_from(h).ok()) {
+        out.insert("x-forwarded-host", value);
+    }
+    if !out.contains_key("x-request-id") {
+        let id = format!("{:016x}{:016x}", random_below(usize::MAX), random_below(usize::MAX));
+        if let Ok(value) = HeaderValue::try_from(id) {
+            out.insert("x-request-id", value);
+        }
+    }
+    out
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn downstream(response: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed())
+}
+
+/// An answer of the gateway's own, with a short reason.
+pub fn local(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{reason}\n"))).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert("x-microgate-reason", HeaderValue::from_static("gateway"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_forwarding_headers_come() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "close, x-secret".parse().expect("value"));
+        headers.insert("x-secret", "1".parse().expect("value"));
+        headers.insert("keep-alive", "timeout=5".parse().expect("value"));
+        headers.insert("x-forwarded-for", "10.0.0.1".parse().expect("value"));
+        headers.insert("x-kept", "yes".parse().expect("value"));
+        let out = upstream_headers(&headers, "127.0.0.9:5000".parse().expect("addr"), Some("shop.example.com"));
+        assert!(!out.contains_key(header::CONNECTION) && !out.contains_key("x-secret") && !out.contains_key("keep-alive"));
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(out["x-forwarded-host"], "shop.example.com");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-kept"], "yes");
+        assert!(out.contains_key("x-request-id"));
+    }
+
+    #[test]
+    fn cookie_and_header_hash_keys() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, "a=1; session=abc".parse().expect("value"));
+        let client: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        assert_eq!(request_hash(&HashOn::Cookie("session".into()), &headers, client), Some(hash_key(b"abc")));
+        assert_eq!(request_hash(&HashOn::Cookie("missing".into()), &headers, client), None);
+        assert_eq!(request_hash(&HashOn::SourceIp, &headers, client), Some(hash_key(b"127.0.0.1")));
+    }
+}

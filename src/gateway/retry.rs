@@ -1,0 +1,187 @@
+//! When a failed attempt is tried again, how long to wait first, and the budget that keeps
+//! retries from multiplying an outage.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use http::StatusCode;
+
+use super::balance::random_below;
+use crate::api::policy::{RetryOn, RetryPolicy};
+
+/// How an attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection: the request never reached the service.
+    Connect,
+    /// The connection broke after the request was (perhaps) sent, before a response.
+    Reset,
+    /// The per-try timeout passed without a response.
+    Timeout,
+    /// The service answered with this status.
+    Status(StatusCode),
+}
+
+/// Whether `failure` is one the policy retries. A request that may have reached the service is
+/// retried only if its method is idempotent: a POST is never sent twice.
+pub fn should_retry(policy: &RetryPolicy, failure: Failure, idempotent: bool) -> bool {
+    if failure != Failure::Connect && !idempotent {
+        return false;
+    }
+    let on = |condition| policy.retry_on.contains(&condition);
+    match failure {
+        Failure::Connect => on(RetryOn::ConnectFailure),
+        Failure::Reset => on(RetryOn::Reset),
+        Failure::Timeout => on(RetryOn::ServerError) || on(RetryOn::GatewayError),
+        Failure::Status(status) => {
+            (status.is_server_error() && on(RetryOn::ServerError))
+                || (matches!(status.as_u16(), 502..=504) && on(RetryOn::GatewayError))
+                || (on(RetryOn::RetriableStatusCodes)
+                    && policy.retriable_status_codes.contains(&i32::from(status.as_u16())))
+        }
+    }
+}
+
+/// The wait before retry number `retry` (1 for the first retry): full jitter, a random time up
+/// to `base × 2^(retry-1)`, capped at `max`.
+pub fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
+    let base = policy.backoff.base.get();
+    let ceiling = base.saturating_mul(1u32 << retry.saturating_sub(1).min(20)).min(policy.backoff.max.get());
+    let micros = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+    if micros == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_micros(random_below(usize::try_from(micros).unwrap_or(usize::MAX)) as u64)
+}
+
+/// Retries may be at most `percent` of requests over the last 10 seconds, plus `min_per_second`.
+/// Lock-free: one-second slots of counters, reused as time moves on.
+#[derive(Debug)]
+pub struct RetryBudget {
+    percent: u64,
+    min_per_second: u64,
+    epoch: Instant,
+    slots: [Slot; WINDOW_SECONDS as usize],
+}
+
+const WINDOW_SECONDS: u64 = 10;
+
+#[derive(Debug, Default)]
+struct Slot {
+    second: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    pub fn new(percent: u32, min_per_second: u32) -> Self {
+        Self {
+            percent: u64::from(percent),
+            min_per_second: u64::from(min_per_second),
+            epoch: Instant::now(),
+            slots: Default::default(),
+        }
+    }
+
+    /// Counts a request (not a retry).
+    pub fn deposit(&self) {
+        self.slot(self.now()).requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget; `false` when the budget is spent.
+    pub fn withdraw(&self) -> bool {
+        let now = self.now();
+        let (mut requests, mut retries) = (0, 0);
+        for slot in &self.slots {
+            let second = slot.second.load(Ordering::Relaxed);
+            if second + WINDOW_SECONDS > now && second <= now {
+                requests += slot.requests.load(Ordering::Relaxed);
+                retries += slot.retries.load(Ordering::Relaxed);
+            }
+        }
+        let allowed = self.min_per_second * WINDOW_SECONDS + requests * self.percent / 100;
+        if retries >= allowed {
+            return false;
+        }
+        self.slot(now).retries.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Seconds since the budget began, offset by one so slot 0 is never "current" by default.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_secs() + 1
+    }
+
+    fn slot(&self, now: u64) -> &Slot {
+        let slot = &self.slots[(now % WINDOW_SECONDS) as usize];
+        let second = slot.second.load(Ordering::Relaxed);
+        if second != now && slot.second.compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            // This slot last counted a second that has left the window: start it afresh.
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.retries.store(0, Ordering::Relaxed);
+        }
+        slot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(retry_on: Vec<RetryOn>, codes: Vec<i32>) -> RetryPolicy {
+        RetryPolicy { retry_on, retriable_status_codes: codes, ..RetryPolicy::default() }
+    }
+
+    #[test]
+    fn the_default_policy_retries_connect_failures_resets_and_gateway_errors() {
+        let p = RetryPolicy::default();
+        assert!(should_retry(&p, Failure::Connect, false), "never reached the service: always safe");
+        assert!(should_retry(&p, Failure::Reset, true));
+        assert!(should_retry(&p, Failure::Status(StatusCode::SERVICE_UNAVAILABLE), true));
+        assert!(!should_retry(&p, Failure::Status(StatusCode::INTERNAL_SERVER_ERROR), true));
+        assert!(!should_retry(&p, Failure::Status(StatusCode::NOT_FOUND), true));
+    }
+
+    #[test]
+    fn a_request_that_may_have_reached_the_service_is_retried_only_if_idempotent() {
+        let p = policy(vec![RetryOn::Reset, RetryOn::ServerError], vec![]);
+        assert!(!should_retry(&p, Failure::Reset, false));
+        assert!(!should_retry(&p, Failure::Status(StatusCode::BAD_GATEWAY), false));
+        assert!(should_retry(&p, Failure::Status(StatusCode::BAD_GATEWAY), true));
+    }
+
+    #[test]
+    fn retriable_status_codes_and_timeouts() {
+        let p = policy(vec![RetryOn::RetriableStatusCodes], vec![409]);
+        assert!(should_retry(&p, Failure::Status(StatusCode::CONFLICT), true));
+        assert!(!should_retry(&p, Failure::Status(StatusCode::SERVICE_UNAVAILABLE), true));
+        assert!(!should_retry(&p, Failure::Timeout, true));
+        assert!(should_retry(&policy(vec![RetryOn::GatewayError], vec![]), Failure::Timeout, true));
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_an_exponential_cap() {
+        let p = RetryPolicy::default(); // 25ms base, 250ms max
+        for _ in 0..200 {
+            assert!(backoff(&p, 1) <= Duration::from_millis(25));
+            assert!(backoff(&p, 2) <= Duration::from_millis(50));
+            assert!(backoff(&p, 10) <= Duration::from_millis(250));
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(&p, 3)).collect();
+        assert!(spread.len() > 10, "jittered, not fixed");
+    }
+
+    #[test]
+    fn the_budget_allows_its_percentage_plus_the_floor() {
+        let budget = RetryBudget::new(20, 0);
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        let allowed = (0..100).filter(|_| budget.withdraw()).count();
+        assert_eq!(allowed, 20);
+        let floor = RetryBudget::new(0, 1);
+        assert_eq!((0..100).filter(|_| floor.withdraw()).count(), 10, "1/s over a 10 s window");
+    }
+}

@@ -1,0 +1,89 @@
+//! The listeners: one TCP socket per port the route table names, serving HTTP/1.1 and h2c,
+//! each request handed to the [`Proxy`].
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+
+use super::proxy::Proxy;
+
+/// How long a client may take to send a request's headers (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The listeners running now, by port.
+pub struct Listeners {
+    address: IpAddr,
+    proxy: Arc<Proxy>,
+    running: BTreeMap<u16, JoinSet<()>>,
+}
+
+impl Listeners {
+    pub fn new(address: IpAddr, proxy: Arc<Proxy>) -> Self {
+        Self { address, proxy, running: BTreeMap::new() }
+    }
+
+    /// Listens on exactly `ports`: new ones are bound, gone ones closed.
+    pub async fn set_ports(&mut self, ports: impl Iterator<Item = u16>) {
+        let wanted: Vec<u16> = ports.collect();
+        self.running.retain(|port, _| wanted.contains(port));
+        for port in wanted {
+            if self.running.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.address, port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::info!(%addr, "listening");
+                    let mut task = JoinSet::new();
+                    task.spawn(accept(listener, port, self.proxy.clone()));
+                    self.running.insert(port, task);
+                }
+                // The next configuration change tries again.
+                Err(error) => tracing::error!(%addr, %error, "cannot listen"),
+            }
+        }
+    }
+}
+
+async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>) {
+    let mut connections = JoinSet::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let (proxy, builder) = (proxy.clone(), builder.clone());
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(port, client, request).await) }
+            });
+            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%error, "client connection ended with an error");
+            }
+        });
+    }
+}

@@ -24,6 +24,36 @@ pub enum Command {
     Crd,
     /// Run the operator: reconcile Microservices into Deployments and Services.
     Controller(ControllerArgs),
+    /// Run the gateway alone: it watches Gateways, Microservices and Pods itself.
+    Gateway(GatewayArgs),
+    /// Run the operator and the gateway in one process, sharing one endpoint registry.
+    Run(RunArgs),
+}
+
+/// Options of `microgate gateway`.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Serve only this namespace's Gateways (default: all namespaces).
+    #[arg(long, short, env = "MICROGATE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The address the Gateways' listeners bind (their ports come from the Gateway resources).
+    #[arg(long, env = "MICROGATE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub listen_address: std::net::IpAddr,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Options of `microgate run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+    /// The address the Gateways' listeners bind (their ports come from the Gateway resources).
+    #[arg(long, env = "MICROGATE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub listen_address: std::net::IpAddr,
 }
 
 /// Options of `microgate controller`.

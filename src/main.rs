@@ -2,9 +2,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use microgate::{
-    cli::{Cli, Command, ControllerArgs},
-    controller::{self, Scope},
-    discovery::Registry,
+    cli::{Cli, Command, ControllerArgs, GatewayArgs, RunArgs},
+    controller::{self, Prometheus, Scope},
+    discovery::{self, DiscoveryMetrics, Registry},
+    gateway::{self, GatewayMetrics},
     telemetry,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -23,6 +24,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Controller(args) => run_async(controller(args)),
+        Command::Gateway(args) => run_async(gateway(args)),
+        Command::Run(args) => run_async(run(args)),
     }
 }
 
@@ -44,28 +47,91 @@ fn run_async(task: impl Future<Output = Result<(), String>>) -> ExitCode {
     }
 }
 
+async fn kube_client() -> Result<kube::Client, String> {
+    // As kubectl finds it: $KUBECONFIG or ~/.kube/config, else the in-cluster service account.
+    kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
+}
+
 async fn controller(args: ControllerArgs) -> Result<(), String> {
     telemetry::init_logging(args.log.log_json);
-    // As kubectl finds it: $KUBECONFIG or ~/.kube/config, else the in-cluster service account.
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let client = kube_client().await?;
     let scope = Scope {
         namespace: args.namespace,
         label_selector: args.selector,
     };
+    let admin = args.admin_addr;
     let running = controller::start(
         client,
         scope,
         Registry::default(),
-        args.admin_addr,
+        Prometheus::default(),
+        admin,
         shutdown_signal(),
     )
     .await
-    .map_err(|e| format!("cannot serve the admin endpoints on {}: {e}", args.admin_addr))?;
+    .map_err(|e| format!("cannot serve the admin endpoints on {admin}: {e}"))?;
     tracing::info!(admin = %running.admin_addr, "controller started");
     running.serve.await;
     tracing::info!("controller stopped");
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let controller_args = args.controller;
+    telemetry::init_logging(controller_args.log.log_json);
+    let client = kube_client().await?;
+    let registry = Registry::default();
+    let mut prometheus = Prometheus::default();
+    let gateway_metrics = GatewayMetrics::register(&mut prometheus);
+    let namespace = controller_args.namespace.clone();
+    let scope = Scope {
+        namespace: controller_args.namespace,
+        label_selector: controller_args.selector,
+    };
+    let admin = controller_args.admin_addr;
+    let running = controller::start(
+        client.clone(),
+        scope,
+        registry.clone(),
+        prometheus,
+        admin,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| format!("cannot serve the admin endpoints on {admin}: {e}"))?;
+    tracing::info!(admin = %running.admin_addr, "controller and gateway started");
+    tokio::select! {
+        () = running.serve => {}
+        () = gateway::run(client, namespace, registry, args.listen_address, gateway_metrics) => {}
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn gateway(args: GatewayArgs) -> Result<(), String> {
+    telemetry::init_logging(args.log.log_json);
+    let client = kube_client().await?;
+    let registry = Registry::default();
+    let mut prometheus = Prometheus::default();
+    let gateway_metrics = GatewayMetrics::register(&mut prometheus);
+    let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
+    let admin = telemetry::Admin::new(prometheus);
+    let (admin_addr, serve_admin) = admin
+        .bind(args.admin_addr)
+        .await
+        .map_err(|e| format!("cannot serve the admin endpoints on {}: {e}", args.admin_addr))?;
+    admin.set_ready();
+    tracing::info!(admin = %admin_addr, "gateway started");
+    let namespace = args.namespace.clone();
+    tokio::select! {
+        () = discovery::run(client.clone(), namespace.as_deref(), registry.clone(), discovery_metrics) => {}
+        () = gateway::run(client, args.namespace, registry, args.listen_address, gateway_metrics) => {}
+        () = serve_admin => {}
+        () = shutdown_signal() => {}
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use kube::{
     core::DeserializeGuard,
     runtime::{Controller, controller, reflector::ObjectRef, watcher},
 };
-use prometheus_client::registry::Registry as Prometheus;
+pub use prometheus_client::registry::Registry as Prometheus;
 
 pub use context::{Context, Scope};
 
@@ -48,16 +48,17 @@ pub struct Running<F> {
     pub serve: F,
 }
 
-/// Prepares the controller for `scope` with its admin endpoints bound on `admin_addr`; awaiting
-/// `serve` runs it until `shutdown` completes.
+/// Prepares the controller for `scope` with its admin endpoints bound on `admin_addr` (serving
+/// `prometheus`, to which the controller adds its own metrics); awaiting `serve` runs it until
+/// `shutdown` completes.
 pub async fn start(
     client: Client,
     scope: Scope,
     registry: Registry,
+    mut prometheus: Prometheus,
     admin_addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Running<impl Future<Output = ()>>> {
-    let mut prometheus = Prometheus::default();
     let metrics = ControllerMetrics::register(&mut prometheus);
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
     let admin = Admin::new(prometheus);

@@ -42,7 +42,9 @@ impl EndpointState {
     /// Counts a request in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { endpoint: self.clone() }
+        InFlight {
+            endpoint: self.clone(),
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -52,9 +54,15 @@ impl EndpointState {
     /// Records one response time: a slower one counts at once, a faster one only decays the average.
     pub fn observe(&self, latency: Duration) {
         let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
-        let _ = self.latency_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-            Some(if sample >= old || old == 0 { sample } else { old - (old - sample) / 8 })
-        });
+        let _ = self
+            .latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if sample >= old || old == 0 {
+                    sample
+                } else {
+                    old - (old - sample) / 8
+                })
+            });
     }
 
     /// The PeakEwma cost: expected latency times the queue it would join.
@@ -92,12 +100,20 @@ impl Pool {
             .map(|endpoint| {
                 let addr = SocketAddr::new(endpoint.ip, endpoint.port);
                 previous
-                    .and_then(|p| p.endpoints.iter().find(|e| e.pod == endpoint.pod && e.addr == addr))
+                    .and_then(|p| {
+                        p.endpoints
+                            .iter()
+                            .find(|e| e.pod == endpoint.pod && e.addr == addr)
+                    })
                     .cloned()
                     .unwrap_or_else(|| Arc::new(EndpointState::new(endpoint)))
             })
             .collect();
-        Self { policy, endpoints, next: AtomicUsize::new(0) }
+        Self {
+            policy,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -123,11 +139,19 @@ impl Pool {
             LoadBalancerPolicy::RoundRobin => {
                 let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
                 let e = &self.endpoints[i];
-                if avoided(e) { &self.endpoints[(i + 1) % n] } else { e }
+                if avoided(e) {
+                    &self.endpoints[(i + 1) % n]
+                } else {
+                    e
+                }
             }
             LoadBalancerPolicy::Random => {
                 let e = &self.endpoints[random_below(n)];
-                if avoided(e) { &self.endpoints[(random_below(n - 1) + 1 + self.index_of(e)) % n] } else { e }
+                if avoided(e) {
+                    &self.endpoints[(random_below(n - 1) + 1 + self.index_of(e)) % n]
+                } else {
+                    e
+                }
             }
             LoadBalancerPolicy::LeastRequest => self.two_choices(&avoided, |e| e.in_flight() as u64),
             LoadBalancerPolicy::PeakEwma => self.two_choices(&avoided, EndpointState::cost),
@@ -147,11 +171,18 @@ impl Pool {
     }
 
     fn index_of(&self, endpoint: &Arc<EndpointState>) -> usize {
-        self.endpoints.iter().position(|e| Arc::ptr_eq(e, endpoint)).unwrap_or(0)
+        self.endpoints
+            .iter()
+            .position(|e| Arc::ptr_eq(e, endpoint))
+            .unwrap_or(0)
     }
 
     /// Power of two choices: two distinct random endpoints, the cheaper wins.
-    fn two_choices(&self, avoided: &dyn Fn(&Arc<EndpointState>) -> bool, cost: impl Fn(&EndpointState) -> u64) -> &Arc<EndpointState> {
+    fn two_choices(
+        &self,
+        avoided: &dyn Fn(&Arc<EndpointState>) -> bool,
+        cost: impl Fn(&EndpointState) -> u64,
+    ) -> &Arc<EndpointState> {
         let n = self.endpoints.len();
         let a = random_below(n);
         let b = (a + 1 + random_below(n - 1)) % n;
@@ -159,7 +190,13 @@ impl Pool {
         match (avoided(ea), avoided(eb)) {
             (true, false) => eb,
             (false, true) => ea,
-            _ => if cost(eb) < cost(ea) { eb } else { ea },
+            _ => {
+                if cost(eb) < cost(ea) {
+                    eb
+                } else {
+                    ea
+                }
+            }
         }
     }
 }
@@ -257,7 +294,10 @@ mod tests {
         let mut moved = 0;
         for key in 0..keys {
             let before = ten.pick(Some(key), None).expect("endpoint");
-            assert!(Arc::ptr_eq(&before, &ten.pick(Some(key), None).expect("endpoint")), "sticky");
+            assert!(
+                Arc::ptr_eq(&before, &ten.pick(Some(key), None).expect("endpoint")),
+                "sticky"
+            );
             let after = nine.pick(Some(key), None).expect("endpoint");
             if before.pod != after.pod {
                 moved += 1;
@@ -277,6 +317,10 @@ mod tests {
         }
         let _guard = failed.begin();
         let rebuilt = Pool::new(LoadBalancerPolicy::RoundRobin, &endpoints(3), Some(&pool));
-        assert_eq!(rebuilt.endpoints.iter().map(|e| e.in_flight()).sum::<usize>(), 1, "in-flight kept");
+        assert_eq!(
+            rebuilt.endpoints.iter().map(|e| e.in_flight()).sum::<usize>(),
+            1,
+            "in-flight kept"
+        );
     }
 }

@@ -95,13 +95,19 @@ pub fn compile(
         let spec = &gateway.spec;
         for route in &spec.routes {
             let id = format!("{namespace}/{}/{}", gateway.name_any(), route.name);
-            let retry = route.retry.clone().or_else(|| spec.defaults.as_ref().and_then(|d| d.retry.clone()));
+            let retry = route
+                .retry
+                .clone()
+                .or_else(|| spec.defaults.as_ref().and_then(|d| d.retry.clone()));
             let budget = retry.as_ref().map(|r| {
-                previous.and_then(|p| p.budgets.get(&id)).cloned().unwrap_or_else(|| {
-                    let percent = u32::try_from(r.budget.percent).unwrap_or(0);
-                    let floor = u32::try_from(r.budget.min_per_second).unwrap_or(0);
-                    Arc::new(RetryBudget::new(percent, floor))
-                })
+                previous
+                    .and_then(|p| p.budgets.get(&id))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        let percent = u32::try_from(r.budget.percent).unwrap_or(0);
+                        let floor = u32::try_from(r.budget.min_per_second).unwrap_or(0);
+                        Arc::new(RetryBudget::new(percent, floor))
+                    })
             });
             let budget = budget.unwrap_or_else(|| Arc::new(RetryBudget::new(0, 0)));
             table.budgets.insert(id.clone(), budget.clone());
@@ -116,7 +122,10 @@ pub fn compile(
                         .entry(key.clone())
                         .or_insert_with(|| Arc::new(upstream(&key, policies.get(&key), registry, previous)))
                         .clone();
-                    Backend { upstream, weight: u32::try_from(b.weight).unwrap_or(0) }
+                    Backend {
+                        upstream,
+                        weight: u32::try_from(b.weight).unwrap_or(0),
+                    }
                 })
                 .collect();
             let compiled = Arc::new(Route {
@@ -136,7 +145,9 @@ pub fn compile(
                 if !route.listeners.is_empty() && !route.listeners.contains(&listener.name) {
                     continue;
                 }
-                let Ok(port) = u16::try_from(listener.port) else { continue };
+                let Ok(port) = u16::try_from(listener.port) else {
+                    continue;
+                };
                 table.listeners.entry(port).or_default().push(Attached {
                     listener_hostnames: listener.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
                     route: compiled.clone(),
@@ -153,15 +164,27 @@ pub fn compile(
     table
 }
 
-fn upstream(key: &ServiceKey, policy: Option<&TrafficPolicy>, registry: &Registry, previous: Option<&RouteTable>) -> Upstream {
+fn upstream(
+    key: &ServiceKey,
+    policy: Option<&TrafficPolicy>,
+    registry: &Registry,
+    previous: Option<&RouteTable>,
+) -> Upstream {
     let default_policy = TrafficPolicy::default();
     let policy = policy.unwrap_or(&default_policy);
     let snapshot = registry.snapshot(key);
     let ready: Vec<_> = snapshot.ready().cloned().collect();
     let previous_pool = previous.and_then(|p| p.upstreams.get(key)).map(|u| &u.pool);
-    let hash_on = match (&policy.load_balancer.policy, &policy.load_balancer.consistent_hash) {
+    let hash_on = match (
+        &policy.load_balancer.policy,
+        &policy.load_balancer.consistent_hash,
+    ) {
         (LoadBalancerPolicy::ConsistentHash, Some(hash)) => {
-            if let Some(header) = hash.header.as_deref().and_then(|h| http::HeaderName::try_from(h).ok()) {
+            if let Some(header) = hash
+                .header
+                .as_deref()
+                .and_then(|h| http::HeaderName::try_from(h).ok())
+            {
                 Some(HashOn::Header(header))
             } else if let Some(cookie) = &hash.cookie {
                 Some(HashOn::Cookie(cookie.clone()))
@@ -171,7 +194,11 @@ fn upstream(key: &ServiceKey, policy: Option<&TrafficPolicy>, registry: &Registr
         }
         _ => None,
     };
-    Upstream { service: key.clone(), pool: Pool::new(policy.load_balancer.policy, &ready, previous_pool), hash_on }
+    Upstream {
+        service: key.clone(),
+        pool: Pool::new(policy.load_balancer.policy, &ready, previous_pool),
+        hash_on,
+    }
 }
 
 fn compile_match(m: &crate::api::gateway::RouteMatch) -> RequestMatch {
@@ -181,7 +208,12 @@ fn compile_match(m: &crate::api::gateway::RouteMatch) -> RequestMatch {
         headers: m
             .headers
             .iter()
-            .filter_map(|h| Some((http::HeaderName::try_from(h.name.to_ascii_lowercase()).ok()?, h.value.clone())))
+            .filter_map(|h| {
+                Some((
+                    http::HeaderName::try_from(h.name.to_ascii_lowercase()).ok()?,
+                    h.value.clone(),
+                ))
+            })
             .collect(),
     }
 }

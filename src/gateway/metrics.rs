@@ -28,8 +28,16 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        registry.register("microgate_gateway_requests", "Requests answered, by route and status class", metrics.requests.clone());
-        registry.register("microgate_gateway_retries", "Retries sent, by route", metrics.retries.clone());
+        registry.register(
+            "microgate_gateway_requests",
+            "Requests answered, by route and status class",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "microgate_gateway_retries",
+            "Retries sent, by route",
+            metrics.retries.clone(),
+        );
         registry.register(
             "microgate_gateway_retry_budget_exhausted",
             "Retries not sent because the route's retry budget was spent",
@@ -46,14 +54,27 @@ impl GatewayMetrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.requests.get_or_create(&RequestLabels { route: route.to_owned(), class }).inc();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                class,
+            })
+            .inc();
     }
 
     pub fn retry(&self, route: &str) {
-        self.retries.get_or_create(&RouteLabels { route: route.to_owned() }).inc();
+        self.retries
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .inc();
     }
 
     pub fn budget_exhausted(&self, route: &str) {
-        self.budget_exhausted.get_or_create(&RouteLabels { route: route.to_owned() }).inc();
+        self.budget_exhausted
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .inc();
     }
 }

@@ -32,12 +32,21 @@ use crate::{
 };
 
 /// Runs the gateway for `namespace` (or all) until the watches end, listening on `address`.
-pub async fn run(client: Client, namespace: Option<String>, registry: Registry, address: IpAddr, metrics: GatewayMetrics) {
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    registry: Registry,
+    address: IpAddr,
+    metrics: GatewayMetrics,
+) {
     let (gateways, gateways_writer) = reflector::store::<Gateway>();
     let (microservices, microservices_writer) = reflector::store::<Microservice>();
     let changed = Arc::new(Notify::new());
     let api = |client: Client| match &namespace {
-        Some(ns) => (Api::<Gateway>::namespaced(client.clone(), ns), Api::<Microservice>::namespaced(client, ns)),
+        Some(ns) => (
+            Api::<Gateway>::namespaced(client.clone(), ns),
+            Api::<Microservice>::namespaced(client, ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
     let (gateway_api, microservice_api) = api(client);
@@ -53,13 +62,16 @@ pub async fn run(client: Client, namespace: Option<String>, registry: Registry, 
     };
     let watch_microservices = {
         let changed = changed.clone();
-        reflector(microservices_writer, watcher(microservice_api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects()
-            .for_each(move |_| {
-                changed.notify_one();
-                async {}
-            })
+        reflector(
+            microservices_writer,
+            watcher(microservice_api, watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(move |_| {
+            changed.notify_one();
+            async {}
+        })
     };
 
     let table = Arc::new(ArcSwap::from_pointee(config::RouteTable::default()));
@@ -72,7 +84,12 @@ pub async fn run(client: Client, namespace: Option<String>, registry: Registry, 
             let policies: HashMap<ServiceKey, _> = microservices
                 .state()
                 .iter()
-                .map(|ms| (ServiceKey::new(&ms.namespace().unwrap_or_default(), &ms.name_any()), ms.spec.traffic_policy.clone()))
+                .map(|ms| {
+                    (
+                        ServiceKey::new(&ms.namespace().unwrap_or_default(), &ms.name_any()),
+                        ms.spec.traffic_policy.clone(),
+                    )
+                })
                 .collect();
             let previous = table.load_full();
             let compiled = config::compile(&gateways.state(), &policies, &registry, Some(&previous));

@@ -58,10 +58,19 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Self { table, client, metrics }
+        Self {
+            table,
+            client,
+            metrics,
+        }
     }
 
-    pub async fn handle(&self, port: u16, client_addr: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        port: u16,
+        client_addr: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let table = self.table.load_full();
         let host = request_host(request.uri(), request.headers());
         let Some(attached) = find_route(&table, port, host.as_deref(), &request) else {
@@ -74,7 +83,13 @@ impl Proxy {
         response
     }
 
-    async fn forward(&self, route: &Route, client_addr: SocketAddr, host: Option<String>, request: Request<Incoming>) -> Response<Body> {
+    async fn forward(
+        &self,
+        route: &Route,
+        client_addr: SocketAddr,
+        host: Option<String>,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let started = Instant::now();
         let deadline = route.timeout.map(|t| started + t);
         let (parts, body) = request.into_parts();
@@ -86,24 +101,44 @@ impl Proxy {
             Err(_) => return local(StatusCode::BAD_REQUEST, "could not read the request body"),
         };
         let headers = upstream_headers(&parts.headers, client_addr, host.as_deref());
-        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
-        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        let idempotent = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        );
         let policy = route.retry.as_ref();
-        let attempts = 1 + policy.map(|p| u32::try_from(p.attempts).unwrap_or(0)).unwrap_or(0);
+        let attempts = 1 + policy
+            .map(|p| u32::try_from(p.attempts).unwrap_or(0))
+            .unwrap_or(0);
         route.budget.deposit();
 
         let Some(upstream) = pick_backend(route) else {
-            return local(StatusCode::SERVICE_UNAVAILABLE, "the route has no backend with weight");
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the route has no backend with weight",
+            );
         };
-        let hash = upstream.hash_on.as_ref().and_then(|on| request_hash(on, &parts.headers, client_addr));
+        let hash = upstream
+            .hash_on
+            .as_ref()
+            .and_then(|on| request_hash(on, &parts.headers, client_addr));
         let mut failed: Option<Arc<super::balance::EndpointState>> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let Some(endpoint) = upstream.pool.pick(hash, failed.as_deref()) else {
-                return local(StatusCode::SERVICE_UNAVAILABLE, &format!("no ready endpoints for {}", upstream.service));
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("no ready endpoints for {}", upstream.service),
+                );
             };
-            let mut builder = Request::builder().method(parts.method.clone()).uri(format!("http://{}{path}", endpoint.addr));
+            let mut builder = Request::builder()
+                .method(parts.method.clone())
+                .uri(format!("http://{}{path}", endpoint.addr));
             if let Some(h) = builder.headers_mut() {
                 h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
@@ -130,7 +165,8 @@ impl Proxy {
                 Attempt::Answered(response) => {
                     endpoint.observe(sent.elapsed());
                     let status = response.status();
-                    let listed = policy.is_some_and(|p| p.retriable_status_codes.contains(&i32::from(status.as_u16())));
+                    let listed = policy
+                        .is_some_and(|p| p.retriable_status_codes.contains(&i32::from(status.as_u16())));
                     (status.is_server_error() || listed).then_some(Failure::Status(status))
                 }
                 Attempt::Failed(error) if error.is_connect() => Some(Failure::Connect),
@@ -147,7 +183,9 @@ impl Proxy {
                 failed = Some(endpoint.clone());
                 if let Some(p) = policy {
                     let wait = retry::backoff(p, attempt);
-                    let wait = deadline.map(|d| wait.min(d.saturating_duration_since(Instant::now()))).unwrap_or(wait);
+                    let wait = deadline
+                        .map(|d| wait.min(d.saturating_duration_since(Instant::now())))
+                        .unwrap_or(wait);
                     tokio::time::sleep(wait).await;
                 }
                 continue;
@@ -159,7 +197,9 @@ impl Proxy {
                 Attempt::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
                     local(StatusCode::GATEWAY_TIMEOUT, "the route's timeout passed")
                 }
-                Attempt::TimedOut => local(StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time"),
+                Attempt::TimedOut => {
+                    local(StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time")
+                }
                 Attempt::Failed(error) if error.is_connect() => {
                     local(StatusCode::BAD_GATEWAY, "could not connect to the upstream")
                 }
@@ -185,7 +225,12 @@ impl From<Result<Response<Incoming>, hyper_util::client::legacy::Error>> for Att
     }
 }
 
-fn find_route<'t>(table: &'t RouteTable, port: u16, host: Option<&str>, request: &Request<Incoming>) -> Option<&'t Attached> {
+fn find_route<'t>(
+    table: &'t RouteTable,
+    port: u16,
+    host: Option<&str>,
+    request: &Request<Incoming>,
+) -> Option<&'t Attached> {
     let routes = table.listeners.get(&port)?;
     let host_ok = |patterns: &[super::router::HostPattern]| {
         patterns.is_empty() || host.is_some_and(|h| patterns.iter().any(|p| p.matches(h)))
@@ -194,7 +239,11 @@ fn find_route<'t>(table: &'t RouteTable, port: u16, host: Option<&str>, request:
         host_ok(&attached.listener_hostnames)
             && host_ok(&attached.route.hostnames)
             && (attached.route.matches.is_empty()
-                || attached.route.matches.iter().any(|m| m.matches(request.method(), request.uri().path(), request.headers())))
+                || attached
+                    .route
+                    .matches
+                    .iter()
+                    .any(|m| m.matches(request.method(), request.uri().path(), request.headers())))
     })
 }
 
@@ -241,7 +290,11 @@ fn upstream_headers(headers: &HeaderMap, client: SocketAddr, host: Option<&str>)
         out.insert("x-forwarded-host", value);
     }
     if !out.contains_key("x-request-id") {
-        let id = format!("{:016x}{:016x}", random_below(usize::MAX), random_below(usize::MAX));
+        let id = format!(
+            "{:016x}{:016x}",
+            random_below(usize::MAX),
+            random_below(usize::MAX)
+        );
         if let Ok(value) = HeaderValue::try_from(id) {
             out.insert("x-request-id", value);
         }
@@ -271,10 +324,19 @@ fn downstream(response: Response<Incoming>) -> Response<Body> {
 
 /// An answer of the gateway's own, with a short reason.
 pub fn local(status: StatusCode, reason: &str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{reason}\n"))).map_err(|never| match never {}).boxed());
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{reason}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response.headers_mut().insert("x-microgate-reason", HeaderValue::from_static("gateway"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert("x-microgate-reason", HeaderValue::from_static("gateway"));
     response
 }
 
@@ -290,8 +352,16 @@ mod tests {
         headers.insert("keep-alive", "timeout=5".parse().expect("value"));
         headers.insert("x-forwarded-for", "10.0.0.1".parse().expect("value"));
         headers.insert("x-kept", "yes".parse().expect("value"));
-        let out = upstream_headers(&headers, "127.0.0.9:5000".parse().expect("addr"), Some("shop.example.com"));
-        assert!(!out.contains_key(header::CONNECTION) && !out.contains_key("x-secret") && !out.contains_key("keep-alive"));
+        let out = upstream_headers(
+            &headers,
+            "127.0.0.9:5000".parse().expect("addr"),
+            Some("shop.example.com"),
+        );
+        assert!(
+            !out.contains_key(header::CONNECTION)
+                && !out.contains_key("x-secret")
+                && !out.contains_key("keep-alive")
+        );
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(out["x-forwarded-host"], "shop.example.com");
         assert_eq!(out["x-forwarded-proto"], "http");
@@ -304,8 +374,17 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, "a=1; session=abc".parse().expect("value"));
         let client: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        assert_eq!(request_hash(&HashOn::Cookie("session".into()), &headers, client), Some(hash_key(b"abc")));
-        assert_eq!(request_hash(&HashOn::Cookie("missing".into()), &headers, client), None);
-        assert_eq!(request_hash(&HashOn::SourceIp, &headers, client), Some(hash_key(b"127.0.0.1")));
+        assert_eq!(
+            request_hash(&HashOn::Cookie("session".into()), &headers, client),
+            Some(hash_key(b"abc"))
+        );
+        assert_eq!(
+            request_hash(&HashOn::Cookie("missing".into()), &headers, client),
+            None
+        );
+        assert_eq!(
+            request_hash(&HashOn::SourceIp, &headers, client),
+            Some(hash_key(b"127.0.0.1"))
+        );
     }
 }

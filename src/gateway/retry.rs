@@ -39,7 +39,9 @@ pub fn should_retry(policy: &RetryPolicy, failure: Failure, idempotent: bool) ->
             (status.is_server_error() && on(RetryOn::ServerError))
                 || (matches!(status.as_u16(), 502..=504) && on(RetryOn::GatewayError))
                 || (on(RetryOn::RetriableStatusCodes)
-                    && policy.retriable_status_codes.contains(&i32::from(status.as_u16())))
+                    && policy
+                        .retriable_status_codes
+                        .contains(&i32::from(status.as_u16())))
         }
     }
 }
@@ -48,7 +50,9 @@ pub fn should_retry(policy: &RetryPolicy, failure: Failure, idempotent: bool) ->
 /// to `base × 2^(retry-1)`, capped at `max`.
 pub fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
     let base = policy.backoff.base.get();
-    let ceiling = base.saturating_mul(1u32 << retry.saturating_sub(1).min(20)).min(policy.backoff.max.get());
+    let ceiling = base
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+        .min(policy.backoff.max.get());
     let micros = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
     if micros == 0 {
         return Duration::ZERO;
@@ -117,7 +121,12 @@ impl RetryBudget {
     fn slot(&self, now: u64) -> &Slot {
         let slot = &self.slots[(now % WINDOW_SECONDS) as usize];
         let second = slot.second.load(Ordering::Relaxed);
-        if second != now && slot.second.compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        if second != now
+            && slot
+                .second
+                .compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             // This slot last counted a second that has left the window: start it afresh.
             slot.requests.store(0, Ordering::Relaxed);
             slot.retries.store(0, Ordering::Relaxed);
@@ -131,16 +140,31 @@ mod tests {
     use super::*;
 
     fn policy(retry_on: Vec<RetryOn>, codes: Vec<i32>) -> RetryPolicy {
-        RetryPolicy { retry_on, retriable_status_codes: codes, ..RetryPolicy::default() }
+        RetryPolicy {
+            retry_on,
+            retriable_status_codes: codes,
+            ..RetryPolicy::default()
+        }
     }
 
     #[test]
     fn the_default_policy_retries_connect_failures_resets_and_gateway_errors() {
         let p = RetryPolicy::default();
-        assert!(should_retry(&p, Failure::Connect, false), "never reached the service: always safe");
+        assert!(
+            should_retry(&p, Failure::Connect, false),
+            "never reached the service: always safe"
+        );
         assert!(should_retry(&p, Failure::Reset, true));
-        assert!(should_retry(&p, Failure::Status(StatusCode::SERVICE_UNAVAILABLE), true));
-        assert!(!should_retry(&p, Failure::Status(StatusCode::INTERNAL_SERVER_ERROR), true));
+        assert!(should_retry(
+            &p,
+            Failure::Status(StatusCode::SERVICE_UNAVAILABLE),
+            true
+        ));
+        assert!(!should_retry(
+            &p,
+            Failure::Status(StatusCode::INTERNAL_SERVER_ERROR),
+            true
+        ));
         assert!(!should_retry(&p, Failure::Status(StatusCode::NOT_FOUND), true));
     }
 
@@ -156,9 +180,17 @@ mod tests {
     fn retriable_status_codes_and_timeouts() {
         let p = policy(vec![RetryOn::RetriableStatusCodes], vec![409]);
         assert!(should_retry(&p, Failure::Status(StatusCode::CONFLICT), true));
-        assert!(!should_retry(&p, Failure::Status(StatusCode::SERVICE_UNAVAILABLE), true));
+        assert!(!should_retry(
+            &p,
+            Failure::Status(StatusCode::SERVICE_UNAVAILABLE),
+            true
+        ));
         assert!(!should_retry(&p, Failure::Timeout, true));
-        assert!(should_retry(&policy(vec![RetryOn::GatewayError], vec![]), Failure::Timeout, true));
+        assert!(should_retry(
+            &policy(vec![RetryOn::GatewayError], vec![]),
+            Failure::Timeout,
+            true
+        ));
     }
 
     #[test]
@@ -182,6 +214,10 @@ mod tests {
         let allowed = (0..100).filter(|_| budget.withdraw()).count();
         assert_eq!(allowed, 20);
         let floor = RetryBudget::new(0, 1);
-        assert_eq!((0..100).filter(|_| floor.withdraw()).count(), 10, "1/s over a 10 s window");
+        assert_eq!(
+            (0..100).filter(|_| floor.withdraw()).count(),
+            10,
+            "1/s over a 10 s window"
+        );
     }
 }

@@ -53,9 +53,12 @@ impl RequestMatch {
         if self.method.as_ref().is_some_and(|m| m != method) {
             return false;
         }
-        self.headers
-            .iter()
-            .all(|(name, value)| headers.get_all(name).iter().any(|v| v.as_bytes() == value.as_bytes()))
+        self.headers.iter().all(|(name, value)| {
+            headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == value.as_bytes())
+        })
     }
 }
 
@@ -89,13 +92,23 @@ pub fn method_of(method: HttpMethod) -> Method {
 
 /// The request's host, lowercase, without a port: from the URI (HTTP/2) or the Host header.
 pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<String> {
-    let raw = uri.host().or_else(|| headers.get(http::header::HOST)?.to_str().ok())?;
+    let raw = uri
+        .host()
+        .or_else(|| headers.get(http::header::HOST)?.to_str().ok())?;
     let host = match raw.rsplit_once(':') {
         // An IPv6 literal keeps its colons inside brackets.
-        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !raw.ends_with(']') => name,
+        Some((name, port))
+            if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !raw.ends_with(']') =>
+        {
+            name
+        }
         _ => raw,
     };
-    Some(host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase(),
+    )
 }
 
 #[cfg(test)]
@@ -132,10 +145,16 @@ mod tests {
             map
         };
         let uri: http::Uri = "/path".parse().expect("uri");
-        assert_eq!(request_host(&uri, &headers("Shop.Example.com:8080")).as_deref(), Some("shop.example.com"));
+        assert_eq!(
+            request_host(&uri, &headers("Shop.Example.com:8080")).as_deref(),
+            Some("shop.example.com")
+        );
         assert_eq!(request_host(&uri, &headers("[::1]:80")).as_deref(), Some("::1"));
         let absolute: http::Uri = "http://a.example.com:9/x".parse().expect("uri");
-        assert_eq!(request_host(&absolute, &HeaderMap::new()).as_deref(), Some("a.example.com"));
+        assert_eq!(
+            request_host(&absolute, &HeaderMap::new()).as_deref(),
+            Some("a.example.com")
+        );
     }
 
     #[test]

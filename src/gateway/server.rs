@@ -30,7 +30,11 @@ pub struct Listeners {
 
 impl Listeners {
     pub fn new(address: IpAddr, proxy: Arc<Proxy>) -> Self {
-        Self { address, proxy, running: BTreeMap::new() }
+        Self {
+            address,
+            proxy,
+            running: BTreeMap::new(),
+        }
     }
 
     /// Listens on exactly `ports`: new ones are bound, gone ones closed.
@@ -59,8 +63,15 @@ impl Listeners {
 async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>) {
     let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(64 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024);
     let builder = Arc::new(builder);
     loop {
         let (stream, client) = tokio::select! {

@@ -103,6 +103,7 @@ impl ControllerUnderTest {
             ns.client.clone(),
             scope,
             registry.clone(),
+            Default::default(),
             any_port,
             std::future::pending(),
         )

@@ -6,8 +6,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -46,13 +46,21 @@ impl ProbeError {
 
 /// `GET http://addr/path`, reading the whole body; 5 s at most.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Answer, ProbeError> {
-    let after = Duration::from_secs(5);
-    tokio::time::timeout(after, exchange(addr, path))
-        .await
-        .map_err(|_| ProbeError::Timeout { addr, after })?
+    request(addr, Method::GET, path, "").await
 }
 
-async fn exchange(addr: SocketAddr, path: &str) -> Result<Answer, ProbeError> {
+/// Any method with a body, reading the whole answer; 5 s at most.
+pub async fn request(addr: SocketAddr, method: Method, path: &str, body: &str) -> Result<Answer, ProbeError> {
+    let after = Duration::from_secs(5);
+    tokio::time::timeout(
+        after,
+        exchange(addr, method, path, Bytes::copy_from_slice(body.as_bytes())),
+    )
+    .await
+    .map_err(|_| ProbeError::Timeout { addr, after })?
+}
+
+async fn exchange(addr: SocketAddr, method: Method, path: &str, body: Bytes) -> Result<Answer, ProbeError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|source| ProbeError::Connect { addr, source })?;
@@ -61,10 +69,12 @@ async fn exchange(addr: SocketAddr, path: &str) -> Result<Answer, ProbeError> {
         .await
         .map_err(http)?;
     let connection = tokio::spawn(connection);
-    let request = Request::get(path)
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .expect("a GET with a path and a host header is a valid request");
+        .body(Full::new(body))
+        .expect("a method, a path and a host header make a valid request");
     let response = sender.send_request(request).await.map_err(http)?;
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(http)?.to_bytes();

@@ -1,0 +1,409 @@
+//! End to end on the real control plane and real sockets: the controller and the gateway run in
+//! this process (as `microgate run` does), the harness plays kubelet with real HTTP backends,
+//! and requests go through the gateway's listener.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, stream};
+use hyper::StatusCode;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    ResourceExt,
+    api::{ListParams, PostParams},
+};
+use microgate::{
+    api::{Gateway, Microservice},
+    controller::{self, Prometheus, Scope},
+    discovery::{Registry, ServiceKey},
+    gateway::{self, GatewayMetrics},
+};
+use microgate_test_support::{
+    TestNamespace,
+    backend::POD_NAME_HEADER,
+    probe,
+    wait::{self, Probe},
+    with_namespace,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The controller and the gateway of one test, sharing a registry.
+struct Platform {
+    registry: Registry,
+    listener: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn install_crds(ns: &TestNamespace) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::{
+        Api,
+        api::{Patch, PatchParams},
+        runtime::{conditions, wait::await_condition},
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
+    for crd in microgate::api::crds() {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("microgate-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        tokio::time::timeout(
+            WAIT,
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("watch the CRD");
+    }
+}
+
+impl Platform {
+    async fn start(ns: &TestNamespace) -> Self {
+        install_crds(ns).await;
+        let registry = Registry::default();
+        let mut prometheus = Prometheus::default();
+        let metrics = GatewayMetrics::register(&mut prometheus);
+        let scope = Scope {
+            namespace: Some(ns.name.clone()),
+            label_selector: None,
+        };
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let running = controller::start(
+            ns.client.clone(),
+            scope,
+            registry.clone(),
+            prometheus,
+            any,
+            std::future::pending(),
+        )
+        .await
+        .expect("start the controller");
+        let gateway = gateway::run(
+            ns.client.clone(),
+            Some(ns.name.clone()),
+            registry.clone(),
+            [127, 0, 0, 1].into(),
+            metrics,
+        );
+        let tasks = vec![tokio::spawn(running.serve), tokio::spawn(gateway)];
+        Self {
+            registry,
+            listener: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            tasks,
+        }
+    }
+
+    async fn microservice(
+        &self,
+        ns: &TestNamespace,
+        name: &str,
+        replicas: i32,
+        traffic_policy: serde_json::Value,
+    ) {
+        let ms: Microservice = serde_json::from_value(json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Microservice", "metadata": {"name": name},
+            "spec": {"image": "registry.example/echo:1", "replicas": replicas, "trafficPolicy": traffic_policy},
+        }))
+        .expect("a valid Microservice");
+        ns.api::<Microservice>()
+            .create(&PostParams::default(), &ms)
+            .await
+            .expect("create the Microservice");
+        let key = ServiceKey::new(&ns.name, name);
+        wait::until(format!("{replicas} ready endpoints of {name}"), WAIT, || async {
+            let ready = self.registry.snapshot(&key).ready_count();
+            if ready == replicas as usize {
+                Probe::Done(())
+            } else {
+                Probe::NotYet(format!("{ready} ready"))
+            }
+        })
+        .await
+        .expect("endpoints are ready");
+    }
+
+    /// Creates a Gateway with one listener (this test's port) and `routes`, and waits until it serves.
+    async fn gateway(&self, ns: &TestNamespace, routes: serde_json::Value) {
+        let gateway: Gateway = serde_json::from_value(json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
+            "spec": {"listeners": [{"name": "http", "port": self.listener.port()}], "routes": routes},
+        }))
+        .expect("a valid Gateway");
+        ns.api::<Gateway>()
+            .create(&PostParams::default(), &gateway)
+            .await
+            .expect("create the Gateway");
+        let listener = self.listener;
+        wait::until("the gateway to listen", WAIT, || async {
+            match probe::get(listener, "/__probe").await {
+                Ok(answer) => Probe::Done(answer),
+                Err(error) => Probe::NotYet(error.to_string()),
+            }
+        })
+        .await
+        .expect("the gateway listens");
+    }
+}
+
+async fn pods_of(ns: &TestNamespace, service: &str) -> Vec<String> {
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("microgate.dev/microservice={service}")))
+        .await;
+    let mut names: Vec<_> = pods
+        .expect("list pods")
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Sends `count` GETs (`concurrency` at a time) and counts answers by (status, pod).
+async fn traffic(
+    addr: SocketAddr,
+    path: &str,
+    count: usize,
+    concurrency: usize,
+) -> BTreeMap<(u16, String), usize> {
+    let answers: Vec<_> = stream::iter(0..count)
+        .map(|_| async move {
+            match probe::get(addr, path).await {
+                Ok(answer) => {
+                    let pod = answer
+                        .headers
+                        .get(POD_NAME_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_owned();
+                    (answer.status.as_u16(), pod)
+                }
+                Err(_) => (0, "-".to_owned()),
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut counts = BTreeMap::new();
+    for answer in answers {
+        *counts.entry(answer).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_exactly_over_the_pods() {
+    with_namespace("e2e-rr", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 3, json!({})).await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+            )
+            .await;
+        let counts = traffic(platform.listener, "/", 300, 1).await;
+        let pods = pods_of(&ns, "echo").await;
+        let expected: BTreeMap<_, _> = pods.iter().map(|p| ((200, p.clone()), 100)).collect();
+        assert_eq!(counts, expected);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn weighted_backends_split_traffic_90_10() {
+    with_namespace("e2e-weights", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "stable", 1, json!({})).await;
+        platform.microservice(&ns, "canary", 1, json!({})).await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "split", "backends": [
+                {"microservice": "stable", "weight": 90}, {"microservice": "canary", "weight": 10}]}]),
+            )
+            .await;
+        let total = 10_000;
+        let counts = traffic(platform.listener, "/", total, 16).await;
+        let canary_pod = &pods_of(&ns, "canary").await[0];
+        let canary = counts.get(&(200, canary_pod.clone())).copied().unwrap_or(0);
+        let ok: usize = counts
+            .iter()
+            .filter(|((s, _), _)| *s == 200)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(ok, total, "{counts:?}");
+        let share = canary as f64 / total as f64;
+        assert!(
+            (0.07..=0.13).contains(&share),
+            "canary got {:.1} % of traffic",
+            share * 100.0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unmatched_requests_get_a_404_that_says_so() {
+    with_namespace("e2e-404", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "api", "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                "backends": [{"microservice": "echo"}]}]),
+            )
+            .await;
+        let miss = probe::get(platform.listener, "/apix").await.expect("an answer");
+        assert_eq!(miss.status, StatusCode::NOT_FOUND);
+        assert_eq!(miss.body, "no route matches this request\n");
+        let hit = probe::get(platform.listener, "/api/orders")
+            .await
+            .expect("an answer");
+        assert_eq!(hit.status, StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retries_hide_a_pod_that_answers_503() {
+    with_namespace("e2e-retry", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 3, json!({})).await;
+        let failing = &pods_of(&ns, "echo").await[0];
+        ns.backend(failing).expect("the failing pod's backend").respond_with_status(StatusCode::SERVICE_UNAVAILABLE);
+        platform
+            .gateway(&ns, json!([{"name": "all", "backends": [{"microservice": "echo"}],
+                "retry": {"attempts": 2, "retryOn": ["gateway-error"], "backoff": {"base": "1ms", "max": "5ms"},
+                          "budget": {"percent": 50, "minPerSecond": 10}}}]))
+            .await;
+        let total = 1000;
+        let counts = traffic(platform.listener, "/", total, 8).await;
+        let ok: usize = counts.iter().filter(|((s, _), _)| *s == 200).map(|(_, n)| n).sum();
+        let success = ok as f64 / total as f64;
+        assert!(success >= 0.999, "success {:.2} %: {counts:?}", success * 100.0);
+        let failed_attempts = ns.backend(failing).expect("backend").requests() as usize;
+        let bound = total / 2 + 100;
+        assert!(failed_attempts <= bound, "{failed_attempts} retries exceed the budget of {bound}");
+        eprintln!("{ok}/{total} succeeded; the failing pod took {failed_attempts} attempts, each retried elsewhere");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_turned_unready_stops_getting_traffic() {
+    with_namespace("e2e-unready", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 2, json!({})).await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+            )
+            .await;
+        let pods = pods_of(&ns, "echo").await;
+        ns.set_ready(&pods[0], false).await.expect("fail readiness");
+        let key = ServiceKey::new(&ns.name, "echo");
+        let started = Instant::now();
+        wait::until("the registry to drop the pod", WAIT, || async {
+            let ready = platform.registry.snapshot(&key).ready_count();
+            if ready == 1 {
+                Probe::Done(())
+            } else {
+                Probe::NotYet(format!("{ready} ready"))
+            }
+        })
+        .await
+        .expect("the pod leaves the ready set");
+        let out_of_rotation = started.elapsed();
+        // The gateway recompiles on the registry's change; give it a moment, then check traffic.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let counts = traffic(platform.listener, "/", 100, 4).await;
+        assert_eq!(
+            counts.get(&(200, pods[1].clone())),
+            Some(&100),
+            "all to the ready pod: {counts:?}"
+        );
+        eprintln!(
+            "unready pod out of rotation {:?} after the status write",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_route_timeout_answers_504_at_its_deadline() {
+    with_namespace("e2e-timeout", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "slow", 1, json!({})).await;
+        let pod = &pods_of(&ns, "slow").await[0];
+        ns.backend(pod).expect("backend").delay(Duration::from_secs(3));
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "slow"}], "timeout": "300ms"}]),
+            )
+            .await;
+        let started = Instant::now();
+        let answer = probe::get(platform.listener, "/").await.expect("an answer");
+        let elapsed = started.elapsed();
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+            "answered after {elapsed:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_post_that_reached_the_service_is_not_retried() {
+    with_namespace("e2e-post", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        let pod = &pods_of(&ns, "echo").await[0];
+        let backend = ns.backend(pod).expect("backend");
+        backend.respond_with_status(StatusCode::SERVICE_UNAVAILABLE);
+        platform
+            .gateway(&ns, json!([{"name": "all", "backends": [{"microservice": "echo"}],
+                "retry": {"attempts": 2, "retryOn": ["gateway-error"], "backoff": {"base": "1ms", "max": "2ms"}}}]))
+            .await;
+        let before = backend.requests();
+        let get = probe::get(platform.listener, "/").await.expect("an answer");
+        assert_eq!(get.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(backend.requests() - before, 3, "a GET is tried 1 + 2 times");
+
+        let before = backend.requests();
+        let post = probe::request(platform.listener, hyper::Method::POST, "/orders", "{}").await.expect("an answer");
+        assert_eq!(post.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(backend.requests() - before, 1, "a POST that reached the service is sent once");
+    })
+    .await;
+}

@@ -19,7 +19,7 @@ use super::{
     error::{Error, Result},
 };
 use crate::{
-    api::{Gateway, GatewayStatus, Microservice, gateway::RouteStatus},
+    api::{FIELD_MANAGER, Gateway, GatewayStatus, Microservice, gateway::RouteStatus},
     discovery::ServiceKey,
 };
 
@@ -58,12 +58,19 @@ pub async fn reconcile(gateway: Arc<Gateway>, ctx: Arc<Context>) -> Result<Actio
         .collect();
 
     let status = compute(&gateway, &ready_endpoints, Timestamp::now());
-    if gateway.status.as_ref() != Some(&status) {
+    if !gateway
+        .status
+        .as_ref()
+        .is_some_and(|current| owned_parts_equal(current, &status))
+    {
         let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &namespace);
+        // Server-side apply of only what the controller owns: the list-map of conditions keeps
+        // the data plane's Programmed condition, which it applies under its own field manager.
+        let patch = json!({"apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "status": status});
         api.patch_status(
             &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
         )
         .await
         .map_err(|source| Error::Status {
@@ -86,6 +93,18 @@ pub fn error_policy(gateway: Arc<Gateway>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(ctx.backoff_after_failure(failure_key(gateway.as_ref())))
 }
 
+/// Whether `current` already shows everything the controller writes (the data plane's
+/// conditions aside).
+fn owned_parts_equal(current: &GatewayStatus, ours: &GatewayStatus) -> bool {
+    let accepted = |s: &GatewayStatus| s.conditions.iter().find(|c| c.type_ == ACCEPTED).cloned();
+    current.observed_generation == ours.observed_generation
+        && current.listeners == ours.listeners
+        && current.route_count == ours.route_count
+        && current.routes == ours.routes
+        && accepted(current) == accepted(ours)
+}
+
+/// The status the controller owns: Accepted, the shape and each route's ready backends.
 /// The Gateway's status given each Microservice of its namespace and its ready endpoints.
 pub fn compute(
     gateway: &Gateway,
@@ -127,13 +146,12 @@ pub fn compute(
         Desired::new(ACCEPTED, false, "BackendNotFound", missing.join("; "))
     };
     // Programmed belongs to the data plane: keep whatever it last reported.
-    let mut conditions = conditions::merge(
+    let conditions = conditions::merge(
         &previous.conditions,
         vec![accepted],
         gateway.metadata.generation,
         now,
     );
-    conditions.extend(previous.conditions.into_iter().filter(|c| c.type_ != ACCEPTED));
     GatewayStatus {
         observed_generation: gateway.metadata.generation,
         listeners: gateway
@@ -215,21 +233,33 @@ mod tests {
     }
 
     #[test]
-    fn the_data_planes_programmed_condition_is_kept() {
+    fn the_data_planes_condition_is_not_the_controllers_to_write_or_compare() {
         let mut gateway = gateway();
-        let programmed = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-            type_: "Programmed".into(),
-            status: "True".into(),
-            reason: "Programmed".into(),
-            message: String::new(),
-            observed_generation: Some(3),
-            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()),
-        };
-        gateway.status = Some(GatewayStatus {
-            conditions: vec![programmed.clone()],
-            ..GatewayStatus::default()
-        });
-        let status = compute(&gateway, &BTreeMap::new(), now());
-        assert!(status.conditions.contains(&programmed));
+        let ready = BTreeMap::from([
+            ("orders".into(), 1),
+            ("orders-canary".into(), 1),
+            ("storefront".into(), 1),
+        ]);
+        let ours = compute(&gateway, &ready, now());
+        assert!(
+            ours.conditions.iter().all(|c| c.type_ == ACCEPTED),
+            "only Accepted is written"
+        );
+        let mut shown = ours.clone();
+        shown
+            .conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Programmed".into(),
+                status: "True".into(),
+                reason: "Programmed".into(),
+                message: String::new(),
+                observed_generation: Some(3),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()),
+            });
+        gateway.status = Some(shown.clone());
+        assert!(
+            owned_parts_equal(&shown, &compute(&gateway, &ready, now())),
+            "no write for the data plane's part"
+        );
     }
 }

@@ -89,7 +89,9 @@ impl Drop for InFlight {
 pub struct Pool {
     policy: LoadBalancerPolicy,
     endpoints: Vec<Arc<EndpointState>>,
-    next: AtomicUsize,
+    /// The round-robin position, shared with the pools that replace this one: a request still
+    /// holding an older table keeps the rotation in step with the newer.
+    next: Arc<AtomicUsize>,
 }
 
 impl Pool {
@@ -109,10 +111,11 @@ impl Pool {
                     .unwrap_or_else(|| Arc::new(EndpointState::new(endpoint)))
             })
             .collect();
+        let next = previous.map(|p| p.next.clone()).unwrap_or_default();
         Self {
             policy,
             endpoints,
-            next: AtomicUsize::new(0),
+            next,
         }
     }
 
@@ -321,6 +324,10 @@ mod tests {
             rebuilt.endpoints.iter().map(|e| e.in_flight()).sum::<usize>(),
             1,
             "in-flight kept"
+        );
+        assert!(
+            Arc::ptr_eq(&rebuilt.next, &pool.next),
+            "one rotation across rebuilds"
         );
     }
 }

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use futures::StreamExt;
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{WatchStreamExt, reflector, watcher},
+    runtime::{WatchStreamExt, predicates, reflector, watcher},
 };
 use tokio::sync::Notify;
 
@@ -49,6 +49,7 @@ pub async fn run(
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
+    let status_client = client.clone();
     let (gateway_api, microservice_api) = api(client);
     let watch_gateways = {
         let changed = changed.clone();
@@ -68,6 +69,8 @@ pub async fn run(
         )
         .default_backoff()
         .touched_objects()
+        // Only spec changes matter here (the traffic policy); status churns with every Pod.
+        .predicate_filter(predicates::generation, Default::default())
         .for_each(move |_| {
             changed.notify_one();
             async {}
@@ -96,6 +99,9 @@ pub async fn run(
             let ports: Vec<u16> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));
             listeners.set_ports(ports.into_iter()).await;
+            for gateway in gateways.state() {
+                report_programmed(&status_client, &gateway, &listeners).await;
+            }
             tokio::select! {
                 () = changed.notified() => {}
                 result = registry_changes.changed() => if result.is_err() { return },
@@ -108,5 +114,73 @@ pub async fn run(
         () = watch_gateways => {}
         () = watch_microservices => {}
         () = program => {}
+    }
+}
+
+/// The field manager of the data plane's status writes (the controller's is `microgate`).
+pub const STATUS_FIELD_MANAGER: &str = "microgate-gateway";
+
+/// Tells, in the Gateway's `Programmed` condition, whether every one of its listeners is served.
+async fn report_programmed(client: &Client, gateway: &Gateway, listeners: &server::Listeners) {
+    let failures: Vec<&str> = gateway
+        .spec
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            u16::try_from(l.port)
+                .ok()
+                .and_then(|port| listeners.failure(port))
+        })
+        .collect();
+    let (status, reason, message) = if failures.is_empty() {
+        let ports: Vec<String> = gateway
+            .spec
+            .listeners
+            .iter()
+            .map(|l| l.port.to_string())
+            .collect();
+        (
+            "True",
+            "Programmed",
+            format!(
+                "serving {} routes on port {}",
+                gateway.spec.routes.len(),
+                ports.join(", ")
+            ),
+        )
+    } else {
+        ("False", "ListenerNotBound", failures.join("; "))
+    };
+    let generation = gateway.metadata.generation;
+    let current = gateway
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Programmed"));
+    if current.is_some_and(|c| {
+        c.status == status
+            && c.reason == reason
+            && c.message == message
+            && c.observed_generation == generation
+    }) {
+        return;
+    }
+    let since = current
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+    let patch = serde_json::json!({
+        "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway",
+        "status": {"conditions": [{"type": "Programmed", "status": status, "reason": reason, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": since}]},
+    });
+    let api: Api<Gateway> = Api::namespaced(client.clone(), &gateway.namespace().unwrap_or_default());
+    let params = kube::api::PatchParams::apply(STATUS_FIELD_MANAGER).force();
+    if let Err(error) = api
+        .patch_status(&gateway.name_any(), &params, &kube::api::Patch::Apply(patch))
+        .await
+    {
+        tracing::warn!(gateway = %gateway.name_any(), %error, "could not report the Programmed condition");
     }
 }

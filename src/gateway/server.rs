@@ -26,6 +26,8 @@ pub struct Listeners {
     address: IpAddr,
     proxy: Arc<Proxy>,
     running: BTreeMap<u16, JoinSet<()>>,
+    /// Why a port could not be bound, until it is.
+    failed: BTreeMap<u16, String>,
 }
 
 impl Listeners {
@@ -34,6 +36,7 @@ impl Listeners {
             address,
             proxy,
             running: BTreeMap::new(),
+            failed: BTreeMap::new(),
         }
     }
 
@@ -41,6 +44,7 @@ impl Listeners {
     pub async fn set_ports(&mut self, ports: impl Iterator<Item = u16>) {
         let wanted: Vec<u16> = ports.collect();
         self.running.retain(|port, _| wanted.contains(port));
+        self.failed.clear();
         for port in wanted {
             if self.running.contains_key(&port) {
                 continue;
@@ -54,9 +58,20 @@ impl Listeners {
                     self.running.insert(port, task);
                 }
                 // The next configuration change tries again.
-                Err(error) => tracing::error!(%addr, %error, "cannot listen"),
+                Err(error) => {
+                    tracing::error!(%addr, %error, "cannot listen");
+                    self.failed
+                        .insert(port, format!("cannot listen on {addr}: {error}"));
+                }
             }
         }
+    }
+}
+
+impl Listeners {
+    /// Why `port` is not being served, if it is not.
+    pub fn failure(&self, port: u16) -> Option<&str> {
+        self.failed.get(&port).map(String::as_str)
     }
 }
 

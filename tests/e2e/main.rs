@@ -404,3 +404,89 @@ async fn a_post_that_reached_the_service_is_not_retried() {
     })
     .await;
 }
+
+fn condition(gateway: &Gateway, type_: &str) -> Option<(String, String, String)> {
+    let c = gateway
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn await_programmed(ns: &TestNamespace, name: &str, status: &str) -> Gateway {
+    let api = ns.api::<Gateway>();
+    wait::until(format!("Gateway {name} Programmed={status}"), WAIT, || async {
+        match api.get(name).await {
+            Ok(gw) if condition(&gw, "Programmed").is_some_and(|c| c.0 == status) => Probe::Done(gw),
+            Ok(gw) => Probe::NotYet(format!("{:?}", gw.status.map(|s| s.conditions))),
+            Err(error) => Probe::NotYet(error.to_string()),
+        }
+    })
+    .await
+    .expect("the data plane reports Programmed")
+}
+
+#[tokio::test]
+async fn a_served_gateway_is_accepted_and_programmed() {
+    with_namespace("e2e-programmed", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+            )
+            .await;
+        let gateway = await_programmed(&ns, "gw", "True").await;
+        assert_eq!(
+            condition(&gateway, "Programmed").map(|c| c.1),
+            Some("Programmed".to_owned())
+        );
+        let accepted = wait::until("Accepted=True beside Programmed", WAIT, || async {
+            match ns.api::<Gateway>().get("gw").await {
+                Ok(gw)
+                    if condition(&gw, "Accepted").is_some_and(|c| c.0 == "True")
+                        && condition(&gw, "Programmed").is_some_and(|c| c.0 == "True") =>
+                {
+                    Probe::Done(gw)
+                }
+                other => Probe::NotYet(format!("{:?}", other.map(|g| g.status))),
+            }
+        })
+        .await
+        .expect("both conditions, each from its own writer");
+        assert_eq!(accepted.status.expect("status").routes[0].ready_backends, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_listener_port_already_taken_is_reported_not_programmed() {
+    with_namespace("e2e-port-taken", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        // Something else holds the port the Gateway asks for.
+        let squatter = std::net::TcpListener::bind(platform.listener).expect("hold the port");
+        let gateway: Gateway = serde_json::from_value(json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
+            "spec": {"listeners": [{"name": "http", "port": platform.listener.port()}],
+                     "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}]},
+        }))
+        .expect("a valid Gateway");
+        ns.api::<Gateway>()
+            .create(&PostParams::default(), &gateway)
+            .await
+            .expect("create the Gateway");
+        let gateway = await_programmed(&ns, "gw", "False").await;
+        let (_, reason, message) = condition(&gateway, "Programmed").expect("Programmed");
+        assert_eq!(reason, "ListenerNotBound");
+        assert!(
+            message.contains(&platform.listener.port().to_string()),
+            "{message}"
+        );
+        drop(squatter);
+    })
+    .await;
+}

@@ -3,10 +3,16 @@
 SHELL := bash
 CLUSTER := tests/cluster/cluster.sh
 
-.PHONY: help build crds test test-netns lint fmt cluster cluster-down cluster-status kubelet bench-discovery
+.PHONY: help demo demo-down build crds test test-netns lint fmt cluster cluster-down cluster-status kubelet bench-discovery
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+demo: ## the whole thing on a local control plane: controller, gateway, example services, live traffic
+	bash examples/demo.sh
+
+demo-down: ## stop the demo (the control plane keeps running; make cluster-down stops it)
+	bash examples/demo.sh down
 
 build: ## build microgate and the test harness
 	cargo build --workspace

@@ -393,3 +393,42 @@ async fn endpoint_slices_refuse_loopback_pod_ips_and_accept_private_ones() {
     })
     .await;
 }
+
+/// A person or a script outside the test process scripts a backend through Pod annotations.
+#[tokio::test]
+async fn pod_annotations_script_the_backend() {
+    with_namespace("annotations", |ns| async move {
+        create_deployment(&ns, APP, 1).await;
+        let pods = await_ready_pods(&ns, APP, 1).await;
+        let (name, addr) = (pods[0].name_any(), pod_addr(&pods[0]));
+        let annotate = |value: serde_json::Value| {
+            let pods = ns.api::<Pod>();
+            let name = name.clone();
+            async move {
+                let patch = json!({"metadata": {"annotations": value}});
+                pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("annotate the pod");
+            }
+        };
+        annotate(json!({"fake.microgate.dev/status": "503"})).await;
+        wait::until("the backend to answer 503", READY_TIMEOUT, || async {
+            match probe::get(addr, "/").await {
+                Ok(answer) if answer.status == 503 => Probe::Done(()),
+                other => Probe::NotYet(format!("{other:?}")),
+            }
+        })
+        .await
+        .expect("the annotation scripts the backend");
+        annotate(json!({"fake.microgate.dev/status": null})).await;
+        wait::until("the backend to answer 200 again", READY_TIMEOUT, || async {
+            match probe::get(addr, "/").await {
+                Ok(answer) if answer.status == 200 => Probe::Done(()),
+                other => Probe::NotYet(format!("{other:?}")),
+            }
+        })
+        .await
+        .expect("removing the annotation restores the default");
+    })
+    .await;
+}

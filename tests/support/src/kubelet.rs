@@ -94,6 +94,8 @@ struct RunningPod {
     uid: String,
     ip: Ipv4Addr,
     backends: Vec<RunningBackend>,
+    /// The scripting annotations last applied (status, delay).
+    scripted: Option<(Option<String>, Option<String>)>,
 }
 
 /// One pool per process, so that kubelets of concurrent tests never hand out the same address.
@@ -311,14 +313,15 @@ impl Shared {
             return Ok(());
         }
         let pod_key = key(&namespace, &name);
-        if lock(&self.pods)
-            .get(&pod_key)
-            .is_some_and(|running| Some(&running.uid) == pod.metadata.uid.as_ref())
+        if let Some(running) = lock(&self.pods).get_mut(&pod_key)
+            && Some(&running.uid) == pod.metadata.uid.as_ref()
         {
+            running.apply_annotations(pod);
             return Ok(());
         }
 
-        let running = self.run(pod).await?;
+        let mut running = self.run(pod).await?;
+        running.apply_annotations(pod);
         let ip = running.ip;
         let patch = running_status_patch(pod, self.node_ip, ip, Timestamp::now());
         if let Some(replaced) = lock(&self.pods).insert(pod_key, running) {
@@ -395,6 +398,7 @@ impl Shared {
             uid: pod.uid().unwrap_or_default(),
             ip,
             backends,
+            scripted: None,
         }
     }
 
@@ -413,6 +417,46 @@ impl Shared {
                 backend.stop().await;
             }
         }
+    }
+}
+
+/// Annotations that script a running Pod's backends from outside the process (the demo, a
+/// person with kubectl): `fake.microgate.dev/status: "503"` answers that status,
+/// `fake.microgate.dev/delay-ms: "200"` waits first. Removing an annotation restores the default.
+pub const STATUS_ANNOTATION: &str = "fake.microgate.dev/status";
+pub const DELAY_ANNOTATION: &str = "fake.microgate.dev/delay-ms";
+
+impl RunningPod {
+    /// Scripts the backends from the annotations when they changed (so a test's own scripting
+    /// through [`Kubelet::backend`] survives unrelated Pod events).
+    fn apply_annotations(&mut self, pod: &Pod) {
+        let annotation = |name: &str| {
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(name))
+                .cloned()
+        };
+        let scripted = (annotation(STATUS_ANNOTATION), annotation(DELAY_ANNOTATION));
+        if self.scripted.as_ref() == Some(&scripted) {
+            return;
+        }
+        let status = scripted
+            .0
+            .as_deref()
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| hyper::StatusCode::from_u16(s).ok())
+            .unwrap_or(hyper::StatusCode::OK);
+        let delay = scripted
+            .1
+            .as_deref()
+            .and_then(|d| d.parse::<u64>().ok())
+            .unwrap_or(0);
+        for backend in &self.backends {
+            backend.handle().respond_with_status(status);
+            backend.handle().delay(std::time::Duration::from_millis(delay));
+        }
+        self.scripted = Some(scripted);
     }
 }
 

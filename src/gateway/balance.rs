@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -27,6 +27,11 @@ pub struct EndpointState {
     in_flight: AtomicUsize,
     /// Peak-sensitive moving average of response latency, in microseconds (0: unknown).
     latency_us: AtomicU64,
+    /// Outlier detection's bookkeeping (see `outlier`).
+    pub(super) consecutive_failures: AtomicU32,
+    pub(super) ejections: AtomicU32,
+    /// Out of rotation until this instant (microseconds of [`clock_us`]).
+    pub(super) ejected_until_us: AtomicU64,
 }
 
 impl EndpointState {
@@ -36,7 +41,15 @@ impl EndpointState {
             addr: SocketAddr::new(endpoint.ip, endpoint.port),
             in_flight: AtomicUsize::new(0),
             latency_us: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_us: AtomicU64::new(0),
         }
+    }
+
+    /// Whether outlier detection has this endpoint out of rotation at `now` (see [`clock_us`]).
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until_us.load(Ordering::Relaxed) > now
     }
 
     /// Counts a request in flight until the guard drops.
@@ -127,14 +140,41 @@ impl Pool {
         self.endpoints.is_empty()
     }
 
-    /// Chooses an endpoint, avoiding `avoid` (the one that just failed) when there is another.
-    /// `hash` is the request's consistent-hash key, for the ConsistentHash policy.
+    /// Chooses an endpoint, avoiding ejected ones and `avoid` (the one that just failed) while
+    /// there are others. `hash` is the request's consistent-hash key, for ConsistentHash.
     pub fn pick(&self, hash: Option<u64>, avoid: Option<&EndpointState>) -> Option<Arc<EndpointState>> {
+        let now = clock_us();
+        let first = self.pick_once(hash, avoid, now)?;
+        if !first.is_ejected(now) {
+            return Some(first);
+        }
+        for _ in 0..self.endpoints.len() {
+            let next = self.pick_once(hash, avoid, now)?;
+            if !next.is_ejected(now) {
+                return Some(next);
+            }
+        }
+        // Every draw was ejected: any endpoint still in rotation, else (all ejected) the first draw.
+        self.endpoints
+            .iter()
+            .find(|e| !e.is_ejected(now))
+            .cloned()
+            .or(Some(first))
+    }
+
+    fn pick_once(
+        &self,
+        hash: Option<u64>,
+        avoid: Option<&EndpointState>,
+        now: u64,
+    ) -> Option<Arc<EndpointState>> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
         }
-        let avoided = |e: &Arc<EndpointState>| avoid.is_some_and(|a| std::ptr::eq(Arc::as_ptr(e), a));
+        let avoided = |e: &Arc<EndpointState>| {
+            avoid.is_some_and(|a| std::ptr::eq(Arc::as_ptr(e), a)) || e.is_ejected(now)
+        };
         if n == 1 {
             return Some(self.endpoints[0].clone());
         }
@@ -201,6 +241,19 @@ impl Pool {
                 }
             }
         }
+    }
+}
+
+/// Microseconds since the first call: the gateway's clock for ejections.
+pub fn clock_us() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(std::time::Instant::now).elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The endpoints of this pool (for outlier detection's share of ejected ones).
+impl Pool {
+    pub(super) fn endpoints(&self) -> &[Arc<EndpointState>] {
+        &self.endpoints
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
+    sync::{Arc, atomic::AtomicUsize},
     time::Duration,
 };
 
@@ -12,6 +12,7 @@ use kube::ResourceExt;
 
 use super::{
     balance::Pool,
+    outlier::Ejection,
     retry::RetryBudget,
     router::{HostPattern, RequestMatch, method_of},
 };
@@ -37,6 +38,11 @@ pub struct Upstream {
     pub service: ServiceKey,
     pub pool: Pool,
     pub hash_on: Option<HashOn>,
+    pub ejection: Ejection,
+    /// `circuitBreaker.maxRequests`: more in flight at once are answered 503 at once.
+    pub max_requests: usize,
+    /// Requests in flight to this Microservice, shared with the upstreams that replace this one.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -194,10 +200,17 @@ fn upstream(
         }
         _ => None,
     };
+    let in_flight = previous
+        .and_then(|p| p.upstreams.get(key))
+        .map(|u| u.in_flight.clone())
+        .unwrap_or_default();
     Upstream {
         service: key.clone(),
         pool: Pool::new(policy.load_balancer.policy, &ready, previous_pool),
         hash_on,
+        ejection: Ejection::from(&policy.outlier_detection),
+        max_requests: usize::try_from(policy.circuit_breaker.max_requests).unwrap_or(usize::MAX),
+        in_flight,
     }
 }
 

@@ -23,6 +23,13 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     retries: Family<RouteLabels, Counter>,
     budget_exhausted: Family<RouteLabels, Counter>,
+    ejections: Family<ServiceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    namespace: String,
+    microservice: String,
 }
 
 impl GatewayMetrics {
@@ -43,7 +50,20 @@ impl GatewayMetrics {
             "Retries not sent because the route's retry budget was spent",
             metrics.budget_exhausted.clone(),
         );
+        registry.register(
+            "microgate_gateway_ejections",
+            "Endpoints taken out of rotation by outlier detection",
+            metrics.ejections.clone(),
+        );
         metrics
+    }
+
+    pub fn ejection(&self, service: &crate::discovery::ServiceKey) {
+        let labels = ServiceLabels {
+            namespace: service.namespace.to_string(),
+            microservice: service.name.to_string(),
+        };
+        self.ejections.get_or_create(&labels).inc();
     }
 
     pub fn request(&self, route: &str, status: http::StatusCode) {

@@ -9,6 +9,7 @@
 pub mod balance;
 pub mod config;
 pub mod metrics;
+pub mod outlier;
 pub mod proxy;
 pub mod retry;
 pub mod router;

@@ -3,7 +3,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -21,6 +24,7 @@ use super::{
     balance::{hash_key, random_below},
     config::{Attached, HashOn, Route, RouteTable, Upstream},
     metrics::GatewayMetrics,
+    outlier,
     retry::{self, Failure},
     router::request_host,
 };
@@ -75,7 +79,7 @@ impl Proxy {
         let host = request_host(request.uri(), request.headers());
         let Some(attached) = find_route(&table, port, host.as_deref(), &request) else {
             self.metrics.request("<none>", StatusCode::NOT_FOUND);
-            return local(StatusCode::NOT_FOUND, "no route matches this request");
+            return local(StatusCode::NOT_FOUND, "no-route", "no route matches this request");
         };
         let route = &attached.route;
         let response = self.forward(route, client_addr, host, request).await;
@@ -96,9 +100,19 @@ impl Proxy {
         let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                return local(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    "request body too large",
+                );
             }
-            Err(_) => return local(StatusCode::BAD_REQUEST, "could not read the request body"),
+            Err(_) => {
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    "bad-body",
+                    "could not read the request body",
+                );
+            }
         };
         let headers = upstream_headers(&parts.headers, client_addr, host.as_deref());
         let path = parts
@@ -119,6 +133,7 @@ impl Proxy {
         let Some(upstream) = pick_backend(route) else {
             return local(
                 StatusCode::SERVICE_UNAVAILABLE,
+                "no-backend",
                 "the route has no backend with weight",
             );
         };
@@ -126,6 +141,13 @@ impl Proxy {
             .hash_on
             .as_ref()
             .and_then(|on| request_hash(on, &parts.headers, client_addr));
+        let Some(_admitted) = Admission::enter(upstream) else {
+            let message = format!(
+                "circuit open: {} requests in flight to {} (circuitBreaker.maxRequests)",
+                upstream.max_requests, upstream.service
+            );
+            return local(StatusCode::SERVICE_UNAVAILABLE, "circuit-open", &message);
+        };
         let mut failed: Option<Arc<super::balance::EndpointState>> = None;
         let mut attempt = 0;
         loop {
@@ -133,6 +155,7 @@ impl Proxy {
             let Some(endpoint) = upstream.pool.pick(hash, failed.as_deref()) else {
                 return local(
                     StatusCode::SERVICE_UNAVAILABLE,
+                    "no-endpoints",
                     &format!("no ready endpoints for {}", upstream.service),
                 );
             };
@@ -143,7 +166,11 @@ impl Proxy {
                 h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
             let Ok(outgoing) = builder.body(Full::new(body.clone())) else {
-                return local(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    "the request cannot be forwarded",
+                );
             };
             let per_try = policy.and_then(|p| p.per_try_timeout).map(|d| d.get());
             let limit = match (per_try, deadline) {
@@ -173,6 +200,15 @@ impl Proxy {
                 Attempt::Failed(_) => Some(Failure::Reset),
                 Attempt::TimedOut => Some(Failure::Timeout),
             };
+            let unhealthy = match failure {
+                Some(Failure::Status(status)) => status.is_server_error(),
+                Some(_) => true,
+                None => false,
+            };
+            if outlier::record(&upstream.pool, &endpoint, !unhealthy, upstream.ejection) {
+                self.metrics.ejection(&upstream.service);
+                tracing::info!(microservice = %upstream.service, pod = %endpoint.pod, "endpoint ejected after consecutive failures");
+            }
             let retry = failure.is_some_and(|f| {
                 attempt < attempts
                     && policy.is_some_and(|p| retry::should_retry(p, f, idempotent))
@@ -194,18 +230,45 @@ impl Proxy {
             }
             return match result {
                 Attempt::Answered(response) => downstream(response),
-                Attempt::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    local(StatusCode::GATEWAY_TIMEOUT, "the route's timeout passed")
-                }
-                Attempt::TimedOut => {
-                    local(StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time")
-                }
-                Attempt::Failed(error) if error.is_connect() => {
-                    local(StatusCode::BAD_GATEWAY, "could not connect to the upstream")
-                }
-                Attempt::Failed(_) => local(StatusCode::BAD_GATEWAY, "the upstream connection broke"),
+                Attempt::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "route-timeout",
+                    "the route's timeout passed",
+                ),
+                Attempt::TimedOut => local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream-timeout",
+                    "the upstream did not answer in time",
+                ),
+                Attempt::Failed(error) if error.is_connect() => local(
+                    StatusCode::BAD_GATEWAY,
+                    "connect-failure",
+                    "could not connect to the upstream",
+                ),
+                Attempt::Failed(_) => local(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-reset",
+                    "the upstream connection broke",
+                ),
             };
         }
+    }
+}
+
+/// A request counted against its upstream's `maxRequests` until it is answered.
+struct Admission(Arc<AtomicUsize>);
+
+impl Admission {
+    fn enter(upstream: &Upstream) -> Option<Self> {
+        let before = upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        let admission = Admission(upstream.in_flight.clone());
+        (before < upstream.max_requests).then_some(admission)
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -322,8 +385,8 @@ fn downstream(response: Response<Incoming>) -> Response<Body> {
     Response::from_parts(parts, body.boxed())
 }
 
-/// An answer of the gateway's own, with a short reason.
-pub fn local(status: StatusCode, reason: &str) -> Response<Body> {
+/// An answer of the gateway's own: a one-line reason, and its code in `x-microgate-reason`.
+pub fn local(status: StatusCode, code: &'static str, reason: &str) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from(format!("{reason}\n")))
             .map_err(|never| match never {})
@@ -336,7 +399,7 @@ pub fn local(status: StatusCode, reason: &str) -> Response<Body> {
     );
     response
         .headers_mut()
-        .insert("x-microgate-reason", HeaderValue::from_static("gateway"));
+        .insert("x-microgate-reason", HeaderValue::from_static(code));
     response
 }
 

@@ -490,3 +490,66 @@ async fn a_listener_port_already_taken_is_reported_not_programmed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_failing_pod_is_ejected_after_its_consecutive_failures() {
+    with_namespace("e2e-eject", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        let policy = json!({"outlierDetection": {"consecutiveFailures": 3, "baseEjectionTime": "1m", "maxEjectionPercent": 50}});
+        platform.microservice(&ns, "echo", 3, policy).await;
+        let failing = &pods_of(&ns, "echo").await[0];
+        let backend = ns.backend(failing).expect("backend");
+        // No retries: every failure reaches the client, so ejection alone is what helps.
+        platform.gateway(&ns, json!([{"name": "all", "backends": [{"microservice": "echo"}]}])).await;
+        // It fails from now on (the gateway's readiness probe above may have reached it).
+        backend.respond_with_status(StatusCode::SERVICE_UNAVAILABLE);
+        let before = backend.requests();
+        let counts = traffic(platform.listener, "/", 300, 1).await;
+        let failures: usize = counts.iter().filter(|((s, _), _)| *s == 503).map(|(_, n)| n).sum();
+        assert_eq!(backend.requests() - before, 3, "ejected after 3 consecutive failures: {counts:?}");
+        assert_eq!(failures, 3, "{counts:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_answers_503_beyond_max_requests() {
+    with_namespace("e2e-breaker", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform
+            .microservice(&ns, "slow", 1, json!({"circuitBreaker": {"maxRequests": 2}}))
+            .await;
+        let pod = &pods_of(&ns, "slow").await[0];
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "slow"}]}]),
+            )
+            .await;
+        ns.backend(pod)
+            .expect("backend")
+            .delay(Duration::from_millis(500));
+        let answers: Vec<_> = stream::iter(0..6)
+            .map(|_| probe::get(platform.listener, "/"))
+            .buffer_unordered(6)
+            .collect()
+            .await;
+        let open: Vec<_> = answers
+            .iter()
+            .flatten()
+            .filter(|a| {
+                a.headers
+                    .get("x-microgate-reason")
+                    .is_some_and(|r| r == "circuit-open")
+            })
+            .collect();
+        let ok = answers
+            .iter()
+            .flatten()
+            .filter(|a| a.status == StatusCode::OK)
+            .count();
+        assert_eq!((ok, open.len()), (2, 4), "{answers:?}");
+        assert!(open.iter().all(|a| a.status == StatusCode::SERVICE_UNAVAILABLE));
+    })
+    .await;
+}

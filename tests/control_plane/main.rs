@@ -2,7 +2,7 @@
 //! whose controllers turn Deployments into Pods, a fake kubelet that makes those Pods real HTTP
 //! servers, and namespaces that really go away.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
@@ -14,7 +14,8 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use microgate_test_support::{
-    TestNamespace, cluster,
+    TestNamespace,
+    cluster::kubectl,
     kubelet::NODE_NAME,
     pod_ips::PodIpPool,
     probe,
@@ -333,20 +334,6 @@ async fn a_deleted_test_namespace_is_really_gone() {
 #[tokio::test]
 async fn kubectl_sees_the_fake_node_and_a_v1_36_server() {
     with_namespace("kubectl", |_ns| async move {
-        let kubectl = |args: &[&str]| {
-            let output = Command::new(cluster::bin_dir().join("kubectl"))
-                .arg("--kubeconfig")
-                .arg(cluster::kubeconfig_path())
-                .args(args)
-                .output()
-                .expect("run kubectl");
-            assert!(
-                output.status.success(),
-                "kubectl {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8_lossy(&output.stdout).into_owned()
-        };
         let nodes = kubectl(&["get", "nodes", "-o", "name"]);
         assert!(
             nodes.lines().any(|line| line == format!("node/{NODE_NAME}")),

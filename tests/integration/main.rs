@@ -7,7 +7,7 @@ mod examples;
 mod gateway;
 mod microservice;
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
@@ -20,7 +20,7 @@ use microgate::{
     discovery::Registry,
 };
 use microgate_test_support::{
-    TestNamespace, cluster, probe,
+    TestNamespace, probe,
     wait::{self, Probe},
 };
 
@@ -46,21 +46,7 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
-/// Runs the pinned kubectl against the local cluster; panics with its stderr if it fails.
-pub fn kubectl(args: &[&str]) -> String {
-    let output = Command::new(cluster::bin_dir().join("kubectl"))
-        .arg("--kubeconfig")
-        .arg(cluster::kubeconfig_path())
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+pub use microgate_test_support::cluster::kubectl;
 
 /// The controller running in this test process, as `microgate controller` would run it.
 pub struct ControllerUnderTest {

@@ -84,6 +84,13 @@ async fn await_ready(ns: &TestNamespace, name: &str, ready: &str) -> Microservic
     .expect("the Microservice becomes ready")
 }
 
+/// Creates the Microservice `orders` (an image and `replicas`) and waits until it is ready.
+async fn create_orders(ns: &TestNamespace, replicas: i32) -> Microservice {
+    let spec = json!({"image": "registry.example/orders:1.4.2", "replicas": replicas});
+    create(ns, &microservice("orders", spec)).await;
+    await_ready(ns, "orders", &format!("{replicas}/{replicas}")).await
+}
+
 async fn events_for(ns: &TestNamespace, name: &str) -> Vec<(String, String)> {
     let events = ns
         .api::<Event>()
@@ -202,15 +209,7 @@ async fn a_microservice_runs_as_an_owned_deployment_and_service_with_labels_and_
 async fn kubectl_shows_the_columns_and_scales_through_the_scale_subresource() {
     with_namespace("msvc-kubectl", |ns| async move {
         let _controller = ControllerUnderTest::start(&ns).await;
-        create(
-            &ns,
-            &microservice(
-                "orders",
-                json!({"image": "registry.example/orders:1.4.2", "replicas": 1}),
-            ),
-        )
-        .await;
-        await_ready(&ns, "orders", "1/1").await;
+        create_orders(&ns, 1).await;
 
         let table = kubectl(&["get", "msvc", "-o", "wide", "-n", &ns.name]);
         let mut lines = table.lines();
@@ -275,15 +274,7 @@ async fn kubectl_shows_the_columns_and_scales_through_the_scale_subresource() {
 async fn edits_to_the_owned_deployment_are_reverted() {
     with_namespace("msvc-drift", |ns| async move {
         let _controller = ControllerUnderTest::start(&ns).await;
-        create(
-            &ns,
-            &microservice(
-                "orders",
-                json!({"image": "registry.example/orders:1.4.2", "replicas": 2}),
-            ),
-        )
-        .await;
-        await_ready(&ns, "orders", "2/2").await;
+        create_orders(&ns, 2).await;
 
         // What `kubectl edit` or `kubectl set image` would do: an update by another manager.
         let deployments = ns.api::<Deployment>();
@@ -326,15 +317,7 @@ async fn edits_to_the_owned_deployment_are_reverted() {
 async fn reconciling_an_unchanged_microservice_writes_nothing() {
     with_namespace("msvc-noop", |ns| async move {
         let controller = ControllerUnderTest::start(&ns).await;
-        create(
-            &ns,
-            &microservice(
-                "orders",
-                json!({"image": "registry.example/orders:1.4.2", "replicas": 2}),
-            ),
-        )
-        .await;
-        await_ready(&ns, "orders", "2/2").await;
+        create_orders(&ns, 2).await;
         // Let the Deployment controller's last status writes settle before taking the picture.
         wait::until("a settled Deployment", WAIT, || async {
             let before = ns
@@ -420,15 +403,7 @@ async fn reconciling_an_unchanged_microservice_writes_nothing() {
 async fn status_conditions_follow_pod_readiness() {
     with_namespace("msvc-ready", |ns| async move {
         let _controller = ControllerUnderTest::start(&ns).await;
-        create(
-            &ns,
-            &microservice(
-                "orders",
-                json!({"image": "registry.example/orders:1.4.2", "replicas": 2}),
-            ),
-        )
-        .await;
-        await_ready(&ns, "orders", "2/2").await;
+        create_orders(&ns, 2).await;
         let pods = ns
             .api::<Pod>()
             .list(&ListParams::default().labels("microgate.dev/microservice=orders"))
@@ -463,15 +438,7 @@ async fn status_conditions_follow_pod_readiness() {
 async fn deleting_a_microservice_removes_its_deployment_service_and_pods() {
     with_namespace("msvc-delete", |ns| async move {
         let _controller = ControllerUnderTest::start(&ns).await;
-        create(
-            &ns,
-            &microservice(
-                "orders",
-                json!({"image": "registry.example/orders:1.4.2", "replicas": 2}),
-            ),
-        )
-        .await;
-        await_ready(&ns, "orders", "2/2").await;
+        create_orders(&ns, 2).await;
 
         ns.api::<Microservice>()
             .delete("orders", &DeleteParams::background())

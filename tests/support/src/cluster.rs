@@ -111,3 +111,20 @@ pub async fn config() -> Result<Config, ClusterError> {
             reason: e.to_string(),
         })
 }
+
+/// Runs the pinned kubectl against the local cluster and returns its output; panics with its
+/// stderr when it fails (a test helper).
+pub fn kubectl(args: &[&str]) -> String {
+    let output = Command::new(bin_dir().join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

@@ -67,7 +67,7 @@ async fn propagation(flips: usize) {
     let metrics = DiscoveryMetrics::register(&mut Default::default());
     let watch = tokio::spawn({
         let (client, registry, namespace) = (ns.client.clone(), registry.clone(), ns.name.clone());
-        async move { discovery::run(client, Some(&namespace), registry, metrics).await }
+        async move { discovery::run(client, Some(namespace), registry, metrics).await }
     });
 
     let deployments = ns.api::<Deployment>();

@@ -126,7 +126,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     tracing::info!(admin = %admin_addr, "gateway started");
     let namespace = args.namespace.clone();
     tokio::select! {
-        () = discovery::run(client.clone(), namespace.as_deref(), registry.clone(), discovery_metrics) => {}
+        () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
         () = gateway::run(client, args.namespace, registry, args.listen_address, gateway_metrics) => {}
         () = serve_admin => {}
         () = shutdown_signal() => {}

@@ -26,6 +26,9 @@ use crate::{
 /// The shortest time between two status writes for one Microservice.
 pub const WINDOW: Duration = Duration::from_millis(500);
 
+/// How long a snapshot skipped for want of its Microservice waits for another pass.
+const RETRY_SKIPPED: Duration = Duration::from_secs(10);
+
 /// How many status writes one pass makes at once.
 const CONCURRENT_WRITES: usize = 16;
 
@@ -37,6 +40,10 @@ pub async fn publish(
 ) {
     let mut changes = registry.subscribe();
     let mut published: HashMap<ServiceKey, u64> = HashMap::new();
+    // Until the Microservices are known, every snapshot would be skipped as out of scope.
+    if microservices.wait_until_ready().await.is_err() {
+        return;
+    }
     loop {
         let pass = Instant::now();
         let mut due = Vec::new();
@@ -81,8 +88,10 @@ pub async fn publish(
             published.insert(key, version);
         }
         tokio::time::sleep_until(pass + WINDOW).await;
-        if changes.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            // Snapshots skipped because their Microservice was not known yet get another look.
+            () = tokio::time::sleep(RETRY_SKIPPED) => {}
         }
     }
 }

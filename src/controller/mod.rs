@@ -83,17 +83,12 @@ pub async fn start(
     .with_config(controller::Config::default().concurrency(16))
     .graceful_shutdown_on(shutdown);
     let store = controller.store();
-    let (client_for_discovery, registry_for_discovery) = (client.clone(), registry.clone());
-    let watched_namespace = scope.namespace.clone();
-    let discovery = async move {
-        discovery::run(
-            client_for_discovery,
-            watched_namespace.as_deref(),
-            registry_for_discovery,
-            discovery_metrics,
-        )
-        .await
-    };
+    let discovery = discovery::run(
+        client.clone(),
+        scope.namespace.clone(),
+        registry.clone(),
+        discovery_metrics,
+    );
     let publish_endpoints = endpoints::publish(
         client.clone(),
         registry,

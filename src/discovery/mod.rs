@@ -26,8 +26,8 @@ use crate::api::labels;
 
 /// Watches the Pods of every Microservice (in `namespace`, or all) and keeps `registry` up to
 /// date until the watch stream ends (it retries errors with backoff, so: forever).
-pub async fn run(client: Client, namespace: Option<&str>, registry: Registry, metrics: DiscoveryMetrics) {
-    let pods: Api<Pod> = match namespace {
+pub async fn run(client: Client, namespace: Option<String>, registry: Registry, metrics: DiscoveryMetrics) {
+    let pods: Api<Pod> = match namespace.as_deref() {
         Some(namespace) => Api::namespaced(client, namespace),
         None => Api::all(client),
     };

@@ -251,7 +251,7 @@ async fn a_broken_watch_ends_with_exactly_the_live_pods() {
         let metrics = DiscoveryMetrics::register(&mut Default::default());
         let watch = tokio::spawn({
             let (registry, namespace) = (registry.clone(), ns.name.clone());
-            async move { discovery::run(client, Some(&namespace), registry, metrics).await }
+            async move { discovery::run(client, Some(namespace), registry, metrics).await }
         });
 
         // A plain Deployment whose pods carry the label, as the controller's would.

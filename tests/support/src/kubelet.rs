@@ -12,7 +12,8 @@
 //! backend and deletes it with grace period 0.
 //!
 //! Tests flip readiness with [`Kubelet::set_ready`] (a failing probe) and script backends through
-//! [`Kubelet::backend`].
+//! [`Kubelet::backend`]; from outside the process (the demo, a person with kubectl) the Pod
+//! annotations [`STATUS_ANNOTATION`] and [`DELAY_ANNOTATION`] do the same.
 
 use std::{
     collections::HashMap,

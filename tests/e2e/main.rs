@@ -553,3 +553,74 @@ async fn the_circuit_breaker_answers_503_beyond_max_requests() {
     })
     .await;
 }
+
+/// Sends raw bytes and returns the status line of the answer ("" if the connection closed first).
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    stream.write_all(bytes).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
+    with_namespace("e2e-malformed", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+            )
+            .await;
+        let huge_header = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+            "x".repeat(128 * 1024)
+        );
+        let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+            (
+                "conflicting Content-Length",
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabc".to_vec(),
+                &["400"],
+            ),
+            (
+                "bad chunk size",
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+                    .to_vec(),
+                &["400"],
+            ),
+            ("garbage request line", b"HELLO THERE\r\n\r\n".to_vec(), &["400"]),
+            ("oversized headers", huge_header.into_bytes(), &["431", "400"]),
+            (
+                "bad header name",
+                b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n".to_vec(),
+                &["400"],
+            ),
+        ];
+        for (what, bytes, expected) in cases {
+            let status_line = raw_exchange(platform.listener, &bytes).await;
+            let code = status_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                expected.contains(&code.as_str()),
+                "{what}: answered {status_line:?}, expected one of {expected:?}"
+            );
+            let healthy = probe::get(platform.listener, "/")
+                .await
+                .expect("the gateway still answers");
+            assert_eq!(healthy.status, StatusCode::OK, "after {what}");
+        }
+    })
+    .await;
+}

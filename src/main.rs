@@ -102,10 +102,18 @@ async fn run(args: RunArgs) -> Result<(), String> {
     .await
     .map_err(|e| format!("cannot serve the admin endpoints on {admin}: {e}"))?;
     tracing::info!(admin = %running.admin_addr, "controller and gateway started");
-    tokio::select! {
-        () = running.serve => {}
-        () = gateway::run(client, namespace, registry, args.listen_address, gateway_metrics) => {}
-    }
+    // Both halves stop on the signal; the gateway drains its requests in flight first.
+    tokio::join!(
+        running.serve,
+        gateway::run(
+            client,
+            namespace,
+            registry,
+            args.listen_address,
+            gateway_metrics,
+            shutdown_signal()
+        )
+    );
     tracing::info!("stopped");
     Ok(())
 }
@@ -127,9 +135,8 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     let namespace = args.namespace.clone();
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
-        () = gateway::run(client, args.namespace, registry, args.listen_address, gateway_metrics) => {}
+        () = gateway::run(client, args.namespace, registry, args.listen_address, gateway_metrics, shutdown_signal()) => {}
         () = serve_admin => {}
-        () = shutdown_signal() => {}
     }
     tracing::info!("stopped");
     Ok(())

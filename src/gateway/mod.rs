@@ -32,13 +32,19 @@ use crate::{
     discovery::{Registry, ServiceKey},
 };
 
-/// Runs the gateway for `namespace` (or all) until the watches end, listening on `address`.
+/// How long a stopping gateway waits for the requests in flight.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(25);
+
+/// Runs the gateway for `namespace` (or all), listening on `address`, until `shutdown`
+/// completes; then it stops accepting and finishes the requests in flight (up to
+/// [`DRAIN_DEADLINE`]).
 pub async fn run(
     client: Client,
     namespace: Option<String>,
     registry: Registry,
     address: IpAddr,
     metrics: GatewayMetrics,
+    shutdown: impl Future<Output = ()>,
 ) {
     let (gateways, gateways_writer) = reflector::store::<Gateway>();
     let (microservices, microservices_writer) = reflector::store::<Microservice>();
@@ -83,7 +89,11 @@ pub async fn run(
     let mut listeners = server::Listeners::new(address, proxy);
     let mut registry_changes = registry.subscribe();
     let program = async {
-        let _ = gateways.wait_until_ready().await;
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = gateways.wait_until_ready() => {}
+            () = &mut shutdown => return,
+        }
         loop {
             let policies: HashMap<ServiceKey, _> = microservices
                 .state()
@@ -105,11 +115,14 @@ pub async fn run(
             }
             tokio::select! {
                 () = changed.notified() => {}
-                result = registry_changes.changed() => if result.is_err() { return },
+                result = registry_changes.changed() => if result.is_err() { break },
                 // A listener that could not bind is tried again.
                 () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                () = &mut shutdown => break,
             }
         }
+        tracing::info!("draining: no new connections; finishing the requests in flight");
+        listeners.drain(DRAIN_DEADLINE).await;
     };
     tokio::select! {
         () = watch_gateways => {}

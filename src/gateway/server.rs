@@ -14,7 +14,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use super::proxy::Proxy;
 
@@ -28,6 +28,8 @@ pub struct Listeners {
     running: BTreeMap<u16, JoinSet<()>>,
     /// Why a port could not be bound, until it is.
     failed: BTreeMap<u16, String>,
+    /// Turns true when the gateway stops: every listener drains.
+    draining: watch::Sender<bool>,
 }
 
 impl Listeners {
@@ -37,6 +39,7 @@ impl Listeners {
             proxy,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
+            draining: watch::Sender::new(false),
         }
     }
 
@@ -54,7 +57,12 @@ impl Listeners {
                 Ok(listener) => {
                     tracing::info!(%addr, "listening");
                     let mut task = JoinSet::new();
-                    task.spawn(accept(listener, port, self.proxy.clone()));
+                    task.spawn(accept(
+                        listener,
+                        port,
+                        self.proxy.clone(),
+                        self.draining.subscribe(),
+                    ));
                     self.running.insert(port, task);
                 }
                 // The next configuration change tries again.
@@ -69,13 +77,32 @@ impl Listeners {
 }
 
 impl Listeners {
+    /// Stops accepting on every port and waits, up to `deadline`, for the requests in flight.
+    pub async fn drain(self, deadline: Duration) {
+        self.draining.send_replace(true);
+        let mut running = self.running;
+        let all_done = async {
+            for task in running.values_mut() {
+                while task.join_next().await.is_some() {}
+            }
+        };
+        if tokio::time::timeout(deadline, all_done).await.is_err() {
+            tracing::warn!(
+                ?deadline,
+                "requests still in flight at the drain deadline were cut"
+            );
+        }
+    }
+
     /// Why `port` is not being served, if it is not.
     pub fn failure(&self, port: u16) -> Option<&str> {
         self.failed.get(&port).map(String::as_str)
     }
 }
 
-async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>) {
+/// Accepts connections on `listener` until `draining` turns true; then stops accepting, asks every
+/// open connection to finish its in-flight requests and close, and returns when they have.
+async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut draining: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -99,17 +126,30 @@ async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>) {
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = draining.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, builder) = (proxy.clone(), builder.clone());
+        let (proxy, builder, mut draining) = (proxy.clone(), builder.clone(), draining.clone());
         connections.spawn(async move {
             let service = service_fn(move |request| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(port, client, request).await) }
             });
-            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = draining.changed() => {
+                    // Finish what is in flight, refuse more (HTTP/1.1: close after; h2: GOAWAY).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%error, "client connection ended with an error");
             }
         });
     }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }

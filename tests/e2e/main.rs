@@ -83,6 +83,11 @@ async fn install_crds(ns: &TestNamespace) {
 
 impl Platform {
     async fn start(ns: &TestNamespace) -> Self {
+        Self::start_until(ns, std::future::pending()).await
+    }
+
+    /// A platform whose gateway stops (draining) when `shutdown` completes.
+    async fn start_until(ns: &TestNamespace, shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
         install_crds(ns).await;
         let registry = Registry::default();
         let mut prometheus = Prometheus::default();
@@ -108,6 +113,7 @@ impl Platform {
             registry.clone(),
             [127, 0, 0, 1].into(),
             metrics,
+            shutdown,
         );
         let tasks = vec![tokio::spawn(running.serve), tokio::spawn(gateway)];
         Self {
@@ -621,6 +627,43 @@ async fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
                 .expect("the gateway still answers");
             assert_eq!(healthy.status, StatusCode::OK, "after {what}");
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stopping_gateway_finishes_requests_in_flight_and_accepts_no_more() {
+    with_namespace("e2e-drain", |ns| async move {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let platform = Platform::start_until(&ns, async move {
+            let _ = stopped.await;
+        })
+        .await;
+        platform.microservice(&ns, "slow", 1, json!({})).await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "slow"}]}]),
+            )
+            .await;
+        let pod = &pods_of(&ns, "slow").await[0];
+        ns.backend(pod)
+            .expect("backend")
+            .delay(Duration::from_millis(800));
+
+        let in_flight = tokio::spawn(probe::get(platform.listener, "/"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = stop.send(());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = probe::get(platform.listener, "/")
+            .await
+            .expect_err("no new connections while draining");
+        assert!(refused.is_connection_refused(), "{refused}");
+        let answer = in_flight
+            .await
+            .expect("the request task")
+            .expect("the request in flight is answered");
+        assert_eq!(answer.status, StatusCode::OK);
     })
     .await;
 }

@@ -64,8 +64,11 @@ pub struct GatewaySpec {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     #[x_kube(validation = Rule::new("self.all(l, self.filter(m, m.port == l.port).size() == 1)").message("listeners must use distinct ports"))]
     pub listeners: Vec<Listener>,
-    /// Rules sending requests to Microservices, tried in order: the first whose listeners,
-    /// hostnames and matches all fit the request wins. Names are unique.
+    /// Rules sending requests to Microservices. Names are unique. A request takes the most
+    /// specific route that fits it (listeners, hostnames, one of its matches), as in the Gateway
+    /// API: an exact hostname before a wildcard, an exact path before a prefix, a longer prefix
+    /// before a shorter, a method before none, more header matches before fewer; among equals,
+    /// the earlier route.
     #[serde(default)]
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]

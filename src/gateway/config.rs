@@ -64,11 +64,48 @@ pub struct Route {
     pub budget: Arc<RetryBudget>,
 }
 
-/// A route as one listener serves it: the listener's hostnames must match too.
+/// One of a route's matches as one listener serves it: the listener's hostnames must match too.
+/// A route without matches is one entry that takes every request.
 #[derive(Debug)]
 pub struct Attached {
     pub listener_hostnames: Vec<HostPattern>,
     pub route: Arc<Route>,
+    /// Which of `route.matches` this entry is (`None`: the route has none).
+    pub matcher: Option<usize>,
+}
+
+impl Attached {
+    pub fn request_match(&self) -> Option<&RequestMatch> {
+        self.matcher.and_then(|i| self.route.matches.get(i))
+    }
+
+    /// The Gateway API's precedence, most specific first: an exact hostname before a wildcard,
+    /// an exact path before a prefix, a longer prefix before a shorter, a method before none,
+    /// more header matches before fewer. Equal entries keep their declaration order.
+    fn specificity(&self) -> (u8, u8, usize, bool, usize) {
+        let host = |patterns: &[HostPattern]| {
+            patterns
+                .iter()
+                .map(|p| match p {
+                    HostPattern::Exact(_) => 2,
+                    HostPattern::Wildcard(_) => 1,
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let hosts = host(&self.route.hostnames).max(host(&self.listener_hostnames));
+        let request = self.request_match();
+        let (kind, length) = match request.and_then(|m| m.path.as_ref()) {
+            Some((crate::api::gateway::PathMatchType::Exact, value)) => (2, value.len()),
+            Some((crate::api::gateway::PathMatchType::PathPrefix, value)) => {
+                (1, value.trim_end_matches('/').len())
+            }
+            None => (0, 0),
+        };
+        let method = request.is_some_and(|m| m.method.is_some());
+        let headers = request.map(|m| m.headers.len()).unwrap_or(0);
+        (hosts, kind, length, method, headers)
+    }
 }
 
 /// Everything the data plane needs, per listener port, routes in the order they are tried.
@@ -154,10 +191,22 @@ pub fn compile(
                 let Ok(port) = u16::try_from(listener.port) else {
                     continue;
                 };
-                table.listeners.entry(port).or_default().push(Attached {
-                    listener_hostnames: listener.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
-                    route: compiled.clone(),
-                });
+                let matchers: Vec<Option<usize>> = if compiled.matches.is_empty() {
+                    vec![None]
+                } else {
+                    (0..compiled.matches.len()).map(Some).collect()
+                };
+                for matcher in matchers {
+                    table.listeners.entry(port).or_default().push(Attached {
+                        listener_hostnames: listener
+                            .hostnames
+                            .iter()
+                            .map(|h| HostPattern::parse(h))
+                            .collect(),
+                        route: compiled.clone(),
+                        matcher,
+                    });
+                }
             }
         }
         // A listener with no routes still listens (and answers 404).
@@ -166,6 +215,10 @@ pub fn compile(
                 table.listeners.entry(port).or_default();
             }
         }
+    }
+    for entries in table.listeners.values_mut() {
+        // A stable sort: equally specific entries keep the Gateways' and routes' order.
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry.specificity()));
     }
     table
 }
@@ -228,5 +281,61 @@ fn compile_match(m: &crate::api::gateway::RouteMatch) -> RequestMatch {
                 ))
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(routes: serde_json::Value) -> RouteTable {
+        let gateway: Gateway = serde_json::from_value(serde_json::json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns"},
+            "spec": {"listeners": [{"name": "http", "port": 8080}], "routes": routes},
+        }))
+        .expect("a valid Gateway");
+        compile(&[Arc::new(gateway)], &HashMap::new(), &Registry::default(), None)
+    }
+
+    fn order(table: &RouteTable) -> Vec<String> {
+        table.listeners[&8080]
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}#{}",
+                    e.route.id.rsplit('/').next().unwrap_or_default(),
+                    e.matcher.map_or(-1, |m| m as i64)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_are_tried_most_specific_first_and_in_declaration_order_among_equals() {
+        let table = table(serde_json::json!([
+            {"name": "catch-all", "backends": [{"microservice": "web"}]},
+            {"name": "api", "matches": [{"path": {"value": "/api"}}], "backends": [{"microservice": "api"}]},
+            {"name": "orders", "matches": [
+                {"path": {"value": "/api/orders"}},
+                {"path": {"type": "Exact", "value": "/api"}}], "backends": [{"microservice": "orders"}]},
+            {"name": "canary", "matches": [{"path": {"value": "/api/orders"},
+                "headers": [{"name": "x-canary", "value": "1"}]}], "backends": [{"microservice": "canary"}]},
+            {"name": "writes", "matches": [{"path": {"value": "/api/orders"}, "method": "POST"}],
+                "backends": [{"microservice": "orders"}]},
+            {"name": "second-api", "matches": [{"path": {"value": "/api/"}}], "backends": [{"microservice": "api"}]},
+        ]));
+        assert_eq!(
+            order(&table),
+            [
+                "orders#1",
+                "writes#0",
+                "canary#0",
+                "orders#0",
+                "api#0",
+                "second-api#0",
+                "catch-all#-1"
+            ]
+        );
     }
 }

@@ -298,15 +298,13 @@ fn find_route<'t>(
     let host_ok = |patterns: &[super::router::HostPattern]| {
         patterns.is_empty() || host.is_some_and(|h| patterns.iter().any(|p| p.matches(h)))
     };
+    // Entries are sorted most specific first: the first that fits wins.
     routes.iter().find(|attached| {
         host_ok(&attached.listener_hostnames)
             && host_ok(&attached.route.hostnames)
-            && (attached.route.matches.is_empty()
-                || attached
-                    .route
-                    .matches
-                    .iter()
-                    .any(|m| m.matches(request.method(), request.uri().path(), request.headers())))
+            && attached
+                .request_match()
+                .is_none_or(|m| m.matches(request.method(), request.uri().path(), request.headers()))
     })
 }
 

@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
@@ -18,12 +18,13 @@ struct RouteLabels {
     route: String,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     retries: Family<RouteLabels, Counter>,
     budget_exhausted: Family<RouteLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,7 +35,22 @@ struct ServiceLabels {
 
 impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
+        let metrics = Self {
+            requests: Family::default(),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            ejections: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+            }),
+        };
+        registry.register(
+            "microgate_gateway_request_duration_seconds",
+            "Time from a request's arrival to its answer's headers, by route",
+            metrics.latency.clone(),
+        );
         registry.register(
             "microgate_gateway_requests",
             "Requests answered, by route and status class",
@@ -66,7 +82,12 @@ impl GatewayMetrics {
         self.ejections.get_or_create(&labels).inc();
     }
 
-    pub fn request(&self, route: &str, status: http::StatusCode) {
+    pub fn request(&self, route: &str, status: http::StatusCode, took: std::time::Duration) {
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(took.as_secs_f64());
         let class = match status.as_u16() {
             100..=199 => "1xx",
             200..=299 => "2xx",

@@ -75,15 +75,18 @@ impl Proxy {
         client_addr: SocketAddr,
         request: Request<Incoming>,
     ) -> Response<Body> {
+        let started = Instant::now();
         let table = self.table.load_full();
         let host = request_host(request.uri(), request.headers());
         let Some(attached) = find_route(&table, port, host.as_deref(), &request) else {
-            self.metrics.request("<none>", StatusCode::NOT_FOUND);
+            self.metrics
+                .request("<none>", StatusCode::NOT_FOUND, started.elapsed());
             return local(StatusCode::NOT_FOUND, "no-route", "no route matches this request");
         };
         let route = &attached.route;
         let response = self.forward(route, client_addr, host, request).await;
-        self.metrics.request(&route.id, response.status());
+        self.metrics
+            .request(&route.id, response.status(), started.elapsed());
         response
     }
 
@@ -209,21 +212,25 @@ impl Proxy {
                 self.metrics.ejection(&upstream.service);
                 tracing::info!(microservice = %upstream.service, pod = %endpoint.pod, "endpoint ejected after consecutive failures");
             }
-            let retry = failure.is_some_and(|f| {
-                attempt < attempts
-                    && policy.is_some_and(|p| retry::should_retry(p, f, idempotent))
-                    && deadline.is_none_or(|d| Instant::now() < d)
+            let retry_after = match &result {
+                Attempt::Answered(response) => retry::retry_after(response.headers()),
+                _ => None,
+            };
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            // The wait before the retry, if one should and can be made in time.
+            let wait = failure.zip(policy).and_then(|(f, p)| {
+                let wanted = attempt < attempts && retry::should_retry(p, f, idempotent);
+                wanted
+                    .then(|| retry::wait_before_retry(p, attempt, retry_after, remaining))
+                    .flatten()
             });
-            if retry && route.budget.withdraw() {
+            let retry = wait.is_some();
+            if let Some(wait) = wait
+                && route.budget.withdraw()
+            {
                 self.metrics.retry(&route.id);
                 failed = Some(endpoint.clone());
-                if let Some(p) = policy {
-                    let wait = retry::backoff(p, attempt);
-                    let wait = deadline
-                        .map(|d| wait.min(d.saturating_duration_since(Instant::now())))
-                        .unwrap_or(wait);
-                    tokio::time::sleep(wait).await;
-                }
+                tokio::time::sleep(wait).await;
                 continue;
             } else if retry {
                 self.metrics.budget_exhausted(&route.id);

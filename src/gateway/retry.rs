@@ -60,6 +60,38 @@ pub fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
     Duration::from_micros(random_below(usize::try_from(micros).unwrap_or(usize::MAX)) as u64)
 }
 
+/// The longest `Retry-After` honoured when the route sets no timeout.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A `Retry-After` in seconds (the HTTP-date form is not honoured).
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// How long to wait before retry number `retry`: the upstream's `Retry-After` when it gave one,
+/// else the jittered backoff. `None` when the wait would not end before the route's deadline
+/// (`remaining`), or a `Retry-After` is longer than a minute with no deadline: then the answer
+/// goes back to the client as it is.
+pub fn wait_before_retry(
+    policy: &RetryPolicy,
+    retry: u32,
+    retry_after: Option<Duration>,
+    remaining: Option<Duration>,
+) -> Option<Duration> {
+    if remaining.is_some_and(|r| r.is_zero()) {
+        return None;
+    }
+    match retry_after {
+        Some(wait) if remaining.is_some_and(|r| wait >= r) || wait > MAX_RETRY_AFTER => None,
+        Some(wait) => Some(wait),
+        None => {
+            let wait = backoff(policy, retry);
+            Some(remaining.map_or(wait, |r| wait.min(r)))
+        }
+    }
+}
+
 /// Retries may be at most `percent` of requests over the last 10 seconds, plus `min_per_second`.
 /// Lock-free: one-second slots of counters, reused as time moves on.
 #[derive(Debug)]
@@ -203,6 +235,39 @@ mod tests {
         }
         let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(&p, 3)).collect();
         assert!(spread.len() > 10, "jittered, not fixed");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_when_it_fits_the_deadline() {
+        let p = RetryPolicy::default();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, "2".parse().expect("value"));
+        let asked = retry_after(&headers);
+        assert_eq!(asked, Some(Duration::from_secs(2)));
+        assert_eq!(
+            wait_before_retry(&p, 1, asked, None),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            wait_before_retry(&p, 1, asked, Some(Duration::from_secs(5))),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            wait_before_retry(&p, 1, asked, Some(Duration::from_secs(1))),
+            None,
+            "past the deadline"
+        );
+        assert_eq!(
+            wait_before_retry(&p, 1, Some(Duration::from_secs(3600)), None),
+            None,
+            "too long"
+        );
+        let jittered = wait_before_retry(&p, 1, None, Some(Duration::from_millis(5))).expect("a wait");
+        assert!(
+            jittered <= Duration::from_millis(5),
+            "the backoff is cut to the deadline"
+        );
+        assert_eq!(wait_before_retry(&p, 1, None, Some(Duration::ZERO)), None);
     }
 
     #[test]

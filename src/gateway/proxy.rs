@@ -13,7 +13,8 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -31,7 +32,8 @@ use super::{
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Request bodies up to this size are buffered so that they can be retried; larger ones are refused.
+/// Request bodies up to this size are buffered so that they can be retried; larger ones are
+/// streamed to a single attempt.
 pub const MAX_BUFFERED_BODY: usize = 1 << 20;
 
 /// Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1).
@@ -48,7 +50,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, Body>,
     metrics: GatewayMetrics,
 }
 
@@ -100,15 +102,8 @@ impl Proxy {
         let started = Instant::now();
         let deadline = route.timeout.map(|t| started + t);
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return local(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body-too-large",
-                    "request body too large",
-                );
-            }
+        let mut body = match RequestBody::read(body).await {
+            Ok(body) => body,
             Err(_) => {
                 return local(
                     StatusCode::BAD_REQUEST,
@@ -128,9 +123,15 @@ impl Proxy {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
         );
         let policy = route.retry.as_ref();
-        let attempts = 1 + policy
-            .map(|p| u32::try_from(p.attempts).unwrap_or(0))
-            .unwrap_or(0);
+        // A body too large to keep is streamed to one attempt, never retried.
+        let attempts = match body {
+            RequestBody::Buffered(_) => {
+                1 + policy
+                    .map(|p| u32::try_from(p.attempts).unwrap_or(0))
+                    .unwrap_or(0)
+            }
+            RequestBody::Streaming(_) => 1,
+        };
         route.budget.deposit();
 
         let Some(upstream) = pick_backend(route) else {
@@ -168,7 +169,7 @@ impl Proxy {
             if let Some(h) = builder.headers_mut() {
                 h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            let Ok(outgoing) = builder.body(Full::new(body.clone())) else {
+            let Ok(outgoing) = builder.body(body.for_attempt()) else {
                 return local(
                     StatusCode::BAD_REQUEST,
                     "bad-request",
@@ -258,6 +259,42 @@ impl Proxy {
                     "the upstream connection broke",
                 ),
             };
+        }
+    }
+}
+
+/// A request's body: kept whole (so that it can be sent again) up to [`MAX_BUFFERED_BODY`],
+/// streamed through otherwise.
+enum RequestBody {
+    Buffered(Bytes),
+    /// What was read before the limit, then the rest of the client's body; `None` once sent.
+    Streaming(Option<Body>),
+}
+
+impl RequestBody {
+    async fn read(mut body: Incoming) -> Result<Self, hyper::Error> {
+        let mut read = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            // Trailers are not forwarded.
+            let Ok(data) = frame?.into_data() else { continue };
+            read.extend_from_slice(&data);
+            if read.len() > MAX_BUFFERED_BODY {
+                let head = futures::stream::once(std::future::ready(Ok(Frame::data(read.freeze()))));
+                let rest = http_body_util::BodyStream::new(body);
+                let stream = StreamBody::new(futures::StreamExt::chain(head, rest));
+                return Ok(RequestBody::Streaming(Some(BodyExt::boxed(stream))));
+            }
+        }
+        Ok(RequestBody::Buffered(read.freeze()))
+    }
+
+    /// The body of the next attempt (a streamed body goes to the first attempt only).
+    fn for_attempt(&mut self) -> Body {
+        match self {
+            RequestBody::Buffered(bytes) => Full::new(bytes.clone()).map_err(|never| match never {}).boxed(),
+            RequestBody::Streaming(body) => body
+                .take()
+                .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
         }
     }
 }

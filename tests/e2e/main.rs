@@ -667,3 +667,38 @@ async fn a_stopping_gateway_finishes_requests_in_flight_and_accepts_no_more() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_body_too_large_to_buffer_is_streamed_through() {
+    with_namespace("e2e-large-body", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "echo"}], "retry": {"attempts": 2}}]),
+            )
+            .await;
+        for size in [
+            1000,
+            gateway::proxy::MAX_BUFFERED_BODY + 1,
+            3 * gateway::proxy::MAX_BUFFERED_BODY,
+        ] {
+            let body = "x".repeat(size);
+            let answer = probe::request(platform.listener, hyper::Method::PUT, "/upload", &body)
+                .await
+                .expect("an answer");
+            assert_eq!(answer.status, StatusCode::OK, "{size} bytes");
+            let received = answer
+                .headers
+                .get(microgate_test_support::backend::BODY_BYTES_HEADER)
+                .and_then(|v| v.to_str().ok());
+            assert_eq!(
+                received,
+                Some(size.to_string().as_str()),
+                "the backend got all {size} bytes"
+            );
+        }
+    })
+    .await;
+}

@@ -24,6 +24,8 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 /// The header that carries the serving Pod's name in every response.
 pub const POD_NAME_HEADER: &str = "x-pod-name";
+/// The header that says how many bytes of request body the backend received.
+pub const BODY_BYTES_HEADER: &str = "x-body-bytes";
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -161,9 +163,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 
 async fn handle(
     state: Arc<State>,
-    _request: Request<hyper::body::Incoming>,
+    request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    // Read the whole request body, so that a client can check what arrived (x-body-bytes).
+    let received = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let delay = state.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -184,6 +193,7 @@ async fn handle(
             StatusCode::OK,
             &state.pod,
             body.len(),
+            received,
             BodyExt::boxed(StreamBody::new(chunks)),
         ));
     }
@@ -204,14 +214,16 @@ async fn handle(
         status,
         &state.pod,
         length,
+        received,
         Full::new(body).map_err(|never| match never {}).boxed(),
     ))
 }
 
-fn response(status: StatusCode, pod: &str, length: usize, body: Body) -> Response<Body> {
+fn response(status: StatusCode, pod: &str, length: usize, received: usize, body: Body) -> Response<Body> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
+    headers.insert(BODY_BYTES_HEADER, received.into());
     if let Ok(value) = pod.parse() {
         headers.insert(POD_NAME_HEADER, value);
     }

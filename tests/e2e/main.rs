@@ -702,3 +702,99 @@ async fn a_body_too_large_to_buffer_is_streamed_through() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_pod_killed_mid_traffic_costs_no_client_a_failure() {
+    with_namespace("e2e-kill", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 3, json!({})).await;
+        platform
+            .gateway(&ns, json!([{"name": "all", "backends": [{"microservice": "echo"}],
+                "retry": {"attempts": 2, "retryOn": ["connect-failure", "reset", "gateway-error"],
+                          "backoff": {"base": "1ms", "max": "5ms"}, "budget": {"percent": 50, "minPerSecond": 50}}}]))
+            .await;
+        let victim = pods_of(&ns, "echo").await[0].clone();
+        let load = tokio::spawn(traffic(platform.listener, "/", 2000, 8));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // What the kubelet does for a deleted Pod: its backend stops, the Pod goes at once.
+        ns.api::<Pod>()
+            .delete(&victim, &kube::api::DeleteParams::default())
+            .await
+            .expect("delete a pod under load");
+        let counts = load.await.expect("the load task");
+        let failed: usize = counts.iter().filter(|((s, _), _)| *s != 200).map(|(_, n)| n).sum();
+        assert_eq!(failed, 0, "{counts:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn least_request_sends_less_to_a_slow_pod() {
+    with_namespace("e2e-least", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform
+            .microservice(
+                &ns,
+                "echo",
+                3,
+                json!({"loadBalancer": {"policy": "LeastRequest"}}),
+            )
+            .await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+            )
+            .await;
+        let slow = pods_of(&ns, "echo").await[0].clone();
+        ns.backend(&slow)
+            .expect("backend")
+            .delay(Duration::from_millis(100));
+        let counts = traffic(platform.listener, "/", 600, 8).await;
+        let to_slow = counts.get(&(200, slow.clone())).copied().unwrap_or(0);
+        // Round robin would send it a third (200); requests in flight steer most elsewhere.
+        assert!(to_slow < 100, "the slow pod got {to_slow} of 600: {counts:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_a_key_on_one_pod() {
+    with_namespace("e2e-hash", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        let policy =
+            json!({"loadBalancer": {"policy": "ConsistentHash", "consistentHash": {"header": "x-user"}}});
+        platform.microservice(&ns, "echo", 3, policy).await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+            )
+            .await;
+        let mut pods_per_user = BTreeMap::new();
+        for user in 0..20 {
+            for _ in 0..10 {
+                let mut headers = hyper::HeaderMap::new();
+                headers.insert("x-user", format!("user-{user}").parse().expect("header value"));
+                let answer = probe::request_with(platform.listener, hyper::Method::GET, "/", headers, "")
+                    .await
+                    .expect("an answer");
+                let pod = answer.headers[POD_NAME_HEADER]
+                    .to_str()
+                    .expect("pod name")
+                    .to_owned();
+                pods_per_user
+                    .entry(user)
+                    .or_insert_with(std::collections::BTreeSet::new)
+                    .insert(pod);
+            }
+        }
+        assert!(
+            pods_per_user.values().all(|pods| pods.len() == 1),
+            "each user sticks to one pod: {pods_per_user:?}"
+        );
+        let used: std::collections::BTreeSet<_> = pods_per_user.values().flatten().collect();
+        assert!(used.len() > 1, "users spread over the pods: {used:?}");
+    })
+    .await;
+}

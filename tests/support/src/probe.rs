@@ -51,16 +51,31 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<Answer, ProbeError> {
 
 /// Any method with a body, reading the whole answer; 5 s at most.
 pub async fn request(addr: SocketAddr, method: Method, path: &str, body: &str) -> Result<Answer, ProbeError> {
-    let after = Duration::from_secs(5);
-    tokio::time::timeout(
-        after,
-        exchange(addr, method, path, Bytes::copy_from_slice(body.as_bytes())),
-    )
-    .await
-    .map_err(|_| ProbeError::Timeout { addr, after })?
+    request_with(addr, method, path, HeaderMap::new(), body).await
 }
 
-async fn exchange(addr: SocketAddr, method: Method, path: &str, body: Bytes) -> Result<Answer, ProbeError> {
+/// [`request`] with extra request headers.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+    body: &str,
+) -> Result<Answer, ProbeError> {
+    let after = Duration::from_secs(5);
+    let body = Bytes::copy_from_slice(body.as_bytes());
+    tokio::time::timeout(after, exchange(addr, method, path, headers, body))
+        .await
+        .map_err(|_| ProbeError::Timeout { addr, after })?
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Answer, ProbeError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|source| ProbeError::Connect { addr, source })?;
@@ -69,12 +84,13 @@ async fn exchange(addr: SocketAddr, method: Method, path: &str, body: Bytes) -> 
         .await
         .map_err(http)?;
     let connection = tokio::spawn(connection);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, addr.to_string())
         .body(Full::new(body))
         .expect("a method, a path and a host header make a valid request");
+    request.headers_mut().extend(headers);
     let response = sender.send_request(request).await.map_err(http)?;
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(http)?.to_bytes();

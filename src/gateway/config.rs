@@ -19,6 +19,7 @@ use super::{
 use crate::{
     api::{
         Gateway,
+        microservice::Protocol,
         policy::{LoadBalancerPolicy, RetryPolicy, TrafficPolicy},
     },
     discovery::{Registry, ServiceKey},
@@ -38,6 +39,8 @@ pub struct Upstream {
     pub service: ServiceKey,
     pub pool: Pool,
     pub hash_on: Option<HashOn>,
+    /// The Microservice speaks HTTP/2 (protocol HTTP2 or GRPC): cleartext, prior knowledge.
+    pub http2: bool,
     pub ejection: Ejection,
     /// `circuitBreaker.maxRequests`: more in flight at once are answered 503 at once.
     pub max_requests: usize,
@@ -122,11 +125,11 @@ impl RouteTable {
     }
 }
 
-/// Builds the table. `policies` holds each known Microservice's traffic policy; `previous`
+/// Builds the table. `services` holds what each known Microservice's spec says; `previous`
 /// lends its endpoint state and retry budgets to what stays.
 pub fn compile(
     gateways: &[Arc<Gateway>],
-    policies: &HashMap<ServiceKey, TrafficPolicy>,
+    services: &HashMap<ServiceKey, ServiceSettings>,
     registry: &Registry,
     previous: Option<&RouteTable>,
 ) -> RouteTable {
@@ -163,7 +166,7 @@ pub fn compile(
                     let upstream = table
                         .upstreams
                         .entry(key.clone())
-                        .or_insert_with(|| Arc::new(upstream(&key, policies.get(&key), registry, previous)))
+                        .or_insert_with(|| Arc::new(upstream(&key, services.get(&key), registry, previous)))
                         .clone();
                     Backend {
                         upstream,
@@ -223,14 +226,23 @@ pub fn compile(
     table
 }
 
+/// What the gateway needs of a Microservice's spec.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceSettings {
+    pub traffic: TrafficPolicy,
+    pub protocol: Protocol,
+}
+
 fn upstream(
     key: &ServiceKey,
-    policy: Option<&TrafficPolicy>,
+    settings: Option<&ServiceSettings>,
     registry: &Registry,
     previous: Option<&RouteTable>,
 ) -> Upstream {
-    let default_policy = TrafficPolicy::default();
-    let policy = policy.unwrap_or(&default_policy);
+    let defaults = ServiceSettings::default();
+    let settings = settings.unwrap_or(&defaults);
+    let policy = &settings.traffic;
+    let http2 = matches!(settings.protocol, Protocol::Http2 | Protocol::Grpc);
     let snapshot = registry.snapshot(key);
     let ready: Vec<_> = snapshot.ready().cloned().collect();
     let previous_pool = previous.and_then(|p| p.upstreams.get(key)).map(|u| &u.pool);
@@ -261,6 +273,7 @@ fn upstream(
         service: key.clone(),
         pool: Pool::new(policy.load_balancer.policy, &ready, previous_pool),
         hash_on,
+        http2,
         ejection: Ejection::from(&policy.outlier_detection),
         max_requests: usize::try_from(policy.circuit_breaker.max_requests).unwrap_or(usize::MAX),
         in_flight,

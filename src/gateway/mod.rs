@@ -95,18 +95,20 @@ pub async fn run(
             () = &mut shutdown => return,
         }
         loop {
-            let policies: HashMap<ServiceKey, _> = microservices
+            let services: HashMap<ServiceKey, _> = microservices
                 .state()
                 .iter()
                 .map(|ms| {
-                    (
-                        ServiceKey::new(&ms.namespace().unwrap_or_default(), &ms.name_any()),
-                        ms.spec.traffic_policy.clone(),
-                    )
+                    let key = ServiceKey::new(&ms.namespace().unwrap_or_default(), &ms.name_any());
+                    let settings = config::ServiceSettings {
+                        traffic: ms.spec.traffic_policy.clone(),
+                        protocol: ms.spec.protocol,
+                    };
+                    (key, settings)
                 })
                 .collect();
             let previous = table.load_full();
-            let compiled = config::compile(&gateways.state(), &policies, &registry, Some(&previous));
+            let compiled = config::compile(&gateways.state(), &services, &registry, Some(&previous));
             let ports: Vec<u16> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));
             listeners.set_ports(ports.into_iter()).await;

@@ -50,7 +50,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
-    client: Client<HttpConnector, Body>,
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
     metrics: GatewayMetrics,
 }
 
@@ -59,14 +60,20 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
+        // The pool's idle timeout only acts with a timer.
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+            .pool_max_idle_per_host(256);
+        let http1 = builder.build(connector.clone());
+        // Cleartext HTTP/2 with prior knowledge, for Microservices that speak HTTP2 or GRPC.
+        builder.http2_only(true).timer(TokioTimer::new());
+        let http2 = builder.build(connector);
         Self {
             table,
-            client,
+            http1,
+            http2,
             metrics,
         }
     }
@@ -183,7 +190,8 @@ impl Proxy {
             };
             let in_flight = endpoint.begin();
             let sent = Instant::now();
-            let request = self.client.request(outgoing);
+            let client = if upstream.http2 { &self.http2 } else { &self.http1 };
+            let request = client.request(outgoing);
             let result = match limit {
                 Some(limit) => match tokio::time::timeout(limit, request).await {
                     Ok(result) => Attempt::from(result),

@@ -798,3 +798,38 @@ async fn consistent_hashing_keeps_a_key_on_one_pod() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn http2_microservices_are_reached_over_cleartext_http2() {
+    with_namespace("e2e-h2c", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        for (name, protocol) in [("classic", "HTTP"), ("modern", "HTTP2")] {
+            let ms: Microservice = serde_json::from_value(json!({
+                "apiVersion": "microgate.dev/v1alpha1", "kind": "Microservice", "metadata": {"name": name},
+                "spec": {"image": "registry.example/echo:1", "protocol": protocol},
+            }))
+            .expect("a valid Microservice");
+            ns.api::<Microservice>().create(&PostParams::default(), &ms).await.expect("create");
+            let key = ServiceKey::new(&ns.name, name);
+            wait::until(format!("{name} ready"), WAIT, || async {
+                if platform.registry.snapshot(&key).ready_count() == 1 { Probe::Done(()) } else { Probe::NotYet(String::new()) }
+            })
+            .await
+            .expect("ready");
+        }
+        platform
+            .gateway(&ns, json!([
+                {"name": "classic", "matches": [{"path": {"value": "/classic"}}], "backends": [{"microservice": "classic"}]},
+                {"name": "modern", "matches": [{"path": {"value": "/modern"}}], "backends": [{"microservice": "modern"}]}]))
+            .await;
+        let version = |answer: &probe::Answer| {
+            answer.headers.get(microgate_test_support::backend::HTTP_VERSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        let classic = probe::get(platform.listener, "/classic").await.expect("an answer");
+        assert_eq!(version(&classic).as_deref(), Some("HTTP/1.1"));
+        let modern = probe::get(platform.listener, "/modern").await.expect("an answer");
+        assert_eq!(modern.status, StatusCode::OK);
+        assert_eq!(version(&modern).as_deref(), Some("HTTP/2.0"));
+    })
+    .await;
+}

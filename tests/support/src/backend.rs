@@ -24,6 +24,8 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 /// The header that carries the serving Pod's name in every response.
 pub const POD_NAME_HEADER: &str = "x-pod-name";
+/// The header that says which HTTP version the request arrived in (`HTTP/1.1`, `HTTP/2.0`).
+pub const HTTP_VERSION_HEADER: &str = "x-http-version";
 /// The header that says how many bytes of request body the backend received.
 pub const BODY_BYTES_HEADER: &str = "x-body-bytes";
 
@@ -166,6 +168,7 @@ async fn handle(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    let version = format!("{:?}", request.version());
     // Read the whole request body, so that a client can check what arrived (x-body-bytes).
     let received = request
         .into_body()
@@ -192,6 +195,7 @@ async fn handle(
         return Ok(response(
             StatusCode::OK,
             &state.pod,
+            &version,
             body.len(),
             received,
             BodyExt::boxed(StreamBody::new(chunks)),
@@ -213,16 +217,27 @@ async fn handle(
     Ok(response(
         status,
         &state.pod,
+        &version,
         length,
         received,
         Full::new(body).map_err(|never| match never {}).boxed(),
     ))
 }
 
-fn response(status: StatusCode, pod: &str, length: usize, received: usize, body: Body) -> Response<Body> {
+fn response(
+    status: StatusCode,
+    pod: &str,
+    version: &str,
+    length: usize,
+    received: usize,
+    body: Body,
+) -> Response<Body> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
+    if let Ok(value) = version.parse() {
+        headers.insert(HTTP_VERSION_HEADER, value);
+    }
     headers.insert(BODY_BYTES_HEADER, received.into());
     if let Ok(value) = pod.parse() {
         headers.insert(POD_NAME_HEADER, value);

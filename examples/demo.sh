@@ -64,7 +64,7 @@ kubectl apply -n "$namespace" -f examples/shop.yaml
 
 say "running microgate (controller + gateway) and a fake kubelet"
 KUBECONFIG="$repo/$kubeconfig" setsid target/debug/microgate run --namespace "$namespace" \
-  --admin-addr "$admin" --listen-address 127.0.0.1 \
+  --admin-addr "$admin" --listen-address 127.0.0.1 --access-log \
   >"$demo/microgate.log" 2>&1 < /dev/null &
 echo $! > "$demo/microgate.pid"
 MICROGATE_POD_CIDR=127.0.100.0/24 setsid target/debug/fake-kubelet --namespace "$namespace" \

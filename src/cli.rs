@@ -39,6 +39,9 @@ pub struct GatewayArgs {
     /// The address the Gateways' listeners bind (their ports come from the Gateway resources).
     #[arg(long, env = "MICROGATE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: std::net::IpAddr,
+    /// Log one line per request (target microgate::access; JSON with --log-json).
+    #[arg(long, env = "MICROGATE_ACCESS_LOG")]
+    pub access_log: bool,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
@@ -54,6 +57,9 @@ pub struct RunArgs {
     /// The address the Gateways' listeners bind (their ports come from the Gateway resources).
     #[arg(long, env = "MICROGATE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: std::net::IpAddr,
+    /// Log one line per request (target microgate::access; JSON with --log-json).
+    #[arg(long, env = "MICROGATE_ACCESS_LOG")]
+    pub access_log: bool,
 }
 
 /// Options of `microgate controller`.

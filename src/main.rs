@@ -109,7 +109,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
             client,
             namespace,
             registry,
-            args.listen_address,
+            gateway::Options {
+                listen_address: args.listen_address,
+                access_log: args.access_log
+            },
             gateway_metrics,
             shutdown_signal()
         )
@@ -135,7 +138,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     let namespace = args.namespace.clone();
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
-        () = gateway::run(client, args.namespace, registry, args.listen_address, gateway_metrics, shutdown_signal()) => {}
+        () = gateway::run(client, args.namespace, registry, gateway::Options { listen_address: args.listen_address, access_log: args.access_log }, gateway_metrics, shutdown_signal()) => {}
         () = serve_admin => {}
     }
     tracing::info!("stopped");

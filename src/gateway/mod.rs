@@ -32,17 +32,26 @@ use crate::{
     discovery::{Registry, ServiceKey},
 };
 
+/// How the data plane runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The address every listener binds (ports come from the Gateways).
+    pub listen_address: IpAddr,
+    /// Log one structured event per request (target `microgate::access`).
+    pub access_log: bool,
+}
+
 /// How long a stopping gateway waits for the requests in flight.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(25);
 
-/// Runs the gateway for `namespace` (or all), listening on `address`, until `shutdown`
+/// Runs the gateway for `namespace` (or all), as `options` say, until `shutdown`
 /// completes; then it stops accepting and finishes the requests in flight (up to
 /// [`DRAIN_DEADLINE`]).
 pub async fn run(
     client: Client,
     namespace: Option<String>,
     registry: Registry,
-    address: IpAddr,
+    options: Options,
     metrics: GatewayMetrics,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -85,8 +94,8 @@ pub async fn run(
     };
 
     let table = Arc::new(ArcSwap::from_pointee(config::RouteTable::default()));
-    let proxy = Arc::new(proxy::Proxy::new(table.clone(), metrics));
-    let mut listeners = server::Listeners::new(address, proxy);
+    let proxy = Arc::new(proxy::Proxy::new(table.clone(), metrics, options.access_log));
+    let mut listeners = server::Listeners::new(options.listen_address, proxy);
     let mut registry_changes = registry.subscribe();
     let program = async {
         tokio::pin!(shutdown);

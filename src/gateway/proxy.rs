@@ -52,11 +52,13 @@ pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
     http1: Client<HttpConnector, Body>,
     http2: Client<HttpConnector, Body>,
+    access_log: bool,
     metrics: GatewayMetrics,
 }
 
 impl Proxy {
-    pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: GatewayMetrics) -> Self {
+    /// `access_log`: one structured log event per request (target `microgate::access`).
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: GatewayMetrics, access_log: bool) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -75,6 +77,7 @@ impl Proxy {
             http1,
             http2,
             metrics,
+            access_log,
         }
     }
 
@@ -87,15 +90,38 @@ impl Proxy {
         let started = Instant::now();
         let table = self.table.load_full();
         let host = request_host(request.uri(), request.headers());
-        let Some(attached) = find_route(&table, port, host.as_deref(), &request) else {
-            self.metrics
-                .request("<none>", StatusCode::NOT_FOUND, started.elapsed());
-            return local(StatusCode::NOT_FOUND, "no-route", "no route matches this request");
+        // Kept for the access log only when it is on.
+        let logged = self
+            .access_log
+            .then(|| (request.method().clone(), request.uri().clone()));
+        let (route_id, response) = match find_route(&table, port, host.as_deref(), &request) {
+            Some(attached) => {
+                let route = &attached.route;
+                (
+                    route.id.as_str(),
+                    self.forward(route, client_addr, host.clone(), request).await,
+                )
+            }
+            None => (
+                "<none>",
+                local(StatusCode::NOT_FOUND, "no-route", "no route matches this request"),
+            ),
         };
-        let route = &attached.route;
-        let response = self.forward(route, client_addr, host, request).await;
-        self.metrics
-            .request(&route.id, response.status(), started.elapsed());
+        let took = started.elapsed();
+        self.metrics.request(route_id, response.status(), took);
+        if let Some((method, uri)) = logged {
+            let reason = response
+                .headers()
+                .get("x-microgate-reason")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info!(
+                target: "microgate::access",
+                client = %client_addr, %method, %uri, host = host.as_deref().unwrap_or(""),
+                route = route_id, status = response.status().as_u16(), reason, ms = took.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
         response
     }
 

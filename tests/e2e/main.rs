@@ -111,7 +111,10 @@ impl Platform {
             ns.client.clone(),
             Some(ns.name.clone()),
             registry.clone(),
-            [127, 0, 0, 1].into(),
+            gateway::Options {
+                listen_address: [127, 0, 0, 1].into(),
+                access_log: true,
+            },
             metrics,
             shutdown,
         );

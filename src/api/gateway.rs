@@ -159,19 +159,38 @@ pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub headers: Vec<HeaderMatch>,
+    /// Query parameters that must be present with exactly these values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub query_params: Vec<QueryParamMatch>,
 }
 
 /// How a path is compared.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'RegularExpression' || self.value.startsWith('/')")
+    .message("path value must start with '/'")
+    .field_path(".value"))]
 pub struct PathMatch {
     /// Exact: the whole path. PathPrefix: the path starts with `value` at a `/` boundary
-    /// (`/api` takes `/api` and `/api/x`, not `/apix`).
+    /// (`/api` takes `/api` and `/api/x`, not `/apix`). RegularExpression: the whole path
+    /// matches `value` (RE2 syntax, linear time; an invalid one makes the Gateway not Accepted).
     #[serde(rename = "type", default)]
     pub kind: PathMatchType,
-    /// The path or prefix; starts with `/`.
+    /// The path, prefix or regular expression.
     #[schemars(length(min = 1, max = 1024))]
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path value must start with '/'"))]
+    pub value: String,
+}
+
+/// A query parameter that must be present with an exact value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryParamMatch {
+    /// The parameter's name (exact, case-sensitive).
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// The exact value (as sent, without percent-decoding).
+    #[schemars(length(max = 1024))]
     pub value: String,
 }
 
@@ -181,6 +200,7 @@ pub enum PathMatchType {
     Exact,
     #[default]
     PathPrefix,
+    RegularExpression,
 }
 
 /// An HTTP method.

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     api::{FIELD_MANAGER, Gateway, GatewayStatus, Microservice, gateway::RouteStatus},
     discovery::ServiceKey,
+    gateway::router::PathMatcher,
 };
 
 pub const ACCEPTED: &str = "Accepted";
@@ -135,7 +136,27 @@ pub fn compute(
             }
         })
         .collect();
-    let accepted = if missing.is_empty() {
+    let invalid: Vec<String> = gateway
+        .spec
+        .routes
+        .iter()
+        .flat_map(|route| {
+            route
+                .matches
+                .iter()
+                .filter_map(move |m| Some((route, m.path.as_ref()?)))
+        })
+        .filter_map(|(route, path)| {
+            let error = PathMatcher::compile(path.kind, &path.value).err()?;
+            Some(format!(
+                "route {}: invalid path regular expression {:?}: {error}",
+                route.name, path.value
+            ))
+        })
+        .collect();
+    let accepted = if !invalid.is_empty() {
+        Desired::new(ACCEPTED, false, "InvalidRegex", invalid.join("; "))
+    } else if missing.is_empty() {
         Desired::new(
             ACCEPTED,
             true,
@@ -209,6 +230,33 @@ mod tests {
         assert_eq!(ready_backends, [("orders", 1), ("web", 1)]);
         assert_eq!(status.conditions[0].type_, ACCEPTED);
         assert_eq!(status.conditions[0].status, "True");
+    }
+
+    #[test]
+    fn an_invalid_path_regular_expression_is_not_accepted() {
+        let mut gateway = gateway();
+        gateway.spec.routes[0].matches = vec![
+            serde_json::from_value(serde_json::json!(
+            {"path": {"type": "RegularExpression", "value": "/api/(v1"}}))
+            .expect("a valid match"),
+        ];
+        let ready = BTreeMap::from([
+            ("orders".into(), 1),
+            ("orders-canary".into(), 1),
+            ("storefront".into(), 1),
+        ]);
+        let accepted = &compute(&gateway, &ready, now()).conditions[0];
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_str()),
+            ("False", "InvalidRegex")
+        );
+        assert!(
+            accepted
+                .message
+                .starts_with("route orders: invalid path regular expression"),
+            "{}",
+            accepted.message
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::{
     balance::Pool,
     outlier::Ejection,
     retry::RetryBudget,
-    router::{HostPattern, RequestMatch, method_of},
+    router::{HostPattern, PathMatcher, RequestMatch, method_of},
 };
 use crate::{
     api::{
@@ -83,9 +83,10 @@ impl Attached {
     }
 
     /// The Gateway API's precedence, most specific first: an exact hostname before a wildcard,
-    /// an exact path before a prefix, a longer prefix before a shorter, a method before none,
-    /// more header matches before fewer. Equal entries keep their declaration order.
-    fn specificity(&self) -> (u8, u8, usize, bool, usize) {
+    /// an exact path before a prefix, a longer prefix before a shorter, a prefix before a regular
+    /// expression, a method before none, more header matches, then more query parameter matches
+    /// before fewer. Equal entries keep their declaration order.
+    fn specificity(&self) -> (u8, u8, usize, bool, usize, usize) {
         let host = |patterns: &[HostPattern]| {
             patterns
                 .iter()
@@ -99,15 +100,15 @@ impl Attached {
         let hosts = host(&self.route.hostnames).max(host(&self.listener_hostnames));
         let request = self.request_match();
         let (kind, length) = match request.and_then(|m| m.path.as_ref()) {
-            Some((crate::api::gateway::PathMatchType::Exact, value)) => (2, value.len()),
-            Some((crate::api::gateway::PathMatchType::PathPrefix, value)) => {
-                (1, value.trim_end_matches('/').len())
-            }
+            Some(PathMatcher::Exact(value)) => (3, value.len()),
+            Some(PathMatcher::Prefix(value)) => (2, value.trim_end_matches('/').len()),
+            Some(PathMatcher::Regex(_)) => (1, 0),
             None => (0, 0),
         };
         let method = request.is_some_and(|m| m.method.is_some());
         let headers = request.map(|m| m.headers.len()).unwrap_or(0);
-        (hosts, kind, length, method, headers)
+        let query = request.map(|m| m.query.len()).unwrap_or(0);
+        (hosts, kind, length, method, headers, query)
     }
 }
 
@@ -141,6 +142,17 @@ pub fn compile(
         let spec = &gateway.spec;
         for route in &spec.routes {
             let id = format!("{namespace}/{}/{}", gateway.name_any(), route.name);
+            // A route with an invalid regular expression is not served (the controller says so in
+            // the Gateway's Accepted condition): dropping just that match could widen the route.
+            let Some(matches) = route
+                .matches
+                .iter()
+                .map(compile_match)
+                .collect::<Option<Vec<_>>>()
+            else {
+                tracing::warn!(route = %id, "not served: a path regular expression does not compile");
+                continue;
+            };
             let retry = route
                 .retry
                 .clone()
@@ -177,7 +189,7 @@ pub fn compile(
             let compiled = Arc::new(Route {
                 id,
                 hostnames: route.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
-                matches: route.matches.iter().map(compile_match).collect(),
+                matches,
                 total_weight: backends.iter().map(|b| b.weight).sum(),
                 backends,
                 timeout: route
@@ -280,9 +292,20 @@ fn upstream(
     }
 }
 
-fn compile_match(m: &crate::api::gateway::RouteMatch) -> RequestMatch {
-    RequestMatch {
-        path: m.path.as_ref().map(|p| (p.kind, p.value.clone())),
+/// A route's match as the router uses it; `None` when its regular expression is invalid (the
+/// controller reports that on the Gateway), so that it never matches.
+fn compile_match(m: &crate::api::gateway::RouteMatch) -> Option<RequestMatch> {
+    let path = match &m.path {
+        Some(p) => Some(PathMatcher::compile(p.kind, &p.value).ok()?),
+        None => None,
+    };
+    Some(RequestMatch {
+        path,
+        query: m
+            .query_params
+            .iter()
+            .map(|q| (q.name.clone(), q.value.clone()))
+            .collect(),
         method: m.method.map(method_of),
         headers: m
             .headers
@@ -294,7 +317,7 @@ fn compile_match(m: &crate::api::gateway::RouteMatch) -> RequestMatch {
                 ))
             })
             .collect(),
-    }
+    })
 }
 
 #[cfg(test)]

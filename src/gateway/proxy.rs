@@ -382,7 +382,7 @@ fn find_route<'t>(
             && host_ok(&attached.route.hostnames)
             && attached
                 .request_match()
-                .is_none_or(|m| m.matches(request.method(), request.uri().path(), request.headers()))
+                .is_none_or(|m| m.matches(request.method(), request.uri(), request.headers()))
     })
 }
 

@@ -34,21 +34,62 @@ impl HostPattern {
     }
 }
 
+/// How a path is compared, compiled.
+#[derive(Clone, Debug)]
+pub enum PathMatcher {
+    Exact(String),
+    Prefix(String),
+    /// Anchored at both ends.
+    Regex(regex::Regex),
+}
+
+impl PathMatcher {
+    /// The matcher for a route's path match; an invalid regular expression is an error.
+    pub fn compile(kind: PathMatchType, value: &str) -> Result<Self, regex::Error> {
+        Ok(match kind {
+            PathMatchType::Exact => PathMatcher::Exact(value.to_owned()),
+            PathMatchType::PathPrefix => PathMatcher::Prefix(value.to_owned()),
+            PathMatchType::RegularExpression => {
+                PathMatcher::Regex(regex::Regex::new(&format!("^(?:{value})$"))?)
+            }
+        })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatcher::Exact(value) => path == value,
+            PathMatcher::Prefix(value) => prefix_matches(value, path),
+            PathMatcher::Regex(regex) => regex.is_match(path),
+        }
+    }
+}
+
 /// One `matches[]` entry: all of its conditions must hold.
 #[derive(Clone, Debug, Default)]
 pub struct RequestMatch {
-    pub path: Option<(PathMatchType, String)>,
+    pub path: Option<PathMatcher>,
     pub method: Option<Method>,
     /// Header names lowercase, values exact.
     pub headers: Vec<(http::HeaderName, String)>,
+    /// Query parameters, exact.
+    pub query: Vec<(String, String)>,
 }
 
 impl RequestMatch {
-    pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
-        if let Some((kind, value)) = &self.path
-            && !path_matches(*kind, value, path)
-        {
+    pub fn matches(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> bool {
+        if self.path.as_ref().is_some_and(|p| !p.matches(uri.path())) {
             return false;
+        }
+        if !self.query.is_empty() {
+            let query = uri.query().unwrap_or("");
+            let present = |name: &str, value: &str| {
+                query
+                    .split('&')
+                    .any(|pair| pair.split_once('=').unwrap_or((pair, "")) == (name, value))
+            };
+            if !self.query.iter().all(|(name, value)| present(name, value)) {
+                return false;
+            }
         }
         if self.method.as_ref().is_some_and(|m| m != method) {
             return false;
@@ -62,17 +103,12 @@ impl RequestMatch {
     }
 }
 
-/// Exact: the whole path. PathPrefix: `/api` takes `/api`, `/api/` and `/api/x`, not `/apix`.
-pub fn path_matches(kind: PathMatchType, value: &str, path: &str) -> bool {
-    match kind {
-        PathMatchType::Exact => path == value,
-        PathMatchType::PathPrefix => {
-            let prefix = value.trim_end_matches('/');
-            match path.strip_prefix(prefix) {
-                Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
-                None => false,
-            }
-        }
+/// `/api` takes `/api`, `/api/` and `/api/x`, not `/apix`.
+fn prefix_matches(value: &str, path: &str) -> bool {
+    let prefix = value.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+        None => false,
     }
 }
 
@@ -117,15 +153,15 @@ mod tests {
 
     #[test]
     fn path_prefix_respects_segment_boundaries() {
-        let prefix = |value: &str, path: &str| path_matches(PathMatchType::PathPrefix, value, path);
+        let prefix = |value: &str, path: &str| PathMatcher::Prefix(value.into()).matches(path);
         assert!(prefix("/api", "/api"));
         assert!(prefix("/api", "/api/orders"));
         assert!(prefix("/api/", "/api/orders"));
         assert!(prefix("/api/", "/api"));
         assert!(!prefix("/api", "/apix"));
         assert!(prefix("/", "/anything"));
-        assert!(path_matches(PathMatchType::Exact, "/a", "/a"));
-        assert!(!path_matches(PathMatchType::Exact, "/a", "/a/"));
+        assert!(PathMatcher::Exact("/a".into()).matches("/a"));
+        assert!(!PathMatcher::Exact("/a".into()).matches("/a/"));
     }
 
     #[test]
@@ -160,16 +196,36 @@ mod tests {
     #[test]
     fn a_match_needs_every_condition() {
         let rule = RequestMatch {
-            path: Some((PathMatchType::PathPrefix, "/api".into())),
+            path: Some(PathMatcher::Prefix("/api".into())),
             method: Some(Method::GET),
             headers: vec![(http::HeaderName::from_static("x-canary"), "yes".into())],
+            query: vec![],
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-canary", "yes".parse().expect("value"));
-        assert!(rule.matches(&Method::GET, "/api/orders", &headers));
-        assert!(!rule.matches(&Method::POST, "/api/orders", &headers));
-        assert!(!rule.matches(&Method::GET, "/web", &headers));
-        assert!(!rule.matches(&Method::GET, "/api/orders", &HeaderMap::new()));
-        assert!(RequestMatch::default().matches(&Method::DELETE, "/", &HeaderMap::new()));
+        let uri = |u: &str| u.parse::<http::Uri>().expect("uri");
+        assert!(rule.matches(&Method::GET, &uri("/api/orders"), &headers));
+        assert!(!rule.matches(&Method::POST, &uri("/api/orders"), &headers));
+        assert!(!rule.matches(&Method::GET, &uri("/web"), &headers));
+        assert!(!rule.matches(&Method::GET, &uri("/api/orders"), &HeaderMap::new()));
+        assert!(RequestMatch::default().matches(&Method::DELETE, &uri("/"), &HeaderMap::new()));
+    }
+
+    #[test]
+    fn regular_expressions_match_the_whole_path_and_query_parameters_match_exactly() {
+        let uri = |u: &str| u.parse::<http::Uri>().expect("uri");
+        let versioned =
+            PathMatcher::compile(PathMatchType::RegularExpression, "/api/v[0-9]+/.*").expect("valid");
+        assert!(versioned.matches("/api/v2/orders"));
+        assert!(!versioned.matches("/x/api/v2/orders"), "anchored at the start");
+        assert!(!versioned.matches("/api/vx/orders"));
+        assert!(PathMatcher::compile(PathMatchType::RegularExpression, "/(unclosed").is_err());
+        let rule = RequestMatch {
+            query: vec![("debug".into(), "1".into())],
+            ..RequestMatch::default()
+        };
+        assert!(rule.matches(&Method::GET, &uri("/a?x=2&debug=1"), &HeaderMap::new()));
+        assert!(!rule.matches(&Method::GET, &uri("/a?debug=10"), &HeaderMap::new()));
+        assert!(!rule.matches(&Method::GET, &uri("/a"), &HeaderMap::new()));
     }
 }

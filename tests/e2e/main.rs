@@ -836,3 +836,31 @@ async fn http2_microservices_are_reached_over_cleartext_http2() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn regular_expression_paths_and_query_parameters_route_requests() {
+    with_namespace("e2e-regex", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "versioned", 1, json!({})).await;
+        platform.microservice(&ns, "debug", 1, json!({})).await;
+        platform.microservice(&ns, "web", 1, json!({})).await;
+        platform
+            .gateway(&ns, json!([
+                {"name": "web", "backends": [{"microservice": "web"}]},
+                {"name": "versioned", "matches": [{"path": {"type": "RegularExpression", "value": "/api/v[0-9]+/.*"}}],
+                 "backends": [{"microservice": "versioned"}]},
+                {"name": "debug", "matches": [{"path": {"value": "/api"}, "queryParams": [{"name": "debug", "value": "1"}]}],
+                 "backends": [{"microservice": "debug"}]}]))
+            .await;
+        let served_by = |path: &'static str| async move {
+            let answer = probe::get(platform.listener, path).await.expect("an answer");
+            let pod = answer.headers.get(POD_NAME_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            pod.split('-').next().unwrap_or_default().to_owned()
+        };
+        assert_eq!(served_by("/api/v2/orders").await, "versioned");
+        assert_eq!(served_by("/api/vx/orders").await, "web");
+        assert_eq!(served_by("/api/orders?debug=1").await, "debug");
+        assert_eq!(served_by("/api/orders?debug=0").await, "web");
+    })
+    .await;
+}

@@ -178,6 +178,22 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// The common setup: a Microservice `echo` of `replicas` with `traffic_policy`, and a
+    /// Gateway whose one route, `all`, sends everything to it.
+    async fn with_echo(ns: &TestNamespace, replicas: i32, traffic_policy: serde_json::Value) -> Self {
+        let platform = Platform::start(ns).await;
+        platform.microservice(ns, "echo", replicas, traffic_policy).await;
+        platform
+            .gateway(
+                ns,
+                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+            )
+            .await;
+        platform
+    }
+}
+
 async fn pods_of(ns: &TestNamespace, service: &str) -> Vec<String> {
     let pods = ns
         .api::<Pod>()
@@ -228,14 +244,7 @@ async fn traffic(
 #[tokio::test]
 async fn round_robin_spreads_requests_exactly_over_the_pods() {
     with_namespace("e2e-rr", |ns| async move {
-        let platform = Platform::start(&ns).await;
-        platform.microservice(&ns, "echo", 3, json!({})).await;
-        platform
-            .gateway(
-                &ns,
-                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
-            )
-            .await;
+        let platform = Platform::with_echo(&ns, 3, json!({})).await;
         let counts = traffic(platform.listener, "/", 300, 1).await;
         let pods = pods_of(&ns, "echo").await;
         let expected: BTreeMap<_, _> = pods.iter().map(|p| ((200, p.clone()), 100)).collect();
@@ -328,14 +337,7 @@ async fn retries_hide_a_pod_that_answers_503() {
 #[tokio::test]
 async fn a_pod_turned_unready_stops_getting_traffic() {
     with_namespace("e2e-unready", |ns| async move {
-        let platform = Platform::start(&ns).await;
-        platform.microservice(&ns, "echo", 2, json!({})).await;
-        platform
-            .gateway(
-                &ns,
-                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
-            )
-            .await;
+        let platform = Platform::with_echo(&ns, 2, json!({})).await;
         let pods = pods_of(&ns, "echo").await;
         ns.set_ready(&pods[0], false).await.expect("fail readiness");
         let key = ServiceKey::new(&ns.name, "echo");
@@ -440,14 +442,7 @@ async fn await_programmed(ns: &TestNamespace, name: &str, status: &str) -> Gatew
 #[tokio::test]
 async fn a_served_gateway_is_accepted_and_programmed() {
     with_namespace("e2e-programmed", |ns| async move {
-        let platform = Platform::start(&ns).await;
-        platform.microservice(&ns, "echo", 1, json!({})).await;
-        platform
-            .gateway(
-                &ns,
-                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
-            )
-            .await;
+        let _platform = Platform::with_echo(&ns, 1, json!({})).await;
         let gateway = await_programmed(&ns, "gw", "True").await;
         assert_eq!(
             condition(&gateway, "Programmed").map(|c| c.1),
@@ -582,14 +577,7 @@ async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
 #[tokio::test]
 async fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
     with_namespace("e2e-malformed", |ns| async move {
-        let platform = Platform::start(&ns).await;
-        platform.microservice(&ns, "echo", 1, json!({})).await;
-        platform
-            .gateway(
-                &ns,
-                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
-            )
-            .await;
+        let platform = Platform::with_echo(&ns, 1, json!({})).await;
         let huge_header = format!(
             "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
             "x".repeat(128 * 1024)

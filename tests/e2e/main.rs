@@ -339,9 +339,9 @@ async fn a_pod_turned_unready_stops_getting_traffic() {
     with_namespace("e2e-unready", |ns| async move {
         let platform = Platform::with_echo(&ns, 2, json!({})).await;
         let pods = pods_of(&ns, "echo").await;
-        ns.set_ready(&pods[0], false).await.expect("fail readiness");
         let key = ServiceKey::new(&ns.name, "echo");
         let started = Instant::now();
+        ns.set_ready(&pods[0], false).await.expect("fail readiness");
         wait::until("the registry to drop the pod", WAIT, || async {
             let ready = platform.registry.snapshot(&key).ready_count();
             if ready == 1 {

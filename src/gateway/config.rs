@@ -12,6 +12,7 @@ use kube::ResourceExt;
 
 use super::{
     balance::Pool,
+    metrics::{GatewayMetrics, RouteMetrics},
     outlier::Ejection,
     retry::RetryBudget,
     router::{HostPattern, PathMatcher, RequestMatch, method_of},
@@ -65,6 +66,7 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub budget: Arc<RetryBudget>,
+    pub metrics: RouteMetrics,
 }
 
 /// One of a route's matches as one listener serves it: the listener's hostnames must match too.
@@ -132,6 +134,7 @@ pub fn compile(
     gateways: &[Arc<Gateway>],
     services: &HashMap<ServiceKey, ServiceSettings>,
     registry: &Registry,
+    metrics: &GatewayMetrics,
     previous: Option<&RouteTable>,
 ) -> RouteTable {
     let mut table = RouteTable::default();
@@ -186,7 +189,9 @@ pub fn compile(
                     }
                 })
                 .collect();
+            let route_metrics = metrics.route(&id);
             let compiled = Arc::new(Route {
+                metrics: route_metrics,
                 id,
                 hostnames: route.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
                 matches,
@@ -331,7 +336,14 @@ mod tests {
             "spec": {"listeners": [{"name": "http", "port": 8080}], "routes": routes},
         }))
         .expect("a valid Gateway");
-        compile(&[Arc::new(gateway)], &HashMap::new(), &Registry::default(), None)
+        let metrics = GatewayMetrics::register(&mut Default::default());
+        compile(
+            &[Arc::new(gateway)],
+            &HashMap::new(),
+            &Registry::default(),
+            &metrics,
+            None,
+        )
     }
 
     fn order(table: &RouteTable) -> Vec<String> {

@@ -82,40 +82,94 @@ impl GatewayMetrics {
         self.ejections.get_or_create(&labels).inc();
     }
 
-    pub fn request(&self, route: &str, status: http::StatusCode, took: std::time::Duration) {
-        self.latency
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .observe(took.as_secs_f64());
-        let class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+    /// The metrics of `route`, resolved once (per route table) so that counting a request
+    /// allocates nothing.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let labels = RouteLabels {
+            route: route.to_owned(),
         };
-        self.requests
-            .get_or_create(&RequestLabels {
+        let class = |class| {
+            self.requests.get_or_create_owned(&RequestLabels {
                 route: route.to_owned(),
                 class,
             })
-            .inc();
+        };
+        RouteMetrics {
+            classes: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            latency: self.latency.get_or_create_owned(&labels),
+            retries: self.retries.get_or_create_owned(&labels),
+            budget_exhausted: self.budget_exhausted.get_or_create_owned(&labels),
+        }
+    }
+}
+
+/// One route's metrics, ready to count.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    classes: [Counter; 5],
+    latency: Histogram,
+    retries: Counter,
+    budget_exhausted: Counter,
+}
+
+impl RouteMetrics {
+    pub fn request(&self, status: http::StatusCode, took: std::time::Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.classes[class].inc();
+        self.latency.observe(took.as_secs_f64());
     }
 
-    pub fn retry(&self, route: &str) {
-        self.retries
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .inc();
+    pub fn retry(&self) {
+        self.retries.inc();
     }
 
-    pub fn budget_exhausted(&self, route: &str) {
-        self.budget_exhausted
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .inc();
+    pub fn budget_exhausted(&self) {
+        self.budget_exhausted.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn a_routes_metrics_count_by_status_class_with_its_labels() {
+        let mut registry = Registry::default();
+        let metrics = GatewayMetrics::register(&mut registry);
+        let route = metrics.route("shop/gw/orders");
+        route.request(http::StatusCode::OK, std::time::Duration::from_millis(3));
+        route.request(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            std::time::Duration::from_millis(1),
+        );
+        route.retry();
+        metrics
+            .route("shop/gw/orders")
+            .request(http::StatusCode::OK, std::time::Duration::ZERO);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains(r#"microgate_gateway_requests_total{route="shop/gw/orders",class="2xx"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"microgate_gateway_requests_total{route="shop/gw/orders",class="5xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"microgate_gateway_retries_total{route="shop/gw/orders"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"microgate_gateway_request_duration_seconds_count{route="shop/gw/orders"} 3"#),
+            "{text}"
+        );
     }
 }

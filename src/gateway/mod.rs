@@ -94,7 +94,11 @@ pub async fn run(
     };
 
     let table = Arc::new(ArcSwap::from_pointee(config::RouteTable::default()));
-    let proxy = Arc::new(proxy::Proxy::new(table.clone(), metrics, options.access_log));
+    let proxy = Arc::new(proxy::Proxy::new(
+        table.clone(),
+        metrics.clone(),
+        options.access_log,
+    ));
     let mut listeners = server::Listeners::new(options.listen_address, proxy);
     let mut registry_changes = registry.subscribe();
     let program = async {
@@ -117,7 +121,8 @@ pub async fn run(
                 })
                 .collect();
             let previous = table.load_full();
-            let compiled = config::compile(&gateways.state(), &services, &registry, Some(&previous));
+            let compiled =
+                config::compile(&gateways.state(), &services, &registry, &metrics, Some(&previous));
             let ports: Vec<u16> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));
             listeners.set_ports(ports.into_iter()).await;

@@ -24,7 +24,7 @@ use hyper_util::{
 use super::{
     balance::{hash_key, random_below},
     config::{Attached, HashOn, Route, RouteTable, Upstream},
-    metrics::GatewayMetrics,
+    metrics::{GatewayMetrics, RouteMetrics},
     outlier,
     retry::{self, Failure},
     router::request_host,
@@ -53,6 +53,8 @@ pub struct Proxy {
     http1: Client<HttpConnector, Body>,
     http2: Client<HttpConnector, Body>,
     access_log: bool,
+    /// The metrics of requests no route takes.
+    unrouted: RouteMetrics,
     metrics: GatewayMetrics,
 }
 
@@ -72,11 +74,13 @@ impl Proxy {
         // Cleartext HTTP/2 with prior knowledge, for Microservices that speak HTTP2 or GRPC.
         builder.http2_only(true).timer(TokioTimer::new());
         let http2 = builder.build(connector);
+        let unrouted = metrics.route("<none>");
         Self {
             table,
             http1,
             http2,
             metrics,
+            unrouted,
             access_log,
         }
     }
@@ -94,21 +98,20 @@ impl Proxy {
         let logged = self
             .access_log
             .then(|| (request.method().clone(), request.uri().clone()));
-        let (route_id, response) = match find_route(&table, port, host.as_deref(), &request) {
+        let (route_id, metrics, response) = match find_route(&table, port, host.as_deref(), &request) {
             Some(attached) => {
                 let route = &attached.route;
-                (
-                    route.id.as_str(),
-                    self.forward(route, client_addr, host.clone(), request).await,
-                )
+                let response = self.forward(route, client_addr, host.clone(), request).await;
+                (route.id.as_str(), &route.metrics, response)
             }
             None => (
                 "<none>",
+                &self.unrouted,
                 local(StatusCode::NOT_FOUND, "no-route", "no route matches this request"),
             ),
         };
         let took = started.elapsed();
-        self.metrics.request(route_id, response.status(), took);
+        metrics.request(response.status(), took);
         if let Some((method, uri)) = logged {
             let reason = response
                 .headers()
@@ -263,12 +266,12 @@ impl Proxy {
             if let Some(wait) = wait
                 && route.budget.withdraw()
             {
-                self.metrics.retry(&route.id);
+                route.metrics.retry();
                 failed = Some(endpoint.clone());
                 tokio::time::sleep(wait).await;
                 continue;
             } else if retry {
-                self.metrics.budget_exhausted(&route.id);
+                route.metrics.budget_exhausted();
             }
             return match result {
                 Attempt::Answered(response) => downstream(response),

@@ -107,14 +107,14 @@ say "one orders Pod starts failing: kubectl annotate pod $failing fake.microgate
 kubectl annotate pod -n "$namespace" "$failing" fake.microgate.dev/status=503 --overwrite >/dev/null
 sleep 1
 retries_before=$(curl -s "http://$admin/metrics" | awk '/^microgate_gateway_retries_total/ {s += $2} END {print s + 0}')
-echo "500 × GET /api/orders (the route retries 503s on another endpoint, within its budget):"
+echo "500 × GET /api/orders (503s are retried on another endpoint; after 5 in a row the Pod is ejected):"
 traffic 500 /api/orders
 retries_after=$(curl -s "http://$admin/metrics" | awk '/^microgate_gateway_retries_total/ {s += $2} END {print s + 0}')
 echo "  retries sent by the gateway: $(( retries_after - retries_before ))"
 kubectl annotate pod -n "$namespace" "$failing" fake.microgate.dev/status- >/dev/null
 
 say "the gateway's metrics (http://$admin/metrics)"
-curl -s "http://$admin/metrics" | grep -E '^microgate_gateway_(requests|retries|retry_budget)' | sed 's/^/  /'
+curl -s "http://$admin/metrics" | grep -E '^microgate_gateway_(requests|retries|retry_budget|ejections)' | grep -v ' 0$' | sed 's/^/  /'
 
 say "try it yourself"
 cat <<EOF

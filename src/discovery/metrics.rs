@@ -11,9 +11,18 @@ use prometheus_client::{
 use super::ServiceKey;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabels {
+pub struct ServiceLabels {
     namespace: String,
     microservice: String,
+}
+
+impl From<&ServiceKey> for ServiceLabels {
+    fn from(service: &ServiceKey) -> Self {
+        Self {
+            namespace: service.namespace.to_string(),
+            microservice: service.name.to_string(),
+        }
+    }
 }
 
 /// Cheap to clone: the metrics are shared handles.
@@ -59,10 +68,7 @@ impl DiscoveryMetrics {
 
     pub(super) fn published(&self, service: &ServiceKey, ready: usize, total: usize) {
         self.updates.inc();
-        let labels = ServiceLabels {
-            namespace: service.namespace.to_string(),
-            microservice: service.name.to_string(),
-        };
+        let labels = ServiceLabels::from(service);
         if total == 0 {
             self.endpoints.remove(&labels);
             self.ready_endpoints.remove(&labels);

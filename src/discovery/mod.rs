@@ -19,7 +19,7 @@ use kube::{
 };
 
 pub use endpoint::{Endpoint, ServiceKey};
-pub use metrics::DiscoveryMetrics;
+pub use metrics::{DiscoveryMetrics, ServiceLabels};
 pub use registry::{Registry, ServiceEndpoints, Snapshot};
 
 use crate::api::labels;

@@ -1,6 +1,7 @@
 //! The gateway's metrics: requests by route and status class, retries, and retries refused by
 //! the budget.
 
+use crate::discovery::ServiceLabels;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -25,12 +26,6 @@ pub struct GatewayMetrics {
     budget_exhausted: Family<RouteLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabels {
-    namespace: String,
-    microservice: String,
 }
 
 impl GatewayMetrics {
@@ -75,11 +70,7 @@ impl GatewayMetrics {
     }
 
     pub fn ejection(&self, service: &crate::discovery::ServiceKey) {
-        let labels = ServiceLabels {
-            namespace: service.namespace.to_string(),
-            microservice: service.name.to_string(),
-        };
-        self.ejections.get_or_create(&labels).inc();
+        self.ejections.get_or_create(&ServiceLabels::from(service)).inc();
     }
 
     /// The metrics of `route`, resolved once (per route table) so that counting a request

@@ -101,7 +101,7 @@ impl Proxy {
         let (route_id, metrics, response) = match find_route(&table, port, host.as_deref(), &request) {
             Some(attached) => {
                 let route = &attached.route;
-                let response = self.forward(route, client_addr, host.clone(), request).await;
+                let response = self.forward(route, client_addr, host.as_deref(), request).await;
                 (route.id.as_str(), &route.metrics, response)
             }
             None => (
@@ -132,7 +132,7 @@ impl Proxy {
         &self,
         route: &Route,
         client_addr: SocketAddr,
-        host: Option<String>,
+        host: Option<&str>,
         request: Request<Incoming>,
     ) -> Response<Body> {
         let started = Instant::now();
@@ -148,7 +148,7 @@ impl Proxy {
                 );
             }
         };
-        let headers = upstream_headers(&parts.headers, client_addr, host.as_deref());
+        let mut headers = upstream_headers(&parts.headers, client_addr, host);
         let path = parts
             .uri
             .path_and_query()
@@ -168,7 +168,10 @@ impl Proxy {
             }
             RequestBody::Streaming(_) => 1,
         };
-        route.budget.deposit();
+        // Only routes that retry spend from a budget; the others need not count their requests.
+        if policy.is_some() {
+            route.budget.deposit();
+        }
 
         let Some(upstream) = pick_backend(route) else {
             return local(
@@ -203,7 +206,12 @@ impl Proxy {
                 .method(parts.method.clone())
                 .uri(format!("http://{}{path}", endpoint.addr));
             if let Some(h) = builder.headers_mut() {
-                h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+                // The last possible attempt takes the headers; earlier ones keep them for a retry.
+                *h = if attempt == attempts {
+                    std::mem::take(&mut headers)
+                } else {
+                    headers.clone()
+                };
             }
             let Ok(outgoing) = builder.body(body.for_attempt()) else {
                 return local(

@@ -54,33 +54,6 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-async fn install_crds(ns: &TestNamespace) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::{
-        Api,
-        api::{Patch, PatchParams},
-        runtime::{conditions, wait::await_condition},
-    };
-    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
-    for crd in microgate::api::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("microgate-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-        tokio::time::timeout(
-            WAIT,
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .expect("CRD established in time")
-        .expect("watch the CRD");
-    }
-}
-
 impl Platform {
     async fn start(ns: &TestNamespace) -> Self {
         Self::start_until(ns, std::future::pending()).await
@@ -88,7 +61,7 @@ impl Platform {
 
     /// A platform whose gateway stops (draining) when `shutdown` completes.
     async fn start_until(ns: &TestNamespace, shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
-        install_crds(ns).await;
+        microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         let registry = Registry::default();
         let mut prometheus = Prometheus::default();
         let metrics = GatewayMetrics::register(&mut prometheus);

@@ -9,12 +9,7 @@ mod microservice;
 
 use std::{net::SocketAddr, time::Duration};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::{
-    Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::{conditions, wait::await_condition},
-};
+use kube::Client;
 use microgate::{
     controller::{self, Scope},
     discovery::Registry,
@@ -24,26 +19,9 @@ use microgate_test_support::{
     wait::{self, Probe},
 };
 
-/// Installs (or updates) microgate's CRDs from the API types and waits until they are served.
-///
-/// The cluster may have been started by an older checkout, so tests never rely on the CRDs the
-/// cluster script applied at start.
+/// Installs microgate's CRDs from the API types and waits until they are served.
 pub async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply("microgate-tests").force();
-    for crd in microgate::api::crds() {
-        let name = crd.name_any();
-        crds.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not established within 30 s"))
-        .unwrap_or_else(|e| panic!("watch CRD {name}: {e}"));
-    }
+    microgate_test_support::cluster::install_crds(client, microgate::api::crds()).await;
 }
 
 pub use microgate_test_support::cluster::kubectl;

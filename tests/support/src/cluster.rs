@@ -128,3 +128,34 @@ pub fn kubectl(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Installs (or updates) `crds` with server-side apply and waits until each is served; panics
+/// saying which failed (a test helper). Tests install the CRDs of the code under test, not the
+/// ones a cluster started by an older checkout may hold.
+pub async fn install_crds(
+    client: &Client,
+    crds: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+) {
+    use kube::{
+        Api, ResourceExt,
+        api::{Patch, PatchParams},
+        runtime::{conditions, wait::await_condition},
+    };
+    let api: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(client.clone());
+    let params = PatchParams::apply("microgate-tests").force();
+    for crd in crds {
+        let name = crd.name_any();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not established within 30 s"))
+        .unwrap_or_else(|e| panic!("watch CRD {name}: {e}"));
+    }
+}

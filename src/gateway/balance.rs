@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use super::upstream::{Connections, Limits};
 use crate::{api::policy::LoadBalancerPolicy, discovery::Endpoint};
 
 /// One endpoint as the balancer tracks it.
@@ -24,6 +25,8 @@ use crate::{api::policy::LoadBalancerPolicy, discovery::Endpoint};
 pub struct EndpointState {
     pub pod: Arc<str>,
     pub addr: SocketAddr,
+    /// `addr` as an HTTP/2 request's `:authority` (always present: a socket address is one).
+    pub authority: Option<http::uri::Authority>,
     in_flight: AtomicUsize,
     /// Peak-sensitive moving average of response latency, in microseconds (0: unknown).
     latency_us: AtomicU64,
@@ -32,18 +35,24 @@ pub struct EndpointState {
     pub(super) ejections: AtomicU32,
     /// Out of rotation until this instant (microseconds of [`clock_us`]).
     pub(super) ejected_until_us: AtomicU64,
+    /// The connections kept open to it.
+    pub(super) connections: Connections,
 }
 
 impl EndpointState {
-    pub fn new(endpoint: &Endpoint) -> Self {
+    /// `limits`: those of the Microservice the endpoint serves.
+    pub fn new(endpoint: &Endpoint, limits: Arc<Limits>) -> Self {
+        let addr = SocketAddr::new(endpoint.ip, endpoint.port);
         Self {
             pod: endpoint.pod.clone(),
-            addr: SocketAddr::new(endpoint.ip, endpoint.port),
+            addr,
+            authority: http::uri::Authority::try_from(addr.to_string()).ok(),
             in_flight: AtomicUsize::new(0),
             latency_us: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_us: AtomicU64::new(0),
+            connections: Connections::new(limits),
         }
     }
 
@@ -108,8 +117,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of `snapshot`'s ready endpoints, reusing the state of those `previous` already had.
-    pub fn new(policy: LoadBalancerPolicy, ready: &[Endpoint], previous: Option<&Pool>) -> Self {
+    /// A pool of the `ready` endpoints, reusing the state of those `previous` already had; `limits`
+    /// are the Microservice's.
+    pub fn new(
+        policy: LoadBalancerPolicy,
+        ready: &[Endpoint],
+        previous: Option<&Pool>,
+        limits: &Arc<Limits>,
+    ) -> Self {
         let endpoints = ready
             .iter()
             .map(|endpoint| {
@@ -121,7 +136,7 @@ impl Pool {
                             .find(|e| e.pod == endpoint.pod && e.addr == addr)
                     })
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(EndpointState::new(endpoint)))
+                    .unwrap_or_else(|| Arc::new(EndpointState::new(endpoint, limits.clone())))
             })
             .collect();
         let next = previous.map(|p| p.next.clone()).unwrap_or_default();
@@ -313,20 +328,30 @@ mod tests {
 
     #[test]
     fn round_robin_spreads_exactly() {
-        let pool = Pool::new(LoadBalancerPolicy::RoundRobin, &endpoints(3), None);
+        let pool = Pool::new(
+            LoadBalancerPolicy::RoundRobin,
+            &endpoints(3),
+            None,
+            &Arc::default(),
+        );
         assert_eq!(counts(&pool, 300, |_| None), [100, 100, 100]);
     }
 
     #[test]
     fn random_reaches_every_endpoint_roughly_evenly() {
-        let pool = Pool::new(LoadBalancerPolicy::Random, &endpoints(4), None);
+        let pool = Pool::new(LoadBalancerPolicy::Random, &endpoints(4), None, &Arc::default());
         let counts = counts(&pool, 4000, |_| None);
         assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
     }
 
     #[test]
     fn least_request_avoids_the_busy_endpoint() {
-        let pool = Pool::new(LoadBalancerPolicy::LeastRequest, &endpoints(3), None);
+        let pool = Pool::new(
+            LoadBalancerPolicy::LeastRequest,
+            &endpoints(3),
+            None,
+            &Arc::default(),
+        );
         let busy = pool.endpoints[0].clone();
         let _held: Vec<_> = (0..10).map(|_| busy.begin()).collect();
         let counts = counts(&pool, 300, |_| None);
@@ -336,7 +361,7 @@ mod tests {
 
     #[test]
     fn peak_ewma_prefers_the_fast_endpoint() {
-        let pool = Pool::new(LoadBalancerPolicy::PeakEwma, &endpoints(2), None);
+        let pool = Pool::new(LoadBalancerPolicy::PeakEwma, &endpoints(2), None, &Arc::default());
         pool.endpoints[0].observe(Duration::from_millis(50));
         pool.endpoints[1].observe(Duration::from_millis(1));
         assert_eq!(counts(&pool, 100, |_| None), [0, 100]);
@@ -344,8 +369,18 @@ mod tests {
 
     #[test]
     fn consistent_hash_sticks_and_moves_few_keys_when_an_endpoint_goes() {
-        let ten = Pool::new(LoadBalancerPolicy::ConsistentHash, &endpoints(10), None);
-        let nine = Pool::new(LoadBalancerPolicy::ConsistentHash, &endpoints(9), Some(&ten));
+        let ten = Pool::new(
+            LoadBalancerPolicy::ConsistentHash,
+            &endpoints(10),
+            None,
+            &Arc::default(),
+        );
+        let nine = Pool::new(
+            LoadBalancerPolicy::ConsistentHash,
+            &endpoints(9),
+            Some(&ten),
+            &Arc::default(),
+        );
         let keys = 10_000u64;
         let mut moved = 0;
         for key in 0..keys {
@@ -365,14 +400,24 @@ mod tests {
 
     #[test]
     fn a_failed_endpoint_is_avoided_on_retry_and_state_survives_rebuilds() {
-        let pool = Pool::new(LoadBalancerPolicy::RoundRobin, &endpoints(2), None);
+        let pool = Pool::new(
+            LoadBalancerPolicy::RoundRobin,
+            &endpoints(2),
+            None,
+            &Arc::default(),
+        );
         let failed = pool.pick(None, None).expect("endpoint");
         for _ in 0..10 {
             let next = pool.pick(None, Some(&failed)).expect("endpoint");
             assert!(!Arc::ptr_eq(&next, &failed));
         }
         let _guard = failed.begin();
-        let rebuilt = Pool::new(LoadBalancerPolicy::RoundRobin, &endpoints(3), Some(&pool));
+        let rebuilt = Pool::new(
+            LoadBalancerPolicy::RoundRobin,
+            &endpoints(3),
+            Some(&pool),
+            &Arc::default(),
+        );
         assert_eq!(
             rebuilt.endpoints.iter().map(|e| e.in_flight()).sum::<usize>(),
             1,

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, atomic::AtomicUsize},
+    sync::Arc,
     time::Duration,
 };
 
@@ -16,6 +16,7 @@ use super::{
     outlier::Ejection,
     retry::RetryBudget,
     router::{HostPattern, PathMatcher, RequestMatch, method_of},
+    upstream::{CircuitBreaker, Limits},
 };
 use crate::{
     api::{
@@ -43,10 +44,10 @@ pub struct Upstream {
     /// The Microservice speaks HTTP/2 (protocol HTTP2 or GRPC): cleartext, prior knowledge.
     pub http2: bool,
     pub ejection: Ejection,
-    /// `circuitBreaker.maxRequests`: more in flight at once are answered 503 at once.
-    pub max_requests: usize,
-    /// Requests in flight to this Microservice, shared with the upstreams that replace this one.
-    pub in_flight: Arc<AtomicUsize>,
+    pub breaker: CircuitBreaker,
+    /// What is in flight and open to this Microservice, shared with the upstreams that replace
+    /// this one.
+    pub limits: Arc<Limits>,
 }
 
 #[derive(Debug)]
@@ -282,18 +283,18 @@ fn upstream(
         }
         _ => None,
     };
-    let in_flight = previous
+    let limits = previous
         .and_then(|p| p.upstreams.get(key))
-        .map(|u| u.in_flight.clone())
+        .map(|u| u.limits.clone())
         .unwrap_or_default();
     Upstream {
         service: key.clone(),
-        pool: Pool::new(policy.load_balancer.policy, &ready, previous_pool),
+        pool: Pool::new(policy.load_balancer.policy, &ready, previous_pool, &limits),
         hash_on,
         http2,
         ejection: Ejection::from(&policy.outlier_detection),
-        max_requests: usize::try_from(policy.circuit_breaker.max_requests).unwrap_or(usize::MAX),
-        in_flight,
+        breaker: CircuitBreaker::from(&policy.circuit_breaker),
+        limits,
     }
 }
 

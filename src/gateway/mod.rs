@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod retry;
 pub mod router;
 pub mod server;
+pub mod upstream;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 

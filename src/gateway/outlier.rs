@@ -70,7 +70,12 @@ mod tests {
                 node: None,
             })
             .collect();
-        Pool::new(LoadBalancerPolicy::RoundRobin, &endpoints, None)
+        Pool::new(
+            LoadBalancerPolicy::RoundRobin,
+            &endpoints,
+            None,
+            &Default::default(),
+        )
     }
 
     const POLICY: Ejection = Ejection {

@@ -3,23 +3,19 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
 };
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+    uri::{PathAndQuery, Scheme},
+};
 use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
 
 use super::{
     balance::{hash_key, random_below},
@@ -28,6 +24,7 @@ use super::{
     outlier,
     retry::{self, Failure},
     router::request_host,
+    upstream::{self, Limits, UpstreamBody, UpstreamError},
 };
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -50,8 +47,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
-    http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
     access_log: bool,
     /// The metrics of requests no route takes.
     unrouted: RouteMetrics,
@@ -61,24 +56,9 @@ pub struct Proxy {
 impl Proxy {
     /// `access_log`: one structured log event per request (target `microgate::access`).
     pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: GatewayMetrics, access_log: bool) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        // The pool's idle timeout only acts with a timer.
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256);
-        let http1 = builder.build(connector.clone());
-        // Cleartext HTTP/2 with prior knowledge, for Microservices that speak HTTP2 or GRPC.
-        builder.http2_only(true).timer(TokioTimer::new());
-        let http2 = builder.build(connector);
         let unrouted = metrics.route("<none>");
         Self {
             table,
-            http1,
-            http2,
             metrics,
             unrouted,
             access_log,
@@ -137,7 +117,7 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         let deadline = route.timeout.map(|t| started + t);
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let mut body = match RequestBody::read(body).await {
             Ok(body) => body,
             Err(_) => {
@@ -148,12 +128,6 @@ impl Proxy {
                 );
             }
         };
-        let mut headers = upstream_headers(&parts.headers, client_addr, host);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned());
         let idempotent = matches!(
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -184,13 +158,20 @@ impl Proxy {
             .hash_on
             .as_ref()
             .and_then(|on| request_hash(on, &parts.headers, client_addr));
-        let Some(_admitted) = Admission::enter(upstream) else {
+        let Some(_admitted) = Admission::enter(&upstream.limits, upstream.breaker.max_requests) else {
             let message = format!(
                 "circuit open: {} requests in flight to {} (circuitBreaker.maxRequests)",
-                upstream.max_requests, upstream.service
+                upstream.breaker.max_requests, upstream.service
             );
             return local(StatusCode::SERVICE_UNAVAILABLE, "circuit-open", &message);
         };
+        let mut headers = std::mem::take(&mut parts.headers);
+        prepare_upstream_headers(&mut headers, client_addr, host);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut failed: Option<Arc<super::balance::EndpointState>> = None;
         let mut attempt = 0;
         loop {
@@ -202,23 +183,23 @@ impl Proxy {
                     &format!("no ready endpoints for {}", upstream.service),
                 );
             };
-            let mut builder = Request::builder()
-                .method(parts.method.clone())
-                .uri(format!("http://{}{path}", endpoint.addr));
-            if let Some(h) = builder.headers_mut() {
-                // The last possible attempt takes the headers; earlier ones keep them for a retry.
-                *h = if attempt == attempts {
-                    std::mem::take(&mut headers)
-                } else {
-                    headers.clone()
-                };
-            }
-            let Ok(outgoing) = builder.body(body.for_attempt()) else {
-                return local(
-                    StatusCode::BAD_REQUEST,
-                    "bad-request",
-                    "the request cannot be forwarded",
-                );
+            let mut outgoing = Request::new(body.for_attempt());
+            *outgoing.method_mut() = parts.method.clone();
+            // HTTP/1.1 takes the origin form; HTTP/2 needs the scheme and authority as well.
+            *outgoing.uri_mut() = if upstream.http2 {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = endpoint.authority.clone();
+                uri.path_and_query = Some(path.clone());
+                Uri::from_parts(uri).unwrap_or_default()
+            } else {
+                Uri::from(path.clone())
+            };
+            // The last possible attempt takes the headers; earlier ones keep them for a retry.
+            *outgoing.headers_mut() = if attempt == attempts {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
             };
             let per_try = policy.and_then(|p| p.per_try_timeout).map(|d| d.get());
             let limit = match (per_try, deadline) {
@@ -227,16 +208,29 @@ impl Proxy {
             };
             let in_flight = endpoint.begin();
             let sent = Instant::now();
-            let client = if upstream.http2 { &self.http2 } else { &self.http1 };
-            let request = client.request(outgoing);
+            let exchange = async {
+                if upstream.http2 {
+                    upstream::send_http2(&endpoint, upstream.breaker, outgoing).await
+                } else {
+                    upstream::send_http1(&endpoint, upstream.pool.endpoints(), upstream.breaker, outgoing)
+                        .await
+                }
+            };
             let result = match limit {
-                Some(limit) => match tokio::time::timeout(limit, request).await {
+                Some(limit) => match tokio::time::timeout(limit, exchange).await {
                     Ok(result) => Attempt::from(result),
                     Err(_) => Attempt::TimedOut,
                 },
-                None => Attempt::from(request.await),
+                None => Attempt::from(exchange.await),
             };
             drop(in_flight);
+            if let Attempt::Failed(UpstreamError::PendingOverflow { waiting }) = result {
+                let message = format!(
+                    "circuit open: {waiting} requests wait for a connection to {} (circuitBreaker.maxPendingRequests)",
+                    upstream.service
+                );
+                return local(StatusCode::SERVICE_UNAVAILABLE, "pending-overflow", &message);
+            }
             let failure = match &result {
                 Attempt::Answered(response) => {
                     endpoint.observe(sent.elapsed());
@@ -345,31 +339,31 @@ impl RequestBody {
 }
 
 /// A request counted against its upstream's `maxRequests` until it is answered.
-struct Admission(Arc<AtomicUsize>);
+struct Admission<'a>(&'a Limits);
 
-impl Admission {
-    fn enter(upstream: &Upstream) -> Option<Self> {
-        let before = upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        let admission = Admission(upstream.in_flight.clone());
-        (before < upstream.max_requests).then_some(admission)
+impl<'a> Admission<'a> {
+    fn enter(limits: &'a Limits, max_requests: usize) -> Option<Self> {
+        let before = limits.in_flight.fetch_add(1, Ordering::Relaxed);
+        let admission = Admission(limits);
+        (before < max_requests).then_some(admission)
     }
 }
 
-impl Drop for Admission {
+impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// What one attempt came to.
 enum Attempt {
-    Answered(Response<Incoming>),
-    Failed(hyper_util::client::legacy::Error),
+    Answered(Response<UpstreamBody>),
+    Failed(UpstreamError),
     TimedOut,
 }
 
-impl From<Result<Response<Incoming>, hyper_util::client::legacy::Error>> for Attempt {
-    fn from(result: Result<Response<Incoming>, hyper_util::client::legacy::Error>) -> Self {
+impl From<Result<Response<UpstreamBody>, UpstreamError>> for Attempt {
+    fn from(result: Result<Response<UpstreamBody>, UpstreamError>) -> Self {
         match result {
             Ok(response) => Attempt::Answered(response),
             Err(error) => Attempt::Failed(error),
@@ -424,11 +418,11 @@ fn request_hash(on: &HashOn, headers: &HeaderMap, client: SocketAddr) -> Option<
     }
 }
 
-/// The client's headers as the upstream gets them: hop-by-hop ones removed, forwarding ones added.
-fn upstream_headers(headers: &HeaderMap, client: SocketAddr, host: Option<&str>) -> HeaderMap {
-    let mut out = headers.clone();
-    strip_hop_by_hop(&mut out);
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+/// Makes the client's headers the upstream's: hop-by-hop ones removed, forwarding ones added, and
+/// a Host (HTTP/1.1 needs one; an HTTP/2 client sends `:authority` instead).
+fn prepare_upstream_headers(out: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+    strip_hop_by_hop(out);
+    let forwarded_for = match out.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", client.ip()),
         None => client.ip().to_string(),
     };
@@ -437,6 +431,9 @@ fn upstream_headers(headers: &HeaderMap, client: SocketAddr, host: Option<&str>)
     }
     out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     if let Some(value) = host.and_then(|h| HeaderValue::try_from(h).ok()) {
+        if !out.contains_key(header::HOST) {
+            out.insert(header::HOST, value.clone());
+        }
         out.insert("x-forwarded-host", value);
     }
     if !out.contains_key("x-request-id") {
@@ -449,7 +446,6 @@ fn upstream_headers(headers: &HeaderMap, client: SocketAddr, host: Option<&str>)
             out.insert("x-request-id", value);
         }
     }
-    out
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -466,7 +462,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-fn downstream(response: Response<Incoming>) -> Response<Body> {
+fn downstream(response: Response<UpstreamBody>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body.boxed())
@@ -502,8 +498,9 @@ mod tests {
         headers.insert("keep-alive", "timeout=5".parse().expect("value"));
         headers.insert("x-forwarded-for", "10.0.0.1".parse().expect("value"));
         headers.insert("x-kept", "yes".parse().expect("value"));
-        let out = upstream_headers(
-            &headers,
+        let mut out = headers;
+        prepare_upstream_headers(
+            &mut out,
             "127.0.0.9:5000".parse().expect("addr"),
             Some("shop.example.com"),
         );

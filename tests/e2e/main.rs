@@ -531,6 +531,66 @@ async fn the_circuit_breaker_answers_503_beyond_max_requests() {
     .await;
 }
 
+#[tokio::test]
+async fn upstream_connections_are_reused_and_capped_by_max_connections() {
+    with_namespace("e2e-connections", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        let breaker = json!({"circuitBreaker": {"maxConnections": 2, "maxPendingRequests": 2}});
+        platform.microservice(&ns, "slow", 1, breaker).await;
+        let pod = &pods_of(&ns, "slow").await[0];
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "slow"}]}]),
+            )
+            .await;
+        let backend = ns.backend(pod).expect("backend");
+
+        // Two requests take the two connections, two wait for one of them, two are refused.
+        backend.delay(Duration::from_millis(400));
+        let answers: Vec<_> = stream::iter(0..6)
+            .map(|_| probe::get(platform.listener, "/"))
+            .buffer_unordered(6)
+            .collect()
+            .await;
+        let reason = |a: &probe::Answer| {
+            a.headers
+                .get("x-microgate-reason")
+                .and_then(|r| r.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let ok = answers
+            .iter()
+            .flatten()
+            .filter(|a| a.status == StatusCode::OK)
+            .count();
+        let refused: Vec<_> = answers
+            .iter()
+            .flatten()
+            .filter(|a| a.status == StatusCode::SERVICE_UNAVAILABLE && reason(a) == "pending-overflow")
+            .collect();
+        assert_eq!((ok, refused.len()), (4, 2), "{answers:?}");
+        assert!(
+            backend.peak_connections() <= 2,
+            "{} connections were open at once",
+            backend.peak_connections()
+        );
+
+        // Sequential requests reuse the connections already open.
+        backend.delay(Duration::ZERO);
+        let opened = backend.connections();
+        let counts = traffic(platform.listener, "/", 100, 1).await;
+        assert_eq!(counts.get(&(200, pod.clone())), Some(&100), "{counts:?}");
+        assert_eq!(
+            backend.connections(),
+            opened,
+            "no new connection for 100 sequential requests"
+        );
+    })
+    .await;
+}
+
 /// Sends raw bytes and returns the status line of the answer ("" if the connection closed first).
 async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -47,6 +47,10 @@ struct State {
     fail_status: AtomicU16,
     close_mid_response: AtomicBool,
     requests: AtomicU64,
+    /// Connections accepted so far, and how many were open at once at most.
+    connections: AtomicU64,
+    open: AtomicU64,
+    peak_open: AtomicU64,
 }
 
 impl Backend {
@@ -61,6 +65,16 @@ impl Backend {
     }
 
     /// Requests received so far, including failed ones.
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// The most connections that were open at once.
+    pub fn peak_connections(&self) -> u64 {
+        self.state.peak_open.load(Ordering::Relaxed)
+    }
+
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
     }
@@ -115,6 +129,9 @@ impl RunningBackend {
             fail_status: AtomicU16::new(StatusCode::SERVICE_UNAVAILABLE.as_u16()),
             close_mid_response: AtomicBool::new(false),
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            peak_open: AtomicU64::new(0),
         });
         let mut server = JoinSet::new();
         server.spawn(accept_loop(listener, state.clone()));
@@ -153,12 +170,19 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        let open = state.open.fetch_add(1, Ordering::Relaxed) + 1;
+        state.peak_open.fetch_max(open, Ordering::Relaxed);
         connections.spawn(async move {
-            let service = service_fn(move |request| handle(state.clone(), request));
+            let service = {
+                let state = state.clone();
+                service_fn(move |request| handle(state.clone(), request))
+            };
             let builder = auto::Builder::new(TokioExecutor::new());
             if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
                 tracing::trace!(%error, "backend connection ended with an error");
             }
+            state.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

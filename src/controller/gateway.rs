@@ -19,7 +19,10 @@ use super::{
     error::{Error, Result},
 };
 use crate::{
-    api::{FIELD_MANAGER, Gateway, GatewayStatus, Microservice, gateway::RouteStatus},
+    api::{
+        FIELD_MANAGER, Gateway, GatewayStatus, Microservice,
+        gateway::{HttpMethod, PathMatch, Route, RouteMatch, RouteStatus},
+    },
     discovery::ServiceKey,
     gateway::router::PathMatcher,
 };
@@ -154,8 +157,11 @@ pub fn compute(
             ))
         })
         .collect();
+    let shadowed = shadowed_matches(gateway);
     let accepted = if !invalid.is_empty() {
         Desired::new(ACCEPTED, false, "InvalidRegex", invalid.join("; "))
+    } else if !shadowed.is_empty() {
+        Desired::new(ACCEPTED, false, "OverlappingMatches", shadowed.join("; "))
     } else if missing.is_empty() {
         Desired::new(
             ACCEPTED,
@@ -185,6 +191,86 @@ pub fn compute(
         route_count: i32::try_from(gateway.spec.routes.len()).unwrap_or(i32::MAX),
         conditions,
         routes,
+    }
+}
+
+/// Matches that can never take a request because an earlier route declares the same one for the
+/// same listeners and host names (the earlier route wins every such request).
+fn shadowed_matches(gateway: &Gateway) -> Vec<String> {
+    let routes = &gateway.spec.routes;
+    let hosts = |route: &Route| {
+        let mut hosts: Vec<String> = route.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    };
+    let shares_a_listener = |a: &Route, b: &Route| {
+        a.listeners.is_empty()
+            || b.listeners.is_empty()
+            || a.listeners.iter().any(|l| b.listeners.contains(l))
+    };
+    let mut found = Vec::new();
+    for (later_index, later) in routes.iter().enumerate() {
+        for earlier in &routes[..later_index] {
+            if !shares_a_listener(earlier, later) || hosts(earlier) != hosts(later) {
+                continue;
+            }
+            let earlier_keys: Vec<MatchKey> = MatchKey::all_of(earlier);
+            let shadowed = MatchKey::all_of(later)
+                .into_iter()
+                .filter(|key| earlier_keys.contains(key))
+                .count();
+            if shadowed > 0 {
+                found.push(format!(
+                    "route {}: {shadowed} of its matches are identical to route {}'s, which takes their requests",
+                    later.name, earlier.name
+                ));
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// A route match in a canonical form: header names case-folded, conditions sorted.
+#[derive(PartialEq)]
+struct MatchKey {
+    path: Option<PathMatch>,
+    method: Option<HttpMethod>,
+    headers: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+}
+
+impl MatchKey {
+    /// A route without matches takes every request: one empty match.
+    fn all_of(route: &Route) -> Vec<Self> {
+        if route.matches.is_empty() {
+            return vec![Self::from(&RouteMatch::default())];
+        }
+        route.matches.iter().map(Self::from).collect()
+    }
+}
+
+impl From<&RouteMatch> for MatchKey {
+    fn from(m: &RouteMatch) -> Self {
+        let mut headers: Vec<_> = m
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+            .collect();
+        headers.sort();
+        let mut query: Vec<_> = m
+            .query_params
+            .iter()
+            .map(|q| (q.name.clone(), q.value.clone()))
+            .collect();
+        query.sort();
+        Self {
+            path: m.path.clone(),
+            method: m.method,
+            headers,
+            query,
+        }
     }
 }
 
@@ -278,6 +364,65 @@ mod tests {
                 .message
                 .contains("route web: Microservice storefront does not exist")
         );
+    }
+
+    #[test]
+    fn a_match_shadowed_by_an_identical_earlier_one_is_not_accepted() {
+        let with_routes = |routes: serde_json::Value| -> Gateway {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway",
+                "metadata": {"name": "shop", "namespace": "s", "generation": 1},
+                "spec": {"listeners": [{"name": "a", "port": 8080}, {"name": "b", "port": 8081}], "routes": routes},
+            }))
+            .expect("a valid Gateway")
+        };
+        let ready = BTreeMap::from([("x".into(), 1), ("y".into(), 1)]);
+        let reason = |routes| {
+            let status = compute(&with_routes(routes), &ready, now());
+            let accepted = status.conditions[0].clone();
+            (accepted.reason, accepted.message)
+        };
+        let api = |name: &str, backend: &str, extra: serde_json::Value| {
+            let mut route = serde_json::json!({"name": name, "backends": [{"microservice": backend}],
+                "matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "GET",
+                    "headers": [{"name": "X-A", "value": "1"}, {"name": "x-b", "value": "2"}]}]});
+            if let (Some(route), Some(extra)) = (route.as_object_mut(), extra.as_object()) {
+                route.extend(extra.clone());
+            }
+            route
+        };
+        let none = serde_json::json!({});
+        // Identical but for header case and order: the second never gets a request.
+        let mut second = api("second", "y", none.clone());
+        second["matches"][0]["headers"] =
+            serde_json::json!([{"name": "X-B", "value": "2"}, {"name": "x-a", "value": "1"}]);
+        let (why, message) = reason(serde_json::json!([api("first", "x", none.clone()), second]));
+        assert_eq!(why, "OverlappingMatches");
+        assert!(
+            message.contains("route second: 1 of its matches are identical to route first's"),
+            "{message}"
+        );
+        // Two catch-all routes: the same.
+        let catch_all = |name: &str| serde_json::json!({"name": name, "backends": [{"microservice": "x"}]});
+        assert_eq!(
+            reason(serde_json::json!([catch_all("p"), catch_all("q")])).0,
+            "OverlappingMatches"
+        );
+        // Different listeners, different host names, or a different method: no overlap.
+        for distinct in [
+            serde_json::json!([
+                api("first", "x", serde_json::json!({"listeners": ["a"]})),
+                api("second", "y", serde_json::json!({"listeners": ["b"]}))
+            ]),
+            serde_json::json!([
+                api("first", "x", serde_json::json!({"hostnames": ["a.example.com"]})),
+                api("second", "y", none.clone())
+            ]),
+            serde_json::json!([api("first", "x", none.clone()), {"name": "second", "backends": [{"microservice": "y"}],
+                "matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "POST"}]}]),
+        ] {
+            assert_eq!(reason(distinct.clone()).0, "Accepted", "{distinct}");
+        }
     }
 
     #[test]

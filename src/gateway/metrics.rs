@@ -1,10 +1,18 @@
 //! The gateway's metrics: requests by route and status class, retries, and retries refused by
 //! the budget.
 
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
 use crate::discovery::ServiceLabels;
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{MetricType, TypedMetric, counter::Counter, family::Family},
     registry::Registry,
 };
 
@@ -25,7 +33,7 @@ pub struct GatewayMetrics {
     retries: Family<RouteLabels, Counter>,
     budget_exhausted: Family<RouteLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
-    latency: Family<RouteLabels, Histogram>,
+    latency: Family<RouteLabels, LatencyHistogram>,
 }
 
 impl GatewayMetrics {
@@ -35,11 +43,7 @@ impl GatewayMetrics {
             retries: Family::default(),
             budget_exhausted: Family::default(),
             ejections: Family::default(),
-            latency: Family::new_with_constructor(|| {
-                Histogram::new([
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ])
-            }),
+            latency: Family::default(),
         };
         registry.register(
             "microgate_gateway_request_duration_seconds",
@@ -104,7 +108,7 @@ impl GatewayMetrics {
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
     classes: [Counter; 5],
-    latency: Histogram,
+    latency: LatencyHistogram,
     retries: Counter,
     budget_exhausted: Counter,
 }
@@ -113,7 +117,7 @@ impl RouteMetrics {
     pub fn request(&self, status: http::StatusCode, took: std::time::Duration) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.classes[class].inc();
-        self.latency.observe(took.as_secs_f64());
+        self.latency.observe(took);
     }
 
     pub fn retry(&self) {
@@ -122,6 +126,55 @@ impl RouteMetrics {
 
     pub fn budget_exhausted(&self) {
         self.budget_exhausted.inc();
+    }
+}
+
+/// The upper bounds of the latency buckets, in microseconds (500 µs to 10 s).
+const LATENCY_BOUNDS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+
+/// A latency histogram counted with atomics alone: prometheus-client's takes a mutex per
+/// observation, on every proxied request.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram(Arc<LatencyCounts>);
+
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// Per bucket (not cumulative); the last one is +Inf.
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
+        self.0.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts: Vec<u64> = self.0.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_US
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .chain([f64::INFINITY])
+            .zip(counts.iter().copied())
+            .collect();
+        let sum = self.0.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -160,6 +213,23 @@ mod tests {
         );
         assert!(
             text.contains(r#"microgate_gateway_request_duration_seconds_count{route="shop/gw/orders"} 3"#),
+            "{text}"
+        );
+        // Cumulative buckets: 0 s and 1 ms are ≤ 1 ms; 3 ms is only in the 5 ms bucket and above.
+        for (le, count) in [
+            ("0.0005", 1),
+            ("0.001", 2),
+            ("0.0025", 2),
+            ("0.005", 3),
+            ("+Inf", 3),
+        ] {
+            let line = format!(
+                r#"microgate_gateway_request_duration_seconds_bucket{{le="{le}",route="shop/gw/orders"}} {count}"#
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(
+            text.contains(r#"microgate_gateway_request_duration_seconds_sum{route="shop/gw/orders"} 0.004"#),
             "{text}"
         );
     }

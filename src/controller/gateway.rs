@@ -285,7 +285,8 @@ mod tests {
             "spec": {
                 "listeners": [{"name": "http", "port": 8080}, {"name": "admin", "port": 9000}],
                 "routes": [
-                    {"name": "orders", "backends": [{"microservice": "orders"}, {"microservice": "orders-canary"}]},
+                    {"name": "orders", "matches": [{"path": {"type": "PathPrefix", "value": "/api/orders"}}],
+                        "backends": [{"microservice": "orders"}, {"microservice": "orders-canary"}]},
                     {"name": "web", "backends": [{"microservice": "storefront"}]},
                 ],
             },

@@ -7,6 +7,7 @@
 //! retries and timeouts.
 
 pub mod balance;
+pub mod body;
 pub mod config;
 pub mod metrics;
 pub mod outlier;

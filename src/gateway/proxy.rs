@@ -13,12 +13,13 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
     uri::{PathAndQuery, Scheme},
 };
-use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 
 use super::{
     balance::{hash_key, random_below},
+    body::{OutgoingBody, ResponseBody, Streamed},
     config::{Attached, HashOn, Route, RouteTable, Upstream},
     metrics::{GatewayMetrics, RouteMetrics},
     outlier,
@@ -26,8 +27,6 @@ use super::{
     router::request_host,
     upstream::{self, Limits, UpstreamBody, UpstreamError},
 };
-
-pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Request bodies up to this size are buffered so that they can be retried; larger ones are
 /// streamed to a single attempt.
@@ -44,6 +43,25 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// The client end of one connection, as each of its requests needs it.
+pub struct Client {
+    /// The listener's port.
+    pub port: u16,
+    pub addr: SocketAddr,
+    /// `addr`'s IP as an `X-Forwarded-For` value, made once per connection.
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Client {
+    pub fn new(port: u16, addr: SocketAddr) -> Self {
+        Self {
+            port,
+            addr,
+            forwarded_for: HeaderValue::try_from(addr.ip().to_string()).ok(),
+        }
+    }
+}
 
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
@@ -65,15 +83,14 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(
-        &self,
-        port: u16,
-        client_addr: SocketAddr,
-        request: Request<Incoming>,
-    ) -> Response<Body> {
+    pub async fn handle(&self, client: &Client, request: Request<Incoming>) -> Response<ResponseBody> {
+        let (port, client_addr) = (client.port, client.addr);
         let started = Instant::now();
         let table = self.table.load_full();
-        let host = request_host(request.uri(), request.headers());
+        // Owned handles (reference counts, no copies), so that the request itself can move on.
+        let authority = request.uri().authority().cloned();
+        let host_header = request.headers().get(header::HOST).cloned();
+        let host = request_host(authority.as_ref(), host_header.as_ref());
         // Kept for the access log only when it is on.
         let logged = self
             .access_log
@@ -81,7 +98,7 @@ impl Proxy {
         let (route_id, metrics, response) = match find_route(&table, port, host.as_deref(), &request) {
             Some(attached) => {
                 let route = &attached.route;
-                let response = self.forward(route, client_addr, host.as_deref(), request).await;
+                let response = self.forward(route, client, host.as_deref(), request).await;
                 (route.id.as_str(), &route.metrics, response)
             }
             None => (
@@ -111,10 +128,10 @@ impl Proxy {
     async fn forward(
         &self,
         route: &Route,
-        client_addr: SocketAddr,
+        client: &Client,
         host: Option<&str>,
         request: Request<Incoming>,
-    ) -> Response<Body> {
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let deadline = route.timeout.map(|t| started + t);
         let (mut parts, body) = request.into_parts();
@@ -157,7 +174,7 @@ impl Proxy {
         let hash = upstream
             .hash_on
             .as_ref()
-            .and_then(|on| request_hash(on, &parts.headers, client_addr));
+            .and_then(|on| request_hash(on, &parts.headers, client.addr));
         let Some(_admitted) = Admission::enter(&upstream.limits, upstream.breaker.max_requests) else {
             let message = format!(
                 "circuit open: {} requests in flight to {} (circuitBreaker.maxRequests)",
@@ -166,7 +183,7 @@ impl Proxy {
             return local(StatusCode::SERVICE_UNAVAILABLE, "circuit-open", &message);
         };
         let mut headers = std::mem::take(&mut parts.headers);
-        prepare_upstream_headers(&mut headers, client_addr, host);
+        prepare_upstream_headers(&mut headers, client, host);
         let path = parts
             .uri
             .path_and_query()
@@ -307,7 +324,7 @@ impl Proxy {
 enum RequestBody {
     Buffered(Bytes),
     /// What was read before the limit, then the rest of the client's body; `None` once sent.
-    Streaming(Option<Body>),
+    Streaming(Option<Streamed>),
 }
 
 impl RequestBody {
@@ -328,12 +345,12 @@ impl RequestBody {
     }
 
     /// The body of the next attempt (a streamed body goes to the first attempt only).
-    fn for_attempt(&mut self) -> Body {
+    fn for_attempt(&mut self) -> OutgoingBody {
         match self {
-            RequestBody::Buffered(bytes) => Full::new(bytes.clone()).map_err(|never| match never {}).boxed(),
+            RequestBody::Buffered(bytes) => OutgoingBody::whole(bytes.clone()),
             RequestBody::Streaming(body) => body
                 .take()
-                .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
+                .map_or(OutgoingBody::Whole(None), OutgoingBody::Streamed),
         }
     }
 }
@@ -420,20 +437,28 @@ fn request_hash(on: &HashOn, headers: &HeaderMap, client: SocketAddr) -> Option<
 
 /// Makes the client's headers the upstream's: hop-by-hop ones removed, forwarding ones added, and
 /// a Host (HTTP/1.1 needs one; an HTTP/2 client sends `:authority` instead).
-fn prepare_upstream_headers(out: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+fn prepare_upstream_headers(out: &mut HeaderMap, client: &Client, host: Option<&str>) {
     strip_hop_by_hop(out);
     let forwarded_for = match out.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", client.ip()),
-        None => client.ip().to_string(),
+        Some(previous) => HeaderValue::try_from(format!("{previous}, {}", client.addr.ip())).ok(),
+        None => client.forwarded_for.clone(),
     };
-    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+    if let Some(value) = forwarded_for {
         out.insert("x-forwarded-for", value);
     }
     out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(value) = host.and_then(|h| HeaderValue::try_from(h).ok()) {
-        if !out.contains_key(header::HOST) {
-            out.insert(header::HOST, value.clone());
+    // The client's own Host value is shared, not copied.
+    let host_value = match out.get(header::HOST) {
+        Some(value) => Some(value.clone()),
+        None => {
+            let value = host.and_then(|h| HeaderValue::try_from(h).ok());
+            if let Some(value) = &value {
+                out.insert(header::HOST, value.clone());
+            }
+            value
         }
+    };
+    if let Some(value) = host_value {
         out.insert("x-forwarded-host", value);
     }
     if !out.contains_key("x-request-id") {
@@ -462,19 +487,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-fn downstream(response: Response<UpstreamBody>) -> Response<Body> {
+fn downstream(response: Response<UpstreamBody>) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, ResponseBody::Upstream(body))
 }
 
 /// An answer of the gateway's own: a one-line reason, and its code in `x-microgate-reason`.
-pub fn local(status: StatusCode, code: &'static str, reason: &str) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(format!("{reason}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+pub fn local(status: StatusCode, code: &'static str, reason: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::Local(Some(Bytes::from(format!("{reason}\n")))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -498,12 +519,10 @@ mod tests {
         headers.insert("keep-alive", "timeout=5".parse().expect("value"));
         headers.insert("x-forwarded-for", "10.0.0.1".parse().expect("value"));
         headers.insert("x-kept", "yes".parse().expect("value"));
+        headers.insert(header::HOST, "shop.example.com".parse().expect("value"));
         let mut out = headers;
-        prepare_upstream_headers(
-            &mut out,
-            "127.0.0.9:5000".parse().expect("addr"),
-            Some("shop.example.com"),
-        );
+        let client = Client::new(8080, "127.0.0.9:5000".parse().expect("addr"));
+        prepare_upstream_headers(&mut out, &client, Some("shop.example.com"));
         assert!(
             !out.contains_key(header::CONNECTION)
                 && !out.contains_key("x-secret")

@@ -3,6 +3,8 @@
 //! Pure and allocation-free per request: the table is compiled once per configuration change
 //! (see `config`), and matching only compares borrowed strings.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Method};
 
 use crate::api::gateway::{HttpMethod, PathMatchType};
@@ -126,11 +128,15 @@ pub fn method_of(method: HttpMethod) -> Method {
     }
 }
 
-/// The request's host, lowercase, without a port: from the URI (HTTP/2) or the Host header.
-pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<String> {
-    let raw = uri
-        .host()
-        .or_else(|| headers.get(http::header::HOST)?.to_str().ok())?;
+/// The request's host, lowercase, without a port: from the URI's authority (HTTP/2, or an
+/// absolute-form request) or the Host header.
+pub fn request_host<'a>(
+    authority: Option<&'a http::uri::Authority>,
+    host_header: Option<&'a http::HeaderValue>,
+) -> Option<Cow<'a, str>> {
+    let raw = authority
+        .map(http::uri::Authority::host)
+        .or_else(|| host_header?.to_str().ok())?;
     let host = match raw.rsplit_once(':') {
         // An IPv6 literal keeps its colons inside brackets.
         Some((name, port))
@@ -140,11 +146,13 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<St
         }
         _ => raw,
     };
-    Some(
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase(),
-    )
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    // Most clients send it in lower case already: then it is borrowed, not copied.
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 #[cfg(test)]
@@ -175,20 +183,18 @@ mod tests {
 
     #[test]
     fn host_comes_without_port_and_lowercase() {
-        let headers = |host: &str| {
-            let mut map = HeaderMap::new();
-            map.insert(http::header::HOST, host.parse().expect("header value"));
-            map
-        };
-        let uri: http::Uri = "/path".parse().expect("uri");
+        let header = |host: &str| host.parse::<http::HeaderValue>().expect("header value");
         assert_eq!(
-            request_host(&uri, &headers("Shop.Example.com:8080")).as_deref(),
+            request_host(None, Some(&header("Shop.Example.com:8080"))).as_deref(),
             Some("shop.example.com")
         );
-        assert_eq!(request_host(&uri, &headers("[::1]:80")).as_deref(), Some("::1"));
+        assert_eq!(
+            request_host(None, Some(&header("[::1]:80"))).as_deref(),
+            Some("::1")
+        );
         let absolute: http::Uri = "http://a.example.com:9/x".parse().expect("uri");
         assert_eq!(
-            request_host(&absolute, &HeaderMap::new()).as_deref(),
+            request_host(absolute.authority(), Some(&header("other.example.com"))).as_deref(),
             Some("a.example.com")
         );
     }

@@ -16,7 +16,7 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use super::proxy::Proxy;
+use super::proxy::{Client, Proxy};
 
 /// How long a client may take to send a request's headers (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,9 +131,10 @@ async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut drainin
         let _ = stream.set_nodelay(true);
         let (proxy, builder, mut draining) = (proxy.clone(), builder.clone(), draining.clone());
         connections.spawn(async move {
+            let client = Arc::new(Client::new(port, client));
             let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(port, client, request).await) }
+                let (proxy, client) = (proxy.clone(), client.clone());
+                async move { Ok::<_, Infallible>(proxy.handle(&client, request).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);

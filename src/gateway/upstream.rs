@@ -28,7 +28,7 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::Notify};
 
-use super::{balance::EndpointState, proxy::Body};
+use super::{balance::EndpointState, body::OutgoingBody};
 
 /// How long opening a connection to an endpoint may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -115,8 +115,8 @@ impl Drop for Waiting<'_> {
 pub struct Connections {
     limits: Arc<Limits>,
     /// Made on the first connection: most endpoints in a registry never get one.
-    idle: OnceLock<ArrayQueue<http1::SendRequest<Body>>>,
-    http2: ArcSwapOption<http2::SendRequest<Body>>,
+    idle: OnceLock<ArrayQueue<http1::SendRequest<OutgoingBody>>>,
+    http2: ArcSwapOption<http2::SendRequest<OutgoingBody>>,
 }
 
 impl Connections {
@@ -128,11 +128,11 @@ impl Connections {
         }
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<Body>> {
+    fn take_idle(&self) -> Option<http1::SendRequest<OutgoingBody>> {
         self.idle.get()?.pop()
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<Body>) {
+    fn put_idle(&self, sender: http1::SendRequest<OutgoingBody>) {
         let idle = self.idle.get_or_init(|| ArrayQueue::new(IDLE_PER_ENDPOINT));
         // A full queue drops (closes) the connection.
         let _ = idle.push(sender);
@@ -181,7 +181,7 @@ pub async fn send_http1(
     endpoint: &Arc<EndpointState>,
     siblings: &[Arc<EndpointState>],
     breaker: CircuitBreaker,
-    mut request: Request<Body>,
+    mut request: Request<OutgoingBody>,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     let connections = &endpoint.connections;
     let limits = &connections.limits;
@@ -229,7 +229,7 @@ pub async fn send_http1(
 pub async fn send_http2(
     endpoint: &EndpointState,
     breaker: CircuitBreaker,
-    request: Request<Body>,
+    request: Request<OutgoingBody>,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     let connections = &endpoint.connections;
     let limits = &connections.limits;
@@ -274,7 +274,7 @@ async fn connect(addr: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> 
 async fn connect_http1(
     addr: SocketAddr,
     slot: ConnectionSlot,
-) -> Result<http1::SendRequest<Body>, UpstreamError> {
+) -> Result<http1::SendRequest<OutgoingBody>, UpstreamError> {
     let io = connect(addr).await?;
     // An HTTP/1.1 handshake exchanges nothing: it cannot fail but for a bug.
     let (sender, connection) = http1::handshake(io)
@@ -292,7 +292,7 @@ async fn connect_http1(
 async fn connect_http2(
     addr: SocketAddr,
     slot: ConnectionSlot,
-) -> Result<http2::SendRequest<Body>, UpstreamError> {
+) -> Result<http2::SendRequest<OutgoingBody>, UpstreamError> {
     let io = connect(addr).await?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -313,13 +313,13 @@ async fn connect_http2(
 /// the body would still be on it.
 pub struct UpstreamBody {
     body: Incoming,
-    reuse: Option<(http1::SendRequest<Body>, Arc<EndpointState>)>,
+    reuse: Option<(http1::SendRequest<OutgoingBody>, Arc<EndpointState>)>,
 }
 
 impl UpstreamBody {
     fn wrap(
         response: Response<Incoming>,
-        sender: http1::SendRequest<Body>,
+        sender: http1::SendRequest<OutgoingBody>,
         endpoint: &Arc<EndpointState>,
     ) -> Response<Self> {
         response.map(|body| {

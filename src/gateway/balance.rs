@@ -151,6 +151,11 @@ impl Pool {
         self.endpoints.len()
     }
 
+    /// Whether picks depend on response times (see [`EndpointState::observe`]).
+    pub fn learns_latency(&self) -> bool {
+        self.policy == LoadBalancerPolicy::PeakEwma
+    }
+
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }

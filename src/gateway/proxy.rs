@@ -32,8 +32,14 @@ use super::{
 /// streamed to a single attempt.
 pub const MAX_BUFFERED_BODY: usize = 1 << 20;
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+// A static, not a const: a const array would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -98,7 +104,9 @@ impl Proxy {
         let (route_id, metrics, response) = match find_route(&table, port, host.as_deref(), &request) {
             Some(attached) => {
                 let route = &attached.route;
-                let response = self.forward(route, client, host.as_deref(), request).await;
+                let response = self
+                    .forward(route, client, host.as_deref(), started, request)
+                    .await;
                 (route.id.as_str(), &route.metrics, response)
             }
             None => (
@@ -130,9 +138,9 @@ impl Proxy {
         route: &Route,
         client: &Client,
         host: Option<&str>,
+        started: Instant,
         request: Request<Incoming>,
     ) -> Response<ResponseBody> {
-        let started = Instant::now();
         let deadline = route.timeout.map(|t| started + t);
         let (mut parts, body) = request.into_parts();
         let mut body = match RequestBody::read(body).await {
@@ -224,7 +232,8 @@ impl Proxy {
                 (t, d) => t.or(d.map(|d| d.saturating_duration_since(Instant::now()))),
             };
             let in_flight = endpoint.begin();
-            let sent = Instant::now();
+            // Only a latency-aware balancer needs the time of each exchange.
+            let sent = upstream.pool.learns_latency().then(Instant::now);
             let exchange = async {
                 if upstream.http2 {
                     upstream::send_http2(&endpoint, upstream.breaker, outgoing).await
@@ -250,7 +259,9 @@ impl Proxy {
             }
             let failure = match &result {
                 Attempt::Answered(response) => {
-                    endpoint.observe(sent.elapsed());
+                    if let Some(sent) = sent {
+                        endpoint.observe(sent.elapsed());
+                    }
                     let status = response.status();
                     let listed = policy
                         .is_some_and(|p| p.retriable_status_codes.contains(&i32::from(status.as_u16())));
@@ -439,14 +450,14 @@ fn request_hash(on: &HashOn, headers: &HeaderMap, client: SocketAddr) -> Option<
 /// a Host (HTTP/1.1 needs one; an HTTP/2 client sends `:authority` instead).
 fn prepare_upstream_headers(out: &mut HeaderMap, client: &Client, host: Option<&str>) {
     strip_hop_by_hop(out);
-    let forwarded_for = match out.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match out.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => HeaderValue::try_from(format!("{previous}, {}", client.addr.ip())).ok(),
         None => client.forwarded_for.clone(),
     };
     if let Some(value) = forwarded_for {
-        out.insert("x-forwarded-for", value);
+        out.insert(X_FORWARDED_FOR, value);
     }
-    out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     // The client's own Host value is shared, not copied.
     let host_value = match out.get(header::HOST) {
         Some(value) => Some(value.clone()),
@@ -459,21 +470,34 @@ fn prepare_upstream_headers(out: &mut HeaderMap, client: &Client, host: Option<&
         }
     };
     if let Some(value) = host_value {
-        out.insert("x-forwarded-host", value);
+        out.insert(X_FORWARDED_HOST, value);
     }
-    if !out.contains_key("x-request-id") {
-        let id = format!(
-            "{:016x}{:016x}",
-            random_below(usize::MAX),
-            random_below(usize::MAX)
-        );
-        if let Ok(value) = HeaderValue::try_from(id) {
-            out.insert("x-request-id", value);
-        }
+    if !out.contains_key(&X_REQUEST_ID) {
+        out.insert(X_REQUEST_ID, request_id());
     }
 }
 
+/// 128 random bits in hex.
+fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let halves = [random_below(usize::MAX) as u64, random_below(usize::MAX) as u64];
+    for (i, digit) in id.iter_mut().enumerate() {
+        let half = halves[i / 16];
+        *digit = HEX[((half >> (4 * (i % 16))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there is none: one pass over the names finds that out without a lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -532,7 +556,23 @@ mod tests {
         assert_eq!(out["x-forwarded-host"], "shop.example.com");
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out["x-kept"], "yes");
-        assert!(out.contains_key("x-request-id"));
+        let id = out["x-request-id"].to_str().expect("ascii");
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert_ne!(request_id(), request_id());
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_ones_are_left_alone_and_upgrade_goes() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-kept", "yes".parse().expect("value"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        headers.insert(header::UPGRADE, "websocket".parse().expect("value"));
+        strip_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key(header::UPGRADE) && headers.contains_key("x-kept"));
     }
 
     #[test]

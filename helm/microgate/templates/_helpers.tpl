@@ -31,14 +31,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["microservices/status", "gateways/status"]
   verbs: ["patch"]
 # Each Microservice's Deployment: read before applying (to tell Created/Updated/DriftCorrected),
-# server-side apply (creates too), watch the ones it owns.
+# server-side apply (a patch, which needs create as well when the object does not exist yet),
+# watch the ones it owns.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "patch"]
-# Each Microservice's Service: server-side apply, watch the ones it owns.
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Each Microservice's Service: server-side apply (patch, and create for a new one), watch the
+# ones it owns.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 # Endpoint discovery: the Pods of Microservices.
 - apiGroups: [""]
   resources: ["pods"]

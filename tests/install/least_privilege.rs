@@ -29,7 +29,7 @@ use microgate_test_support::{
 };
 use serde_json::{Value, json};
 
-use crate::{PLAIN_INSTALL, WAIT, documents, free_port, object, read, render, repo};
+use crate::{PLAIN_INSTALL, WAIT, documents, free_port, kinds, object, read, render, repo};
 
 /// An API permission as RBAC and the audit log both name it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -444,67 +444,118 @@ async fn scenario(ns: &TestNamespace) {
     .expect("deletion cleans up");
 }
 
-/// Runs the scenario through `deployment` as `namespace/name`, then checks the log and that the
-/// audit log shows exactly the permissions `rules` grant, all used and nothing refused.
-async fn prove_least_privilege(
-    ns: &TestNamespace,
-    deployment: &Value,
-    namespace: &str,
-    name: &str,
-    rules: &Value,
-) {
-    let audit = Audit::from_now();
-    let operator = HostOperator::start(deployment, namespace, name).await;
-    scenario(ns).await;
-    let log = operator.stop().await;
-    // kube's error for a 403 says "forbidden" (the audit log below catches any other trace).
-    assert!(
-        !log.to_lowercase().contains("forbidden"),
-        "a call was refused:\n{log}"
-    );
+/// One microgate process of an install: the Deployment that runs it, its service account
+/// (`namespace/name`), and the rules of that account's Role or ClusterRole.
+struct Process<'a> {
+    deployment: &'a Value,
+    namespace: &'a str,
+    name: &'a str,
+    rules: &'a Value,
+}
 
-    let user = format!("system:serviceaccount:{namespace}:{name}");
-    let events = audit.events_of(&user);
-    assert!(!events.is_empty(), "no audited request of {user}");
-    let refused: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["responseStatus"]["code"] == 403)
-        .collect();
-    assert!(refused.is_empty(), "refused requests: {refused:#?}");
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    let mut used = BTreeSet::new();
-    for event in events.iter().filter(|e| e["objectRef"].is_object()) {
-        let permission = Permission {
-            group: text(&event["objectRef"]["apiGroup"]),
-            resource: text(&event["objectRef"]["resource"]),
-            subresource: text(&event["objectRef"]["subresource"]),
-            verb: text(&event["verb"]),
-        };
-        // A server-side apply that creates its object is authorized as a patch and as a create;
-        // the audit log shows it as a patch answered 201 Created.
-        if permission.verb == "patch" && event["responseStatus"]["code"] == 201 {
-            used.insert(Permission {
-                verb: "create".into(),
-                ..permission.clone()
-            });
-        }
-        used.insert(permission);
+/// Runs the scenario through `processes` (each as its own service account), then checks their
+/// logs, and that the audit log shows for each exactly the permissions its rules grant: all
+/// used, nothing refused.
+async fn prove_least_privilege(ns: &TestNamespace, processes: &[Process<'_>]) {
+    let audit = Audit::from_now();
+    let mut running = Vec::new();
+    for process in processes {
+        running.push(HostOperator::start(process.deployment, process.namespace, process.name).await);
     }
-    let granted = granted(rules);
-    let show = |set: BTreeSet<&Permission>| set.iter().map(|p| p.to_string()).collect::<Vec<_>>();
-    let unused = show(granted.difference(&used).collect());
-    let ungranted = show(used.difference(&granted).collect());
-    assert!(
-        unused.is_empty(),
-        "granted but never used: {unused:?} (used: {:?})",
-        show(used.iter().collect())
+    scenario(ns).await;
+    for (process, operator) in processes.iter().zip(running) {
+        let log = operator.stop().await;
+        // kube's error for a 403 says "forbidden" (the audit log below catches any other trace).
+        assert!(
+            !log.to_lowercase().contains("forbidden"),
+            "a call of {} was refused:\n{log}",
+            process.name
+        );
+        audit.check(
+            &format!("system:serviceaccount:{}:{}", process.namespace, process.name),
+            process.rules,
+        );
+    }
+}
+
+impl Audit {
+    /// What `user` did since [`Audit::from_now`] is exactly what `rules` grant, and nothing was refused.
+    fn check(&self, user: &str, rules: &Value) {
+        let events = self.events_of(user);
+        assert!(!events.is_empty(), "no audited request of {user}");
+        let refused: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["responseStatus"]["code"] == 403)
+            .collect();
+        assert!(refused.is_empty(), "refused requests: {refused:#?}");
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let mut used = BTreeSet::new();
+        for event in events.iter().filter(|e| e["objectRef"].is_object()) {
+            let permission = Permission {
+                group: text(&event["objectRef"]["apiGroup"]),
+                resource: text(&event["objectRef"]["resource"]),
+                subresource: text(&event["objectRef"]["subresource"]),
+                verb: text(&event["verb"]),
+            };
+            // A server-side apply that creates its object is authorized as a patch and as a create;
+            // the audit log shows it as a patch answered 201 Created.
+            if permission.verb == "patch" && event["responseStatus"]["code"] == 201 {
+                used.insert(Permission {
+                    verb: "create".into(),
+                    ..permission.clone()
+                });
+            }
+            used.insert(permission);
+        }
+        let granted = granted(rules);
+        let show = |set: BTreeSet<&Permission>| set.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let unused = show(granted.difference(&used).collect());
+        let ungranted = show(used.difference(&granted).collect());
+        assert!(
+            unused.is_empty(),
+            "granted but never used: {unused:?} (used: {:?})",
+            show(used.iter().collect())
+        );
+        assert!(ungranted.is_empty(), "used but not granted: {ungranted:?}");
+        eprintln!(
+            "{user}: {} audited requests, every granted permission used: {:?}",
+            events.len(),
+            show(used.iter().collect())
+        );
+    }
+}
+
+/// Applies the ServiceAccounts, Roles and RoleBindings among `objects` (`count` of them), and
+/// checks that no ClusterRoleBinding names a service account of `namespace`.
+fn apply_rbac(objects: &[Value], namespace: &str, count: usize) {
+    let rbac: Vec<String> = objects
+        .iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some("ServiceAccount" | "Role" | "RoleBinding")
+            )
+        })
+        .map(|o| serde_json::to_string(o).expect("JSON"))
+        .collect();
+    assert_eq!(
+        rbac.len(),
+        count,
+        "service accounts, Roles and RoleBindings: {}",
+        kinds(objects)
     );
-    assert!(ungranted.is_empty(), "used but not granted: {ungranted:?}");
-    eprintln!(
-        "{user}: {} audited requests, every granted permission used: {:?}",
-        events.len(),
-        show(used.iter().collect())
-    );
+    let file = cluster::cluster_dir().join(format!("rbac-{namespace}.yaml"));
+    std::fs::write(&file, rbac.join("\n---\n")).expect("write the RBAC objects");
+    kubectl(&["apply", "-f", &file.display().to_string()]);
+    let _ = std::fs::remove_file(&file);
+    // Nothing cluster-wide may help.
+    let bindings: Value = serde_json::from_str(&kubectl(&["get", "clusterrolebindings", "-o", "json"]))
+        .expect("kubectl prints JSON");
+    for binding in bindings["items"].as_array().expect("items") {
+        for subject in binding["subjects"].as_array().into_iter().flatten() {
+            assert!(subject["namespace"] != namespace, "{binding}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -522,7 +573,13 @@ async fn the_plain_installs_service_account_can_do_everything_microgate_does_and
     let deployment = object(&objects, "Deployment", "microgate");
     let rules = &object(&objects, "ClusterRole", "microgate")["rules"];
     with_namespace("least-privilege", |ns| async move {
-        prove_least_privilege(&ns, deployment, "microgate-system", "microgate", rules).await;
+        let operator = Process {
+            deployment,
+            namespace: "microgate-system",
+            name: "microgate",
+            rules,
+        };
+        prove_least_privilege(&ns, &[operator]).await;
     })
     .await;
 }
@@ -537,36 +594,40 @@ async fn namespaced_only_mode_needs_only_a_role_in_its_namespace() {
         let objects = render("mg-scoped", &ns.name, &["--set", &watch]);
         let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
         assert!(!kinds.iter().any(|k| k.starts_with("Cluster")), "{kinds:?}");
-        let rbac: Vec<String> = objects
-            .iter()
-            .filter(|o| {
-                matches!(
-                    o["kind"].as_str(),
-                    Some("ServiceAccount" | "Role" | "RoleBinding")
-                )
-            })
-            .map(|o| serde_json::to_string(o).expect("JSON"))
-            .collect();
-        assert_eq!(
-            rbac.len(),
-            3,
-            "a ServiceAccount, a Role and a RoleBinding: {kinds:?}"
-        );
-        let file = cluster::cluster_dir().join(format!("rbac-{}.yaml", ns.name));
-        std::fs::write(&file, rbac.join("\n---\n")).expect("write the RBAC objects");
-        kubectl(&["apply", "-f", &file.display().to_string()]);
-        let _ = std::fs::remove_file(&file);
-        // Nothing cluster-wide may help: no ClusterRoleBinding names this service account.
-        let bindings: Value = serde_json::from_str(&kubectl(&["get", "clusterrolebindings", "-o", "json"]))
-            .expect("kubectl prints JSON");
-        for binding in bindings["items"].as_array().expect("items") {
-            for subject in binding["subjects"].as_array().into_iter().flatten() {
-                assert!(subject["namespace"] != ns.name.as_str(), "{binding}");
-            }
-        }
+        apply_rbac(&objects, &ns.name, 3);
         let deployment = object(&objects, "Deployment", "mg-scoped");
         let rules = &object(&objects, "Role", "mg-scoped")["rules"];
-        prove_least_privilege(&ns, deployment, &ns.name, "mg-scoped", rules).await;
+        let operator = Process {
+            deployment,
+            namespace: &ns.name,
+            name: "mg-scoped",
+            rules,
+        };
+        prove_least_privilege(&ns, &[operator]).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dedicated_gateway_needs_only_to_read_and_report_programmed() {
+    let _turn = PLAIN_INSTALL.lock().await;
+    with_namespace("dedicated-gateway", |ns| async move {
+        let values = format!("gateway.mode=dedicated,watchNamespace={}", ns.name);
+        let objects = render("mg-split", &ns.name, &["--set", &values]);
+        apply_rbac(&objects, &ns.name, 6);
+        let controller = Process {
+            deployment: object(&objects, "Deployment", "mg-split"),
+            namespace: &ns.name,
+            name: "mg-split",
+            rules: &object(&objects, "Role", "mg-split")["rules"],
+        };
+        let gateway = Process {
+            deployment: object(&objects, "Deployment", "mg-split-gateway"),
+            namespace: &ns.name,
+            name: "mg-split-gateway",
+            rules: &object(&objects, "Role", "mg-split-gateway")["rules"],
+        };
+        prove_least_privilege(&ns, &[controller, gateway]).await;
     })
     .await;
 }

@@ -465,9 +465,9 @@ async fn prove_least_privilege(ns: &TestNamespace, processes: &[Process<'_>]) {
     scenario(ns).await;
     for (process, operator) in processes.iter().zip(running) {
         let log = operator.stop().await;
-        // kube's error for a 403 says "forbidden" (the audit log below catches any other trace).
+        // How the API server words an RBAC refusal (the audit log below is the exhaustive check).
         assert!(
-            !log.to_lowercase().contains("forbidden"),
+            !log.contains("is forbidden: User"),
             "a call of {} was refused:\n{log}",
             process.name
         );
@@ -483,11 +483,13 @@ impl Audit {
     fn check(&self, user: &str, rules: &Value) {
         let events = self.events_of(user);
         assert!(!events.is_empty(), "no audited request of {user}");
+        // Refused by the authorizer (RBAC). Other 403s are not about permissions: a cluster-wide
+        // operator may still reconcile in a namespace that is being deleted (NamespaceTerminating).
         let refused: Vec<&Value> = events
             .iter()
-            .filter(|e| e["responseStatus"]["code"] == 403)
+            .filter(|e| e["annotations"]["authorization.k8s.io/decision"] != "allow")
             .collect();
-        assert!(refused.is_empty(), "refused requests: {refused:#?}");
+        assert!(refused.is_empty(), "requests RBAC refused: {refused:#?}");
         let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         let mut used = BTreeSet::new();
         for event in events.iter().filter(|e| e["objectRef"].is_object()) {

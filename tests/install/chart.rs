@@ -213,3 +213,20 @@ fn values_choose_the_mode_the_scope_and_leader_election() {
         "two controllers without leader election must be refused"
     );
 }
+
+#[test]
+fn the_values_schema_refuses_typos_and_privileged_listener_ports() {
+    for (values, why) in [
+        ("gateway.mod=dedicated", "additional properties 'mod' not allowed"),
+        ("gateway.mode=sidecar", "gateway/mode"),
+        (
+            "gateway.ports[0].name=http,gateway.ports[0].port=80,gateway.ports[0].containerPort=80",
+            "containerPort",
+        ),
+    ] {
+        let output = helm(&["template", "microgate", "helm/microgate", "--set", values]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--set {values} was accepted");
+        assert!(stderr.contains(why), "--set {values}: {stderr}");
+    }
+}

@@ -77,11 +77,30 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
             "--namespace",
             &ns.name,
             "--set",
-            "logLevel=debug",
+            "logLevel=debug,gateway.mode=dedicated",
         ]);
         let upgraded = deployments.get(&release).await.expect("the operator Deployment");
         assert_eq!(env_of(&upgraded, "RUST_LOG").as_deref(), Some("debug"));
         assert!(upgraded.metadata.generation > installed.metadata.generation);
+        let args = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .map(|s| s.containers[0].args.clone())
+        };
+        assert_eq!(args(&upgraded), Some(Some(vec!["controller".to_owned()])));
+        // The dedicated gateway's Pods are admitted as well.
+        let gateway = deployments
+            .get(&format!("{release}-gateway"))
+            .await
+            .expect("the gateway Deployment");
+        assert_eq!(args(&gateway), Some(Some(vec!["gateway".to_owned()])));
+        wait_for_pod(
+            &ns.client,
+            &ns.name,
+            &format!("app.kubernetes.io/instance={release},app.kubernetes.io/component=gateway"),
+        )
+        .await;
         // The rollout's new Pod is admitted too.
         let pods = ns.api::<Pod>();
         wait::until("a Pod of the upgraded template", WAIT, || async {
@@ -116,6 +135,18 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
         wait::until("the release's objects to be gone", WAIT, || async {
             let left = [
                 deployments.get_opt(&release).await.map(|o| o.is_some()),
+                deployments
+                    .get_opt(&format!("{release}-gateway"))
+                    .await
+                    .map(|o| o.is_some()),
+                accounts
+                    .get_opt(&format!("{release}-gateway"))
+                    .await
+                    .map(|o| o.is_some()),
+                cluster_roles
+                    .get_opt(&format!("{release}-gateway"))
+                    .await
+                    .map(|o| o.is_some()),
                 services
                     .get_opt(&format!("{release}-gateway"))
                     .await

@@ -41,6 +41,24 @@ fn env_of(deployment: &Deployment, name: &str) -> Option<String> {
         .clone()
 }
 
+/// Deletes a release's cluster-wide objects, which outlive its namespace when a test fails
+/// before `helm uninstall`.
+struct ClusterScoped(String);
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        let names = [self.0.clone(), format!("{}-gateway", self.0)];
+        for kind in ["clusterrole", "clusterrolebinding"] {
+            let _ = std::process::Command::new(microgate_test_support::cluster::bin_dir().join("kubectl"))
+                .arg("--kubeconfig")
+                .arg(microgate_test_support::cluster::kubeconfig_path())
+                .args(["delete", kind, "--ignore-not-found"])
+                .args(&names)
+                .output();
+        }
+    }
+}
+
 #[tokio::test]
 async fn helm_installs_upgrades_and_uninstalls_the_chart() {
     with_namespace("install-helm", |ns| async move {
@@ -59,6 +77,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
         assert!(refused.to_string().contains("violates PodSecurity"), "{refused}");
 
         let release = ns.name.clone();
+        let _cleanup = ClusterScoped(release.clone());
         let operator = format!("app.kubernetes.io/instance={release},app.kubernetes.io/component=operator");
         helm_ok(&["install", &release, "helm/microgate", "--namespace", &ns.name]);
         let deployments = ns.api::<Deployment>();

@@ -56,8 +56,39 @@ impl std::fmt::Display for Permission {
     }
 }
 
-/// Every (group, resource, subresource, verb) the `rules` of a Role or ClusterRole grant.
-fn granted(rules: &Value) -> BTreeSet<Permission> {
+/// The rules of every Role and ClusterRole among `objects` that a binding among them grants the
+/// service account `namespace/name`.
+fn bound_rules(objects: &[Value], namespace: &str, name: &str) -> Vec<Value> {
+    let mut rules = Vec::new();
+    for binding in objects
+        .iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("RoleBinding" | "ClusterRoleBinding")))
+    {
+        let names_it = binding["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == name && s["namespace"] == namespace);
+        if !names_it {
+            continue;
+        }
+        let role = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == binding["roleRef"]["kind"]
+                    && o["metadata"]["name"] == binding["roleRef"]["name"]
+                    && (o["kind"] == "ClusterRole"
+                        || o["metadata"]["namespace"] == binding["metadata"]["namespace"])
+            })
+            .unwrap_or_else(|| panic!("the role of {binding} is among the objects"));
+        rules.extend(role["rules"].as_array().expect("rules").iter().cloned());
+    }
+    assert!(!rules.is_empty(), "no binding grants {namespace}/{name} anything");
+    rules
+}
+
+/// Every (group, resource, subresource, verb) the `rules` of Roles and ClusterRoles grant.
+fn granted(rules: &[Value]) -> BTreeSet<Permission> {
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
             .expect("a list")
@@ -66,7 +97,7 @@ fn granted(rules: &Value) -> BTreeSet<Permission> {
             .collect()
     };
     let mut granted = BTreeSet::new();
-    for rule in rules.as_array().expect("rules") {
+    for rule in rules {
         assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none());
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
@@ -445,12 +476,12 @@ async fn scenario(ns: &TestNamespace) {
 }
 
 /// One microgate process of an install: the Deployment that runs it, its service account
-/// (`namespace/name`), and the rules of that account's Role or ClusterRole.
+/// (`namespace/name`), and the install's objects (whose bindings grant that account its rules).
 struct Process<'a> {
     deployment: &'a Value,
     namespace: &'a str,
     name: &'a str,
-    rules: &'a Value,
+    objects: &'a [Value],
 }
 
 /// Runs the scenario through `processes` (each as its own service account), then checks their
@@ -473,14 +504,14 @@ async fn prove_least_privilege(ns: &TestNamespace, processes: &[Process<'_>]) {
         );
         audit.check(
             &format!("system:serviceaccount:{}:{}", process.namespace, process.name),
-            process.rules,
+            &bound_rules(process.objects, process.namespace, process.name),
         );
     }
 }
 
 impl Audit {
     /// What `user` did since [`Audit::from_now`] is exactly what `rules` grant, and nothing was refused.
-    fn check(&self, user: &str, rules: &Value) {
+    fn check(&self, user: &str, rules: &[Value]) {
         let events = self.events_of(user);
         assert!(!events.is_empty(), "no audited request of {user}");
         // Refused by the authorizer (RBAC). Other 403s are not about permissions: a cluster-wide
@@ -572,14 +603,14 @@ async fn the_plain_installs_service_account_can_do_everything_microgate_does_and
         &manifests.display().to_string(),
     ]);
     let objects = documents(&read(&manifests.join("microgate.yaml")));
-    let deployment = object(&objects, "Deployment", "microgate");
-    let rules = &object(&objects, "ClusterRole", "microgate")["rules"];
+    let objects = &objects;
+    let deployment = object(objects, "Deployment", "microgate");
     with_namespace("least-privilege", |ns| async move {
         let operator = Process {
             deployment,
             namespace: "microgate-system",
             name: "microgate",
-            rules,
+            objects,
         };
         prove_least_privilege(&ns, &[operator]).await;
     })
@@ -598,12 +629,11 @@ async fn namespaced_only_mode_needs_only_a_role_in_its_namespace() {
         assert!(!kinds.iter().any(|k| k.starts_with("Cluster")), "{kinds:?}");
         apply_rbac(&objects, &ns.name, 3);
         let deployment = object(&objects, "Deployment", "mg-scoped");
-        let rules = &object(&objects, "Role", "mg-scoped")["rules"];
         let operator = Process {
             deployment,
             namespace: &ns.name,
             name: "mg-scoped",
-            rules,
+            objects: &objects,
         };
         prove_least_privilege(&ns, &[operator]).await;
     })
@@ -621,13 +651,13 @@ async fn a_dedicated_gateway_needs_only_to_read_and_report_programmed() {
             deployment: object(&objects, "Deployment", "mg-split"),
             namespace: &ns.name,
             name: "mg-split",
-            rules: &object(&objects, "Role", "mg-split")["rules"],
+            objects: &objects,
         };
         let gateway = Process {
             deployment: object(&objects, "Deployment", "mg-split-gateway"),
             namespace: &ns.name,
             name: "mg-split-gateway",
-            rules: &object(&objects, "Role", "mg-split-gateway")["rules"],
+            objects: &objects,
         };
         prove_least_privilege(&ns, &[controller, gateway]).await;
     })

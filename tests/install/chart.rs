@@ -196,7 +196,14 @@ fn values_choose_the_mode_the_scope_and_leader_election() {
     assert_eq!(operator["spec"]["replicas"], 2);
     let lease = object(&scoped, "Role", "microgate-leader-election");
     assert_eq!(lease["metadata"]["namespace"], "microgate-system");
-    assert_eq!(lease["rules"][0]["resources"], serde_json::json!(["leases"]));
+    assert_eq!(
+        lease["rules"],
+        serde_json::json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": ["microgate-controller"], "verbs": ["get", "update"]},
+        ])
+    );
     let env = &operator["spec"]["template"]["spec"]["containers"][0]["env"];
     assert!(
         env.as_array()

@@ -6,7 +6,8 @@
 #   cluster.sh status   print each component and whether it is healthy (exit 1 if not all are)
 #
 # Everything lives in $MICROGATE_CLUSTER_DIR (default <repo>/target/cluster): kubeconfig, certs/,
-# logs/, etcd data, pid files and state.env (ports). There is no kubelet and no scheduler: the test
+# logs/ (audit.log: the requests of the impersonator certificate, see make_certs), etcd data, pid
+# files and state.env (ports). There is no kubelet and no scheduler: the test
 # harness binds Pods to a fake Node and sets their status itself.
 #
 # MICROGATE_ADVERTISE_ADDRESS (default 127.0.0.1) is the address the API server advertises; inside
@@ -19,6 +20,7 @@ dir=${MICROGATE_CLUSTER_DIR:-$repo/target/cluster}
 bin=$repo/target/cluster/bin
 advertise=${MICROGATE_ADVERTISE_ADDRESS:-127.0.0.1}
 components=(etcd kube-apiserver kube-controller-manager)
+impersonator=microgate-impersonator
 controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller
 
 say() { echo "cluster: $*" >&2; }
@@ -100,6 +102,8 @@ healthy() {
   [ -f "$dir/state.env" ] || return 1
   # shellcheck source=/dev/null
   . "$dir/state.env"
+  # A cluster started by an older version of this script, without the audit log, is replaced.
+  [ -n "${AUDIT_LOG:-}" ] && [ -f "$dir/certs/impersonator.crt" ] || return 1
   local name
   for name in "${components[@]}"; do alive "$name" || return 1; done
   curl -fsS --max-time 2 --cacert "$dir/certs/ca.crt" --cert "$dir/certs/admin.crt" \
@@ -120,6 +124,10 @@ make_certs() {
     openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=microgate-admin"
     printf 'extendedKeyUsage=clientAuth\n' > client.ext
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 3650 -extfile client.ext
+    # A second admin whose requests, and only those, go to the audit log: tests use it to
+    # impersonate a service account and read back exactly which API calls it made.
+    openssl req -newkey rsa:2048 -nodes -keyout impersonator.key -out impersonator.csr -subj "/O=system:masters/CN=$impersonator"
+    openssl x509 -req -in impersonator.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out impersonator.crt -days 3650 -extfile client.ext
     openssl genrsa -out sa.key 2048
     openssl rsa -in sa.key -pubout -out sa.pub
   ) >"$dir/logs/certs.log" 2>&1 || fail_start certs "openssl failed"
@@ -175,6 +183,19 @@ up() {
   wait_healthy etcd "http://127.0.0.1:$etcd_port/health" 30
 
   local c=$dir/certs
+  # Metadata-level audit of the impersonating admin's requests only (tests/install reads it to
+  # prove the RBAC rules are exactly what microgate uses); nothing else is logged.
+  cat > "$dir/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["$impersonator"]
+- level: None
+EOF
+  local audit_log=$dir/logs/audit.log
+  rm -f "$audit_log"
   # --endpoint-reconciler-type=none: a loopback advertise address is not a valid endpoint, and the
   # default reconciler would keep trying to write one. ServiceAccount admission is off so Pods need
   # no token and no service-account controller.
@@ -185,7 +206,8 @@ up() {
     --service-account-issuer="https://127.0.0.1:$api_port/" --service-account-key-file="$c/sa.pub" \
     --service-account-signing-key-file="$c/sa.key" --service-cluster-ip-range=10.0.0.0/24 \
     --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount --allow-privileged=true \
-    --max-requests-inflight=1000 --max-mutating-requests-inflight=500 --v=1
+    --max-requests-inflight=1000 --max-mutating-requests-inflight=500 --v=1 \
+    --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$audit_log" --audit-log-format=json
   wait_healthy kube-apiserver "https://127.0.0.1:$api_port/readyz" 90 \
     --cacert "$c/ca.crt" --cert "$c/admin.crt" --key "$c/admin.key"
 
@@ -206,8 +228,8 @@ up() {
     --kube-api-qps=200 --kube-api-burst=400 --v=1
   wait_healthy kube-controller-manager "https://127.0.0.1:$kcm_port/healthz" 60 --insecure
 
-  printf 'API_PORT=%s\nETCD_PORT=%s\nKCM_PORT=%s\nADVERTISE=%s\n' "$api_port" "$etcd_port" "$kcm_port" "$advertise" \
-    > "$dir/state.env"
+  printf 'API_PORT=%s\nETCD_PORT=%s\nKCM_PORT=%s\nADVERTISE=%s\nAUDIT_LOG=%s\n' "$api_port" "$etcd_port" "$kcm_port" \
+    "$advertise" "$audit_log" > "$dir/state.env"
   # The kubeconfig appears last: its presence tells tests and tools the cluster is ready.
   cp "$c/admin.kubeconfig" "$dir/kubeconfig"
   say "control plane ready in $(( $(date +%s%3N) - begin )) ms: API server https://127.0.0.1:$api_port"

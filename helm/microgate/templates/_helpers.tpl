@@ -1,0 +1,137 @@
+{{/* Labels on every object. No managed-by label: the plain install in manifests/ is rendered from
+this chart, and would not be managed by Helm. */}}
+{{- define "microgate.labels" -}}
+app.kubernetes.io/name: microgate
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: microgate
+{{- end }}
+
+{{- define "microgate.selectorLabels" -}}
+app.kubernetes.io/name: microgate
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "microgate.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "microgate.embedded" -}}
+{{- if eq .Values.gateway.mode "embedded" }}true{{ else if eq .Values.gateway.mode "dedicated" }}{{ else }}{{ fail (printf "gateway.mode must be embedded or dedicated, not %q" .Values.gateway.mode) }}{{ end }}
+{{- end }}
+
+{{/* Exactly the API calls the operator makes (microgate controller, or run in embedded mode). */}}
+{{- define "microgate.operatorRules" -}}
+# Watch Microservices and Gateways (list + watch; the Gateway reconciler lists Microservices).
+- apiGroups: ["microgate.dev"]
+  resources: ["microservices", "gateways"]
+  verbs: ["list", "watch"]
+# Write their status (merge patch and server-side apply).
+- apiGroups: ["microgate.dev"]
+  resources: ["microservices/status", "gateways/status"]
+  verbs: ["patch"]
+# Each Microservice's Deployment: read before applying (to tell Created/Updated/DriftCorrected),
+# server-side apply (a patch, which needs create as well when the object does not exist yet),
+# watch the ones it owns.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Each Microservice's Service: server-side apply (patch, and create for a new one), watch the
+# ones it owns.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "patch"]
+# Endpoint discovery: the Pods of Microservices.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# Events on Microservices (a repeated event is patched into a series).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Exactly the API calls a dedicated gateway (microgate gateway) makes. */}}
+{{- define "microgate.gatewayRules" -}}
+- apiGroups: ["microgate.dev"]
+  resources: ["microservices", "gateways"]
+  verbs: ["list", "watch"]
+# The Programmed condition.
+- apiGroups: ["microgate.dev"]
+  resources: ["gateways/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+{{- end }}
+
+{{/* The Pod security context: the restricted Pod Security Standard. */}}
+{{- define "microgate.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "microgate.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end }}
+
+{{/* Environment shared by the operator and the gateway. */}}
+{{- define "microgate.env" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+- name: MICROGATE_LOG_JSON
+  value: {{ .Values.logJson | quote }}
+- name: MICROGATE_ADMIN_ADDR
+  value: "0.0.0.0:{{ .Values.metrics.port }}"
+{{- end }}
+
+{{- define "microgate.gatewayEnv" -}}
+- name: MICROGATE_LISTEN_ADDRESS
+  value: {{ .Values.gateway.listenAddress | quote }}
+- name: MICROGATE_ACCESS_LOG
+  value: {{ .Values.gateway.accessLog | quote }}
+{{- end }}
+
+{{- define "microgate.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: admin
+  periodSeconds: 10
+  timeoutSeconds: 2
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: admin
+  periodSeconds: 5
+  timeoutSeconds: 2
+  failureThreshold: 2
+{{- end }}
+
+{{- define "microgate.ports" -}}
+- name: admin
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- if .gateway }}
+{{- range .Values.gateway.ports }}
+- name: {{ .name }}
+  containerPort: {{ .containerPort }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,239 @@
+//! The chart as files: it lints, the plain install is exactly its rendering, its CRDs are ours,
+//! and its values do what they say.
+
+use serde_json::Value;
+
+use crate::{documents, helm, kinds, object, read, render, repo};
+
+/// The objects of the plain install's generated files in `dir`, as the chart would render them.
+fn committed(file: &str) -> Vec<Value> {
+    documents(&read(&repo(file)))
+}
+
+#[test]
+fn the_chart_passes_helm_lint_in_every_mode() {
+    for values in [
+        &[][..],
+        &["--set", "gateway.mode=dedicated"],
+        &[
+            "--set",
+            "watchNamespace=apps,leaderElection.enabled=true,replicas=2",
+        ],
+    ] {
+        let mut args = vec!["lint", "helm/microgate", "--strict"];
+        args.extend_from_slice(values);
+        let output = helm(&args);
+        assert!(
+            output.status.success(),
+            "helm lint {values:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_plain_install_is_the_chart_rendered_with_default_values() {
+    let stale = "manifests/ is stale: run `make manifests` and commit the result";
+    let rendered = render("microgate", "microgate-system", &[]);
+    assert_eq!(committed("manifests/microgate.yaml"), rendered, "{stale}");
+    let dedicated = render(
+        "microgate",
+        "microgate-system",
+        &["--set", "gateway.mode=dedicated"],
+    );
+    assert_eq!(
+        committed("manifests/dedicated-gateway/microgate.yaml"),
+        dedicated,
+        "{stale}"
+    );
+    assert_eq!(
+        read(&repo("manifests/00-namespace.yaml")),
+        read(&repo("manifests/dedicated-gateway/00-namespace.yaml")),
+        "{stale}"
+    );
+    // The one object the chart does not render: the namespace, enforcing the restricted standard.
+    let namespace = &committed("manifests/00-namespace.yaml")[0];
+    assert_eq!(namespace["kind"], "Namespace");
+    assert_eq!(namespace["metadata"]["name"], "microgate-system");
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    for object in &rendered {
+        let namespaced = !matches!(
+            object["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding")
+        );
+        if namespaced {
+            assert_eq!(object["metadata"]["namespace"], "microgate-system", "{object}");
+        }
+    }
+}
+
+#[test]
+fn the_charts_crds_are_the_generated_crds() {
+    assert!(
+        read(&repo("crds/microgate.dev.yaml")) == read(&repo("helm/microgate/crds/microgate.dev.yaml")),
+        "helm/microgate/crds/ differs from crds/: run `make crds` and commit the result"
+    );
+}
+
+#[test]
+fn no_label_of_the_plain_install_claims_helm_manages_it() {
+    for object in committed("manifests/microgate.yaml") {
+        let text = object.to_string();
+        assert!(!text.contains("Helm"), "{text}");
+        assert!(!text.contains("helm.sh/"), "{text}");
+    }
+}
+
+/// Every container of every Deployment meets the restricted Pod Security Standard, with probes
+/// on the admin port and resources.
+#[test]
+fn pods_are_restricted_with_probes_and_resources_in_every_mode() {
+    for values in [&[][..], &["--set", "gateway.mode=dedicated"]] {
+        let objects = render("microgate", "microgate-system", values);
+        let deployments: Vec<_> = objects.iter().filter(|o| o["kind"] == "Deployment").collect();
+        assert!(!deployments.is_empty(), "{}", kinds(&objects));
+        for deployment in deployments {
+            let pod = &deployment["spec"]["template"]["spec"];
+            let security = &pod["securityContext"];
+            assert_eq!(security["runAsNonRoot"], true, "{deployment}");
+            assert_eq!(security["runAsUser"], 65532, "{deployment}");
+            assert_eq!(
+                security["seccompProfile"]["type"], "RuntimeDefault",
+                "{deployment}"
+            );
+            for container in pod["containers"].as_array().expect("containers") {
+                let security = &container["securityContext"];
+                assert_eq!(security["allowPrivilegeEscalation"], false, "{container}");
+                assert_eq!(security["readOnlyRootFilesystem"], true, "{container}");
+                assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+                assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+                assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+                assert_eq!(container["livenessProbe"]["httpGet"]["port"], "admin");
+                assert!(
+                    container["resources"]["requests"]["memory"].is_string(),
+                    "{container}"
+                );
+                assert!(
+                    container["resources"]["limits"]["memory"].is_string(),
+                    "{container}"
+                );
+            }
+        }
+    }
+}
+
+fn args(deployment: &Value) -> Vec<&str> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+#[test]
+fn values_choose_the_mode_the_scope_and_leader_election() {
+    let embedded = render("microgate", "microgate-system", &[]);
+    assert_eq!(args(object(&embedded, "Deployment", "microgate")), ["run"]);
+    assert!(
+        !embedded.iter().any(|o| o["kind"] == "Role"),
+        "no leader-election Role by default: {}",
+        kinds(&embedded)
+    );
+
+    let dedicated = render(
+        "microgate",
+        "microgate-system",
+        &["--set", "gateway.mode=dedicated"],
+    );
+    assert_eq!(
+        args(object(&dedicated, "Deployment", "microgate")),
+        ["controller"]
+    );
+    assert_eq!(
+        args(object(&dedicated, "Deployment", "microgate-gateway")),
+        ["gateway"]
+    );
+    let selector = &object(&dedicated, "Service", "microgate-gateway")["spec"]["selector"];
+    assert_eq!(selector["app.kubernetes.io/component"], "gateway");
+    // The dedicated gateway's service account may only read, and report Programmed.
+    let rules = &object(&dedicated, "ClusterRole", "microgate-gateway")["rules"];
+    for rule in rules.as_array().expect("rules") {
+        for verb in rule["verbs"].as_array().expect("verbs") {
+            let status = rule["resources"] == serde_json::json!(["gateways/status"]);
+            assert!(
+                verb == "list" || verb == "watch" || (status && verb == "patch"),
+                "{rule}"
+            );
+        }
+    }
+
+    let scoped = render(
+        "microgate",
+        "microgate-system",
+        &[
+            "--set",
+            "watchNamespace=shop,leaderElection.enabled=true,replicas=2",
+        ],
+    );
+    let all = kinds(&scoped);
+    assert!(
+        !all.contains("ClusterRole"),
+        "namespaced mode is cluster-wide nowhere: {all}"
+    );
+    let role = object(&scoped, "Role", "microgate");
+    assert_eq!(role["metadata"]["namespace"], "shop");
+    assert_eq!(
+        object(&scoped, "RoleBinding", "microgate")["metadata"]["namespace"],
+        "shop"
+    );
+    let operator = object(&scoped, "Deployment", "microgate");
+    assert_eq!(args(operator), ["run", "--namespace=shop", "--leader-elect"]);
+    assert_eq!(operator["spec"]["replicas"], 2);
+    let lease = object(&scoped, "Role", "microgate-leader-election");
+    assert_eq!(lease["metadata"]["namespace"], "microgate-system");
+    assert_eq!(
+        lease["rules"],
+        serde_json::json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": ["microgate-controller"], "verbs": ["get", "update"]},
+        ])
+    );
+    let env = &operator["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "POD_NAMESPACE"
+                && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
+        "{env}"
+    );
+
+    let refused = helm(&["template", "microgate", "helm/microgate", "--set", "replicas=2"]);
+    assert!(
+        !refused.status.success(),
+        "two controllers without leader election must be refused"
+    );
+}
+
+#[test]
+fn the_values_schema_refuses_typos_and_privileged_listener_ports() {
+    for (values, why) in [
+        ("gateway.mod=dedicated", "additional properties 'mod' not allowed"),
+        ("gateway.mode=sidecar", "gateway/mode"),
+        (
+            "gateway.ports[0].name=http,gateway.ports[0].port=80,gateway.ports[0].containerPort=80",
+            "containerPort",
+        ),
+    ] {
+        let output = helm(&["template", "microgate", "helm/microgate", "--set", values]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--set {values} was accepted");
+        assert!(stderr.contains(why), "--set {values}: {stderr}");
+    }
+}

@@ -4,7 +4,8 @@
 #   docker build -t <registry>/microgate:0.1.0 .
 #
 # No OpenSSL anywhere: kube's TLS is rustls with ring (kube's default features), and the binary is
-# linked statically against musl (Alpine's Rust targets musl; musl-dev is for ring's C parts).
+# linked statically against musl (Alpine's Rust targets musl; musl-dev is for the C parts of ring
+# and of mimalloc, the allocator).
 
 FROM rust:1.95-alpine AS build
 RUN apk add --no-cache musl-dev

@@ -5,6 +5,7 @@
 //! - [`api`]: the `Microservice` and `Gateway` resources (`microgate.dev/v1alpha1`).
 //! - [`controller`]: reconcilers that turn them into Deployments, Services and status.
 //! - [`discovery`]: the Pod watch that keeps the registry of each Microservice's endpoints.
+//! - [`leader`]: leader election on a Lease, so that one of several processes runs the writers.
 //! - [`telemetry`]: logs, metrics and the admin endpoints.
 //! - [`cli`]: the command line.
 
@@ -13,4 +14,5 @@ pub mod cli;
 pub mod controller;
 pub mod discovery;
 pub mod gateway;
+pub mod leader;
 pub mod telemetry;

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::duration::Duration;
+
 /// A Kubernetes operator and built-in L7 gateway for microservices.
 ///
 /// microgate reconciles `Microservice` resources into Deployments and Services, discovers their
@@ -75,7 +77,37 @@ pub struct ControllerArgs {
     #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
     #[command(flatten)]
+    pub leader_election: LeaderElectionArgs,
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Leader election: of several replicas, only the one holding a Lease reconciles.
+#[derive(Debug, Args)]
+pub struct LeaderElectionArgs {
+    /// Reconcile only while holding the leader Lease (for running several replicas). Discovery
+    /// and the gateway run in every replica regardless.
+    #[arg(long, env = "MICROGATE_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// The namespace of the leader Lease (default: $POD_NAMESPACE; required with --leader-elect).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// The name of the leader Lease.
+    #[arg(
+        long,
+        env = "MICROGATE_LEADER_ELECTION_LEASE_NAME",
+        default_value = "microgate-controller"
+    )]
+    pub leader_election_lease_name: String,
+    /// How long a standby waits after the leader's last renewal before taking over (whole seconds).
+    #[arg(long, env = "MICROGATE_LEADER_ELECTION_LEASE_DURATION", default_value = "15s")]
+    pub leader_election_lease_duration: Duration,
+    /// How long the leader keeps reconciling without renewing the Lease (less than the lease duration).
+    #[arg(long, env = "MICROGATE_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s")]
+    pub leader_election_renew_deadline: Duration,
+    /// How often a standby tries to take the Lease, and the leader renews it.
+    #[arg(long, env = "MICROGATE_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s")]
+    pub leader_election_retry_period: Duration,
 }
 
 /// Logging options shared by the long-running subcommands.
@@ -114,5 +146,46 @@ mod tests {
         };
         assert_eq!(args.namespace, None);
         assert_eq!(args.admin_addr.port(), 9090);
+    }
+
+    #[test]
+    fn leader_election_is_off_by_default_with_controller_runtime_timings() {
+        let cli = Cli::try_parse_from(["microgate", "run"]).expect("valid arguments");
+        let Command::Run(args) = cli.command else {
+            panic!("parsed {:?}", cli.command)
+        };
+        let election = args.controller.leader_election;
+        assert!(!election.leader_elect);
+        assert_eq!(election.leader_election_lease_name, "microgate-controller");
+        assert_eq!(election.leader_election_lease_duration, Duration::from_secs(15));
+        assert_eq!(election.leader_election_renew_deadline, Duration::from_secs(10));
+        assert_eq!(election.leader_election_retry_period, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn leader_election_durations_parse_like_kubernetes_durations() {
+        let cli = Cli::try_parse_from([
+            "microgate",
+            "controller",
+            "--leader-elect",
+            "--leader-election-namespace=ops",
+            "--leader-election-lease-duration=4s",
+            "--leader-election-renew-deadline=2500ms",
+            "--leader-election-retry-period=500ms",
+        ])
+        .expect("valid arguments");
+        let Command::Controller(args) = cli.command else {
+            panic!("parsed {:?}", cli.command)
+        };
+        let election = args.leader_election;
+        assert!(election.leader_elect);
+        assert_eq!(election.leader_election_namespace.as_deref(), Some("ops"));
+        assert_eq!(
+            election.leader_election_renew_deadline,
+            Duration::from_millis(2500)
+        );
+        assert!(
+            Cli::try_parse_from(["microgate", "controller", "--leader-election-retry-period=soon"]).is_err()
+        );
     }
 }

@@ -2,11 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use microgate::{
-    cli::{Cli, Command, ControllerArgs, GatewayArgs, RunArgs},
+    cli::{Cli, Command, ControllerArgs, GatewayArgs, LeaderElectionArgs, RunArgs},
     controller::{self, Prometheus, Scope},
     discovery::{self, DiscoveryMetrics, Registry},
     gateway::{self, GatewayMetrics},
-    telemetry,
+    leader, telemetry,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -59,8 +59,42 @@ async fn kube_client() -> Result<kube::Client, String> {
         .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
 }
 
+/// The leader election settings, if `--leader-elect` asks for it.
+fn leader_election(args: &LeaderElectionArgs) -> Result<Option<leader::Config>, String> {
+    if !args.leader_elect {
+        return Ok(None);
+    }
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            "--leader-elect needs the namespace of the leader Lease: pass --leader-election-namespace \
+             or set POD_NAMESPACE (from the Downward API's metadata.namespace)"
+                .to_owned()
+        })?;
+    let config = leader::Config {
+        namespace,
+        lease_name: args.leader_election_lease_name.clone(),
+        identity: leader::identity(std::env::var("POD_NAME").ok().as_deref()),
+        lease_duration: args.leader_election_lease_duration.get(),
+        renew_deadline: args.leader_election_renew_deadline.get(),
+        retry_period: args.leader_election_retry_period.get(),
+    };
+    config
+        .validate()
+        .map_err(|e| format!("invalid leader election settings: {e}"))?;
+    tracing::info!(
+        lease = %format!("{}/{}", config.namespace, config.lease_name),
+        identity = %config.identity,
+        "leader election on: reconciling only while holding the Lease"
+    );
+    Ok(Some(config))
+}
+
 async fn controller(args: ControllerArgs) -> Result<(), String> {
     telemetry::init_logging(args.log.log_json);
+    let election = leader_election(&args.leader_election)?;
     let client = kube_client().await?;
     let scope = Scope {
         namespace: args.namespace,
@@ -73,6 +107,7 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
         Registry::default(),
         Prometheus::default(),
         admin,
+        election,
         shutdown_signal(),
     )
     .await
@@ -86,6 +121,7 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
 async fn run(args: RunArgs) -> Result<(), String> {
     let controller_args = args.controller;
     telemetry::init_logging(controller_args.log.log_json);
+    let election = leader_election(&controller_args.leader_election)?;
     let client = kube_client().await?;
     let registry = Registry::default();
     let mut prometheus = Prometheus::default();
@@ -102,6 +138,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         registry.clone(),
         prometheus,
         admin,
+        election,
         shutdown_signal(),
     )
     .await

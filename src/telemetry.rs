@@ -19,7 +19,7 @@ use axum::{
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tokio::net::TcpListener;
@@ -56,6 +56,9 @@ pub struct ControllerMetrics {
     pub endpoint_status_writes: Counter,
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
+    /// 1 while this process runs the writers (it holds the leader Lease, or runs without leader
+    /// election), else 0.
+    pub leader: Gauge,
 }
 
 impl ControllerMetrics {
@@ -69,6 +72,7 @@ impl ControllerMetrics {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 ])
             }),
+            leader: Gauge::default(),
         };
         registry.register(
             "microgate_reconciliations",
@@ -89,6 +93,11 @@ impl ControllerMetrics {
             "microgate_reconcile_duration_seconds",
             "Time one reconciliation took",
             metrics.duration.clone(),
+        );
+        registry.register(
+            "microgate_leader",
+            "1 while this process runs the reconcilers (it holds the leader Lease, or leader election is off), else 0",
+            metrics.leader.clone(),
         );
         metrics
     }
@@ -257,5 +266,6 @@ mod tests {
             text.contains("microgate_endpoint_status_writes_total 0"),
             "{text}"
         );
+        assert!(text.contains("microgate_leader 0"), "{text}");
     }
 }

@@ -1,9 +1,11 @@
 //! The operator half of microgate: reconcilers that turn the API's resources into running
 //! Kubernetes objects, and report back in their status.
 //!
-//! [`run`] starts the Microservice controller (kube-runtime's `Controller`: a watch on
-//! Microservices and on the Deployments and Services they own, feeding [`microservice::reconcile`])
-//! and serves the admin endpoints.
+//! [`start`] runs the Microservice controller (kube-runtime's `Controller`: a watch on
+//! Microservices and on the Deployments and Services they own, feeding [`microservice::reconcile`]),
+//! the Gateway controller and the endpoints publisher, the writers; and, throughout, discovery
+//! and the admin endpoints. With leader election the writers run only in the process that holds
+//! the Lease ([`crate::leader`]).
 
 pub mod conditions;
 pub mod context;
@@ -12,22 +14,28 @@ pub mod error;
 pub mod gateway;
 pub mod microservice;
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use futures::StreamExt;
+use futures::{
+    FutureExt, StreamExt,
+    future::{BoxFuture, Shared},
+};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{
     Api, Client, ResourceExt,
     core::DeserializeGuard,
     runtime::{Controller, controller, reflector::ObjectRef, watcher},
 };
+use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::registry::Registry as Prometheus;
+use tokio::sync::{oneshot, watch};
 
 pub use context::{Context, Scope};
 
 use crate::{
     api::{Gateway, Microservice, labels},
     discovery::{self, DiscoveryMetrics, Registry},
+    leader::{self, Role},
     telemetry::{Admin, ControllerMetrics},
 };
 
@@ -48,26 +56,128 @@ pub struct Running<F> {
     pub serve: F,
 }
 
+/// The signal every part of a controller stops on.
+type Shutdown = Shared<BoxFuture<'static, ()>>;
+
 /// Prepares the controller for `scope` with its admin endpoints bound on `admin_addr` (serving
 /// `prometheus`, to which the controller adds its own metrics); awaiting `serve` runs it until
 /// `shutdown` completes.
+///
+/// Discovery and the admin endpoints run throughout. The writers (both reconcilers and the
+/// endpoints publisher) run always when `election` is `None`; otherwise only while this process
+/// holds the leader Lease, and on shutdown the Lease is released once they have stopped.
 pub async fn start(
     client: Client,
     scope: Scope,
     registry: Registry,
     mut prometheus: Prometheus,
     admin_addr: SocketAddr,
+    election: Option<leader::Config>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Running<impl Future<Output = ()>>> {
     let metrics = ControllerMetrics::register(&mut prometheus);
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
+    let leading = metrics.leader.clone();
     let admin = Admin::new(prometheus);
     let (admin_addr, serve_admin) = admin.bind(admin_addr).await?;
     let ctx = Context::new(client.clone(), registry.clone(), metrics);
-    // Both controllers stop on the same signal.
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let shutdown_gateways = shutdown.clone();
+    let shutdown: Shutdown = shutdown.boxed().shared();
+    let discovery = discovery::run(
+        client.clone(),
+        scope.namespace.clone(),
+        registry.clone(),
+        discovery_metrics,
+    );
+    let election_client = client.clone();
+    let writers = {
+        let admin = admin.clone();
+        let shutdown = shutdown.clone();
+        move || writers(&client, &scope, &registry, &ctx, &admin, shutdown.clone())
+    };
+    let serve = async move {
+        let controllers = async move {
+            match election {
+                None => {
+                    leading.set(1);
+                    writers().await;
+                }
+                Some(config) => {
+                    let elector = leader::Elector::new(election_client, config);
+                    lead(elector, writers, &admin, &leading, shutdown).await;
+                }
+            }
+        };
+        // Ends when the controllers have shut down gracefully (or the admin server failed).
+        tokio::select! {
+            () = controllers => {}
+            () = serve_admin => {}
+            () = discovery => {}
+        }
+    };
+    Ok(Running { admin_addr, serve })
+}
 
+/// Runs the writers while `elector` holds the Lease, until `shutdown`; then releases the Lease.
+/// A standby is ready (`/readyz`) as soon as it knows it is one: its gateway and discovery work.
+async fn lead<W, F>(
+    elector: leader::Elector,
+    mut writers: W,
+    admin: &Admin,
+    leading: &Gauge,
+    shutdown: Shutdown,
+) where
+    W: FnMut() -> F,
+    F: Future<Output = ()>,
+{
+    let (role, mut roles) = watch::channel(Role::Unknown);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let election = elector.run(&role, async {
+        let _ = stopped.await;
+    });
+    let supervise = async move {
+        loop {
+            let current = *roles.borrow_and_update();
+            match current {
+                Role::Leader => {
+                    leading.set(1);
+                    let term = writers();
+                    let lost = tokio::select! {
+                        // Only a graceful shutdown ends the writers.
+                        () = term => false,
+                        _ = roles.wait_for(|r| *r != Role::Leader) => true,
+                    };
+                    // Dropping the writers aborts their reconciliations in flight.
+                    leading.set(0);
+                    if !lost {
+                        break;
+                    }
+                    tracing::warn!("stopped the controllers: no longer the leader");
+                    continue;
+                }
+                Role::Standby => admin.set_ready(),
+                Role::Unknown => {}
+            }
+            tokio::select! {
+                changed = roles.changed() => if changed.is_err() { break },
+                () = shutdown.clone() => break,
+            }
+        }
+        // The writers have stopped: let the elector release the Lease.
+        let _ = stop.send(());
+    };
+    tokio::join!(election, supervise);
+}
+
+/// The writers: the Microservice and Gateway reconcilers and the endpoints publisher. The
+/// returned future ends when `shutdown` has stopped both reconcilers gracefully.
+fn writers(
+    client: &Client,
+    scope: &Scope,
+    registry: &Registry,
+    ctx: &Arc<Context>,
+    admin: &Admin,
+    shutdown: Shutdown,
+) -> impl Future<Output = ()> + use<> {
     let mut microservices = watcher::Config::default().any_semantic();
     if let Some(selector) = &scope.label_selector {
         microservices = microservices.labels(selector);
@@ -75,23 +185,17 @@ pub async fn start(
     // Only what microgate made: the owned watches stay small in a big cluster.
     let owned = watcher::Config::default().labels(&format!("{}=microgate", labels::MANAGED_BY));
     let controller = Controller::new(
-        namespaced_or_all::<DeserializeGuard<Microservice>>(&client, &scope),
+        namespaced_or_all::<DeserializeGuard<Microservice>>(client, scope),
         microservices,
     )
-    .owns(namespaced_or_all::<Deployment>(&client, &scope), owned.clone())
-    .owns(namespaced_or_all::<Service>(&client, &scope), owned)
+    .owns(namespaced_or_all::<Deployment>(client, scope), owned.clone())
+    .owns(namespaced_or_all::<Service>(client, scope), owned)
     .with_config(controller::Config::default().concurrency(16))
-    .graceful_shutdown_on(shutdown);
+    .graceful_shutdown_on(shutdown.clone());
     let store = controller.store();
-    let discovery = discovery::run(
-        client.clone(),
-        scope.namespace.clone(),
-        registry.clone(),
-        discovery_metrics,
-    );
     let publish_endpoints = endpoints::publish(
         client.clone(),
-        registry,
+        registry.clone(),
         store.clone(),
         ctx.metrics.endpoint_status_writes.clone(),
     );
@@ -101,7 +205,7 @@ pub async fn start(
         gateways_config = gateways_config.labels(selector);
     }
     let gateway_controller = Controller::new(
-        namespaced_or_all::<Gateway>(&client, &scope),
+        namespaced_or_all::<Gateway>(client, scope),
         gateways_config.clone(),
     );
     let gateways = gateway_controller.store();
@@ -109,7 +213,7 @@ pub async fn start(
     // of its namespace that routes to it.
     let gateway_controller = gateway_controller
         .watches(
-            namespaced_or_all::<Microservice>(&client, &scope),
+            namespaced_or_all::<Microservice>(client, scope),
             gateways_config,
             move |ms: Microservice| {
                 let namespace = ms.namespace();
@@ -129,9 +233,11 @@ pub async fn start(
             },
         )
         .with_config(controller::Config::default().concurrency(4))
-        .graceful_shutdown_on(shutdown_gateways);
+        .graceful_shutdown_on(shutdown);
 
-    let serve = async move {
+    let ctx = ctx.clone();
+    let admin = admin.clone();
+    async move {
         let ready = async move {
             if store.wait_until_ready().await.is_ok() {
                 admin.set_ready();
@@ -150,14 +256,10 @@ pub async fn start(
                 tracing::debug!(%error, "controller event");
             }
         });
-        // Ends when the controllers have shut down gracefully (or the admin server failed).
         tokio::select! {
             () = reconcile => {}
-            () = serve_admin => {}
             () = ready => {}
-            () = discovery => {}
             () = publish_endpoints => {}
         }
-    };
-    Ok(Running { admin_addr, serve })
+    }
 }

@@ -76,6 +76,7 @@ impl Platform {
             registry.clone(),
             prometheus,
             any,
+            None,
             std::future::pending(),
         )
         .await

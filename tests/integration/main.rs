@@ -69,6 +69,7 @@ impl ControllerUnderTest {
             registry.clone(),
             Default::default(),
             any_port,
+            None,
             std::future::pending(),
         )
         .await

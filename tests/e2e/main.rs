@@ -30,6 +30,8 @@ use microgate_test_support::{
 };
 use serde_json::json;
 
+mod leader;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The controller and the gateway of one test, sharing a registry.

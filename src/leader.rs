@@ -243,36 +243,53 @@ impl Elector {
             };
             tracing::info!(%lease, identity = %config.identity, "acquired the leader Lease: leading");
             role.send_replace(Role::Leader);
-            // The leader: renew until a renewal fails for good or the deadline passes.
+            // The leader: renew every retry period; step down when another holds the Lease or
+            // the renew deadline passes without a renewal (the last try is cut short at it).
+            let mut last_error = None;
             let reason = loop {
+                let deadline = renewed + config.renew_deadline;
                 tokio::select! {
-                    () = tokio::time::sleep(config.retry_period) => {}
+                    () = tokio::time::sleep_until(deadline.min(Instant::now() + config.retry_period)) => {}
                     () = &mut stop => {
                         self.step_down(role, &lease).await;
                         return;
                     }
                 }
                 let started = Instant::now();
-                let deadline = renewed + config.renew_deadline;
-                let attempt = tokio::select! {
-                    attempt = self.try_acquire_or_renew(deadline) => attempt,
-                    () = &mut stop => {
-                        self.step_down(role, &lease).await;
-                        return;
+                let attempt = if started >= deadline {
+                    Err(LeaseError::Timeout {
+                        namespace: config.namespace.clone(),
+                        name: config.lease_name.clone(),
+                        after: config.renew_deadline,
+                    })
+                } else {
+                    tokio::select! {
+                        attempt = self.try_acquire_or_renew(deadline) => attempt,
+                        () = &mut stop => {
+                            self.step_down(role, &lease).await;
+                            return;
+                        }
                     }
                 };
                 match attempt {
-                    Ok(true) => renewed = started,
+                    Ok(true) => {
+                        renewed = started;
+                        last_error = None;
+                    }
                     Ok(false) => {
                         break format!("{} holds it now", self.seen.holder().unwrap_or("another process"));
                     }
                     Err(error) if Instant::now() >= deadline => {
+                        let error = last_error.unwrap_or(error);
                         break format!(
                             "no renewal within the renew deadline ({:?}); last error: {error}",
                             config.renew_deadline
                         );
                     }
-                    Err(error) => tracing::warn!(%error, "could not renew the leader Lease; retrying"),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not renew the leader Lease; retrying");
+                        last_error = Some(error);
+                    }
                 }
             };
             role.send_replace(Role::Standby);

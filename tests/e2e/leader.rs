@@ -4,6 +4,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
     process::Stdio,
     sync::{
         Arc,
@@ -13,10 +14,11 @@ use std::{
 };
 
 use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease};
-use kube::api::PostParams;
+use kube::{api::PostParams, config::Kubeconfig};
 use microgate::api::{Gateway, Microservice};
 use microgate_test_support::{
     TestNamespace, cluster, probe,
+    proxy::CuttableProxy,
     wait::{self, Probe},
     with_namespace,
 };
@@ -69,6 +71,17 @@ impl Microgate {
     /// Starts `microgate controller|run --leader-elect` for `ns`, as Pod `name`; its output goes
     /// to the test's, prefixed with the name.
     fn start(ns: &TestNamespace, name: &'static str, mode: Mode, timings: &[&str]) -> Self {
+        Self::start_with(ns, name, mode, timings, &cluster::kubeconfig_path())
+    }
+
+    /// [`start`](Self::start), reaching the API server as `kubeconfig` says.
+    fn start_with(
+        ns: &TestNamespace,
+        name: &'static str,
+        mode: Mode,
+        timings: &[&str],
+        kubeconfig: &Path,
+    ) -> Self {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(env!("CARGO_BIN_EXE_microgate"));
         match mode {
@@ -81,7 +94,7 @@ impl Microgate {
             .arg("--leader-elect")
             .arg(format!("--leader-election-namespace={}", ns.name))
             .args(timings)
-            .env("KUBECONFIG", cluster::kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", name)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
@@ -382,6 +395,84 @@ async fn a_standby_gateway_serves_throughout_a_failover() {
             "traffic flowed throughout: {before_kill} before the kill, {ok} in all"
         );
         assert!(standby.leads().await.expect("the new leader's metrics"));
+    })
+    .await;
+}
+
+/// A kubeconfig like the cluster's whose API server is at `server`; removed when dropped.
+struct KubeconfigFile(PathBuf);
+
+impl KubeconfigFile {
+    fn pointing_at(server: SocketAddr, ns: &TestNamespace) -> Self {
+        let mut kubeconfig = Kubeconfig::read_from(cluster::kubeconfig_path()).expect("read the kubeconfig");
+        for named in &mut kubeconfig.clusters {
+            if let Some(cluster) = named.cluster.as_mut() {
+                cluster.server = Some(format!("https://{server}"));
+            }
+        }
+        // JSON is YAML: kube reads it back as it is.
+        let text = serde_json::to_string(&kubeconfig).expect("serialize the kubeconfig");
+        let path = std::env::temp_dir().join(format!("microgate-{}-kubeconfig.json", ns.name));
+        std::fs::write(&path, text).expect("write the kubeconfig");
+        Self(path)
+    }
+}
+
+impl Drop for KubeconfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Waits until `process`'s metrics say it no longer leads; returns when.
+async fn stopped_leading(process: &Microgate, timeout: Duration) -> Instant {
+    wait::until(format!("{} to stop leading", process.name), timeout, || async {
+        match process.leads().await {
+            Ok(false) => Probe::Done(Instant::now()),
+            Ok(true) => Probe::NotYet("microgate_leader 1".into()),
+            Err(error) => Probe::NotYet(error),
+        }
+    })
+    .await
+    .expect("the leader steps down")
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_stops_reconciling_before_the_standby_takes_over() {
+    with_namespace("leader-partition", |ns| async move {
+        cluster::install_crds(&ns.client, microgate::api::crds()).await;
+        let config = cluster::config().await.expect("the cluster's client configuration");
+        let api_port = config.cluster_url.port_u16().expect("the API server URL has a port");
+        let proxy = CuttableProxy::start(([127, 0, 0, 1], api_port).into())
+            .await
+            .expect("start the proxy");
+        let kubeconfig = KubeconfigFile::pointing_at(proxy.addr(), &ns);
+        // alpha first, through the proxy, so that it leads.
+        let alpha = Microgate::start_with(&ns, "alpha", Mode::Controller, &SHORT, &kubeconfig.0);
+        held_by(&ns, "alpha", WAIT).await;
+        let beta = Microgate::start(&ns, "beta", Mode::Controller, &SHORT);
+        assert_eq!(one_leader(&ns, &[&alpha, &beta]).await, 0, "alpha leads");
+
+        let cut = Instant::now();
+        proxy.cut();
+        let stepped_down = stopped_leading(&alpha, SHORT_LEASE + SLACK).await - cut;
+        let took_over = held_by(&ns, "beta", SHORT_LEASE + SLACK).await - cut;
+        eprintln!(
+            "after the cut: alpha stopped reconciling after {stepped_down:?}, beta took over after {took_over:?}"
+        );
+        assert!(
+            stepped_down < took_over,
+            "alpha still reconciled when beta took over ({stepped_down:?} ≥ {took_over:?})"
+        );
+
+        // Back online, alpha finds the Lease taken and stays a standby.
+        proxy.restore();
+        let before = alpha.reconciliations().await;
+        create_microservice(&ns, "after", 1).await;
+        reconciled(&ns, "after").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(one_leader(&ns, &[&alpha, &beta]).await, 1, "beta leads");
+        assert_eq!(alpha.reconciliations().await, before, "alpha reconciled nothing once back");
     })
     .await;
 }

@@ -14,7 +14,7 @@ pub mod error;
 pub mod gateway;
 pub mod microservice;
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::{
     FutureExt, StreamExt,
@@ -24,7 +24,11 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{
     Api, Client, ResourceExt,
     core::DeserializeGuard,
-    runtime::{Controller, controller, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, controller,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::registry::Registry as Prometheus;
@@ -190,9 +194,9 @@ fn writers(
     )
     .owns(namespaced_or_all::<Deployment>(client, scope), owned.clone())
     .owns(namespaced_or_all::<Service>(client, scope), owned)
-    .with_config(controller::Config::default().concurrency(16))
-    .graceful_shutdown_on(shutdown.clone());
+    .with_config(controller::Config::default().concurrency(16));
     let store = controller.store();
+    let controller = controller.graceful_shutdown_on(once_ready(shutdown.clone(), store.clone()));
     let publish_endpoints = endpoints::publish(
         client.clone(),
         registry.clone(),
@@ -209,6 +213,7 @@ fn writers(
         gateways_config.clone(),
     );
     let gateways = gateway_controller.store();
+    let gateways_ready = gateways.clone();
     // A Microservice appearing, going or changing readiness changes the status of every Gateway
     // of its namespace that routes to it.
     let gateway_controller = gateway_controller
@@ -233,7 +238,7 @@ fn writers(
             },
         )
         .with_config(controller::Config::default().concurrency(4))
-        .graceful_shutdown_on(shutdown);
+        .graceful_shutdown_on(once_ready(shutdown.clone(), gateways_ready));
 
     let ctx = ctx.clone();
     let admin = admin.clone();
@@ -256,10 +261,31 @@ fn writers(
                 tracing::debug!(%error, "controller event");
             }
         });
+        // Reconciliations in flight may finish after the signal, within a deadline.
+        let abandon = async move {
+            shutdown.await;
+            tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+            tracing::warn!(deadline = ?SHUTDOWN_DEADLINE, "reconcilers still busy at the shutdown deadline; stopping them");
+        };
         tokio::select! {
             () = reconcile => {}
             () = ready => {}
             () = publish_endpoints => {}
+            () = abandon => {}
         }
     }
+}
+
+/// How long the reconcilers may take to finish their work in flight after the shutdown signal.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `shutdown`, but not before `store` has been filled: kube-runtime's graceful shutdown stops
+/// the watches, and a controller whose store was not filled yet would wait for it forever.
+async fn once_ready<K>(shutdown: Shutdown, store: Store<K>)
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    shutdown.await;
+    let _ = store.wait_until_ready().await;
 }

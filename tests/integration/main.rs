@@ -5,6 +5,7 @@ mod api_validation;
 mod discovery;
 mod examples;
 mod gateway;
+mod lifecycle;
 mod microservice;
 
 use std::{net::SocketAddr, time::Duration};

@@ -314,12 +314,14 @@ impl Elector {
     /// One round: reads the Lease and takes or renews it if it may. `Ok(true)`: it holds the
     /// Lease now; `Ok(false)`: another does (or won a race).
     async fn try_acquire_or_renew(&mut self, deadline: Instant) -> Result<bool, LeaseError> {
-        let now = Instant::now();
         let params = PostParams::default();
-        let Some(current) = self
+        let read = self
             .call(deadline, "get", self.api.get_opt(&self.config.lease_name))
-            .await?
-        else {
+            .await?;
+        // When the answer came, not when the question left: a slow answer may show a renewal
+        // made after the question, and its holder's term runs from that renewal.
+        let now = Instant::now();
+        let Some(current) = read else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.config.lease_name.clone()),

@@ -1,6 +1,7 @@
 //! What microgate tells its operators: structured logs (tracing), Prometheus metrics, and the
 //! admin endpoints `/metrics`, `/healthz` (the process is alive) and `/readyz` (its caches are
-//! synced and it is doing its job).
+//! synced and it is doing its job; with leader election, a standby is ready once it has read the
+//! Lease, since its discovery and gateway serve all the same).
 
 use std::{
     net::SocketAddr,

@@ -138,11 +138,24 @@ fn args(deployment: &Value) -> Vec<&str> {
 #[test]
 fn values_choose_the_mode_the_scope_and_leader_election() {
     let embedded = render("microgate", "microgate-system", &[]);
-    assert_eq!(args(object(&embedded, "Deployment", "microgate")), ["run"]);
+    assert_eq!(
+        args(object(&embedded, "Deployment", "microgate")),
+        ["run", "--leader-elect"]
+    );
+    assert_eq!(
+        object(&embedded, "Role", "microgate-leader-election")["metadata"]["namespace"],
+        "microgate-system"
+    );
+    let alone = render(
+        "microgate",
+        "microgate-system",
+        &["--set", "leaderElection.enabled=false"],
+    );
+    assert_eq!(args(object(&alone, "Deployment", "microgate")), ["run"]);
     assert!(
-        !embedded.iter().any(|o| o["kind"] == "Role"),
-        "no leader-election Role by default: {}",
-        kinds(&embedded)
+        !alone.iter().any(|o| o["kind"] == "Role"),
+        "no leader-election Role without leader election: {}",
+        kinds(&alone)
     );
 
     let dedicated = render(
@@ -152,7 +165,7 @@ fn values_choose_the_mode_the_scope_and_leader_election() {
     );
     assert_eq!(
         args(object(&dedicated, "Deployment", "microgate")),
-        ["controller"]
+        ["controller", "--leader-elect"]
     );
     assert_eq!(
         args(object(&dedicated, "Deployment", "microgate-gateway")),
@@ -214,7 +227,13 @@ fn values_choose_the_mode_the_scope_and_leader_election() {
         "{env}"
     );
 
-    let refused = helm(&["template", "microgate", "helm/microgate", "--set", "replicas=2"]);
+    let refused = helm(&[
+        "template",
+        "microgate",
+        "helm/microgate",
+        "--set",
+        "replicas=2,leaderElection.enabled=false",
+    ]);
     assert!(
         !refused.status.success(),
         "two controllers without leader election must be refused"

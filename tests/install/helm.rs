@@ -107,7 +107,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
                 .and_then(|s| s.template.spec.as_ref())
                 .map(|s| s.containers[0].args.clone())
         };
-        assert_eq!(args(&upgraded), Some(Some(vec!["controller".to_owned()])));
+        assert_eq!(
+            args(&upgraded),
+            Some(Some(vec!["controller".to_owned(), "--leader-elect".to_owned()]))
+        );
         // The dedicated gateway's Pods are admitted as well.
         let gateway = deployments
             .get(&format!("{release}-gateway"))

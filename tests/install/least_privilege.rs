@@ -189,7 +189,19 @@ impl HostOperator {
         let output = std::fs::File::create(&log).expect("create the operator's log");
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_microgate"));
-        for arg in container["args"].as_array().expect("args") {
+        let args = container["args"].as_array().expect("args");
+        if args.iter().any(|a| a == "--leader-elect") {
+            // A Lease left by an earlier run on this cluster would leave `create` unused.
+            kubectl(&[
+                "delete",
+                "lease",
+                "microgate-controller",
+                "-n",
+                namespace,
+                "--ignore-not-found",
+            ]);
+        }
+        for arg in args {
             command.arg(arg.as_str().expect("a string"));
         }
         for var in ["RUST_LOG", "MICROGATE_NAMESPACE", "MICROGATE_SELECTOR"] {
@@ -628,7 +640,8 @@ async fn namespaced_only_mode_needs_only_a_role_in_its_namespace() {
         let objects = render("mg-scoped", &ns.name, &["--set", &watch]);
         let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
         assert!(!kinds.iter().any(|k| k.starts_with("Cluster")), "{kinds:?}");
-        apply_rbac(&objects, &ns.name, 3);
+        // The operator's account, Role and RoleBinding; the leader election's Role and RoleBinding.
+        apply_rbac(&objects, &ns.name, 5);
         let deployment = object(&objects, "Deployment", "mg-scoped");
         let operator = Process {
             deployment,
@@ -647,7 +660,8 @@ async fn a_dedicated_gateway_needs_only_to_read_and_report_programmed() {
     with_namespace("dedicated-gateway", |ns| async move {
         let values = format!("gateway.mode=dedicated,watchNamespace={}", ns.name);
         let objects = render("mg-split", &ns.name, &["--set", &values]);
-        apply_rbac(&objects, &ns.name, 6);
+        // Each account, Role and RoleBinding of the controller and the gateway; the leader election's.
+        apply_rbac(&objects, &ns.name, 8);
         let controller = Process {
             deployment: object(&objects, "Deployment", "mg-split"),
             namespace: &ns.name,

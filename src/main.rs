@@ -153,7 +153,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
             registry,
             gateway::Options {
                 listen_address: args.listen_address,
-                access_log: args.access_log
+                access_log: args.access_log,
+                // Readiness is the controller's (caches synced, or a standby).
+                on_programmed: None,
             },
             gateway_metrics,
             shutdown_signal()
@@ -175,12 +177,20 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         .bind(args.admin_addr)
         .await
         .map_err(|e| format!("cannot serve the admin endpoints on {}: {e}", args.admin_addr))?;
-    admin.set_ready();
     tracing::info!(admin = %admin_addr, "gateway started");
     let namespace = args.namespace.clone();
+    let ready = admin.clone();
+    let options = gateway::Options {
+        listen_address: args.listen_address,
+        access_log: args.access_log,
+        on_programmed: Some(Box::new(move || {
+            ready.set_ready();
+            tracing::info!("route table programmed; ready");
+        })),
+    };
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
-        () = gateway::run(client, args.namespace, registry, gateway::Options { listen_address: args.listen_address, access_log: args.access_log }, gateway_metrics, shutdown_signal()) => {}
+        () = gateway::run(client, args.namespace, registry, options, gateway_metrics, shutdown_signal()) => {}
         () = serve_admin => {}
     }
     tracing::info!("stopped");

@@ -79,6 +79,7 @@ impl PodIndex {
             watcher::Event::InitDone => {
                 let listed = self.relist.take().unwrap_or_default();
                 self.replace_all(listed);
+                self.registry.mark_synced();
             }
             watcher::Event::Apply(pod) => {
                 let Some(key) = pod_key(&pod) else { return };

@@ -59,6 +59,8 @@ pub struct Registry {
     services: Arc<RwLock<HashMap<ServiceKey, Arc<ServiceEndpoints>>>>,
     version: Arc<AtomicU64>,
     changed: Arc<watch::Sender<u64>>,
+    /// True once the first full list of Pods has been published.
+    synced: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Registry {
@@ -67,11 +69,28 @@ impl Default for Registry {
             services: Arc::default(),
             version: Arc::default(),
             changed: Arc::new(watch::Sender::new(0)),
+            synced: Arc::new(watch::Sender::new(false)),
         }
     }
 }
 
 impl Registry {
+    /// Says that every Pod of the first full list is published (discovery calls it).
+    pub fn mark_synced(&self) {
+        if !self.synced.send_replace(true) {
+            // Subscribers wake even when the list published nothing (no Pods at all).
+            self.changed.send_modify(|_| ());
+        }
+    }
+
+    /// Resolves once the first full list of Pods is published: before that, a Microservice
+    /// without endpoints may only not be known yet.
+    pub async fn synced(&self) {
+        let mut synced = self.synced.subscribe();
+        // The sender lives as long as this registry, so waiting cannot fail.
+        let _ = synced.wait_for(|synced| *synced).await;
+    }
+
     /// The cell of `key`'s endpoints, created empty if nothing is known of it yet. Hold it to
     /// read the service's snapshots without touching the registry again.
     pub fn service(&self, key: &ServiceKey) -> Arc<ServiceEndpoints> {
@@ -133,6 +152,23 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+
+    #[tokio::test]
+    async fn synced_resolves_once_marked_and_wakes_subscribers_even_without_endpoints() {
+        let registry = Registry::default();
+        let mut changes = registry.subscribe();
+        assert!(registry.synced().now_or_never().is_none());
+        registry.mark_synced();
+        assert!(registry.synced().now_or_never().is_some());
+        assert!(changes.has_changed().expect("sender alive"));
+        changes.mark_unchanged();
+        registry.mark_synced();
+        assert!(
+            !changes.has_changed().expect("sender alive"),
+            "only the first mark wakes"
+        );
+    }
 
     fn endpoint(pod: &str, ready: bool) -> Endpoint {
         Endpoint {

@@ -20,7 +20,7 @@ pub mod upstream;
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{WatchStreamExt, predicates, reflector, watcher},
@@ -35,12 +35,14 @@ use crate::{
 };
 
 /// How the data plane runs.
-#[derive(Clone, Copy, Debug)]
 pub struct Options {
     /// The address every listener binds (ports come from the Gateways).
     pub listen_address: IpAddr,
     /// Log one structured event per request (target `microgate::access`).
     pub access_log: bool,
+    /// Called once the first route table is in place and its listeners are bound (e.g. to turn
+    /// `/readyz` ready: before that, every request would get a 404).
+    pub on_programmed: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// How long a stopping gateway waits for the requests in flight.
@@ -103,6 +105,7 @@ pub async fn run(
     ));
     let mut listeners = server::Listeners::new(options.listen_address, proxy);
     let mut registry_changes = registry.subscribe();
+    let mut on_programmed = options.on_programmed;
     let program = async {
         tokio::pin!(shutdown);
         tokio::select! {
@@ -128,6 +131,12 @@ pub async fn run(
             let ports: Vec<u16> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));
             listeners.set_ports(ports.into_iter()).await;
+            // Ready once the table was compiled from complete endpoint lists, not before.
+            if registry.synced().now_or_never().is_some()
+                && let Some(programmed) = on_programmed.take()
+            {
+                programmed();
+            }
             for gateway in gateways.state() {
                 report_programmed(&status_client, &gateway, &listeners).await;
             }

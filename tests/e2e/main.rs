@@ -30,6 +30,7 @@ use microgate_test_support::{
 };
 use serde_json::json;
 
+mod gateway_process;
 mod leader;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -90,6 +91,7 @@ impl Platform {
             gateway::Options {
                 listen_address: [127, 0, 0, 1].into(),
                 access_log: true,
+                on_programmed: None,
             },
             metrics,
             shutdown,

@@ -788,6 +788,56 @@ async fn least_request_sends_less_to_a_slow_pod() {
 }
 
 #[tokio::test]
+async fn peak_ewma_sends_less_to_a_slow_pod() {
+    with_namespace("e2e-ewma", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform
+            .microservice(&ns, "echo", 3, json!({"loadBalancer": {"policy": "PeakEwma"}}))
+            .await;
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+            )
+            .await;
+        let slow = pods_of(&ns, "echo").await[0].clone();
+        ns.backend(&slow)
+            .expect("backend")
+            .delay(Duration::from_millis(100));
+        // One request at a time: nothing is ever in flight elsewhere, only latency can steer.
+        let counts = traffic(platform.listener, "/", 150, 1).await;
+        let to_slow = counts.get(&(200, slow.clone())).copied().unwrap_or(0);
+        // Round robin would send it a third (50).
+        assert!(to_slow < 25, "the slow pod got {to_slow} of 150: {counts:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_upstreams_retry_after_is_waited_before_the_retry() {
+    with_namespace("e2e-retry-after", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        let routes = json!([{"name": "all", "backends": [{"microservice": "echo"}], "timeout": "10s",
+            "retry": {"attempts": 1, "retryOn": ["retriable-status-codes"], "retriableStatusCodes": [503],
+                "backoff": {"base": "1ms", "max": "2ms"}}}]);
+        platform.gateway(&ns, routes).await;
+        let pod = &pods_of(&ns, "echo").await[0];
+        let backend = ns.backend(pod).expect("backend");
+        backend.fail_next_with_retry_after(1, StatusCode::SERVICE_UNAVAILABLE, 1);
+        let before = backend.requests();
+        let started = Instant::now();
+        let answer = probe::get(platform.listener, "/").await.expect("an answer");
+        let took = started.elapsed();
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        assert_eq!(backend.requests() - before, 2, "the 503, then the retry");
+        // The backoff alone is at most 2 ms: only Retry-After makes the retry wait a second.
+        assert!(took >= Duration::from_secs(1), "retried after {took:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn consistent_hashing_keeps_a_key_on_one_pod() {
     with_namespace("e2e-hash", |ns| async move {
         let platform = Platform::start(&ns).await;

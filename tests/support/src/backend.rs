@@ -45,6 +45,8 @@ struct State {
     delay_ms: AtomicU64,
     fail_next: AtomicU32,
     fail_status: AtomicU16,
+    /// `Retry-After` seconds sent with the scripted failures (0: none).
+    fail_retry_after: AtomicU64,
     close_mid_response: AtomicBool,
     requests: AtomicU64,
     /// Connections accepted so far, and how many were open at once at most.
@@ -96,6 +98,12 @@ impl Backend {
         self.state.fail_next.store(count, Ordering::Relaxed);
     }
 
+    /// Like [`fail_next`](Self::fail_next), each failure saying `Retry-After: <seconds>`.
+    pub fn fail_next_with_retry_after(&self, count: u32, status: StatusCode, seconds: u64) {
+        self.state.fail_retry_after.store(seconds, Ordering::Relaxed);
+        self.fail_next(count, status);
+    }
+
     /// Send the status line, headers and half the body, then drop the connection.
     pub fn close_mid_response(&self, enabled: bool) {
         self.state.close_mid_response.store(enabled, Ordering::Relaxed);
@@ -105,7 +113,7 @@ impl Backend {
     pub fn reset(&self) {
         self.respond_with_status(StatusCode::OK);
         self.delay(Duration::ZERO);
-        self.fail_next(0, StatusCode::SERVICE_UNAVAILABLE);
+        self.fail_next_with_retry_after(0, StatusCode::SERVICE_UNAVAILABLE, 0);
         self.close_mid_response(false);
     }
 }
@@ -127,6 +135,7 @@ impl RunningBackend {
             delay_ms: AtomicU64::new(0),
             fail_next: AtomicU32::new(0),
             fail_status: AtomicU16::new(StatusCode::SERVICE_UNAVAILABLE.as_u16()),
+            fail_retry_after: AtomicU64::new(0),
             close_mid_response: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -238,14 +247,21 @@ async fn handle(
     let status =
         StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let length = body.len();
-    Ok(response(
+    let mut answer = response(
         status,
         &state.pod,
         &version,
         length,
         received,
         Full::new(body).map_err(|never| match never {}).boxed(),
-    ))
+    );
+    let retry_after = state.fail_retry_after.load(Ordering::Relaxed);
+    if failing && retry_after > 0 {
+        answer
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, retry_after.into());
+    }
+    Ok(answer)
 }
 
 fn response(

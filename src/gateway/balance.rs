@@ -200,13 +200,16 @@ impl Pool {
         }
         let chosen = match self.policy {
             LoadBalancerPolicy::RoundRobin => {
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-                let e = &self.endpoints[i];
-                if avoided(e) {
-                    &self.endpoints[(i + 1) % n]
-                } else {
-                    e
+                // An avoided endpoint's turn goes to the next turn's holder, not always to its
+                // neighbour (which would then take twice its share while the other is ejected).
+                let mut e = &self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n];
+                for _ in 1..n {
+                    if !avoided(e) {
+                        break;
+                    }
+                    e = &self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n];
                 }
+                e
             }
             LoadBalancerPolicy::Random => {
                 let e = &self.endpoints[random_below(n)];
@@ -329,6 +332,25 @@ mod tests {
             counts[pool.index_of(&e)] += 1;
         }
         counts
+    }
+
+    #[test]
+    fn round_robin_spreads_an_ejected_endpoints_turns_over_the_others() {
+        let pool = Pool::new(
+            LoadBalancerPolicy::RoundRobin,
+            &endpoints(3),
+            None,
+            &Arc::default(),
+        );
+        let ejected = pool.endpoints[0].clone();
+        ejected.ejected_until_us.store(u64::MAX, Ordering::Relaxed);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..3000 {
+            let picked = pool.pick(None, None).expect("an endpoint");
+            *counts.entry(picked.pod.to_string()).or_insert(0) += 1;
+        }
+        assert!(!counts.contains_key(ejected.pod.as_ref()), "{counts:?}");
+        assert!(counts.values().all(|&n| (1400..=1600).contains(&n)), "{counts:?}");
     }
 
     #[test]

@@ -211,6 +211,40 @@ for r in callgrind:
     results["callgrind"][r["proxy"]] = {"per_request": med(per) if per else None, "intervals": per,
                                         "requests": r["requests"], "success_rate": r["success_rate"]}
 
+# ---- where microgate's instructions go (the second callgrind interval), per request
+def profile(path, requests, top=20):
+    """The `top` heaviest functions of a callgrind_annotate listing, in instructions per request.
+
+    Frames that were on the stack when the interval was dumped (thread start, the runtime's worker
+    loop) are listed with the whole interval's cost; they say nothing and are left out."""
+    if not os.path.exists(path):
+        return []
+    rows, total = [], None
+    for line in open(path):
+        parts = line.split(None, 2)
+        if len(parts) < 3 or not parts[0].replace(",", "").isdigit():
+            continue
+        ir = int(parts[0].replace(",", ""))
+        if "PROGRAM TOTALS" in line:
+            total = ir
+            continue
+        where = parts[2].split(")", 1)[-1].strip() if parts[1].startswith("(") and not parts[1].endswith(")") else parts[2].strip()
+        if total and ir >= 0.995 * total:
+            continue
+        name = where.rsplit(" [", 1)[0]
+        name = name.split(":", 1)[1] if ":" in name and not name.startswith(":") else name
+        rows.append((name, ir / requests, ir / total if total else None))
+        if len(rows) == top:
+            break
+    return rows
+
+
+if "microgate" in results["callgrind"]:
+    n = results["callgrind"]["microgate"]["requests"]
+    for mode in ("exclusive", "inclusive"):
+        results["callgrind"]["microgate"][f"top_{mode}"] = profile(
+            os.path.join(OUT, "callgrind", f"microgate-{mode}.txt"), n)
+
 # ---- the bar (DESIGN §7)
 def verdict(ok):
     return "n/a" if ok is None else ("**met**" if ok else "**not met**")
@@ -372,6 +406,21 @@ if cg:
 else:
     md.append("Not measured in this run (BENCH_CALLGRIND_N=0 or callgrind failed).\n")
 
+top = results["callgrind"].get("microgate", {})
+if top.get("top_exclusive"):
+    md.append("Where microgate's instructions go (second interval; `callgrind_annotate`, the heaviest functions by "
+              "their own instructions, then including their callees; per proxied request):\n")
+    md.append("| function (exclusive) | instr. / request | share |")
+    md.append("|---|---|---|")
+    for name, per, share in top["top_exclusive"]:
+        md.append(f"| `{name[:110]}` | {per:,.0f} | {share * 100:.1f} % |")
+    md.append("")
+    md.append("| function (inclusive) | instr. / request | share |")
+    md.append("|---|---|---|")
+    for name, per, share in top.get("top_inclusive", []):
+        md.append(f"| `{name[:110]}` | {per:,.0f} | {share * 100:.1f} % |")
+    md.append("")
+
 if results["h2"]:
     md.append("### HTTP/2 downstream (h2c prior knowledge), HTTP/1.1 upstream, 1 worker\n")
     md.append("| proxy | req/s median [min–max] | req per CPU-second | failed | peak RSS |")
@@ -401,7 +450,8 @@ if results["retry"]:
 if spreads:
     md.append("### Round-robin spread (30 requests through each proxy, by `x-backend`)\n")
     for s in spreads:
-        md.append(f"- {NAMES.get(s['target'], s['target'])}: " + ", ".join(f"{b} {n}" for b, n in sorted(s["backends"].items())))
+        w = s.get("workers")
+        md.append(f"- {NAMES.get(s['target'], s['target'])}" + (f", {w} worker{'s' if w != 1 else ''}" if w else "") + ": " + ", ".join(f"{b} {n}" for b, n in sorted(s["backends"].items())))
     md.append("")
 if idle:
     md.append("microgate RSS idle (after start, before traffic): " +

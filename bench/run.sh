@@ -14,7 +14,7 @@
 #
 # Knobs (environment):
 #   BENCH_ROUNDS       rounds per measurement, order reversed every other round (default 5)
-#   BENCH_SECONDS      seconds per round (default 6)
+#   BENCH_SECONDS      seconds per round (default 5)
 #   BENCH_WORKERS      worker counts to run (default "1 2")
 #   BENCH_RATE         fixed rate of the latency runs, req/s (default 5000)
 #   BENCH_CONNECTIONS  client connections (default 64)
@@ -34,7 +34,7 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then
   : "${BENCH_ROUNDS:=2}" "${BENCH_SECONDS:=2}" "${BENCH_WORKERS:=1}" "${BENCH_CALLGRIND_N:=2000}"
 fi
 rounds=${BENCH_ROUNDS:-5}
-seconds=${BENCH_SECONDS:-6}
+seconds=${BENCH_SECONDS:-5}
 workers_list=${BENCH_WORKERS:-1 2}
 rate=${BENCH_RATE:-5000}
 connections=${BENCH_CONNECTIONS:-64}
@@ -58,7 +58,8 @@ kubeconfig=$repo/target/cluster/kubeconfig
 kubectl=$repo/target/cluster/bin/kubectl
 microgate=$repo/target/release/microgate
 
-say() { echo "bench: $*" >&2; }
+started=$(date +%s)
+say() { echo "bench [$(( $(date +%s) - started ))s]: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +449,9 @@ for workers in $workers_list; do
   # The runtime's worker threads, by name: proof that TOKIO_WORKER_THREADS took effect.
   runtime_workers=$(cat /proc/"${pids[microgate]}"/task/*/comm | grep -c '^tokio-r' || true)
   echo "{\"workers\": $workers, \"microgate_idle_kib\": [${idle// /, }], \"runtime_workers\": $runtime_workers}" >>"$raw/idle.jsonl"
-  for target in nginx haproxy microgate; do spread "$target" "${url[$target]}" >>"$raw/spread.jsonl"; done
+  for target in nginx haproxy microgate; do
+    spread "$target" "${url[$target]}" | sed "s/^{/{\"workers\": $workers, /" >>"$raw/spread.jsonl"
+  done
   for target in "${targets[@]}"; do warm_up "${url[$target]}"; done
 
   say "throughput: ${#targets[@]} targets × $rounds rounds × ${seconds}s (wrk -c$connections)"
@@ -524,7 +527,7 @@ if intervals:
     for mode in ("inclusive", "exclusive"):
         with open(f"{folder}/{proxy}-{mode}.txt", "w") as f:
             subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if mode == 'inclusive' else 'no'}",
-                            "--auto=no", "--threshold=99", intervals[-1]["file"]], stdout=f, check=False)
+                            "--auto=no", "--threshold=100", intervals[-1]["file"]], stdout=f, check=False)
 print(json.dumps({"proxy": proxy, "requests": n, "intervals": intervals,
                   "per_request": [i["instructions"] / n for i in intervals], "success_rate": ok}))
 EOF

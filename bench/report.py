@@ -315,6 +315,11 @@ md.append(f"Run {machine.get('date', '?')} on {machine.get('nproc', '?')} CPUs (
           f"{machine.get('memory', '?')}, {machine.get('os', '?')}, kernel {machine.get('kernel', '?')}. "
           f"Load average before the run: {machine.get('loadavg_before', '?')}; "
           f"CPU busy before the run: {preflight.get('busy_percent_before', '?')} %.\n")
+busy = preflight.get("busy_percent_before")
+if isinstance(busy, (int, float)) and busy > 10:
+    md.append(f"**The machine was not quiet: {busy} % of its CPU was busy before the run started** (other work, "
+              "not the bench). Every figure below shares the CPUs with that work; treat the ratios as noisy and "
+              "rerun on a quiet machine before drawing conclusions. The instruction counts are not affected.\n")
 md.append("| microgate | nginx | HAProxy | wrk | oha | h2load | valgrind | rustc | tokio | hyper | hyper-util |")
 md.append("|---|---|---|---|---|---|---|---|---|---|---|")
 md.append("| " + " | ".join(v.get(x, "?") for x in ["microgate", "nginx", "haproxy", "wrk", "oha", "h2load", "valgrind", "rustc", "tokio", "hyper", "hyper-util"]) + " |\n")

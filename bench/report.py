@@ -442,12 +442,13 @@ if results["retry"]:
               "response-timeout; option redispatch 1`; microgate: `retry: {attempts: 3, retryOn: [5xx], backoff 1 ms, "
               "budget 20 %}` with outlier detection at its defaults (5 consecutive failures eject). "
               "Upstream requests are counted by the backends themselves.\n")
-    md.append("| target | req/s median [min–max] | client success | upstream / client requests | share sent to the failing backend | gateway retries (budget refused) |")
+    md.append("| target | req/s median [min–max] | client success | upstream / client requests | upstream requests: healthy 1 / healthy 2 / failing | gateway retries (budget refused) |")
     md.append("|---|---|---|---|---|---|")
     for t, e in results["retry"].items():
         name = "direct (the failing backend)" if t == "direct" else NAMES[t]
         up = "—" if t == "direct" else f"{e['upstream_per_client']:.3f}"
-        share = "—" if t == "direct" else f"{e['failing_share'] * 100:.1f} %"
+        total = sum(e["upstream"])
+        share = "—" if t == "direct" or not total else " / ".join(f"{u / total * 100:.1f} %" for u in e["upstream"])
         gw = f"{e['gateway_retries']} ({e['budget_exhausted']}), ejections {e['ejections']}" if t == "microgate" else "—"
         md.append(f"| {name} | {krange(e['rps'])} | {e['success_rate'] * 100:.3f} % ({e['non_2xx'] + e['socket_errors']} of {e['requests']} failed) | {up} | {share} | {gw} |")
     md.append("\nWithout ejection the ideal upstream/client ratio is 1 + 1/3 × 20 % ≈ 1.07.\n")

@@ -174,7 +174,8 @@ for t in ["nginx", "haproxy", "microgate"]:
     tr = [r for r in h2 if r["target"] == t]
     if tr:
         results["h2"][t] = {"rps": spread([r["rps"] for r in tr]),
-                            "failed": sum(r["requests"] - r["status_2xx"] for r in tr),
+                            # h2load's own counts: failed and errored requests, and answers other than 2xx.
+                            "failed": sum(r["failed"] + r["errored"] + max(0, r["succeeded"] - r["status_2xx"]) for r in tr),
                             "requests": sum(r["requests"] for r in tr),
                             "rss_kib": max(r["rss_kib"] for r in tr), "hwm_kib": max(r["hwm_kib"] for r in tr),
                             "req_per_cpu_second": spread([r["requests"] / r["cpu_seconds"] for r in tr if r["cpu_seconds"]])}
@@ -428,7 +429,7 @@ if top.get("top_exclusive"):
 
 if results["h2"]:
     md.append("### HTTP/2 downstream (h2c prior knowledge), HTTP/1.1 upstream, 1 worker\n")
-    md.append("| proxy | req/s median [min–max] | req per CPU-second | failed | peak RSS |")
+    md.append("| proxy | req/s median [min–max] | req per CPU-second | failed or not 2xx | peak RSS |")
     md.append("|---|---|---|---|---|")
     for p, e in results["h2"].items():
         md.append(f"| {NAMES[p]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second'])} | {e['failed']} of {e['requests']} | {mib(e['hwm_kib'])} |")

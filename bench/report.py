@@ -315,7 +315,7 @@ md.append("## Gateway against nginx and HAProxy (`make bench`)\n")
 md.append(f"Run {machine.get('date', '?')} on {machine.get('nproc', '?')} CPUs ({machine.get('cpu', '?')}), "
           f"{machine.get('memory', '?')}, {machine.get('os', '?')}, kernel {machine.get('kernel', '?')}. "
           f"Load average before the run: {machine.get('loadavg_before', '?')}; "
-          f"CPU busy before the run: {preflight.get('busy_percent_before', '?')} %.\n")
+          f"CPU busy with other work before the first measurement: {preflight.get('busy_percent_before', '?')} %.\n")
 busy = preflight.get("busy_percent_before")
 if isinstance(busy, (int, float)) and busy > 10:
     md.append(f"**The machine was not quiet: {busy} % of its CPU was busy before the run started** (other work, "

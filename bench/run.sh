@@ -215,11 +215,6 @@ busy_percent() {
   b=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat)
   awk -v a="$a" -v b="$b" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2])}'
 }
-busy=$(busy_percent)
-echo "{\"busy_percent_before\": $busy}" >"$raw/preflight.json"
-if [ "$busy" -gt 10 ]; then
-  say "warning: the machine is ${busy}% busy before the bench starts; the figures will be noisy"
-fi
 
 # --- microgate's resources on the local control plane
 k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
@@ -452,6 +447,15 @@ for workers in $workers_list; do
   for target in nginx haproxy microgate; do
     spread "$target" "${url[$target]}" | sed "s/^{/{\"workers\": $workers, /" >>"$raw/spread.jsonl"
   done
+  # Sampled once everything the bench started is up and idle (the control plane's own start-up
+  # and the build are over), so that only other work counts.
+  if [ ! -f "$raw/preflight.json" ]; then
+    busy=$(busy_percent)
+    echo "{\"busy_percent_before\": $busy}" >"$raw/preflight.json"
+    if [ "$busy" -gt 10 ]; then
+      say "warning: the machine is ${busy}% busy with other work; the figures will be noisy"
+    fi
+  fi
   for target in "${targets[@]}"; do warm_up "${url[$target]}"; done
 
   say "throughput: ${#targets[@]} targets × $rounds rounds × ${seconds}s (wrk -c$connections)"

@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""Turns the raw results of bench/run.sh into the report.
+
+usage: report.py OUT_DIR REPO
+
+Reads OUT_DIR/raw/*.jsonl (one JSON object per target and round) and writes OUT_DIR/results.json,
+OUT_DIR/results.md, the chart REPO/bench/chart.png (with gnuplot), and the section of
+REPO/BENCHMARKS.md between its "bench:gateway" markers. Every figure comes from the raw files;
+a measurement that is missing or failed is reported as such.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+OUT, REPO = sys.argv[1], sys.argv[2]
+RAW = os.path.join(OUT, "raw")
+BEGIN = "<!-- bench:gateway:begin (written by make bench: edits here are overwritten) -->"
+END = "<!-- bench:gateway:end -->"
+PEERS = ["nginx", "haproxy"]
+NAMES = {"direct": "direct (one backend)", "nginx": "nginx", "nginx-b": "nginx B (A/A)",
+         "haproxy": "HAProxy", "microgate": "microgate"}
+
+
+def load(name):
+    path = os.path.join(RAW, name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_one(name, default=None):
+    path = os.path.join(RAW, name)
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def spread(values):
+    """(median, min, max) or None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return (statistics.median(values), min(values), max(values))
+
+
+def k(v):
+    return "—" if v is None else f"{v / 1000:.1f} k"
+
+
+def krange(s):
+    return "—" if s is None else f"{k(s[0])} [{s[1] / 1000:.1f}–{s[2] / 1000:.1f} k]"
+
+
+def ratio(s):
+    return "—" if s is None else f"**{s[0]:.2f}×** [{s[1]:.2f}–{s[2]:.2f}]"
+
+
+def us(seconds):
+    if seconds is None:
+        return "—"
+    return f"{seconds * 1e3:.2f} ms" if abs(seconds) >= 1e-3 else f"{seconds * 1e6:.0f} µs"
+
+
+def signed_us(seconds):
+    if seconds is None:
+        return "—"
+    return f"{seconds * 1e3:+.2f} ms" if abs(seconds) >= 1e-3 else f"{seconds * 1e6:+.0f} µs"
+
+
+def mib(kib):
+    return "—" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def per_round(rows, key, num, den, **match):
+    """Per-round ratios num/den of `key`, for rows matching `match`, in round order."""
+    by_round = {}
+    for r in rows:
+        if all(r.get(f) == v for f, v in match.items()):
+            by_round.setdefault(r["round"], {})[r["target"]] = r
+    out = []
+    for rnd in sorted(by_round):
+        a, b = by_round[rnd].get(num), by_round[rnd].get(den)
+        if a and b and key(b):
+            out.append(key(a) / key(b))
+    return out
+
+
+def rps(r):
+    return r["rps"] or None
+
+
+def req_per_cpu(r):
+    return r["requests"] / r["cpu_seconds"] if r.get("cpu_seconds") else None
+
+
+machine = load_one("machine.json", {})
+preflight = load_one("preflight.json", {})
+throughput = load("throughput.jsonl")
+latency = load("latency.jsonl")
+h2 = load("h2.jsonl")
+retry = load("retry.jsonl")
+callgrind = load("callgrind.jsonl")
+spreads = load("spread.jsonl")
+idle = load("idle.jsonl")
+settings = machine.get("settings", {})
+results = {"machine": machine, "preflight": preflight, "throughput": {}, "latency": {}, "h2": {},
+           "retry": {}, "callgrind": {}, "spread": spreads, "idle": idle, "targets": []}
+md = []
+
+# ---- throughput
+workers_seen = sorted({r["workers"] for r in throughput})
+for w in workers_seen:
+    rows = [r for r in throughput if r["workers"] == w]
+    targets = [t for t in ["direct", "nginx", "nginx-b", "haproxy", "microgate"] if any(r["target"] == t for r in rows)]
+    per_target = {}
+    for t in targets:
+        tr = [r for r in rows if r["target"] == t]
+        per_target[t] = {
+            "rps": spread([r["rps"] for r in tr]),
+            "req_per_cpu_second": spread([req_per_cpu(r) for r in tr]) if t != "direct" else None,
+            "rss_kib": max(r["rss_kib"] for r in tr),
+            "hwm_kib": max(r["hwm_kib"] for r in tr),
+            "non_2xx": sum(r["non_2xx"] for r in tr),
+            "socket_errors": sum(r["socket_errors"] for r in tr),
+            "rounds": len(tr),
+        }
+    ratios = {}
+    pairs = [("microgate", "nginx"), ("microgate", "haproxy"), ("microgate", "direct"),
+             ("nginx", "direct"), ("haproxy", "direct"), ("haproxy", "nginx"), ("nginx-b", "nginx")]
+    for a, b in pairs:
+        if a in targets and b in targets:
+            ratios[f"{a}/{b}"] = {"rps": spread(per_round(rows, rps, a, b, workers=w))}
+            if b != "direct":
+                ratios[f"{a}/{b}"]["req_per_cpu_second"] = spread(per_round(rows, req_per_cpu, a, b, workers=w))
+    results["throughput"][w] = {"targets": per_target, "ratios": ratios,
+                                "loadavg": [(r["round"], r["target"], r["loadavg"]) for r in rows]}
+
+# ---- latency: per-round differences from direct; rounds with a disturbed direct p99 dropped
+dropped = []
+lat_targets = [t for t in ["direct", "nginx", "haproxy", "microgate"] if any(r["target"] == t for r in latency)]
+if latency:
+    direct = {r["round"]: r for r in latency if r["target"] == "direct"}
+    direct_p99_median = med([r["p99"] for r in direct.values()])
+    kept = {rnd for rnd, r in direct.items() if direct_p99_median is None or r["p99"] <= 2 * direct_p99_median}
+    dropped = sorted(set(direct) - kept)
+    for t in lat_targets:
+        tr = [r for r in latency if r["target"] == t and r["round"] in kept]
+        entry = {q: med([r[q] for r in tr]) for q in ("p50", "p99", "p99.9")}
+        entry["success_rate"] = min((r["success_rate"] for r in tr), default=None)
+        entry["non_200"] = sum(r["non_200"] for r in tr)
+        entry["errors"] = sum(r["errors"] for r in tr)
+        entry["rps"] = med([r["rps"] for r in tr])
+        if t != "direct":
+            for q in ("p50", "p99", "p99.9"):
+                entry[f"added_{q}"] = med([r[q] - direct[r["round"]][q] for r in tr])
+            entry["cpu_us_per_request"] = med([r["cpu_seconds"] / (r["rps"] * settings.get("seconds", 1)) * 1e6
+                                               for r in tr if r["rps"]])
+        results["latency"][t] = entry
+    results["latency_dropped_rounds"] = dropped
+    results["latency_direct_p99_median"] = direct_p99_median
+
+# ---- h2
+for t in ["nginx", "haproxy", "microgate"]:
+    tr = [r for r in h2 if r["target"] == t]
+    if tr:
+        results["h2"][t] = {"rps": spread([r["rps"] for r in tr]),
+                            # h2load's own counts: failed and errored requests, and answers other than 2xx.
+                            "failed": sum(r["failed"] + r["errored"] + max(0, r["succeeded"] - r["status_2xx"]) for r in tr),
+                            "requests": sum(r["requests"] for r in tr),
+                            "rss_kib": max(r["rss_kib"] for r in tr), "hwm_kib": max(r["hwm_kib"] for r in tr),
+                            "req_per_cpu_second": spread([r["requests"] / r["cpu_seconds"] for r in tr if r["cpu_seconds"]])}
+h2_ratios = {}
+for peer in PEERS:
+    if peer in results["h2"] and "microgate" in results["h2"]:
+        h2_ratios[f"microgate/{peer}"] = spread(per_round(h2, rps, "microgate", peer))
+results["h2_ratios"] = h2_ratios
+
+# ---- retries
+for t in ["direct", "nginx", "haproxy", "microgate"]:
+    tr = [r for r in retry if r["target"] == t]
+    if not tr:
+        continue
+    requests = sum(r["requests"] for r in tr)
+    upstream = [sum(r["upstream"][i] for r in tr) for i in range(3)]
+    results["retry"][t] = {
+        "rps": spread([r["rps"] for r in tr]),
+        "requests": requests,
+        "non_2xx": sum(r["non_2xx"] for r in tr),
+        "socket_errors": sum(r["socket_errors"] for r in tr),
+        "success_rate": 1 - sum(r["non_2xx"] + r["socket_errors"] for r in tr) / requests if requests else None,
+        "upstream": upstream,
+        "upstream_per_client": sum(upstream) / requests if requests else None,
+        "failing_share": upstream[2] / sum(upstream) if sum(upstream) else None,
+        "gateway_retries": sum(r["gateway_retries"] for r in tr),
+        "budget_exhausted": sum(r["budget_exhausted"] for r in tr),
+        "ejections": sum(r.get("ejections", 0) for r in tr),
+    }
+
+# ---- callgrind
+for r in callgrind:
+    per = r["per_request"]
+    results["callgrind"][r["proxy"]] = {"per_request": med(per) if per else None, "intervals": per,
+                                        "requests": r["requests"], "success_rate": r["success_rate"]}
+
+# ---- where microgate's instructions go (the second callgrind interval), per request
+def profile(path, requests, top=20):
+    """The `top` heaviest functions of a callgrind_annotate listing, in instructions per request.
+
+    Frames that were on the stack when the interval was dumped (thread start, the runtime's worker
+    loop) are listed with the whole interval's cost; they say nothing and are left out."""
+    if not os.path.exists(path):
+        return []
+    rows, total = [], None
+    for line in open(path):
+        parts = line.split(None, 2)
+        if len(parts) < 3 or not parts[0].replace(",", "").isdigit():
+            continue
+        ir = int(parts[0].replace(",", ""))
+        if "PROGRAM TOTALS" in line:
+            total = ir
+            continue
+        where = parts[2].split(")", 1)[-1].strip() if parts[1].startswith("(") and not parts[1].endswith(")") else parts[2].strip()
+        if total and ir >= 0.995 * total:
+            continue
+        name = where.rsplit(" [", 1)[0]
+        name = name.split(":", 1)[1] if ":" in name and not name.startswith(":") else name
+        rows.append((name, ir / requests, ir / total if total else None))
+        if len(rows) == top:
+            break
+    return rows
+
+
+if "microgate" in results["callgrind"]:
+    n = results["callgrind"]["microgate"]["requests"]
+    for mode in ("exclusive", "inclusive"):
+        results["callgrind"]["microgate"][f"top_{mode}"] = profile(
+            os.path.join(OUT, "callgrind", f"microgate-{mode}.txt"), n)
+
+# ---- the bar (DESIGN §7)
+def verdict(ok):
+    return "n/a" if ok is None else ("**met**" if ok else "**not met**")
+
+
+bar = []
+for w, t in results["throughput"].items():
+    for peer in PEERS:
+        s = t["ratios"].get(f"microgate/{peer}", {}).get("rps")
+        bar.append((f"throughput ≥ 1.1× {peer}, {w} worker{'s' if w != 1 else ''}", ratio(s), verdict(None if s is None else s[0] >= 1.1)))
+cg = results["callgrind"]
+if "microgate" in cg and "nginx" in cg and cg["microgate"]["per_request"] and cg["nginx"]["per_request"]:
+    m, n = cg["microgate"]["per_request"], cg["nginx"]["per_request"]
+    bar.append(("instructions per request ≤ nginx's", f"{m / 1000:.1f} k vs {n / 1000:.1f} k ({m / n:.2f}×)", verdict(m <= n)))
+else:
+    bar.append(("instructions per request ≤ nginx's", "not measured", "n/a"))
+lat = results["latency"]
+if "microgate" in lat and "nginx" in lat:
+    m, n = lat["microgate"]["added_p99"], lat["nginx"]["added_p99"]
+    bar.append((f"added p99 at {settings.get('rate', '?')} req/s ≤ nginx's", f"{signed_us(m)} vs {signed_us(n)}",
+                verdict(None if m is None or n is None else m <= n)))
+rt = results["retry"].get("microgate")
+if rt:
+    within = rt["budget_exhausted"] == 0 or rt["gateway_retries"] <= 0.2 * rt["requests"] + 10 * settings.get("seconds", 0) * settings.get("extra_rounds", 0)
+    bar.append(("failing backend: ≥ 99.9 % client success, retries within budget",
+                f"{rt['success_rate'] * 100:.3f} %, {rt['gateway_retries']} retries for {rt['requests']} requests "
+                f"({rt['gateway_retries'] / rt['requests'] * 100:.1f} %), budget refused {rt['budget_exhausted']}",
+                verdict(rt["success_rate"] >= 0.999 and within)))
+if idle:
+    rss = idle[0]["microgate_idle_kib"][0]
+    bar.append(("gateway idle RSS ≤ 16 MiB", mib(rss), verdict(rss <= 16 * 1024)))
+results["targets"] = bar
+
+with open(os.path.join(OUT, "results.json"), "w") as f:
+    json.dump(results, f, indent=1, default=str)
+
+# ---- chart data and chart
+chart = os.path.join(REPO, "bench", "chart.png")
+tp_dat = os.path.join(OUT, "chart-throughput.dat")
+lat_dat = os.path.join(OUT, "chart-latency.dat")
+with open(tp_dat, "w") as f:
+    f.write("target " + " ".join(f'"{w} worker{"s" if w != 1 else ""}"' for w in workers_seen) + "\n")
+    for t in ["direct", "nginx", "haproxy", "microgate"]:
+        vals = []
+        for w in workers_seen:
+            s = results["throughput"][w]["targets"].get(t, {}).get("rps")
+            vals.append(f"{s[0] / 1000:.2f}" if s else "NaN")
+        f.write(f"{t} " + " ".join(vals) + "\n")
+with open(lat_dat, "w") as f:
+    f.write("target p50 p99 p99.9\n")
+    for t in lat_targets:
+        e = lat[t]
+        f.write(f"{t} " + " ".join(f"{e[q] * 1000:.3f}" if e.get(q) is not None else "NaN" for q in ("p50", "p99", "p99.9")) + "\n")
+chart_ok = False
+if throughput or latency:
+    try:
+        subprocess.run(["gnuplot", "-e", f"tp='{tp_dat}'; lat='{lat_dat}'; out='{chart}'; rate='{settings.get('rate', '?')}'; "
+                        f"ncol={1 + len(workers_seen)}",
+                        os.path.join(REPO, "bench", "chart.gp")], check=True)
+        chart_ok = True
+    except (OSError, subprocess.CalledProcessError) as error:
+        print(f"report: the chart failed: {error}", file=sys.stderr)
+
+# ---- markdown
+v = machine.get("versions", {})
+md.append("## Gateway against nginx and HAProxy (`make bench`)\n")
+md.append(f"Run {machine.get('date', '?')} on {machine.get('nproc', '?')} CPUs ({machine.get('cpu', '?')}), "
+          f"{machine.get('memory', '?')}, {machine.get('os', '?')}, kernel {machine.get('kernel', '?')}. "
+          f"Load average before the run: {machine.get('loadavg_before', '?')}; "
+          f"CPU busy with other work before the first measurement: {preflight.get('busy_percent_before', '?')} %.\n")
+busy = preflight.get("busy_percent_before")
+if isinstance(busy, (int, float)) and busy > 10:
+    md.append(f"**The machine was not quiet: {busy} % of its CPU was busy before the run started** (other work, "
+              "not the bench). Every figure below shares the CPUs with that work; treat the ratios as noisy and "
+              "rerun on a quiet machine before drawing conclusions. The instruction counts are not affected.\n")
+md.append("| microgate | nginx | HAProxy | wrk | oha | h2load | valgrind | rustc | tokio | hyper | hyper-util |")
+md.append("|---|---|---|---|---|---|---|---|---|---|---|")
+md.append("| " + " | ".join(v.get(x, "?") for x in ["microgate", "nginx", "haproxy", "wrk", "oha", "h2load", "valgrind", "rustc", "tokio", "hyper", "hyper-util"]) + " |\n")
+md.append(
+    "**Setup.** Everything on loopback, on the same machine. Three identical backends, each one nginx worker "
+    "answering `200 ok` (`bench/peers/backend.conf`), on 127.0.0.2–4, one port; a fourth on 127.0.0.5 answers 503 "
+    "to 20 % of requests. In front of them, configured equivalently (round robin over the three, pooled keep-alive "
+    "upstream connections, no access log, the same number of workers): nginx (`bench/peers/nginx.conf`, "
+    "`worker_processes`), HAProxy (`bench/peers/haproxy.cfg`, `nbthread`) and `microgate gateway` "
+    "(`bench/microgate.yaml`, `TOKIO_WORKER_THREADS`), which reads the Gateway, the Microservices and their Pods from "
+    "the local control plane. The bench creates the Pods and reports them Ready with the backends' addresses as pod "
+    "IPs (no controller, no kubelet). Proxy CPU is utime + stime of all the proxy's processes (`/proc/PID/stat`); "
+    "memory is VmRSS at the end of a round and VmHWM, summed over its processes. The load generators run on the same "
+    f"2 CPUs as everything else; {settings.get('connections', '?')} connections throughout.\n")
+md.append("**Commands.** `make bench` (knobs: `BENCH_ROUNDS`, `BENCH_SECONDS`, `BENCH_WORKERS`, `BENCH_RATE`, "
+          "`BENCH_CALLGRIND_N`, `BENCH_QUICK=1`); this run: "
+          f"{settings.get('rounds', '?')} rounds × {settings.get('seconds', '?')} s, workers {settings.get('workers', '?')}, "
+          f"order reversed every other round. Per round:\n")
+c, s_ = settings.get("connections", "?"), settings.get("seconds", "?")
+md.append("```")
+md.append(f"wrk -t2 -c{c} -d{s_}s --latency URL                                      # throughput")
+md.append(f"oha --no-tui -z {s_}s -c {c} -q {settings.get('rate', '?')} --latency-correction --output-format json URL   # latency")
+md.append(f"h2load -t2 -c{c} -m10 -D {s_} --warm-up-time=1 URL                        # h2c, prior knowledge")
+md.append(f"valgrind --tool=callgrind --dump-instr=no PROXY   # + oha -n {settings.get('callgrind_requests', '?')} -c 16, twice, callgrind_control --dump after each")
+md.append("```\n")
+
+md.append("### Against the bar (DESIGN §7)\n")
+md.append("| target | measured | |")
+md.append("|---|---|---|")
+for name, measured, ok in bar:
+    md.append(f"| {name} | {measured} | {ok} |")
+md.append("\nEndpoint propagation and operator memory are in the discovery section below. "
+          "Ratios are medians of per-round ratios [min–max] in this run; see the A/A row for the noise floor.\n")
+
+for w, t in results["throughput"].items():
+    md.append(f"### Throughput, small responses, keep-alive, {w} worker{'s' if w != 1 else ''}\n")
+    md.append("| target | req/s median [min–max] | req per proxy CPU-second | RSS (end of round, max) | peak RSS | non-2xx / socket errors |")
+    md.append("|---|---|---|---|---|---|")
+    for name, e in t["targets"].items():
+        md.append(f"| {NAMES[name]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second']) if e['req_per_cpu_second'] else '—'} | "
+                  f"{mib(e['rss_kib'])} | {mib(e['hwm_kib'])} | {e['non_2xx']} / {e['socket_errors']} |")
+    md.append("")
+    md.append("| per-round ratio | req/s | req per CPU-second |")
+    md.append("|---|---|---|")
+    for name, e in t["ratios"].items():
+        md.append(f"| {name} | {ratio(e['rps'])} | {ratio(e.get('req_per_cpu_second')) if 'req_per_cpu_second' in e else '—'} |")
+    md.append("")
+    loads = sorted({(r, l) for r, _, l in t["loadavg"]})
+    md.append("Load average per round (1/5/15 min, after its last target): " +
+              "; ".join(f"{rnd}: {l}" for rnd, l in sorted(dict(loads).items())) + "\n")
+
+if lat:
+    md.append(f"### Latency at a fixed {settings.get('rate', '?')} req/s (open loop, coordinated-omission corrected)\n")
+    note = "Added latency = the proxy's percentile minus direct's in the same round; medians over rounds."
+    if dropped:
+        note += (f" Rounds dropped because direct p99 exceeded 2× its median ({us(results['latency_direct_p99_median'])}): "
+                 f"{', '.join(map(str, dropped))}.")
+    else:
+        note += " No round was dropped (rule: direct p99 > 2× its median)."
+    md.append(note + "\n")
+    md.append("| target | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | proxy CPU per request | success |")
+    md.append("|---|---|---|---|---|---|---|---|---|")
+    for t in lat_targets:
+        e = lat[t]
+        md.append(f"| {NAMES[t]} | {us(e['p50'])} | {us(e['p99'])} | {us(e['p99.9'])} | "
+                  f"{signed_us(e.get('added_p50')) if t != 'direct' else '—'} | {signed_us(e.get('added_p99')) if t != 'direct' else '—'} | "
+                  f"{signed_us(e.get('added_p99.9')) if t != 'direct' else '—'} | "
+                  f"{(str(round(e['cpu_us_per_request'])) + ' µs') if e.get('cpu_us_per_request') else '—'} | "
+                  f"{e['success_rate'] * 100:.2f} % ({e['non_200']} non-200, {e['errors']} errors) |")
+    md.append("")
+else:
+    md.append("### Latency\n\nNot measured in this run.\n")
+
+md.append("### Instructions per proxied request (callgrind, 1 worker)\n")
+if cg:
+    md.append("User-space instructions only (the kernel's share is not counted). Each figure is one interval's "
+              "instruction count divided by its requests; the two intervals show the repeatability.\n")
+    md.append("| proxy | instructions / request | intervals | client success |")
+    md.append("|---|---|---|---|")
+    for p in ["nginx", "haproxy", "microgate"]:
+        if p in cg and cg[p]["per_request"]:
+            e = cg[p]
+            ok = min(e["success_rate"]) * 100 if e["success_rate"] else 0
+            md.append(f"| {NAMES[p]} | **{e['per_request'] / 1000:.1f} k** | "
+                      f"{', '.join(f'{x / 1000:.2f} k' for x in e['intervals'])} | {ok:.2f} % |")
+        else:
+            md.append(f"| {NAMES[p]} | failed | | |")
+    md.append("")
+else:
+    md.append("Not measured in this run (BENCH_CALLGRIND_N=0 or callgrind failed).\n")
+
+top = results["callgrind"].get("microgate", {})
+if top.get("top_exclusive"):
+    md.append("Where microgate's instructions go (second interval; `callgrind_annotate`, the heaviest functions by "
+              "their own instructions, then including their callees; per proxied request):\n")
+    md.append("| function (exclusive) | instr. / request | share |")
+    md.append("|---|---|---|")
+    for name, per, share in top["top_exclusive"]:
+        md.append(f"| `{name[:110]}` | {per:,.0f} | {share * 100:.1f} % |")
+    md.append("")
+    md.append("| function (inclusive) | instr. / request | share |")
+    md.append("|---|---|---|")
+    for name, per, share in top.get("top_inclusive", []):
+        md.append(f"| `{name[:110]}` | {per:,.0f} | {share * 100:.1f} % |")
+    md.append("")
+
+if results["h2"]:
+    md.append("### HTTP/2 downstream (h2c prior knowledge), HTTP/1.1 upstream, 1 worker\n")
+    md.append("| proxy | req/s median [min–max] | req per CPU-second | failed or not 2xx | peak RSS |")
+    md.append("|---|---|---|---|---|")
+    for p, e in results["h2"].items():
+        md.append(f"| {NAMES[p]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second'])} | {e['failed']} of {e['requests']} | {mib(e['hwm_kib'])} |")
+    md.append("\n" + "; ".join(f"{name}: {ratio(s)}" for name, s in h2_ratios.items()) + "\n")
+
+if results["retry"]:
+    md.append("### One failing backend (20 % 503), retries on, 1 worker\n")
+    md.append("The failing set is two healthy backends and the failing one. nginx: `proxy_next_upstream error timeout "
+              "http_503; proxy_next_upstream_tries 4` (its default `max_fails=1 fail_timeout=10s` also takes the server "
+              "out for 10 s after a failure); HAProxy: `retries 3; retry-on 503 conn-failure empty-response "
+              "response-timeout; option redispatch 1`; microgate: `retry: {attempts: 3, retryOn: [5xx], backoff 1 ms, "
+              "budget 20 %}` with outlier detection at its defaults (5 consecutive failures eject). "
+              "Upstream requests are counted by the backends themselves.\n")
+    md.append("| target | req/s median [min–max] | client success | upstream / client requests | upstream requests: healthy 1 / healthy 2 / failing | gateway retries (budget refused) |")
+    md.append("|---|---|---|---|---|---|")
+    for t, e in results["retry"].items():
+        name = "direct (the failing backend)" if t == "direct" else NAMES[t]
+        up = "—" if t == "direct" else f"{e['upstream_per_client']:.3f}"
+        total = sum(e["upstream"])
+        share = "—" if t == "direct" or not total else " / ".join(f"{u / total * 100:.1f} %" for u in e["upstream"])
+        gw = f"{e['gateway_retries']} ({e['budget_exhausted']}), ejections {e['ejections']}" if t == "microgate" else "—"
+        md.append(f"| {name} | {krange(e['rps'])} | {e['success_rate'] * 100:.3f} % ({e['non_2xx'] + e['socket_errors']} of {e['requests']} failed) | {up} | {share} | {gw} |")
+    md.append("\nWithout ejection the ideal upstream/client ratio is 1 + 1/3 × 20 % ≈ 1.07.\n")
+
+if spreads:
+    md.append("### Round-robin spread (30 requests through each proxy, by `x-backend`)\n")
+    for s in spreads:
+        w = s.get("workers")
+        md.append(f"- {NAMES.get(s['target'], s['target'])}" + (f", {w} worker{'s' if w != 1 else ''}" if w else "") + ": " + ", ".join(f"{b} {n}" for b, n in sorted(s["backends"].items())))
+    md.append("")
+if idle:
+    md.append("microgate RSS idle (after start, before traffic): " +
+              ", ".join(f"{mib(i['microgate_idle_kib'][0])} with {i['workers']} worker{'s' if i['workers'] != 1 else ''} "
+                        f"({i.get('runtime_workers', '?')} tokio worker thread(s) seen)" for i in idle) + ".\n")
+if chart_ok:
+    md.append("![throughput and latency per proxy](bench/chart.png)\n")
+else:
+    md.append("The chart could not be drawn in this run.\n")
+
+section = "\n".join(md).rstrip() + "\n"
+with open(os.path.join(OUT, "results.md"), "w") as f:
+    f.write(section)
+
+bench_md = os.path.join(REPO, "BENCHMARKS.md")
+text = open(bench_md).read() if os.path.exists(bench_md) else "# Benchmarks\n"
+block = f"{BEGIN}\n{section}{END}"
+if BEGIN in text and END in text:
+    head, rest = text.split(BEGIN, 1)
+    text = head + block + rest.split(END, 1)[1]
+elif "\n## " in text:
+    i = text.index("\n## ")
+    text = text[:i + 1] + block + "\n\n" + text[i + 1:]
+else:
+    text = text.rstrip() + "\n\n" + block + "\n"
+with open(bench_md, "w") as f:
+    f.write(text)
+print(f"report: {os.path.join(OUT, 'results.md')}, {bench_md}" + (f", {chart}" if chart_ok else ""), file=sys.stderr)

@@ -1,0 +1,542 @@
+#!/usr/bin/env bash
+# `make bench`: microgate against nginx and HAProxy, side by side, on loopback.
+#
+# Three identical backends (one nginx worker each) listen on three 127.0.0.x addresses on one
+# port, plus a fourth that answers 503 to 20 % of requests. In front of them, configured
+# equivalently (round robin, pooled keep-alive upstream connections, no access log, the same
+# number of workers): nginx, HAProxy and `microgate gateway`, which finds the backends as Pods
+# on the local control plane (the bench creates the Pods and reports them Ready itself; no
+# controller, no kubelet). Load generators: wrk (throughput), oha (fixed rate, latency with
+# coordinated-omission correction), h2load (h2c), and callgrind for instructions per request.
+#
+# Raw results: target/bench/raw/*.jsonl; the report: target/bench/results.{json,md}, the chart
+# bench/chart.png and the gateway section of BENCHMARKS.md (bench/report.py writes them).
+#
+# Knobs (environment):
+#   BENCH_ROUNDS       rounds per measurement, order reversed every other round (default 5)
+#   BENCH_SECONDS      seconds per round (default 5)
+#   BENCH_WORKERS      worker counts to run (default "1 2")
+#   BENCH_RATE         fixed rate of the latency runs, req/s (default 5000)
+#   BENCH_CONNECTIONS  client connections (default 64)
+#   BENCH_CALLGRIND_N  requests per callgrind interval (default 20000; 0 skips callgrind)
+#   BENCH_PORT         first of the loopback ports used (default 18080: below the range the
+#                      local control plane picks its ports from, and the ephemeral range)
+#   BENCH_QUICK=1      a quick smoke run: 2 rounds of 2 s, 1 worker, 2000 callgrind requests
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+out=$repo/target/bench
+run=$out/run
+raw=$out/raw
+
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+  : "${BENCH_ROUNDS:=2}" "${BENCH_SECONDS:=2}" "${BENCH_WORKERS:=1}" "${BENCH_CALLGRIND_N:=2000}"
+fi
+rounds=${BENCH_ROUNDS:-5}
+seconds=${BENCH_SECONDS:-5}
+workers_list=${BENCH_WORKERS:-1 2}
+rate=${BENCH_RATE:-5000}
+connections=${BENCH_CONNECTIONS:-64}
+callgrind_n=${BENCH_CALLGRIND_N:-20000}
+port=${BENCH_PORT:-18080}
+# The extra scenarios (h2c, retries) run fewer rounds: they are reported as medians, not ratios.
+extra_rounds=$(( rounds < 3 ? rounds : 3 ))
+
+# Pod-like addresses of the backends: the gateway gets exactly these from the Pods' status.
+b1=127.0.0.2 b2=127.0.0.3 b3=127.0.0.4 bf=127.0.0.5
+# Proxy ports: HTTP/1.1, h2c, and the listener in front of the failing set (with retries).
+nginx_h1=$((port + 1)) nginx_h2=$((port + 3)) nginx_retry=$((port + 101))
+haproxy_h1=$((port + 2)) haproxy_h2=$((port + 4)) haproxy_retry=$((port + 102))
+# microgate serves HTTP/1.1 and h2c on one listener.
+mg_h1=$((port + 5)) mg_retry=$((port + 105)) mg_admin=$((port + 6))
+# A second, identical nginx: the A/A row (the noise floor).
+nginx_b_h1=$((port + 11)) nginx_b_h2=$((port + 13)) nginx_b_retry=$((port + 111))
+
+namespace="microgate-bench"
+kubeconfig=$repo/target/cluster/kubeconfig
+kubectl=$repo/target/cluster/bin/kubectl
+microgate=$repo/target/release/microgate
+
+started=$(date +%s)
+say() { echo "bench [$(( $(date +%s) - started ))s]: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Processes: every one the bench starts is recorded here and stopped by pid on exit.
+declare -A pids=()
+cluster_started=0
+
+stop_process() {
+  local name=$1 pid=${pids[$1]:-}
+  [ -n "$pid" ] || return 0
+  unset "pids[$name]"
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local status=$? name
+  for name in "${!pids[@]}"; do stop_process "$name"; done
+  if [ "$cluster_started" = 1 ]; then bash "$repo/tests/cluster/cluster.sh" down || true; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+spawn() {
+  local name=$1; shift
+  "$@" >"$run/logs/$name.log" 2>&1 </dev/null &
+  pids[$name]=$!
+}
+
+# The proxy's processes: the one the bench started and its children (nginx's workers).
+process_tree() {
+  local pid=${pids[$1]}
+  echo "$pid"
+  pgrep -P "$pid" || true
+}
+
+clock_ticks=$(getconf CLK_TCK)
+# CPU seconds (user + system) used so far by the given processes.
+cpu_seconds() {
+  local pid total=0
+  for pid in "$@"; do
+    # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
+    total=$(( total + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}') ))
+  done
+  awk -v t="$total" -v hz="$clock_ticks" 'BEGIN {printf "%.3f", t / hz}'
+}
+
+# "VmRSS VmHWM" in KiB, summed over the given processes.
+memory_kib() {
+  local pid
+  for pid in "$@"; do cat "/proc/$pid/status"; done |
+    awk '/^VmRSS:/ {rss += $2} /^VmHWM:/ {hwm += $2} END {printf "%d %d", rss, hwm}'
+}
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+cpu_pressure() { sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/cpu 2>/dev/null || echo null; }
+
+wait_http() {
+  local url=$1 seconds=$2 name=${3:-}
+  local deadline=$(( $(date +%s) + seconds ))
+  until curl -fsS --max-time 2 -o /dev/null "$url" 2>/dev/null; do
+    if [ -n "$name" ] && ! kill -0 "${pids[$name]}" 2>/dev/null; then
+      tail -n 20 "$run/logs/$name.log" >&2 || true
+      die "$name exited before $url answered"
+    fi
+    [ "$(date +%s)" -lt "$deadline" ] || die "no answer from $url within ${seconds}s"
+    sleep 0.2
+  done
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# ---------------------------------------------------------------------------------------------
+# Preparation: tools, build, control plane, configuration.
+
+oha=$(bash "$here/tools.sh")
+export PATH=$PATH:/usr/sbin
+
+say "building microgate (release)"
+(cd "$repo" && cargo build --release --bin microgate --quiet)
+
+if bash "$repo/tests/cluster/cluster.sh" status >/dev/null 2>&1; then
+  bash "$repo/tests/cluster/cluster.sh" up
+else
+  cluster_started=1
+  bash "$repo/tests/cluster/cluster.sh" up
+fi
+
+rm -rf "$run" "$raw"
+mkdir -p "$run/logs" "$run/tmp" "$raw"
+
+for address in $b1 $b2 $b3 $bf; do
+  port_free "$address" "$port" || die "$address:$port is in use (set BENCH_PORT to move the bench's ports)"
+done
+for p in $nginx_h1 $nginx_h2 $nginx_retry $haproxy_h1 $haproxy_h2 $haproxy_retry $mg_h1 $mg_retry $mg_admin \
+  $nginx_b_h1 $nginx_b_h2 $nginx_b_retry; do
+  port_free 127.0.0.1 "$p" || die "127.0.0.1:$p is in use (set BENCH_PORT to move the bench's ports)"
+done
+
+# render TEMPLATE OUTPUT KEY=VALUE...: replaces each @KEY@.
+render() {
+  local template=$1 output=$2 pair script=()
+  shift 2
+  for pair in "$@"; do script+=(-e "s#@${pair%%=*}@#${pair#*=}#g"); done
+  sed "${script[@]}" "$template" >"$output"
+}
+
+# Machine, versions and settings, for the report.
+machine_info() {
+  local lock=$repo/Cargo.lock
+  crate_version() { awk -v n="name = \"$1\"" '$0 == n {getline; gsub(/"/, "", $3); print $3; exit}' "$lock"; }
+  python3 - >"$raw/machine.json" <<'EOF' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(nproc)" \
+    "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)" "$(uname -r)" \
+    "$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" \
+    "$(sed -n "s/^PRETTY_NAME=//p" /etc/os-release | tr -d '"')" \
+    "$(cd "$repo" && git describe --always --dirty 2>/dev/null || echo unknown)" \
+    "$(nginx -v 2>&1 | sed 's#.*nginx/##')" \
+    "$(haproxy -v | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')" \
+    "$(wrk -v 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p')" \
+    "$("$oha" --version | awk '{print $2}')" \
+    "$(h2load --version | awk '{print $NF}')" \
+    "$(valgrind --version | sed 's/valgrind-//')" \
+    "$(rustc --version | awk '{print $2}')" \
+    "$(crate_version tokio)" "$(crate_version hyper)" "$(crate_version hyper-util)" \
+    "$rounds" "$seconds" "$workers_list" "$rate" "$connections" "$callgrind_n" "$extra_rounds" "$(loadavg)"
+import json, sys
+a = sys.argv[1:]
+keys = ["microgate", "nginx", "haproxy", "wrk", "oha", "h2load", "valgrind", "rustc", "tokio", "hyper", "hyper-util"]
+print(json.dumps({
+    "date": a[0], "nproc": int(a[1]), "cpu": a[2], "kernel": a[3], "memory": a[4], "os": a[5],
+    "versions": dict(zip(keys, a[6:17])),
+    "settings": {"rounds": int(a[17]), "seconds": int(a[18]), "workers": a[19], "rate": int(a[20]),
+                 "connections": int(a[21]), "callgrind_requests": int(a[22]), "extra_rounds": int(a[23])},
+    "loadavg_before": a[24],
+}, indent=1))
+EOF
+}
+machine_info
+
+# Busy share of all CPUs over one second, in percent: the bench warns when the machine is not
+# quiet, since every figure below is then noisier.
+busy_percent() {
+  local a b
+  a=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2])}'
+}
+
+# --- microgate's resources on the local control plane
+k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
+k apply --server-side --force-conflicts -f "$repo/crds/microgate.dev.yaml" >/dev/null
+k wait --for=condition=Established --timeout=60s crd/microservices.microgate.dev crd/gateways.microgate.dev >/dev/null
+k create namespace "$namespace" --dry-run=client -o yaml | k apply -f - >/dev/null
+render "$here/microgate.yaml" "$run/microgate.yaml" PORT="$port" PORT_H1="$mg_h1" PORT_RETRY="$mg_retry"
+k apply -n "$namespace" -f "$run/microgate.yaml" >/dev/null
+# Pods as a kubelet would report them: Running, Ready, with the backend's address as pod IP.
+k delete pods -n "$namespace" --all --grace-period=0 --force --wait=true >/dev/null 2>&1 || true
+pod() { # name microservice ip
+  k apply -n "$namespace" -f - >/dev/null <<EOF
+{"apiVersion": "v1", "kind": "Pod",
+ "metadata": {"name": "$1", "labels": {"microgate.dev/microservice": "$2"}},
+ "spec": {"containers": [{"name": "app", "image": "bench.invalid/echo:1",
+   "ports": [{"name": "http", "containerPort": $port}]}]}}
+EOF
+  k patch pod "$1" -n "$namespace" --subresource=status --type=merge -p \
+    "{\"status\": {\"phase\": \"Running\", \"podIP\": \"$3\", \"podIPs\": [{\"ip\": \"$3\"}],
+      \"conditions\": [{\"type\": \"Ready\", \"status\": \"True\"}, {\"type\": \"ContainersReady\", \"status\": \"True\"}]}}" >/dev/null
+}
+pod echo-1 echo $b1
+pod echo-2 echo $b2
+pod echo-3 echo $b3
+pod failing-1 failing $b1
+pod failing-2 failing $b2
+pod failing-3 failing $bf
+
+# --- backends
+start_backend() { # name address failing?
+  render "$here/peers/backend.conf" "$run/$1.conf" NAME="$1" ADDR="$2" PORT="$port" RUN="$run"
+  [ "$3" = yes ] || sed -i '/# failing-only/d' "$run/$1.conf"
+  spawn "$1" nginx -p "$run" -e "$run/$1.error.log" -c "$run/$1.conf"
+}
+start_backend backend-1 $b1 no
+start_backend backend-2 $b2 no
+start_backend backend-3 $b3 no
+start_backend backend-failing $bf yes
+for address in $b1 $b2 $b3 $bf; do wait_http "http://$address:$port/" 10; done
+
+# Total requests a backend has answered so far (its stub_status counts this request too).
+backend_requests() { curl -fsS "http://$1:$port/__bench/status" | awk 'NR == 3 {print $3}'; }
+
+# --- proxies
+start_nginx() { # name workers h1 h2 retry [valgrind...]
+  local name=$1 workers=$2 h1=$3 h2=$4 retry=$5
+  shift 5
+  render "$here/peers/nginx.conf" "$run/$name.conf" NAME="$name" RUN="$run" WORKERS="$workers" \
+    B1="$b1:$port" B2="$b2:$port" B3="$b3:$port" BF="$bf:$port" PORT_H1="$h1" PORT_H2="$h2" PORT_RETRY="$retry"
+  if [ "$#" -gt 0 ]; then
+    # Under valgrind: one process, no master, so every request runs in the measured process.
+    spawn "$name" "$@" nginx -p "$run" -e "$run/$name.error.log" -c "$run/$name.conf" -g 'master_process off;'
+  else
+    spawn "$name" nginx -p "$run" -e "$run/$name.error.log" -c "$run/$name.conf"
+  fi
+}
+start_haproxy() { # workers [valgrind...]
+  local workers=$1
+  shift
+  render "$here/peers/haproxy.cfg" "$run/haproxy.cfg" WORKERS="$workers" \
+    B1="$b1:$port" B2="$b2:$port" B3="$b3:$port" BF="$bf:$port" \
+    PORT_H1="$haproxy_h1" PORT_H2="$haproxy_h2" PORT_RETRY="$haproxy_retry"
+  spawn haproxy "$@" haproxy -db -f "$run/haproxy.cfg"
+}
+start_microgate() { # workers [valgrind...]
+  local workers=$1
+  shift
+  # TOKIO_WORKER_THREADS sets the runtime's worker threads (the equal of nginx's workers).
+  spawn microgate env TOKIO_WORKER_THREADS="$workers" KUBECONFIG="$kubeconfig" RUST_LOG=warn \
+    "$@" "$microgate" gateway --namespace "$namespace" --listen-address 127.0.0.1 --admin-addr "127.0.0.1:$mg_admin"
+}
+
+# Requests through each proxy land on each backend in turn: checked and recorded.
+spread() { # name url
+  local _
+  for _ in $(seq 1 30); do curl -fsS -D - -o /dev/null "$2" | tr -d '\r' | sed -n 's/^x-backend: //ip'; done |
+    sort | uniq -c | awk -v n="$1" 'BEGIN {printf "{\"target\": \"%s\", \"backends\": {", n} {printf "%s\"%s\": %d", (NR > 1 ? ", " : ""), $2, $1} END {print "}}"}'
+}
+
+declare -A url=()
+url[direct]=http://$b1:$port/
+url[nginx]=http://127.0.0.1:$nginx_h1/
+url[nginx-b]=http://127.0.0.1:$nginx_b_h1/
+url[haproxy]=http://127.0.0.1:$haproxy_h1/
+url[microgate]=http://127.0.0.1:$mg_h1/
+declare -A h2url=(
+  [nginx]=http://127.0.0.1:$nginx_h2/
+  [haproxy]=http://127.0.0.1:$haproxy_h2/
+  [microgate]=http://127.0.0.1:$mg_h1/
+)
+declare -A retryurl=(
+  [direct]=http://$bf:$port/
+  [nginx]=http://127.0.0.1:$nginx_retry/
+  [haproxy]=http://127.0.0.1:$haproxy_retry/
+  [microgate]=http://127.0.0.1:$mg_retry/
+)
+# The process whose CPU and memory count for a target ("direct": the backend itself).
+declare -A owner=([direct]=backend-1 [nginx]=nginx [nginx-b]=nginx-b [haproxy]=haproxy [microgate]=microgate)
+
+# Targets in round r's order: as given on even rounds, reversed on odd ones (ABBA).
+in_order() { # round targets...
+  local r=$1
+  shift
+  if (( r % 2 == 0 )); then printf '%s\n' "$@"; else printf '%s\n' "$@" | tac; fi
+}
+
+# A microgate counter from its /metrics, summed over its labels.
+metric() {
+  curl -fsS "http://127.0.0.1:$mg_admin/metrics" | awk -v m="$1" '$1 ~ "^" m "({|$)" {s += $2} END {printf "%d", s}'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurements. Each writes one JSON line per target and round into $raw.
+
+throughput_round() { # file workers round target
+  local file=$1 workers=$2 round=$3 target=$4 procs cpu0 cpu1 log mem
+  mapfile -t procs < <(process_tree "${owner[$target]}")
+  log=$run/logs/wrk-$target.txt
+  cpu0=$(cpu_seconds "${procs[@]}")
+  wrk -t2 -c"$connections" -d"${seconds}s" --latency "${url[$target]}" >"$log" 2>&1
+  cpu1=$(cpu_seconds "${procs[@]}")
+  mem=$(memory_kib "${procs[@]}")
+  awk -v target="$target" -v workers="$workers" -v round="$round" -v cpu0="$cpu0" -v cpu1="$cpu1" \
+    -v mem="$mem" -v load="$(loadavg)" -v psi="$(cpu_pressure)" '
+    /requests in/ {requests = $1}
+    /^Requests\/sec:/ {rps = $2}
+    /Non-2xx or 3xx responses:/ {bad = $NF}
+    /Socket errors:/ {gsub(/,/, ""); errors = $4 + $6 + $8 + $10}
+    $1 == "99%" {p99 = $2}
+    END {
+      split(mem, m, " ")
+      printf "{\"target\": \"%s\", \"workers\": %d, \"round\": %d, \"rps\": %s, \"requests\": %d, \"non_2xx\": %d, \"socket_errors\": %d, \"cpu_seconds\": %.3f, \"rss_kib\": %d, \"hwm_kib\": %d, \"p99\": \"%s\", \"loadavg\": \"%s\", \"cpu_pressure\": %s}\n",
+        target, workers, round, rps + 0, requests, bad, errors, cpu1 - cpu0, m[1], m[2], p99, load, psi
+    }' "$log" >>"$file"
+}
+
+latency_round() { # file round target
+  local file=$1 round=$2 target=$3 procs cpu0 cpu1 json=$run/logs/oha-$3.json
+  mapfile -t procs < <(process_tree "${owner[$target]}")
+  cpu0=$(cpu_seconds "${procs[@]}")
+  "$oha" --no-tui -z "${seconds}s" -c "$connections" -q "$rate" --latency-correction \
+    --output-format json "${url[$target]}" >"$json" 2>"$run/logs/oha-$target.err"
+  cpu1=$(cpu_seconds "${procs[@]}")
+  python3 - "$json" "$target" "$round" "$cpu0" "$cpu1" "$(loadavg)" "$(cpu_pressure)" >>"$file" <<'EOF'
+import json, sys
+path, target, rnd, cpu0, cpu1, load, psi = sys.argv[1:]
+d = json.load(open(path))
+pct = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+print(json.dumps({
+    "target": target, "round": int(rnd),
+    "p50": pct["p50"], "p99": pct["p99"], "p99.9": pct["p99.9"],
+    "rps": d["summary"]["requestsPerSec"], "success_rate": d["summary"]["successRate"],
+    "non_200": sum(v for k, v in codes.items() if k != "200"),
+    # Requests still in flight when the run's time is up are not failures.
+    "errors": sum(v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"),
+    "cpu_seconds": float(cpu1) - float(cpu0), "loadavg": load,
+    "cpu_pressure": None if psi == "null" else float(psi),
+}))
+EOF
+}
+
+h2_round() { # file round target
+  local file=$1 round=$2 target=$3 procs cpu0 cpu1 mem log=$run/logs/h2load-$3.txt
+  mapfile -t procs < <(process_tree "${owner[$target]}")
+  cpu0=$(cpu_seconds "${procs[@]}")
+  h2load -t2 -c"$connections" -m10 -D "$seconds" --warm-up-time=1 "${h2url[$target]}" >"$log" 2>&1
+  cpu1=$(cpu_seconds "${procs[@]}")
+  mem=$(memory_kib "${procs[@]}")
+  awk -v target="$target" -v round="$round" -v cpu0="$cpu0" -v cpu1="$cpu1" -v mem="$mem" -v load="$(loadavg)" '
+    /^finished in/ {rps = $4}
+    /^requests:/ {gsub(/,/, ""); total = $2; ok = $8; failed = $10; errored = $12}
+    /^status codes:/ {gsub(/,/, ""); s2 = $3}
+    END {
+      split(mem, m, " ")
+      printf "{\"target\": \"%s\", \"round\": %d, \"rps\": %s, \"requests\": %d, \"succeeded\": %d, \"status_2xx\": %d, \"failed\": %d, \"errored\": %d, \"cpu_seconds\": %.3f, \"rss_kib\": %d, \"hwm_kib\": %d, \"loadavg\": \"%s\"}\n",
+        target, round, rps + 0, total, ok, s2, failed, errored, cpu1 - cpu0, m[1], m[2], load
+    }' "$log" >>"$file"
+}
+
+retry_round() { # file round target
+  local file=$1 round=$2 target=$3 log=$run/logs/wrk-retry-$3.txt before=() after=() a
+  local retries0=0 retries1=0 exhausted0=0 exhausted1=0 ejections0=0 ejections1=0
+  for a in $b1 $b2 $bf; do before+=("$(backend_requests "$a")"); done
+  if [ "$target" = microgate ]; then
+    retries0=$(metric microgate_gateway_retries_total)
+    exhausted0=$(metric microgate_gateway_retry_budget_exhausted_total)
+    ejections0=$(metric microgate_gateway_ejections_total)
+  fi
+  wrk -t2 -c"$connections" -d"${seconds}s" "${retryurl[$target]}" >"$log" 2>&1
+  for a in $b1 $b2 $bf; do after+=("$(backend_requests "$a")"); done
+  if [ "$target" = microgate ]; then
+    retries1=$(metric microgate_gateway_retries_total)
+    exhausted1=$(metric microgate_gateway_retry_budget_exhausted_total)
+    ejections1=$(metric microgate_gateway_ejections_total)
+  fi
+  # Each stub_status read counts itself: one per backend is not traffic.
+  awk -v target="$target" -v round="$round" -v load="$(loadavg)" \
+    -v up="$(( after[0] - before[0] - 1 )) $(( after[1] - before[1] - 1 )) $(( after[2] - before[2] - 1 ))" \
+    -v retries="$(( retries1 - retries0 ))" -v exhausted="$(( exhausted1 - exhausted0 ))" -v ejections="$(( ejections1 - ejections0 ))" '
+    /requests in/ {requests = $1}
+    /^Requests\/sec:/ {rps = $2}
+    /Non-2xx or 3xx responses:/ {bad = $NF}
+    /Socket errors:/ {gsub(/,/, ""); errors = $4 + $6 + $8 + $10}
+    END {
+      split(up, u, " ")
+      printf "{\"target\": \"%s\", \"round\": %d, \"rps\": %s, \"requests\": %d, \"non_2xx\": %d, \"socket_errors\": %d, \"upstream\": [%d, %d, %d], \"gateway_retries\": %d, \"budget_exhausted\": %d, \"ejections\": %d, \"loadavg\": \"%s\"}\n",
+        target, round, rps + 0, requests, bad, errors, u[1], u[2], u[3], retries, exhausted, ejections, load
+    }' "$log" >>"$file"
+}
+
+warm_up() { wrk -t2 -c"$connections" -d1s "$1" >/dev/null 2>&1; }
+
+for workers in $workers_list; do
+  say "== $workers worker(s): starting nginx, haproxy, microgate"
+  start_nginx nginx "$workers" $nginx_h1 $nginx_h2 $nginx_retry
+  targets=(direct nginx haproxy microgate)
+  if [ "$workers" = 1 ]; then
+    start_nginx nginx-b "$workers" $nginx_b_h1 $nginx_b_h2 $nginx_b_retry
+    targets=(direct nginx nginx-b haproxy microgate)
+  fi
+  start_haproxy "$workers"
+  start_microgate "$workers"
+  for target in "${targets[@]}"; do wait_http "${url[$target]}" 60 "${owner[$target]}"; done
+  wait_http "${retryurl[microgate]}" 30 microgate
+  idle=$(memory_kib "${pids[microgate]}")
+  # The runtime's worker threads, by name: proof that TOKIO_WORKER_THREADS took effect.
+  runtime_workers=$(cat /proc/"${pids[microgate]}"/task/*/comm | grep -c '^tokio-r' || true)
+  echo "{\"workers\": $workers, \"microgate_idle_kib\": [${idle// /, }], \"runtime_workers\": $runtime_workers}" >>"$raw/idle.jsonl"
+  for target in nginx haproxy microgate; do
+    spread "$target" "${url[$target]}" | sed "s/^{/{\"workers\": $workers, /" >>"$raw/spread.jsonl"
+  done
+  # Sampled once everything the bench started is up and idle (the control plane's own start-up
+  # and the build are over), so that only other work counts.
+  if [ ! -f "$raw/preflight.json" ]; then
+    busy=$(busy_percent)
+    echo "{\"busy_percent_before\": $busy}" >"$raw/preflight.json"
+    if [ "$busy" -gt 10 ]; then
+      say "warning: the machine is ${busy}% busy with other work; the figures will be noisy"
+    fi
+  fi
+  for target in "${targets[@]}"; do warm_up "${url[$target]}"; done
+
+  say "throughput: ${#targets[@]} targets × $rounds rounds × ${seconds}s (wrk -c$connections)"
+  for round in $(seq 1 "$rounds"); do
+    mapfile -t order < <(in_order "$round" "${targets[@]}")
+    for target in "${order[@]}"; do throughput_round "$raw/throughput.jsonl" "$workers" "$round" "$target"; done
+    say "  round $round/$rounds done (load $(loadavg))"
+  done
+
+  if [ "$workers" = 1 ]; then
+    lat_targets=(direct nginx haproxy microgate)
+    say "latency: ${#lat_targets[@]} targets × $rounds rounds × ${seconds}s at $rate req/s (oha)"
+    for round in $(seq 1 "$rounds"); do
+      mapfile -t order < <(in_order "$round" "${lat_targets[@]}")
+      for target in "${order[@]}"; do latency_round "$raw/latency.jsonl" "$round" "$target"; done
+    done
+
+    say "h2c: 3 targets × $extra_rounds rounds × ${seconds}s (h2load -m10)"
+    for round in $(seq 1 "$extra_rounds"); do
+      mapfile -t order < <(in_order "$round" nginx haproxy microgate)
+      for target in "${order[@]}"; do h2_round "$raw/h2.jsonl" "$round" "$target"; done
+    done
+
+    say "retries: 1 of 3 backends answers 503 to 20 % of requests; $extra_rounds rounds × ${seconds}s"
+    for round in $(seq 1 "$extra_rounds"); do
+      mapfile -t order < <(in_order "$round" direct nginx haproxy microgate)
+      for target in "${order[@]}"; do retry_round "$raw/retry.jsonl" "$round" "$target"; done
+    done
+  fi
+
+  for name in microgate haproxy nginx-b nginx; do stop_process "$name"; done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Instructions per proxied request: each proxy alone under callgrind, 1 worker. After startup and
+# a warm-up, two intervals of N keep-alive requests each are dumped separately; an interval's
+# instruction count divided by N is the marginal cost of a request (startup cancels out).
+if [ "$callgrind_n" -gt 0 ]; then
+  mkdir -p "$out/callgrind"
+  rm -f "$out/callgrind/"*
+  for proxy in nginx haproxy microgate; do
+    say "callgrind: $proxy, 2 × $callgrind_n requests"
+    valgrind=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$out/callgrind/$proxy.out")
+    case $proxy in
+      nginx) start_nginx nginx 1 $nginx_h1 $nginx_h2 $nginx_retry "${valgrind[@]}" ;;
+      haproxy) start_haproxy 1 "${valgrind[@]}" ;;
+      microgate) start_microgate 1 "${valgrind[@]}" ;;
+    esac
+    wait_http "${url[$proxy]}" 180 "$proxy"
+    "$oha" --no-tui -n 2000 -c 16 "${url[$proxy]}" >/dev/null
+    # The pid the bench started is valgrind's (env and valgrind exec, keeping it).
+    vg=${pids[$proxy]}
+    callgrind_control --dump=warmup "$vg" >>"$run/logs/callgrind_control.log" 2>&1
+    for interval in 1 2; do
+      "$oha" --no-tui -n "$callgrind_n" -c 16 --output-format json "${url[$proxy]}" >"$run/logs/callgrind-$proxy-$interval.json"
+      callgrind_control --dump="interval$interval" "$vg" >>"$run/logs/callgrind_control.log" 2>&1
+    done
+    stop_process "$proxy"
+    python3 - "$out/callgrind" "$proxy" "$callgrind_n" "$run/logs" >>"$raw/callgrind.jsonl" <<'EOF'
+import glob, json, subprocess, sys
+folder, proxy, n, logs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+intervals = []
+for k in (1, 2):
+    for path in sorted(glob.glob(f"{folder}/{proxy}.out*")):
+        lines = open(path).read().splitlines()
+        # callgrind_control --dump=NAME: "desc: Trigger: dump NAME" (wording varies by version).
+        if any(l.startswith("desc: Trigger:") and l.endswith(f"interval{k}") for l in lines):
+            total = next(int(l.split()[1]) for l in lines if l.startswith(("summary:", "totals:")))
+            intervals.append({"file": path, "instructions": total})
+ok = [json.load(open(f"{logs}/callgrind-{proxy}-{i}.json"))["summary"]["successRate"] for i in (1, 2)]
+# Where the instructions go, per function, for the second interval: inclusive and exclusive.
+if intervals:
+    for mode in ("inclusive", "exclusive"):
+        with open(f"{folder}/{proxy}-{mode}.txt", "w") as f:
+            subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if mode == 'inclusive' else 'no'}",
+                            "--auto=no", "--threshold=100", intervals[-1]["file"]], stdout=f, check=False)
+print(json.dumps({"proxy": proxy, "requests": n, "intervals": intervals,
+                  "per_request": [i["instructions"] / n for i in intervals], "success_rate": ok}))
+EOF
+  done
+fi
+
+say "writing the report"
+python3 "$here/report.py" "$out" "$repo"

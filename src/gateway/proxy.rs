@@ -13,13 +13,13 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
     uri::{PathAndQuery, Scheme},
 };
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::{BodyExt, Either, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 
 use super::{
     balance::{hash_key, random_below},
-    body::{OutgoingBody, ResponseBody, Streamed},
+    body::{OutgoingBody, ResponseBody, Streamed, Whole},
     config::{Attached, HashOn, Route, RouteTable, Upstream},
     metrics::{GatewayMetrics, RouteMetrics},
     outlier,
@@ -358,10 +358,8 @@ impl RequestBody {
     /// The body of the next attempt (a streamed body goes to the first attempt only).
     fn for_attempt(&mut self) -> OutgoingBody {
         match self {
-            RequestBody::Buffered(bytes) => OutgoingBody::whole(bytes.clone()),
-            RequestBody::Streaming(body) => body
-                .take()
-                .map_or(OutgoingBody::Whole(None), OutgoingBody::Streamed),
+            RequestBody::Buffered(bytes) => Either::Left(Whole::new(bytes.clone())),
+            RequestBody::Streaming(body) => body.take().map_or(Either::Left(Whole::empty()), Either::Right),
         }
     }
 }
@@ -514,12 +512,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn downstream(response: Response<UpstreamBody>) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::Upstream(body))
+    Response::from_parts(parts, Either::Left(body))
 }
 
 /// An answer of the gateway's own: a one-line reason, and its code in `x-microgate-reason`.
 pub fn local(status: StatusCode, code: &'static str, reason: &str) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::Local(Some(Bytes::from(format!("{reason}\n")))));
+    let mut response = Response::new(Either::Right(Whole::new(Bytes::from(format!("{reason}\n")))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -757,32 +757,39 @@ async fn a_pod_killed_mid_traffic_costs_no_client_a_failure() {
     .await;
 }
 
+/// Sends `count` requests, `concurrency` at a time, over three pods of which one answers 100 ms
+/// late, balanced by `policy`; returns how many the slow pod got.
+async fn requests_to_a_slow_pod(ns: &TestNamespace, policy: &str, count: usize, concurrency: usize) -> usize {
+    let platform = Platform::start(ns).await;
+    platform
+        .microservice(ns, "echo", 3, json!({"loadBalancer": {"policy": policy}}))
+        .await;
+    platform
+        .gateway(
+            ns,
+            json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+        )
+        .await;
+    let slow = pods_of(ns, "echo").await[0].clone();
+    ns.backend(&slow)
+        .expect("backend")
+        .delay(Duration::from_millis(100));
+    let counts = traffic(platform.listener, "/", count, concurrency).await;
+    let ok: usize = counts
+        .iter()
+        .filter(|((s, _), _)| *s == 200)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(ok, count, "{counts:?}");
+    counts.get(&(200, slow)).copied().unwrap_or(0)
+}
+
 #[tokio::test]
 async fn least_request_sends_less_to_a_slow_pod() {
     with_namespace("e2e-least", |ns| async move {
-        let platform = Platform::start(&ns).await;
-        platform
-            .microservice(
-                &ns,
-                "echo",
-                3,
-                json!({"loadBalancer": {"policy": "LeastRequest"}}),
-            )
-            .await;
-        platform
-            .gateway(
-                &ns,
-                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
-            )
-            .await;
-        let slow = pods_of(&ns, "echo").await[0].clone();
-        ns.backend(&slow)
-            .expect("backend")
-            .delay(Duration::from_millis(100));
-        let counts = traffic(platform.listener, "/", 600, 8).await;
-        let to_slow = counts.get(&(200, slow.clone())).copied().unwrap_or(0);
+        let to_slow = requests_to_a_slow_pod(&ns, "LeastRequest", 600, 8).await;
         // Round robin would send it a third (200); requests in flight steer most elsewhere.
-        assert!(to_slow < 100, "the slow pod got {to_slow} of 600: {counts:?}");
+        assert!(to_slow < 100, "the slow pod got {to_slow} of 600");
     })
     .await;
 }
@@ -790,25 +797,10 @@ async fn least_request_sends_less_to_a_slow_pod() {
 #[tokio::test]
 async fn peak_ewma_sends_less_to_a_slow_pod() {
     with_namespace("e2e-ewma", |ns| async move {
-        let platform = Platform::start(&ns).await;
-        platform
-            .microservice(&ns, "echo", 3, json!({"loadBalancer": {"policy": "PeakEwma"}}))
-            .await;
-        platform
-            .gateway(
-                &ns,
-                json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
-            )
-            .await;
-        let slow = pods_of(&ns, "echo").await[0].clone();
-        ns.backend(&slow)
-            .expect("backend")
-            .delay(Duration::from_millis(100));
         // One request at a time: nothing is ever in flight elsewhere, only latency can steer.
-        let counts = traffic(platform.listener, "/", 150, 1).await;
-        let to_slow = counts.get(&(200, slow.clone())).copied().unwrap_or(0);
+        let to_slow = requests_to_a_slow_pod(&ns, "PeakEwma", 150, 1).await;
         // Round robin would send it a third (50).
-        assert!(to_slow < 25, "the slow pod got {to_slow} of 150: {counts:?}");
+        assert!(to_slow < 25, "the slow pod got {to_slow} of 150");
     })
     .await;
 }

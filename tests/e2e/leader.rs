@@ -15,7 +15,7 @@ use std::{
 
 use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease};
 use kube::{api::PostParams, config::Kubeconfig};
-use microgate::api::{Gateway, Microservice};
+use microgate::api::Microservice;
 use microgate_test_support::{
     TestNamespace, cluster, probe,
     proxy::CuttableProxy,
@@ -28,7 +28,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-use super::free_port;
+use super::{create_gateway, free_port};
 
 const LEASE: &str = "microgate-controller";
 
@@ -332,16 +332,12 @@ async fn a_standby_gateway_serves_throughout_a_failover() {
         };
         create_microservice(&ns, "echo", 2).await;
         let port = free_port();
-        let gateway: Gateway = serde_json::from_value(json!({
-            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
-            "spec": {"listeners": [{"name": "http", "port": port}],
-                     "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}]},
-        }))
-        .expect("a valid Gateway");
-        ns.api::<Gateway>()
-            .create(&PostParams::default(), &gateway)
-            .await
-            .expect("create the Gateway");
+        create_gateway(
+            &ns,
+            port,
+            json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+        )
+        .await;
         let through_standby = SocketAddr::new(standby_listener, port);
         wait::until("the standby's gateway to serve", WAIT, || async {
             match probe::get(through_standby, "/").await {

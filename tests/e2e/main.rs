@@ -135,15 +135,7 @@ impl Platform {
 
     /// Creates a Gateway with one listener (this test's port) and `routes`, and waits until it serves.
     async fn gateway(&self, ns: &TestNamespace, routes: serde_json::Value) {
-        let gateway: Gateway = serde_json::from_value(json!({
-            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
-            "spec": {"listeners": [{"name": "http", "port": self.listener.port()}], "routes": routes},
-        }))
-        .expect("a valid Gateway");
-        ns.api::<Gateway>()
-            .create(&PostParams::default(), &gateway)
-            .await
-            .expect("create the Gateway");
+        create_gateway(ns, self.listener.port(), routes).await;
         let listener = self.listener;
         wait::until("the gateway to listen", WAIT, || async {
             match probe::get(listener, "/__probe").await {
@@ -170,6 +162,19 @@ impl Platform {
             .await;
         platform
     }
+}
+
+/// Creates the Gateway `gw`: one listener, `http` on `port`, and `routes`.
+async fn create_gateway(ns: &TestNamespace, port: u16, routes: serde_json::Value) {
+    let gateway: Gateway = serde_json::from_value(json!({
+        "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
+        "spec": {"listeners": [{"name": "http", "port": port}], "routes": routes},
+    }))
+    .expect("a valid Gateway");
+    ns.api::<Gateway>()
+        .create(&PostParams::default(), &gateway)
+        .await
+        .expect("create the Gateway");
 }
 
 async fn pods_of(ns: &TestNamespace, service: &str) -> Vec<String> {
@@ -451,16 +456,12 @@ async fn a_listener_port_already_taken_is_reported_not_programmed() {
         platform.microservice(&ns, "echo", 1, json!({})).await;
         // Something else holds the port the Gateway asks for.
         let squatter = std::net::TcpListener::bind(platform.listener).expect("hold the port");
-        let gateway: Gateway = serde_json::from_value(json!({
-            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
-            "spec": {"listeners": [{"name": "http", "port": platform.listener.port()}],
-                     "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}]},
-        }))
-        .expect("a valid Gateway");
-        ns.api::<Gateway>()
-            .create(&PostParams::default(), &gateway)
-            .await
-            .expect("create the Gateway");
+        create_gateway(
+            &ns,
+            platform.listener.port(),
+            json!([{"name": "all", "backends": [{"microservice": "echo"}]}]),
+        )
+        .await;
         let gateway = await_programmed(&ns, "gw", "False").await;
         let (_, reason, message) = condition(&gateway, "Programmed").expect("Programmed");
         assert_eq!(reason, "ListenerNotBound");

@@ -27,6 +27,11 @@ impl Whole {
     pub fn empty() -> Self {
         Self(None)
     }
+
+    /// What it holds, shared (empty once sent).
+    pub fn bytes(&self) -> Bytes {
+        self.0.clone().unwrap_or_default()
+    }
 }
 
 impl Body for Whole {

@@ -1,12 +1,15 @@
 //! Connections to the endpoints, and the Microservice's circuit-breaker limits on them.
 //!
 //! HTTP/1.1 connections are kept alive between requests in a lock-free idle queue per endpoint: a
-//! request takes one, and its response body puts it back when the body ends. An HTTP2 or GRPC
+//! request takes one, and its response body puts it back when the body ends (see [`http1`]). An HTTP2 or GRPC
 //! Microservice gets one multiplexed connection per endpoint. New connections open only while the
 //! Microservice has fewer than `circuitBreaker.maxConnections`; beyond that, up to
 //! `maxPendingRequests` requests wait for one to be freed, and the rest are refused at once.
 
+mod http1;
+
 use std::{
+    io,
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -20,10 +23,12 @@ use std::{
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
+use http::Method;
 use http::{Request, Response};
+use http_body_util::Either;
 use hyper::{
     body::{Body as HttpBody, Frame, Incoming, SizeHint},
-    client::conn::{http1, http2},
+    client::conn::http2,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::Notify};
@@ -115,7 +120,7 @@ impl Drop for Waiting<'_> {
 pub struct Connections {
     limits: Arc<Limits>,
     /// Made on the first connection: most endpoints in a registry never get one.
-    idle: OnceLock<ArrayQueue<http1::SendRequest<OutgoingBody>>>,
+    idle: OnceLock<ArrayQueue<http1::Connection>>,
     http2: ArcSwapOption<http2::SendRequest<OutgoingBody>>,
 }
 
@@ -128,14 +133,14 @@ impl Connections {
         }
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<OutgoingBody>> {
+    fn take_idle(&self) -> Option<http1::Connection> {
         self.idle.get()?.pop()
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<OutgoingBody>) {
+    fn put_idle(&self, connection: http1::Connection) {
         let idle = self.idle.get_or_init(|| ArrayQueue::new(IDLE_PER_ENDPOINT));
         // A full queue drops (closes) the connection.
-        let _ = idle.push(sender);
+        let _ = idle.push(connection);
         self.limits.notify_if_waited_for();
     }
 
@@ -157,9 +162,15 @@ pub enum UpstreamError {
     ConnectTimeout { addr: SocketAddr },
     #[error("the HTTP/2 handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
-    /// The request was (at least partly) sent, and the exchange failed.
+    /// The request was (at least partly) sent, and the HTTP/2 exchange failed.
     #[error("{0}")]
     Exchange(#[source] hyper::Error),
+    /// The request was (at least partly) sent, and the HTTP/1.1 exchange failed.
+    #[error("HTTP/1.1 exchange with {addr} failed: {source}")]
+    Http1 {
+        addr: SocketAddr,
+        source: http1::ExchangeError,
+    },
     #[error("{waiting} requests already wait for a connection (circuitBreaker.maxPendingRequests)")]
     PendingOverflow { waiting: usize },
 }
@@ -181,36 +192,62 @@ pub async fn send_http1(
     endpoint: &Arc<EndpointState>,
     siblings: &[Arc<EndpointState>],
     breaker: CircuitBreaker,
-    mut request: Request<OutgoingBody>,
+    request: Request<OutgoingBody>,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
+    let (parts, mut body) = request.into_parts();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // An idle connection may have been closed by the endpoint a moment ago. A request that can be
+    // sent twice finds out by trying, and is sent again on another connection; any other asks
+    // the socket first.
+    let replayable = matches!(body, Either::Left(_))
+        && matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        );
+    loop {
+        let mut connection = acquire_http1(endpoint, siblings, breaker, !replayable).await?;
+        let reused = connection.reused;
+        match connection
+            .exchange(&parts.method, target, &parts.headers, &mut body)
+            .await
+        {
+            Ok(head) => return Ok(UpstreamBody::http1(head, connection, endpoint)),
+            Err(error) if reused && replayable && error.is_stale_connection() => continue,
+            Err(source) => {
+                return Err(UpstreamError::Http1 {
+                    addr: endpoint.addr,
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 connection to `endpoint` for one exchange: an idle one, else a new one if
+/// `maxConnections` allows, else one freed while waiting (within `maxPendingRequests`).
+/// `probe`: skip idle connections the endpoint has closed.
+async fn acquire_http1(
+    endpoint: &Arc<EndpointState>,
+    siblings: &[Arc<EndpointState>],
+    breaker: CircuitBreaker,
+    probe: bool,
+) -> Result<http1::Connection, UpstreamError> {
     let connections = &endpoint.connections;
     let limits = &connections.limits;
     loop {
-        while let Some(mut sender) = connections.take_idle() {
-            // A connection that just delivered a response is ready a moment later; a closed one
-            // fails here and is dropped.
-            if sender.ready().await.is_err() {
+        while let Some(connection) = connections.take_idle() {
+            if probe && !connection.is_open() {
                 continue;
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(UpstreamBody::wrap(response, sender, endpoint)),
-                // Never written (the connection closed under it): safe to send on another.
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::Exchange(error.into_error())),
-                },
-            }
+            return Ok(connection);
         }
         // Registered before the limit is checked, so that a slot freed in between is not missed.
         let freed = limits.freed.notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
         if let Some(slot) = limits.open_slot(breaker.max_connections) {
-            let mut sender = connect_http1(endpoint.addr, slot).await?;
-            return match sender.try_send_request(request).await {
-                Ok(response) => Ok(UpstreamBody::wrap(response, sender, endpoint)),
-                Err(error) => Err(UpstreamError::Exchange(error.into_error())),
-            };
+            let stream = connect(endpoint.addr).await?;
+            return Ok(http1::Connection::new(stream, slot));
         }
         let waiting = limits.pending.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(limits);
@@ -255,12 +292,12 @@ pub async fn send_http2(
         freed.await;
     };
     match sender.send_request(request).await {
-        Ok(response) => Ok(response.map(|body| UpstreamBody { body, reuse: None })),
+        Ok(response) => Ok(response.map(|body| UpstreamBody(Kind::Http2(body)))),
         Err(error) => Err(UpstreamError::Exchange(error)),
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> {
+async fn connect(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
@@ -268,32 +305,14 @@ async fn connect(addr: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> 
     };
     // Requests are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
-}
-
-async fn connect_http1(
-    addr: SocketAddr,
-    slot: ConnectionSlot,
-) -> Result<http1::SendRequest<OutgoingBody>, UpstreamError> {
-    let io = connect(addr).await?;
-    // An HTTP/1.1 handshake exchanges nothing: it cannot fail but for a bug.
-    let (sender, connection) = http1::handshake(io)
-        .await
-        .map_err(|source| UpstreamError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%addr, %error, "upstream connection ended with an error");
-        }
-        drop(slot);
-    });
-    Ok(sender)
+    Ok(stream)
 }
 
 async fn connect_http2(
     addr: SocketAddr,
     slot: ConnectionSlot,
 ) -> Result<http2::SendRequest<OutgoingBody>, UpstreamError> {
-    let io = connect(addr).await?;
+    let io = TokioIo::new(connect(addr).await?);
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(io)
@@ -311,73 +330,103 @@ async fn connect_http2(
 /// A response body from an endpoint. An HTTP/1.1 connection goes back to its endpoint's idle
 /// queue when the body has been read to its end; one dropped earlier is closed, since the rest of
 /// the body would still be on it.
-pub struct UpstreamBody {
-    body: Incoming,
-    reuse: Option<(http1::SendRequest<OutgoingBody>, Arc<EndpointState>)>,
+pub struct UpstreamBody(Kind);
+
+enum Kind {
+    Http1 {
+        /// `None` once the body has ended (or broken) and the connection is gone.
+        connection: Option<http1::Connection>,
+        framing: http1::Framing,
+        keep_alive: bool,
+        endpoint: Arc<EndpointState>,
+    },
+    Http2(Incoming),
 }
 
 impl UpstreamBody {
-    fn wrap(
-        response: Response<Incoming>,
-        sender: http1::SendRequest<OutgoingBody>,
+    fn http1(
+        head: http1::Head,
+        connection: http1::Connection,
         endpoint: &Arc<EndpointState>,
     ) -> Response<Self> {
-        response.map(|body| {
-            let mut body = Self {
-                body,
-                reuse: Some((sender, endpoint.clone())),
-            };
-            // An empty body (204, 304, HEAD, Content-Length: 0) has already ended.
-            body.release_if_ended();
-            body
-        })
+        let mut body = Self(Kind::Http1 {
+            connection: Some(connection),
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            endpoint: endpoint.clone(),
+        });
+        // An empty body (204, 304, HEAD, Content-Length: 0) has already ended.
+        body.release_if_ended();
+        head.response.map(|()| body)
     }
 
+    /// Gives the connection back once the body has been read to its end.
     fn release_if_ended(&mut self) {
-        if self.body.is_end_stream()
-            && let Some((sender, endpoint)) = self.reuse.take()
+        if let Kind::Http1 {
+            connection,
+            framing: http1::Framing::Length(0),
+            keep_alive,
+            endpoint,
+        } = &mut self.0
+            && let Some(connection) = connection.take()
+            && *keep_alive
+            && connection.is_clean()
         {
-            endpoint.connections.put_idle(sender);
+            endpoint.connections.put_idle(connection);
         }
     }
 }
 
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(frame) = &polled {
-            match frame {
-                Some(Ok(_)) => self.release_if_ended(),
-                // Read to the end: the connection is free.
-                None => {
-                    if let Some((sender, endpoint)) = self.reuse.take() {
-                        endpoint.connections.put_idle(sender);
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        match &mut this.0 {
+            Kind::Http2(body) => Pin::new(body).poll_frame(cx).map_err(io::Error::other),
+            Kind::Http1 {
+                connection, framing, ..
+            } => {
+                let Some(open) = connection.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match std::task::ready!(http1::poll_body(open, framing, cx)) {
+                    Ok(read) => {
+                        let frame = http1::frame(read);
+                        if frame.is_none() {
+                            // Read to a close: nothing more to give back.
+                            *framing = http1::Framing::Length(0);
+                        }
+                        this.release_if_ended();
+                        Poll::Ready(frame.map(Ok))
+                    }
+                    // A broken body breaks its connection too.
+                    Err(error) => {
+                        *connection = None;
+                        Poll::Ready(Some(Err(error)))
                     }
                 }
-                // A broken body breaks its connection too.
-                Some(Err(_)) => self.reuse = None,
             }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.0 {
+            Kind::Http2(body) => body.is_end_stream(),
+            Kind::Http1 {
+                connection, framing, ..
+            } => connection.is_none() || *framing == http1::Framing::Length(0),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        self.release_if_ended();
+        match &self.0 {
+            Kind::Http2(body) => body.size_hint(),
+            Kind::Http1 { framing, .. } => http1::size_hint(framing),
+        }
     }
 }

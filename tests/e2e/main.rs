@@ -597,6 +597,69 @@ async fn upstream_connections_are_reused_and_capped_by_max_connections() {
     .await;
 }
 
+#[tokio::test]
+async fn chunked_answers_pass_through_and_connections_closed_while_idle_are_not_a_failure() {
+    with_namespace("e2e-upstream-http1", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "web", 1, json!({})).await;
+        let pod = &pods_of(&ns, "web").await[0];
+        let backend = ns.backend(pod).expect("backend");
+        // The backend closes a connection idle for 200 ms without a word, as many servers do.
+        backend.close_idle_connections_after(Duration::from_millis(200));
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "web"}]}]),
+            )
+            .await;
+
+        // A body in chunks arrives whole, and the connection serves the next request.
+        backend.answer_in_chunks(true);
+        let opened = backend.connections();
+        for _ in 0..5 {
+            let answer = probe::get(platform.listener, "/").await.expect("an answer");
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(answer.body, format!("{pod}\n"));
+        }
+        assert!(
+            backend.connections() <= opened + 1,
+            "chunked answers cost a connection each: {} opened for 5 requests",
+            backend.connections() - opened
+        );
+        backend.answer_in_chunks(false);
+
+        // The gateway's next request on a connection closed while idle must not come back as a
+        // failure, whatever its method.
+        let before = backend.connections();
+        for method in [
+            hyper::Method::GET,
+            hyper::Method::POST,
+            hyper::Method::GET,
+            hyper::Method::POST,
+        ] {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let answer = probe::request(platform.listener, method.clone(), "/", "payload")
+                .await
+                .expect("an answer");
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{method} after an idle close: {answer:?}"
+            );
+            assert_eq!(
+                answer.headers["x-body-bytes"], "7",
+                "the body reached the backend"
+            );
+        }
+        assert_eq!(
+            backend.connections(),
+            before + 4,
+            "each request after an idle close needed a new connection"
+        );
+    })
+    .await;
+}
+
 /// Sends raw bytes and returns the status line of the answer ("" if the connection closed first).
 async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,8 +2,9 @@
 //!
 //! By default it answers every request `200` with the Pod's name as the body (and in the
 //! `x-pod-name` header), so a client can tell which instance served it. A test scripts failures
-//! through [`Backend`]: a fixed status, an added delay, failing the next K requests, or closing
-//! the connection in the middle of a response. Stopping it closes the listener and every open
+//! through [`Backend`]: a fixed status, an added delay, failing the next K requests, closing
+//! the connection in the middle of a response, answering in chunks, or closing keep-alive
+//! connections left idle. Stopping it closes the listener and every open
 //! connection, so the address refuses connections as a dead Pod's would.
 
 use std::{
@@ -19,7 +20,10 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::{Request, Response, StatusCode, body::Frame, service::service_fn};
-use hyper_util::{rt::TokioExecutor, rt::TokioIo, server::conn::auto};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
 use tokio::{net::TcpListener, task::JoinSet};
 
 /// The header that carries the serving Pod's name in every response.
@@ -48,6 +52,10 @@ struct State {
     /// `Retry-After` seconds sent with the scripted failures (0: none).
     fail_retry_after: AtomicU64,
     close_mid_response: AtomicBool,
+    /// Answer with a chunked body (no Content-Length).
+    chunked: AtomicBool,
+    /// Close a keep-alive connection idle this long (0: never), without saying so beforehand.
+    idle_timeout_ms: AtomicU64,
     requests: AtomicU64,
     /// Connections accepted so far, and how many were open at once at most.
     connections: AtomicU64,
@@ -110,11 +118,26 @@ impl Backend {
     }
 
     /// Back to the default: `200`, no delay, no scripted failures.
+    /// Answer with the body in several chunks, without a Content-Length.
+    pub fn answer_in_chunks(&self, enabled: bool) {
+        self.state.chunked.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Close keep-alive connections that carry no request for `idle`, as many servers do; the
+    /// client learns of it only when it next uses the connection. Applies to connections accepted
+    /// from now on.
+    pub fn close_idle_connections_after(&self, idle: Duration) {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.state.idle_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
     pub fn reset(&self) {
         self.respond_with_status(StatusCode::OK);
         self.delay(Duration::ZERO);
         self.fail_next_with_retry_after(0, StatusCode::SERVICE_UNAVAILABLE, 0);
         self.close_mid_response(false);
+        self.answer_in_chunks(false);
+        self.state.idle_timeout_ms.store(0, Ordering::Relaxed);
     }
 }
 
@@ -137,6 +160,8 @@ impl RunningBackend {
             fail_status: AtomicU16::new(StatusCode::SERVICE_UNAVAILABLE.as_u16()),
             fail_retry_after: AtomicU64::new(0),
             close_mid_response: AtomicBool::new(false),
+            chunked: AtomicBool::new(false),
+            idle_timeout_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             open: AtomicU64::new(0),
@@ -187,7 +212,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 let state = state.clone();
                 service_fn(move |request| handle(state.clone(), request))
             };
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            let idle_timeout = state.idle_timeout_ms.load(Ordering::Relaxed);
+            if idle_timeout > 0 {
+                // hyper's header-read timer runs while a kept-alive connection waits for its next
+                // request: an idle timeout, closing without a word.
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_millis(idle_timeout));
+            }
             if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
                 tracing::trace!(%error, "backend connection ended with an error");
             }
@@ -247,14 +281,31 @@ async fn handle(
     let status =
         StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let length = body.len();
-    let mut answer = response(
-        status,
-        &state.pod,
-        &version,
-        length,
-        received,
-        Full::new(body).map_err(|never| match never {}).boxed(),
-    );
+    let mut answer = if state.chunked.load(Ordering::Relaxed) {
+        // One frame per byte, and no length: hyper sends it chunked.
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = (0..body.len())
+            .map(|i| Ok(Frame::data(body.slice(i..=i))))
+            .collect();
+        let mut answer = response(
+            status,
+            &state.pod,
+            &version,
+            length,
+            received,
+            BodyExt::boxed(StreamBody::new(futures::stream::iter(frames))),
+        );
+        answer.headers_mut().remove(hyper::header::CONTENT_LENGTH);
+        answer
+    } else {
+        response(
+            status,
+            &state.pod,
+            &version,
+            length,
+            received,
+            Full::new(body).map_err(|never| match never {}).boxed(),
+        )
+    };
     let retry_after = state.fail_retry_after.load(Ordering::Relaxed);
     if failing && retry_after > 0 {
         answer

@@ -1,0 +1,617 @@
+//! HTTP/1.1 to an endpoint, on a connection the request owns while it uses it.
+//!
+//! hyper's client drives each connection from a task of its own and hands requests, responses and
+//! body chunks to it over channels: three task wake-ups per proxied request. Here the request's
+//! own task writes the request and reads the response straight from the socket, and the response
+//! body reads the rest; the connection goes back to its endpoint's idle queue when the body ends.
+
+use std::{
+    io,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use super::ConnectionSlot;
+use crate::gateway::body::OutgoingBody;
+
+/// The most a response head may take, status line and headers together.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most headers a response may carry.
+const MAX_HEADERS: usize = 128;
+/// How much room a read asks for.
+const READ_CHUNK: usize = 16 * 1024;
+/// A body up to this size is written with its head in one write.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// Why an exchange on a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The endpoint closed the connection before the first byte of an answer: on a reused
+    /// connection, the race with its idle timeout, and the request may be sent again.
+    #[error("the endpoint closed the connection before answering")]
+    ClosedBeforeAnswer,
+    #[error("writing the request failed: {0}")]
+    Write(io::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("invalid response from the endpoint: {0}")]
+    Invalid(&'static str),
+    #[error("invalid response from the endpoint: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error("the request body could not be read: {0}")]
+    RequestBody(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ExchangeError {
+    /// Whether the connection had been closed by the endpoint before this exchange began, as far
+    /// as can be told: nothing of an answer came back.
+    pub fn is_stale_connection(&self) -> bool {
+        matches!(self, Self::ClosedBeforeAnswer | Self::Write(_))
+    }
+}
+
+/// An open connection to one endpoint.
+pub struct Connection {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed.
+    read: BytesMut,
+    /// The request head being written (kept to reuse its allocation).
+    write: Vec<u8>,
+    /// Whether it has carried an exchange before.
+    pub reused: bool,
+    /// Counted against the Microservice's `maxConnections` until the connection closes.
+    _slot: ConnectionSlot,
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the endpoint closes the connection.
+    UntilClose,
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this much left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk, reading trailer lines up to the empty one.
+    Trailers,
+}
+
+/// A response head, and how to read what follows it.
+pub struct Head {
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// Whether the connection may carry another exchange after this one.
+    pub keep_alive: bool,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, slot: ConnectionSlot) -> Self {
+        Self {
+            stream,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write: Vec::with_capacity(1024),
+            reused: false,
+            _slot: slot,
+        }
+    }
+
+    /// Writes the request, then reads the response head.
+    pub async fn exchange(
+        &mut self,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: &mut OutgoingBody,
+    ) -> Result<Head, ExchangeError> {
+        self.reused = true;
+        let whole = match body {
+            http_body_util::Either::Left(whole) => Some(whole.bytes()),
+            http_body_util::Either::Right(_) => None,
+        };
+        self.write.clear();
+        encode_head(
+            &mut self.write,
+            method,
+            target,
+            headers,
+            whole.as_ref().map(Bytes::len),
+        );
+        let written = match whole {
+            Some(bytes) if bytes.len() <= COALESCE_BODY => {
+                self.write.extend_from_slice(&bytes);
+                self.stream.write_all(&self.write).await
+            }
+            Some(bytes) => match self.stream.write_all(&self.write).await {
+                Ok(()) => self.stream.write_all(&bytes).await,
+                Err(error) => Err(error),
+            },
+            None => {
+                self.stream
+                    .write_all(&self.write)
+                    .await
+                    .map_err(ExchangeError::Write)?;
+                return match self.write_chunked(body).await {
+                    Ok(()) => self.read_head(method).await,
+                    Err(error) => Err(error),
+                };
+            }
+        };
+        written.map_err(ExchangeError::Write)?;
+        self.read_head(method).await
+    }
+
+    /// Whether the endpoint has not closed the connection (nor sent anything unasked on it).
+    pub fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    async fn write_chunked(&mut self, body: &mut OutgoingBody) -> Result<(), ExchangeError> {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(ExchangeError::RequestBody)?;
+            let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            self.stream
+                .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await?;
+            self.stream.write_all(&data).await?;
+            self.stream.write_all(b"\r\n").await?;
+        }
+        self.stream.write_all(b"0\r\n\r\n").await?;
+        Ok(())
+    }
+
+    async fn read_head(&mut self, method: &Method) -> Result<Head, ExchangeError> {
+        let mut answered = false;
+        loop {
+            if !self.read.is_empty() {
+                answered = true;
+                if let Some(head) = parse_head(&mut self.read, method)? {
+                    return Ok(head);
+                }
+                if self.read.len() >= MAX_HEAD {
+                    return Err(ExchangeError::Invalid("response head too large"));
+                }
+            }
+            self.read.reserve(READ_CHUNK);
+            let read = tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.read).await;
+            match read {
+                Ok(0) | Err(_) if !answered && self.read.is_empty() => {
+                    return Err(ExchangeError::ClosedBeforeAnswer);
+                }
+                Ok(0) => return Err(ExchangeError::Invalid("response head cut short")),
+                Ok(_) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Reads into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.read.reserve(READ_CHUNK);
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.read) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                read => return Poll::Ready(read),
+            }
+        }
+    }
+
+    /// Whether nothing is left unread, so that the next exchange starts clean.
+    pub fn is_clean(&self) -> bool {
+        self.read.is_empty()
+    }
+}
+
+/// Writes a request head in origin form. `body_len`: the length of a body held whole, `None` for
+/// one streamed in chunks. The client's own framing headers were hop-by-hop or are replaced here.
+fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body_len: Option<usize>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body_len {
+        // A method that usually has a body says when it has none.
+        Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
+        Some(len) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(len as u64, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
+/// Parses a response head off the front of `buf`, skipping interim (1xx) responses. `None`: more
+/// bytes are needed.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ExchangeError> {
+    loop {
+        let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        )? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Ok(None),
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("status code"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ExchangeError::Invalid("unrequested protocol switch"));
+            }
+            buf.advance(len);
+            continue;
+        }
+        let version = parsed.version.unwrap_or(0);
+        // Where each value lies in the head, so that the values can share its buffer.
+        let base = buf.as_ptr() as usize;
+        let mut names = Vec::with_capacity(parsed.headers.len());
+        let mut spans = Vec::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            names.push(
+                HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| ExchangeError::Invalid("header name"))?,
+            );
+            spans.push((h.value.as_ptr() as usize - base, h.value.len()));
+        }
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        let mut keep_alive = version == 1;
+        let mut length: Option<u64> = None;
+        let mut chunked = None;
+        let head = buf.split_to(len).freeze();
+        for (name, (at, len)) in names.into_iter().zip(spans) {
+            let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
+                .map_err(|_| ExchangeError::Invalid("header value"))?;
+            if name == header::CONTENT_LENGTH {
+                let n = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or(ExchangeError::Invalid("content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(ExchangeError::Invalid("conflicting content-length"));
+                }
+                length = Some(n);
+            } else if name == header::TRANSFER_ENCODING {
+                // Only the last coding says whether the body is chunked.
+                let last = value.as_bytes().rsplit(|b| *b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION {
+                for token in value.as_bytes().split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                        keep_alive = true;
+                    }
+                }
+            }
+            headers.append(name, value);
+        }
+        let framing = if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Length(0)
+        } else {
+            match (chunked, length) {
+                (Some(true), _) => Framing::Chunked(Chunked::Size),
+                (Some(false), _) => Framing::UntilClose,
+                (None, Some(n)) => Framing::Length(n),
+                (None, None) => Framing::UntilClose,
+            }
+        };
+        if framing == Framing::UntilClose {
+            keep_alive = false;
+        }
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = Version::HTTP_11;
+        *response.headers_mut() = headers;
+        return Ok(Some(Head {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// What reading a body's next piece came to.
+pub enum Read {
+    Data(Bytes),
+    End,
+}
+
+/// Reads the next piece of a body framed by `framing` from `conn`, advancing `framing`.
+pub fn poll_body(
+    conn: &mut Connection,
+    framing: &mut Framing,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Read>> {
+    loop {
+        match framing {
+            Framing::Length(0) => return Poll::Ready(Ok(Read::End)),
+            Framing::Length(left) => {
+                if !conn.read.is_empty() {
+                    let take = conn.read.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= take as u64;
+                    return Poll::Ready(Ok(Read::Data(conn.read.split_to(take).freeze())));
+                }
+                if ready!(conn.poll_fill(cx))? == 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "body cut short",
+                    )));
+                }
+            }
+            Framing::UntilClose => {
+                if !conn.read.is_empty() {
+                    return Poll::Ready(Ok(Read::Data(conn.read.split().freeze())));
+                }
+                if ready!(conn.poll_fill(cx))? == 0 {
+                    return Poll::Ready(Ok(Read::End));
+                }
+            }
+            Framing::Chunked(state) => {
+                match decode_chunked(&mut conn.read, state)? {
+                    Some(Read::End) => {
+                        *framing = Framing::Length(0);
+                        return Poll::Ready(Ok(Read::End));
+                    }
+                    Some(data) => return Poll::Ready(Ok(data)),
+                    None => {}
+                }
+                if ready!(conn.poll_fill(cx))? == 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "body cut short",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Decodes what it can of a chunked body from the front of `buf`. `None`: more bytes are needed.
+fn decode_chunked(buf: &mut BytesMut, state: &mut Chunked) -> io::Result<Option<Read>> {
+    loop {
+        match state {
+            Chunked::Size => {
+                let Some(eol) = find_crlf(buf)? else {
+                    return Ok(None);
+                };
+                let line = &buf[..eol];
+                // Chunk extensions (after ';') are ignored.
+                let digits = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+                if digits.is_empty() || digits.len() > 15 {
+                    return Err(invalid("chunk size"));
+                }
+                let mut size = 0u64;
+                for d in digits {
+                    let v = (*d as char).to_digit(16).ok_or_else(|| invalid("chunk size"))?;
+                    size = size * 16 + u64::from(v);
+                }
+                buf.advance(eol + 2);
+                *state = if size == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(size)
+                };
+            }
+            Chunked::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                if *left == 0 {
+                    *state = Chunked::DataEnd;
+                }
+                return Ok(Some(Read::Data(buf.split_to(take).freeze())));
+            }
+            Chunked::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(invalid("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                *state = Chunked::Size;
+            }
+            // Trailers are not forwarded: skip lines up to the empty one.
+            Chunked::Trailers => {
+                let Some(eol) = find_crlf(buf)? else {
+                    return Ok(None);
+                };
+                buf.advance(eol + 2);
+                if eol == 0 {
+                    return Ok(Some(Read::End));
+                }
+            }
+        }
+    }
+}
+
+/// Where the first CRLF in `buf` starts; an over-long line is an error.
+fn find_crlf(buf: &[u8]) -> io::Result<Option<usize>> {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(at) => Ok(Some(at)),
+        None if buf.len() > MAX_HEAD => Err(invalid("line too long")),
+        None => Ok(None),
+    }
+}
+
+/// Frames one piece of a body as the server side wants it.
+pub fn frame(read: Read) -> Option<Frame<Bytes>> {
+    match read {
+        Read::Data(bytes) => Some(Frame::data(bytes)),
+        Read::End => None,
+    }
+}
+
+/// The size hint of a body framed by `framing`.
+pub fn size_hint(framing: &Framing) -> SizeHint {
+    match framing {
+        Framing::Length(n) => SizeHint::with_exact(*n),
+        _ => SizeHint::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8], method: Method) -> Result<Option<Head>, ExchangeError> {
+        parse_head(&mut BytesMut::from(bytes), &method)
+    }
+
+    #[test]
+    fn a_response_head_gives_its_status_headers_and_framing() {
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nX-A: 2\r\n\r\nok"[..]);
+        let head = parse_head(&mut buf, &Method::GET)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.response.status(), StatusCode::OK);
+        assert_eq!(head.framing, Framing::Length(2));
+        assert!(head.keep_alive);
+        assert_eq!(head.response.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"ok");
+
+        let head =
+            head_of(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n");
+        assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
+        assert!(!head.keep_alive);
+        let head = head_of(b"HTTP/1.0 200 OK\r\n\r\n");
+        assert_eq!(head.framing, Framing::UntilClose);
+        assert!(!head.keep_alive);
+        let head = head_of(b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(head.framing, Framing::Length(0));
+        let head = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.framing, Framing::Length(0));
+
+        assert!(matches!(
+            head_partial(b"HTTP/1.1 200 OK\r\nContent-Len"),
+            Ok(None)
+        ));
+        assert!(head_partial(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
+        assert!(head_partial(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
+        assert!(head_partial(b"garbage\r\n\r\n").is_err());
+    }
+
+    fn head_of(bytes: &[u8]) -> Head {
+        parse(bytes, Method::GET).expect("valid").expect("complete")
+    }
+
+    fn head_partial(bytes: &[u8]) -> Result<Option<Head>, ExchangeError> {
+        parse(bytes, Method::GET)
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_across_reads_and_skips_trailers() {
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        // Fed one byte at a time, as the worst split of reads would.
+        let mut buf = BytesMut::new();
+        let mut state = Chunked::Size;
+        let mut body = Vec::new();
+        let mut ended = false;
+        for byte in wire {
+            buf.extend_from_slice(&[*byte]);
+            while let Some(read) = decode_chunked(&mut buf, &mut state).expect("valid") {
+                match read {
+                    Read::Data(data) => body.extend_from_slice(&data),
+                    Read::End => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            if ended {
+                break;
+            }
+        }
+        assert!(ended);
+        assert_eq!(body, b"hello!");
+        assert!(buf.is_empty(), "the bytes after the body stay unread");
+        let mut state = Chunked::Size;
+        assert!(decode_chunked(&mut BytesMut::from(&b"zz\r\n"[..]), &mut state).is_err());
+        let mut state = Chunked::Size;
+        assert!(decode_chunked(&mut BytesMut::from(&b"2\r\nabX"[..]), &mut state).is_ok_and(|r| r.is_some()));
+        assert!(decode_chunked(&mut BytesMut::from(&b"X\r\n"[..]), &mut state).is_err());
+    }
+
+    #[test]
+    fn a_request_head_has_its_own_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("shop"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/a?b", &headers, Some(3));
+        assert_eq!(
+            out,
+            b"POST /a?b HTTP/1.1\r\nhost: shop\r\ncontent-length: 3\r\n\r\n"
+        );
+        out.clear();
+        encode_head(&mut out, &Method::GET, "/", &headers, Some(0));
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: shop\r\n\r\n");
+        out.clear();
+        encode_head(&mut out, &Method::PUT, "/", &HeaderMap::new(), None);
+        assert_eq!(out, b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(1234567, &mut [0; 20]), b"1234567");
+    }
+}

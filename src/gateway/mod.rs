@@ -9,6 +9,7 @@
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod forwarding;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;

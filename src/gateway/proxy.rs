@@ -10,13 +10,14 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
     uri::{PathAndQuery, Scheme},
 };
 use http_body_util::{BodyExt, Either, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 
+use super::forwarding::{Forwarding, strip_hop_by_hop};
 use super::{
     balance::{hash_key, random_below},
     body::{OutgoingBody, ResponseBody, Streamed, Whole},
@@ -32,31 +33,13 @@ use super::{
 /// streamed to a single attempt.
 pub const MAX_BUFFERED_BODY: usize = 1 << 20;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1).
-// A static, not a const: a const array would be built and dropped at every use.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
 /// The client end of one connection, as each of its requests needs it.
 pub struct Client {
     /// The listener's port.
     pub port: u16,
     pub addr: SocketAddr,
     /// `addr`'s IP as an `X-Forwarded-For` value, made once per connection.
-    forwarded_for: Option<HeaderValue>,
+    pub(super) forwarded_for: Option<HeaderValue>,
 }
 
 impl Client {
@@ -190,8 +173,7 @@ impl Proxy {
             );
             return local(StatusCode::SERVICE_UNAVAILABLE, "circuit-open", &message);
         };
-        let mut headers = std::mem::take(&mut parts.headers);
-        prepare_upstream_headers(&mut headers, client, host);
+        let forwarding = Forwarding::new(&parts.headers, client, host);
         let path = parts
             .uri
             .path_and_query()
@@ -208,23 +190,26 @@ impl Proxy {
                     &format!("no ready endpoints for {}", upstream.service),
                 );
             };
-            let mut outgoing = Request::new(body.for_attempt());
-            *outgoing.method_mut() = parts.method.clone();
-            // HTTP/1.1 takes the origin form; HTTP/2 needs the scheme and authority as well.
-            *outgoing.uri_mut() = if upstream.http2 {
+            // HTTP/1.1 writes the client's headers as they are, filtered; HTTP/2 needs a
+            // request of its own, with the scheme and authority as well.
+            let outgoing = if upstream.http2 {
+                let mut request = Request::new(body.for_attempt());
+                *request.method_mut() = parts.method.clone();
                 let mut uri = http::uri::Parts::default();
                 uri.scheme = Some(Scheme::HTTP);
                 uri.authority = endpoint.authority.clone();
                 uri.path_and_query = Some(path.clone());
-                Uri::from_parts(uri).unwrap_or_default()
+                *request.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
+                // The last possible attempt takes the headers; earlier ones keep them for a retry.
+                *request.headers_mut() = if attempt == attempts {
+                    std::mem::take(&mut parts.headers)
+                } else {
+                    parts.headers.clone()
+                };
+                forwarding.apply(request.headers_mut());
+                Either::Right(request)
             } else {
-                Uri::from(path.clone())
-            };
-            // The last possible attempt takes the headers; earlier ones keep them for a retry.
-            *outgoing.headers_mut() = if attempt == attempts {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
+                Either::Left(body.for_attempt())
             };
             let per_try = policy.and_then(|p| p.per_try_timeout).map(|d| d.get());
             let limit = match (per_try, deadline) {
@@ -235,11 +220,26 @@ impl Proxy {
             // Only a latency-aware balancer needs the time of each exchange.
             let sent = upstream.pool.learns_latency().then(Instant::now);
             let exchange = async {
-                if upstream.http2 {
-                    upstream::send_http2(&endpoint, upstream.breaker, outgoing).await
-                } else {
-                    upstream::send_http1(&endpoint, upstream.pool.endpoints(), upstream.breaker, outgoing)
+                match outgoing {
+                    Either::Right(request) => {
+                        upstream::send_http2(&endpoint, upstream.breaker, request).await
+                    }
+                    Either::Left(body) => {
+                        let head = upstream::RequestHead {
+                            method: &parts.method,
+                            target: path.as_str(),
+                            headers: &parts.headers,
+                            forwarding: &forwarding,
+                        };
+                        upstream::send_http1(
+                            &endpoint,
+                            upstream.pool.endpoints(),
+                            upstream.breaker,
+                            head,
+                            body,
+                        )
                         .await
+                    }
                 }
             };
             let result = match limit {
@@ -444,71 +444,6 @@ fn request_hash(on: &HashOn, headers: &HeaderMap, client: SocketAddr) -> Option<
     }
 }
 
-/// Makes the client's headers the upstream's: hop-by-hop ones removed, forwarding ones added, and
-/// a Host (HTTP/1.1 needs one; an HTTP/2 client sends `:authority` instead).
-fn prepare_upstream_headers(out: &mut HeaderMap, client: &Client, host: Option<&str>) {
-    strip_hop_by_hop(out);
-    let forwarded_for = match out.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => HeaderValue::try_from(format!("{previous}, {}", client.addr.ip())).ok(),
-        None => client.forwarded_for.clone(),
-    };
-    if let Some(value) = forwarded_for {
-        out.insert(X_FORWARDED_FOR, value);
-    }
-    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    // The client's own Host value is shared, not copied.
-    let host_value = match out.get(header::HOST) {
-        Some(value) => Some(value.clone()),
-        None => {
-            let value = host.and_then(|h| HeaderValue::try_from(h).ok());
-            if let Some(value) = &value {
-                out.insert(header::HOST, value.clone());
-            }
-            value
-        }
-    };
-    if let Some(value) = host_value {
-        out.insert(X_FORWARDED_HOST, value);
-    }
-    if !out.contains_key(&X_REQUEST_ID) {
-        out.insert(X_REQUEST_ID, request_id());
-    }
-}
-
-/// 128 random bits in hex.
-fn request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = [0u8; 32];
-    let halves = [random_below(usize::MAX) as u64, random_below(usize::MAX) as u64];
-    for (i, digit) in id.iter_mut().enumerate() {
-        let half = halves[i / 16];
-        *digit = HEX[((half >> (4 * (i % 16))) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::UPGRADE
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually there is none: one pass over the names finds that out without a lookup per name.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
-}
-
 fn downstream(response: Response<UpstreamBody>) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -532,46 +467,6 @@ pub fn local(status: StatusCode, code: &'static str, reason: &str) -> Response<R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go_and_forwarding_headers_come() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, "close, x-secret".parse().expect("value"));
-        headers.insert("x-secret", "1".parse().expect("value"));
-        headers.insert("keep-alive", "timeout=5".parse().expect("value"));
-        headers.insert("x-forwarded-for", "10.0.0.1".parse().expect("value"));
-        headers.insert("x-kept", "yes".parse().expect("value"));
-        headers.insert(header::HOST, "shop.example.com".parse().expect("value"));
-        let mut out = headers;
-        let client = Client::new(8080, "127.0.0.9:5000".parse().expect("addr"));
-        prepare_upstream_headers(&mut out, &client, Some("shop.example.com"));
-        assert!(
-            !out.contains_key(header::CONNECTION)
-                && !out.contains_key("x-secret")
-                && !out.contains_key("keep-alive")
-        );
-        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
-        assert_eq!(out["x-forwarded-host"], "shop.example.com");
-        assert_eq!(out["x-forwarded-proto"], "http");
-        assert_eq!(out["x-kept"], "yes");
-        let id = out["x-request-id"].to_str().expect("ascii");
-        assert!(
-            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
-            "{id}"
-        );
-        assert_ne!(request_id(), request_id());
-    }
-
-    #[test]
-    fn headers_without_hop_by_hop_ones_are_left_alone_and_upgrade_goes() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-kept", "yes".parse().expect("value"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        headers.insert(header::UPGRADE, "websocket".parse().expect("value"));
-        strip_hop_by_hop(&mut headers);
-        assert!(!headers.contains_key(header::UPGRADE) && headers.contains_key("x-kept"));
-    }
 
     #[test]
     fn cookie_and_header_hash_keys() {

@@ -185,32 +185,30 @@ impl UpstreamError {
     }
 }
 
-/// Sends `request` to `endpoint` over HTTP/1.1, on an idle connection when there is one.
+pub use http1::RequestHead;
+
+/// Sends a request to `endpoint` over HTTP/1.1, on an idle connection when there is one.
 /// `siblings` are the Microservice's other endpoints, whose idle connections may be closed to
 /// make room under `maxConnections`.
 pub async fn send_http1(
     endpoint: &Arc<EndpointState>,
     siblings: &[Arc<EndpointState>],
     breaker: CircuitBreaker,
-    request: Request<OutgoingBody>,
+    head: RequestHead<'_>,
+    mut body: OutgoingBody,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
-    let (parts, mut body) = request.into_parts();
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     // An idle connection may have been closed by the endpoint a moment ago. A request that can be
     // sent twice finds out by trying, and is sent again on another connection; any other asks
     // the socket first.
     let replayable = matches!(body, Either::Left(_))
         && matches!(
-            parts.method,
+            *head.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
         );
     loop {
         let mut connection = acquire_http1(endpoint, siblings, breaker, !replayable).await?;
         let reused = connection.reused;
-        match connection
-            .exchange(&parts.method, target, &parts.headers, &mut body)
-            .await
-        {
+        match connection.exchange(&head, &mut body).await {
             Ok(head) => return Ok(UpstreamBody::http1(head, connection, endpoint)),
             Err(error) if reused && replayable && error.is_stale_connection() => continue,
             Err(source) => {

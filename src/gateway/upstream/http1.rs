@@ -17,12 +17,25 @@ use hyper::body::{Frame, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::ConnectionSlot;
-use crate::gateway::body::OutgoingBody;
+use crate::gateway::{
+    body::OutgoingBody,
+    forwarding::{Forwarding, is_connection_listed, is_hop_by_hop},
+};
+
+/// A request as an endpoint gets it: the client's head, and what the gateway adds.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// The path and query (origin form).
+    pub target: &'a str,
+    /// The client's headers, hop-by-hop ones included (they are left out as the head is written).
+    pub headers: &'a HeaderMap,
+    pub forwarding: &'a Forwarding,
+}
 
 /// The most a response head may take, status line and headers together.
 const MAX_HEAD: usize = 64 * 1024;
-/// The most headers a response may carry.
-const MAX_HEADERS: usize = 128;
+/// The most headers a response may carry (as many as hyper allows).
+const MAX_HEADERS: usize = 100;
 /// How much room a read asks for.
 const READ_CHUNK: usize = 16 * 1024;
 /// A body up to this size is written with its head in one write.
@@ -112,24 +125,17 @@ impl Connection {
     /// Writes the request, then reads the response head.
     pub async fn exchange(
         &mut self,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
+        head: &RequestHead<'_>,
         body: &mut OutgoingBody,
     ) -> Result<Head, ExchangeError> {
+        let method = head.method;
         self.reused = true;
         let whole = match body {
             http_body_util::Either::Left(whole) => Some(whole.bytes()),
             http_body_util::Either::Right(_) => None,
         };
         self.write.clear();
-        encode_head(
-            &mut self.write,
-            method,
-            target,
-            headers,
-            whole.as_ref().map(Bytes::len),
-        );
+        encode_head(&mut self.write, head, whole.as_ref().map(Bytes::len));
         let written = match whole {
             Some(bytes) if bytes.len() <= COALESCE_BODY => {
                 self.write.extend_from_slice(&bytes);
@@ -221,26 +227,26 @@ impl Connection {
 }
 
 /// Writes a request head in origin form. `body_len`: the length of a body held whole, `None` for
-/// one streamed in chunks. The client's own framing headers were hop-by-hop or are replaced here.
-fn encode_head(
-    out: &mut Vec<u8>,
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    body_len: Option<usize>,
-) {
+/// one streamed in chunks. The client's own framing headers are hop-by-hop or replaced here.
+fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body_len: Option<usize>) {
+    let method = head.method;
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
+    let mut line = |name: &HeaderName, value: &[u8]| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in head.headers {
+        if name != header::CONTENT_LENGTH && head.forwarding.passes(name, head.headers) {
+            line(name, value.as_bytes());
+        }
+    }
+    for (name, value) in head.forwarding.added() {
+        line(name, value);
     }
     match body_len {
         // A method that usually has a body says when it has none.
@@ -293,21 +299,39 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
         let version = parsed.version.unwrap_or(0);
         // Where each value lies in the head, so that the values can share its buffer.
         let base = buf.as_ptr() as usize;
-        let mut names = Vec::with_capacity(parsed.headers.len());
-        let mut spans = Vec::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            names.push(
-                HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| ExchangeError::Invalid("header name"))?,
+        let count = parsed.headers.len();
+        // Offsets, not slices: the head is frozen (shared by the values) only after parsing.
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+            // A head is at most MAX_HEAD bytes long: every offset fits.
+            let at = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+            *span = (
+                at(h.name.as_bytes()),
+                h.name.len() as u32,
+                at(h.value),
+                h.value.len() as u32,
             );
-            spans.push((h.value.as_ptr() as usize - base, h.value.len()));
         }
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == 1;
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let head = buf.split_to(len).freeze();
-        for (name, (at, len)) in names.into_iter().zip(spans) {
+        let spans = &spans[..count];
+        let connection = || {
+            spans
+                .iter()
+                .filter(|&&(n, nl, _, _)| {
+                    head[n as usize..(n + nl) as usize].eq_ignore_ascii_case(b"connection")
+                })
+                .map(|&(_, _, v, vl)| &head[v as usize..(v + vl) as usize])
+        };
+        let has_connection = connection().next().is_some();
+        for &(name_at, name_len, at, len) in spans {
+            let (name_at, name_len, at, len) =
+                (name_at as usize, name_len as usize, at as usize, len as usize);
+            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+                .map_err(|_| ExchangeError::Invalid("header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
                 .map_err(|_| ExchangeError::Invalid("header value"))?;
             if name == header::CONTENT_LENGTH {
@@ -333,7 +357,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
                     }
                 }
             }
-            headers.append(name, value);
+            // Hop-by-hop headers are read for framing above, and not passed on.
+            let hop_by_hop =
+                is_hop_by_hop(&name) || (has_connection && is_connection_listed(name.as_str(), connection()));
+            if !hop_by_hop {
+                headers.append(name, value);
+            }
         }
         let framing = if *method == Method::HEAD
             || status == StatusCode::NO_CONTENT
@@ -528,12 +557,17 @@ mod tests {
         assert_eq!(head.framing, Framing::Length(2));
         assert!(head.keep_alive);
         assert_eq!(head.response.headers().get_all("x-a").iter().count(), 2);
+        assert!(head.response.headers().contains_key(header::CONTENT_LENGTH));
         assert_eq!(&buf[..], b"ok");
 
-        let head =
-            head_of(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n");
+        let head = head_of(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nX-Hop: 1\r\nConnection: close, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\n\r\n",
+        );
         assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
         assert!(!head.keep_alive);
+        // Hop-by-hop headers, and those Connection names, are not passed on.
+        let names: Vec<&str> = head.response.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
         let head = head_of(b"HTTP/1.0 200 OK\r\n\r\n");
         assert_eq!(head.framing, Framing::UntilClose);
         assert!(!head.keep_alive);
@@ -594,23 +628,52 @@ mod tests {
         assert!(decode_chunked(&mut BytesMut::from(&b"X\r\n"[..]), &mut state).is_err());
     }
 
+    fn encoded(method: Method, target: &str, headers: &HeaderMap, body_len: Option<usize>) -> String {
+        let client = crate::gateway::proxy::Client::new(80, "10.0.0.7:1000".parse().expect("addr"));
+        let mut with_id = headers.clone();
+        // A fixed request id keeps the expected heads readable.
+        with_id.insert(
+            &crate::gateway::forwarding::X_REQUEST_ID,
+            HeaderValue::from_static("id"),
+        );
+        let forwarding = Forwarding::new(&with_id, &client, Some("shop"));
+        let head = RequestHead {
+            method: &method,
+            target,
+            headers: &with_id,
+            forwarding: &forwarding,
+        };
+        let mut out = Vec::new();
+        encode_head(&mut out, &head, body_len);
+        String::from_utf8(out).expect("ascii")
+    }
+
     #[test]
-    fn a_request_head_has_its_own_framing() {
+    fn a_request_head_has_its_own_framing_and_the_forwarding_headers() {
+        let forwarded = "x-forwarded-for: 10.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: shop\r\n";
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("shop"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
-        let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/a?b", &headers, Some(3));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         assert_eq!(
-            out,
-            b"POST /a?b HTTP/1.1\r\nhost: shop\r\ncontent-length: 3\r\n\r\n"
+            encoded(Method::POST, "/a?b", &headers, Some(3)),
+            format!(
+                "POST /a?b HTTP/1.1\r\nhost: shop\r\nx-request-id: id\r\n{forwarded}content-length: 3\r\n\r\n"
+            )
         );
-        out.clear();
-        encode_head(&mut out, &Method::GET, "/", &headers, Some(0));
-        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: shop\r\n\r\n");
-        out.clear();
-        encode_head(&mut out, &Method::PUT, "/", &HeaderMap::new(), None);
-        assert_eq!(out, b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(
+            encoded(Method::GET, "/", &headers, Some(0)),
+            format!("GET / HTTP/1.1\r\nhost: shop\r\nx-request-id: id\r\n{forwarded}\r\n")
+        );
+        // A request without Host gets one.
+        assert_eq!(
+            encoded(Method::PUT, "/", &HeaderMap::new(), None),
+            format!(
+                "PUT / HTTP/1.1\r\nx-request-id: id\r\nhost: shop\r\n{forwarded}transfer-encoding: chunked\r\n\r\n"
+            )
+        );
         assert_eq!(itoa(0, &mut [0; 20]), b"0");
         assert_eq!(itoa(1234567, &mut [0; 20]), b"1234567");
     }

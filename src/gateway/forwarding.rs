@@ -1,0 +1,246 @@
+//! What a message's headers become as the gateway passes it on: hop-by-hop headers (RFC 9110
+//! §7.6.1) stay behind, and a request gains the forwarding headers (`X-Forwarded-For`, `-Proto`,
+//! `-Host`, a `Host` if it had none, an `X-Request-Id` if it had none).
+//!
+//! For HTTP/1.1 the additions are written straight into the request head and the client's
+//! headers are filtered as they are written, so the header map is neither grown nor copied per
+//! attempt; for HTTP/2 they go into the map ([`Forwarding::apply`]).
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+use super::{balance::random_below, proxy::Client};
+
+// Statics, not consts: a const would be built and dropped at every use.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static HOST: HeaderName = header::HOST;
+
+/// Headers that belong to one hop, never forwarded.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Whether `name` is one the `Connection` header values in `connection` list (hop-by-hop too).
+pub fn is_connection_listed<'v>(name: &str, connection: impl IntoIterator<Item = &'v [u8]>) -> bool {
+    connection.into_iter().any(|value| {
+        value
+            .split(|b| *b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
+
+/// Removes the hop-by-hop headers, and those the `Connection` header names, from `headers`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there is none: one pass over the names finds that out without a lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The forwarding headers of one request, worked out once for all its attempts.
+pub struct Forwarding {
+    forwarded_for: Option<HeaderValue>,
+    forwarded_host: Option<HeaderValue>,
+    /// A `Host` for a request that came without one (an HTTP/2 client sends `:authority`).
+    host: Option<HeaderValue>,
+    /// A new request id, for a request that came without one.
+    request_id: Option<[u8; 32]>,
+    /// Whether the client's headers include a `Connection` header, naming more hop-by-hop ones.
+    has_connection: bool,
+}
+
+impl Forwarding {
+    /// `host`: the request's host, from its URI or its `Host` header.
+    pub fn new(headers: &HeaderMap, client: &Client, host: Option<&str>) -> Self {
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(previous) => HeaderValue::try_from(format!("{previous}, {}", client.addr.ip())).ok(),
+            None => client.forwarded_for.clone(),
+        };
+        // The client's own Host value is shared, not copied.
+        let (host, forwarded_host) = match headers.get(header::HOST) {
+            Some(value) => (None, Some(value.clone())),
+            None => {
+                let value = host.and_then(|h| HeaderValue::try_from(h).ok());
+                (value.clone(), value)
+            }
+        };
+        Self {
+            forwarded_for,
+            forwarded_host,
+            host,
+            request_id: (!headers.contains_key(&X_REQUEST_ID)).then(request_id),
+            has_connection: headers.contains_key(header::CONNECTION),
+        }
+    }
+
+    /// Whether the client's header `name` goes to the endpoint as it is: not hop-by-hop, not
+    /// one this replaces. `headers`: the client's.
+    pub fn passes(&self, name: &HeaderName, headers: &HeaderMap) -> bool {
+        !(is_hop_by_hop(name)
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == X_FORWARDED_HOST
+            || (self.has_connection
+                && is_connection_listed(
+                    name.as_str(),
+                    headers
+                        .get_all(header::CONNECTION)
+                        .iter()
+                        .map(HeaderValue::as_bytes),
+                )))
+    }
+
+    /// The headers this adds, as name and value.
+    pub fn added(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
+        [
+            self.host.as_ref().map(|v| (&HOST, v.as_bytes())),
+            self.forwarded_for
+                .as_ref()
+                .map(|v| (&X_FORWARDED_FOR, v.as_bytes())),
+            Some((&X_FORWARDED_PROTO, &b"http"[..])),
+            self.forwarded_host
+                .as_ref()
+                .map(|v| (&X_FORWARDED_HOST, v.as_bytes())),
+            self.request_id.as_ref().map(|id| (&X_REQUEST_ID, &id[..])),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Makes `headers` (the client's) the endpoint's.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        strip_hop_by_hop(headers);
+        for (name, value) in self.added() {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+}
+
+/// 128 random bits in hex.
+fn request_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let halves = [random_below(usize::MAX) as u64, random_below(usize::MAX) as u64];
+    for (i, digit) in id.iter_mut().enumerate() {
+        let half = halves[i / 16];
+        *digit = HEX[((half >> (4 * (i % 16))) & 0xf) as usize];
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "close, x-secret".parse().expect("value"));
+        headers.insert("x-secret", "1".parse().expect("value"));
+        headers.insert("keep-alive", "timeout=5".parse().expect("value"));
+        headers.insert("x-forwarded-for", "10.0.0.1".parse().expect("value"));
+        headers.insert("x-forwarded-proto", "https".parse().expect("value"));
+        headers.insert("x-kept", "yes".parse().expect("value"));
+        headers.insert(header::HOST, "shop.example.com".parse().expect("value"));
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_forwarding_headers_come() {
+        let headers = client_headers();
+        let client = Client::new(8080, "127.0.0.9:5000".parse().expect("addr"));
+        let forwarding = Forwarding::new(&headers, &client, Some("shop.example.com"));
+        let mut out = headers.clone();
+        forwarding.apply(&mut out);
+        assert!(
+            !out.contains_key(header::CONNECTION)
+                && !out.contains_key("x-secret")
+                && !out.contains_key("keep-alive")
+        );
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(out["x-forwarded-host"], "shop.example.com");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-kept"], "yes");
+        assert_eq!(out[header::HOST], "shop.example.com");
+        let id = out["x-request-id"].to_str().expect("ascii");
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert_ne!(request_id(), request_id());
+
+        // Filtering while writing (HTTP/1.1) gives the same headers as applying to the map.
+        let mut written: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(name, _)| forwarding.passes(name, &headers))
+            .map(|(n, v)| (n.to_string(), v.to_str().expect("ascii").to_owned()))
+            .chain(
+                forwarding
+                    .added()
+                    .map(|(n, v)| (n.to_string(), String::from_utf8(v.to_vec()).expect("ascii"))),
+            )
+            .collect();
+        let mut applied: Vec<(String, String)> = out
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().expect("ascii").to_owned()))
+            .collect();
+        written.sort();
+        applied.sort();
+        assert_eq!(written, applied);
+    }
+
+    #[test]
+    fn a_request_without_host_gets_one_and_keeps_its_request_id() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, "abc".parse().expect("value"));
+        let client = Client::new(8080, "127.0.0.9:5000".parse().expect("addr"));
+        let forwarding = Forwarding::new(&headers, &client, Some("shop"));
+        forwarding.apply(&mut headers);
+        assert_eq!(headers[header::HOST], "shop");
+        assert_eq!(headers["x-forwarded-host"], "shop");
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(headers[&X_REQUEST_ID], "abc");
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_ones_are_left_alone_and_upgrade_goes() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-kept", "yes".parse().expect("value"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        headers.insert(header::UPGRADE, "websocket".parse().expect("value"));
+        strip_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key(header::UPGRADE) && headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_lists_name_headers_case_blind() {
+        let values: [&[u8]; 2] = [b"keep-alive", b" X-Secret , close"];
+        assert!(is_connection_listed("x-secret", values));
+        assert!(!is_connection_listed("x-kept", values));
+    }
+}

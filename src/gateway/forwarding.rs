@@ -31,7 +31,30 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+    is_hop_by_hop_name(name.as_str().as_bytes())
+}
+
+/// [`is_hop_by_hop`] on a name as it came off the wire (any case). Asked for every header of
+/// every message: the length rules out most names before a byte is compared.
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    let is = |hop: &[u8]| name.eq_ignore_ascii_case(hop);
+    match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    }
+}
+
+/// Whether `name` is one the gateway replaces with its own value.
+fn is_replaced(name: &[u8]) -> bool {
+    name.len() >= 15
+        && name.starts_with(b"x-forwarded-")
+        && matches!(&name[12..], b"for" | b"proto" | b"host")
 }
 
 /// Whether `name` is one the `Connection` header values in `connection` list (hop-by-hop too).
@@ -99,10 +122,9 @@ impl Forwarding {
     /// Whether the client's header `name` goes to the endpoint as it is: not hop-by-hop, not
     /// one this replaces. `headers`: the client's.
     pub fn passes(&self, name: &HeaderName, headers: &HeaderMap) -> bool {
-        !(is_hop_by_hop(name)
-            || *name == X_FORWARDED_FOR
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST
+        let bytes = name.as_str().as_bytes();
+        !(is_hop_by_hop_name(bytes)
+            || is_replaced(bytes)
             || (self.has_connection
                 && is_connection_listed(
                     name.as_str(),
@@ -235,6 +257,29 @@ mod tests {
         headers.insert(header::UPGRADE, "websocket".parse().expect("value"));
         strip_hop_by_hop(&mut headers);
         assert!(!headers.contains_key(header::UPGRADE) && headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_known_in_any_case() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+            assert!(
+                is_hop_by_hop_name(name.as_str().to_uppercase().as_bytes()),
+                "{name}"
+            );
+        }
+        for name in [
+            "host",
+            "content-length",
+            "x-te",
+            "upgrades",
+            "connections",
+            "keep-alivE2",
+        ] {
+            assert!(!is_hop_by_hop_name(name.as_bytes()), "{name}");
+        }
+        assert!(is_replaced(b"x-forwarded-for") && is_replaced(b"x-forwarded-host"));
+        assert!(!is_replaced(b"x-forwarded-port") && !is_replaced(b"x-forwarded"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use super::ConnectionSlot;
 use crate::gateway::{
     body::OutgoingBody,
-    forwarding::{Forwarding, is_connection_listed, is_hop_by_hop},
+    forwarding::{Forwarding, is_connection_listed, is_hop_by_hop_name},
 };
 
 /// A request as an endpoint gets it: the client's head, and what the gateway adds.
@@ -317,25 +317,45 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let head = buf.split_to(len).freeze();
+        let bytes = |at: u32, len: u32| &head[at as usize..(at + len) as usize];
         let spans = &spans[..count];
+        // The values of the Connection headers: they name more hop-by-hop headers.
         let connection = || {
             spans
                 .iter()
-                .filter(|&&(n, nl, _, _)| {
-                    head[n as usize..(n + nl) as usize].eq_ignore_ascii_case(b"connection")
-                })
-                .map(|&(_, _, v, vl)| &head[v as usize..(v + vl) as usize])
+                .filter(|&&(n, nl, _, _)| nl == 10 && bytes(n, nl).eq_ignore_ascii_case(b"connection"))
+                .map(|&(_, _, v, vl)| bytes(v, vl))
         };
         let has_connection = connection().next().is_some();
         for &(name_at, name_len, at, len) in spans {
-            let (name_at, name_len, at, len) =
-                (name_at as usize, name_len as usize, at as usize, len as usize);
-            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-                .map_err(|_| ExchangeError::Invalid("header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
+            let raw_name = bytes(name_at, name_len);
+            let raw_value = bytes(at, len);
+            // Hop-by-hop headers are read for framing, and not passed on.
+            if is_hop_by_hop_name(raw_name) {
+                if raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
+                    // Only the last coding says whether the body is chunked.
+                    let last = raw_value.rsplit(|b| *b == b',').next().unwrap_or_default();
+                    chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                } else if raw_name.eq_ignore_ascii_case(b"connection") {
+                    for token in raw_value.split(|b| *b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            keep_alive = false;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                            keep_alive = true;
+                        }
+                    }
+                }
+                continue;
+            }
+            let name = HeaderName::from_bytes(raw_name).map_err(|_| ExchangeError::Invalid("header name"))?;
+            if has_connection && is_connection_listed(name.as_str(), connection()) {
+                continue;
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(at as usize..(at + len) as usize))
                 .map_err(|_| ExchangeError::Invalid("header value"))?;
             if name == header::CONTENT_LENGTH {
-                let n = std::str::from_utf8(value.as_bytes())
+                let n = std::str::from_utf8(raw_value)
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .ok_or(ExchangeError::Invalid("content-length"))?;
@@ -343,26 +363,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
                     return Err(ExchangeError::Invalid("conflicting content-length"));
                 }
                 length = Some(n);
-            } else if name == header::TRANSFER_ENCODING {
-                // Only the last coding says whether the body is chunked.
-                let last = value.as_bytes().rsplit(|b| *b == b',').next().unwrap_or_default();
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if name == header::CONNECTION {
-                for token in value.as_bytes().split(|b| *b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
-                        keep_alive = true;
-                    }
-                }
             }
-            // Hop-by-hop headers are read for framing above, and not passed on.
-            let hop_by_hop =
-                is_hop_by_hop(&name) || (has_connection && is_connection_listed(name.as_str(), connection()));
-            if !hop_by_hop {
-                headers.append(name, value);
-            }
+            headers.append(name, value);
         }
         let framing = if *method == Method::HEAD
             || status == StatusCode::NO_CONTENT

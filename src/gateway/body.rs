@@ -13,8 +13,12 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::upstream::UpstreamBody;
 
-/// A body streamed from the client, too large to keep for a retry.
-pub type Streamed = BoxBody<Bytes, hyper::Error>;
+/// Any error a body may end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body streamed from the client, too large to keep for a retry. (Its error is a concrete
+/// type: a boxed one would not satisfy the HTTP/2 client's bounds.)
+pub type Streamed = BoxBody<Bytes, std::io::Error>;
 
 /// A body held whole in memory, sent as one frame (`None`: empty, or already sent).
 pub struct Whole(Option<Bytes>);
@@ -36,12 +40,12 @@ impl Whole {
 
 impl Body for Whole {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::convert::Infallible;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Poll::Ready(self.get_mut().0.take().map(|b| Ok(Frame::data(b))))
     }
 

@@ -15,12 +15,11 @@ use http::{
 };
 use http_body_util::{BodyExt, Either, StreamBody};
 use hyper::body::Frame;
-use hyper::body::Incoming;
 
 use super::forwarding::{Forwarding, strip_hop_by_hop};
 use super::{
     balance::{hash_key, random_below},
-    body::{OutgoingBody, ResponseBody, Streamed, Whole},
+    body::{BoxError, OutgoingBody, ResponseBody, Streamed, Whole},
     config::{Attached, HashOn, Route, RouteTable, Upstream},
     metrics::{GatewayMetrics, RouteMetrics},
     outlier,
@@ -72,7 +71,13 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, client: &Client, request: Request<Incoming>) -> Response<ResponseBody> {
+    /// Answers one request from a client. `B`: its body, as hyper's server or the gateway's own
+    /// HTTP/1.1 server gives it.
+    pub async fn handle<B: ClientBody>(
+        &self,
+        client: &Client,
+        request: Request<B>,
+    ) -> Response<ResponseBody> {
         let (port, client_addr) = (client.port, client.addr);
         let started = Instant::now();
         let table = self.table.load_full();
@@ -116,13 +121,13 @@ impl Proxy {
         response
     }
 
-    async fn forward(
+    async fn forward<B: ClientBody>(
         &self,
         route: &Route,
         client: &Client,
         host: Option<&str>,
         started: Instant,
-        request: Request<Incoming>,
+        request: Request<B>,
     ) -> Response<ResponseBody> {
         let deadline = route.timeout.map(|t| started + t);
         let (mut parts, body) = request.into_parts();
@@ -330,6 +335,17 @@ impl Proxy {
     }
 }
 
+/// A client's request body, as either server reads it.
+pub trait ClientBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<B> ClientBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
 /// A request's body: kept whole (so that it can be sent again) up to [`MAX_BUFFERED_BODY`],
 /// streamed through otherwise.
 enum RequestBody {
@@ -339,20 +355,37 @@ enum RequestBody {
 }
 
 impl RequestBody {
-    async fn read(mut body: Incoming) -> Result<Self, hyper::Error> {
+    async fn read<B: ClientBody>(mut body: B) -> Result<Self, BoxError> {
+        // A body of one frame (the usual) is kept as it came; only more are copied together.
+        let mut only: Option<Bytes> = None;
         let mut read = bytes::BytesMut::new();
+        let mut total = 0;
         while let Some(frame) = body.frame().await {
             // Trailers are not forwarded.
-            let Ok(data) = frame?.into_data() else { continue };
-            read.extend_from_slice(&data);
-            if read.len() > MAX_BUFFERED_BODY {
-                let head = futures::stream::once(std::future::ready(Ok(Frame::data(read.freeze()))));
-                let rest = http_body_util::BodyStream::new(body);
+            let Ok(data) = frame.map_err(Into::into)?.into_data() else {
+                continue;
+            };
+            total += data.len();
+            match only.take() {
+                None if read.is_empty() => only = Some(data),
+                previous => {
+                    if let Some(previous) = previous {
+                        read.extend_from_slice(&previous);
+                    }
+                    read.extend_from_slice(&data);
+                }
+            }
+            if total > MAX_BUFFERED_BODY {
+                let so_far = only.take().unwrap_or_else(|| read.split().freeze());
+                let head = futures::stream::once(std::future::ready(Ok(Frame::data(so_far))));
+                let rest = futures::StreamExt::map(http_body_util::BodyStream::new(body), |frame| {
+                    frame.map_err(|error| std::io::Error::other(error.into()))
+                });
                 let stream = StreamBody::new(futures::StreamExt::chain(head, rest));
                 return Ok(RequestBody::Streaming(Some(BodyExt::boxed(stream))));
             }
         }
-        Ok(RequestBody::Buffered(read.freeze()))
+        Ok(RequestBody::Buffered(only.unwrap_or_else(|| read.freeze())))
     }
 
     /// The body of the next attempt (a streamed body goes to the first attempt only).
@@ -397,11 +430,11 @@ impl From<Result<Response<UpstreamBody>, UpstreamError>> for Attempt {
     }
 }
 
-fn find_route<'t>(
+fn find_route<'t, B>(
     table: &'t RouteTable,
     port: u16,
     host: Option<&str>,
-    request: &Request<Incoming>,
+    request: &Request<B>,
 ) -> Option<&'t Attached> {
     let routes = table.listeners.get(&port)?;
     let host_ok = |patterns: &[super::router::HostPattern]| {

@@ -1,5 +1,8 @@
 //! The listeners: one TCP socket per port the route table names, serving HTTP/1.1 and h2c,
-//! each request handed to the [`Proxy`].
+//! each request handed to the [`Proxy`]. HTTP/1.1 is served by [`http1`]; hyper's server takes
+//! the connections it hands over.
+
+mod http1;
 
 use std::{
     collections::BTreeMap,
@@ -17,9 +20,6 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use super::proxy::{Client, Proxy};
-
-/// How long a client may take to send a request's headers (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The listeners running now, by port.
 pub struct Listeners {
@@ -108,7 +108,7 @@ async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut drainin
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(http1::HEADER_READ_TIMEOUT)
         .max_buf_size(64 * 1024);
     builder
         .http2()
@@ -132,6 +132,10 @@ async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut drainin
         let (proxy, builder, mut draining) = (proxy.clone(), builder.clone(), draining.clone());
         connections.spawn(async move {
             let client = Arc::new(Client::new(port, client));
+            let stream = match http1::serve(stream, &client, &proxy, &mut draining).await {
+                http1::Served::Closed => return,
+                http1::Served::HandOver(rewind) => rewind,
+            };
             let service = service_fn(move |request| {
                 let (proxy, client) = (proxy.clone(), client.clone());
                 async move { Ok::<_, Infallible>(proxy.handle(&client, request).await) }

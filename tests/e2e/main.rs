@@ -660,6 +660,100 @@ async fn chunked_answers_pass_through_and_connections_closed_while_idle_are_not_
     .await;
 }
 
+/// Sends raw bytes and reads everything the gateway answers until it closes the connection or
+/// stays silent for a second; whether it closed.
+async fn raw_conversation(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    stream.write_all(bytes).await.expect("send");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut closed = false;
+    while let Ok(read) = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut chunk)).await {
+        match read {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn pipelined_http10_head_and_chunked_requests_are_answered_in_order() {
+    with_namespace("e2e-http1-server", |ns| async move {
+        let platform = Platform::with_echo(&ns, 1, json!({})).await;
+        let pod = &pods_of(&ns, "echo").await[0];
+
+        // Three requests in one write: a GET, a HEAD, then a POST with a chunked body (which the
+        // gateway's own server hands to hyper's, mid-connection). Three answers, in order.
+        let (answers, closed) = raw_conversation(
+            platform.listener,
+            b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+              HEAD /two HTTP/1.1\r\nHost: a\r\n\r\n\
+              POST /three HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(!closed, "the connection stays open");
+        let heads: Vec<&str> = answers.matches("HTTP/1.1 ").collect();
+        assert_eq!(heads.len(), 3, "three answers: {answers}");
+        let parts: Vec<&str> = answers.split("HTTP/1.1 ").skip(1).collect();
+        let body = format!("{pod}\n");
+        assert!(
+            parts[0].starts_with("200") && parts[0].ends_with(&body),
+            "the GET: {}",
+            parts[0]
+        );
+        assert!(
+            parts[1].starts_with("200")
+                && parts[1]
+                    .to_ascii_lowercase()
+                    .contains(&format!("content-length: {}", body.len()))
+                && parts[1].ends_with("\r\n\r\n"),
+            "the HEAD has the GET's length and no body: {}",
+            parts[1]
+        );
+        assert!(
+            parts[2].starts_with("200") && parts[2].contains("x-body-bytes: 3"),
+            "the chunked POST arrived whole: {}",
+            parts[2]
+        );
+        for part in &parts {
+            assert!(
+                part.to_ascii_lowercase().contains("\r\ndate: "),
+                "every answer is dated: {part}"
+            );
+        }
+
+        // HTTP/1.0 without keep-alive: one answer, then the gateway closes.
+        let (answer, closed) =
+            raw_conversation(platform.listener, b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with(&body),
+            "{answer}"
+        );
+        assert!(closed, "an HTTP/1.0 connection closes after its answer");
+
+        // A request that asks to close gets its answer, saying so, and the connection closes.
+        let (answer, closed) = raw_conversation(
+            platform.listener,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        assert!(closed, "the connection closes after the answer");
+    })
+    .await;
+}
+
 /// Sends raw bytes and returns the status line of the answer ("" if the connection closed first).
 async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

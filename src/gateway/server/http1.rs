@@ -1,0 +1,579 @@
+//! HTTP/1.1 from clients, read and written by the connection's own task.
+//!
+//! The common request (no body, or a small one with a Content-Length) is parsed here with
+//! httparse, handed to the [`Proxy`], and its response written back with the head and the first
+//! body bytes in one write. Whatever is rarer is handed over, with the bytes already read, to
+//! hyper's server for the rest of the connection: the HTTP/2 preface, a chunked or large request
+//! body, `Expect: 100-continue`.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use hyper::body::Body;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+    sync::watch,
+    time::Instant,
+};
+
+use crate::gateway::{
+    body::{ResponseBody, Whole},
+    proxy::{Client, MAX_BUFFERED_BODY, Proxy},
+};
+
+/// How long a client may take to send a request's head, counted from when the connection is
+/// ready for it (so also how long a kept-alive connection may sit idle): slowloris.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request head may take.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most headers a request may carry.
+const MAX_HEADERS: usize = 100;
+/// Response bytes gathered before a write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// How serving a connection ended.
+pub enum Served {
+    Closed,
+    /// The connection needs what only hyper's server does: serve it from here, the bytes already
+    /// read first.
+    HandOver(Rewind),
+}
+
+/// What the client sent next.
+// Made once per request and moved once: boxing the request would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Request {
+        request: Request<Whole>,
+        keep_alive: bool,
+    },
+    HandOver,
+    /// Malformed: answer this and close.
+    Reject(StatusCode),
+    Closed,
+}
+
+struct Connection {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+}
+
+/// Serves HTTP/1.1 requests on `stream` until the client closes, the gateway drains, or the
+/// connection needs hyper.
+pub async fn serve(
+    stream: TcpStream,
+    client: &Client,
+    proxy: &Proxy,
+    draining: &mut watch::Receiver<bool>,
+) -> Served {
+    let mut connection = Connection {
+        stream,
+        read: BytesMut::with_capacity(8 * 1024),
+        write: Vec::with_capacity(8 * 1024),
+    };
+    loop {
+        match connection.next_request(draining).await {
+            Next::Request { request, keep_alive } => {
+                let head_request = request.method() == Method::HEAD;
+                let http10 = request.version() == Version::HTTP_10;
+                let response = proxy.handle(client, request).await;
+                let keep_alive = keep_alive && !*draining.borrow();
+                match connection
+                    .respond(response, head_request, http10, keep_alive)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => return Served::Closed,
+                }
+            }
+            Next::HandOver => {
+                return Served::HandOver(Rewind {
+                    prefix: connection.read.freeze(),
+                    stream: connection.stream,
+                });
+            }
+            Next::Reject(status) => {
+                let _ = connection.reject(status).await;
+                return Served::Closed;
+            }
+            Next::Closed => return Served::Closed,
+        }
+    }
+}
+
+impl Connection {
+    async fn next_request(&mut self, draining: &mut watch::Receiver<bool>) -> Next {
+        let deadline = Instant::now() + HEADER_READ_TIMEOUT;
+        loop {
+            if !self.read.is_empty() {
+                match parse_request(&mut self.read) {
+                    Parsed::Complete(next) => return next,
+                    Parsed::NeedMore if self.read.len() >= MAX_HEAD => {
+                        return Next::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                    }
+                    Parsed::NeedMore | Parsed::NeedBody => {}
+                }
+            } else if *draining.borrow() {
+                return Next::Closed;
+            }
+            self.read.reserve(8 * 1024);
+            let idle = self.read.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = self.stream.read_buf(&mut self.read) => read,
+                // Only an idle connection stops at once: a request half read is finished.
+                _ = draining.changed(), if idle => return Next::Closed,
+                _ = tokio::time::sleep_until(deadline) => return Next::Closed,
+            };
+            match read {
+                Ok(0) | Err(_) => return Next::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Writes `response`; whether the connection stays open for another request.
+    async fn respond(
+        &mut self,
+        response: http::Response<ResponseBody>,
+        head_request: bool,
+        http10: bool,
+        mut keep_alive: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let bodiless = head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let length = body.size_hint().exact();
+        let out = &mut self.write;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut has_date = false;
+        for (name, value) in &parts.headers {
+            // A body's framing is this hop's to say, except in a bodiless answer, where the
+            // length tells what the body would have been.
+            if !bodiless && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
+                continue;
+            }
+            has_date |= name == header::DATE;
+            write_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !has_date {
+            date::with_now(|now| write_header(out, b"date", now));
+        }
+        let chunked = match (bodiless, length) {
+            (true, _) => false,
+            (false, Some(n)) => {
+                write_header(out, b"content-length", itoa(n, &mut [0; 20]));
+                false
+            }
+            // An HTTP/1.0 client knows no chunks: the end of the connection ends the body.
+            (false, None) if http10 => {
+                keep_alive = false;
+                false
+            }
+            (false, None) => {
+                write_header(out, b"transfer-encoding", b"chunked");
+                true
+            }
+        };
+        if !keep_alive {
+            write_header(out, b"connection", b"close");
+        } else if http10 {
+            write_header(out, b"connection", b"keep-alive");
+        }
+        out.extend_from_slice(b"\r\n");
+        if bodiless {
+            drop(body);
+            self.stream.write_all(&self.write).await?;
+            return Ok(keep_alive);
+        }
+        let mut sent = 0u64;
+        loop {
+            // A frame ready now joins the bytes gathered so far; otherwise they go out first.
+            let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            let frame = match polled {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    self.flush().await?;
+                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                }
+            };
+            match frame {
+                None => break,
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    sent += data.len() as u64;
+                    if chunked {
+                        self.write
+                            .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    }
+                    if self.write.len() + data.len() > WRITE_BATCH {
+                        self.flush().await?;
+                        self.stream.write_all(&data).await?;
+                    } else {
+                        self.write.extend_from_slice(&data);
+                    }
+                    if chunked {
+                        self.write.extend_from_slice(b"\r\n");
+                    }
+                }
+                // The endpoint broke off: so does this answer, which the client sees cut short.
+                Some(Err(error)) => {
+                    self.flush().await?;
+                    tracing::debug!(%error, "response body broke off");
+                    return Ok(false);
+                }
+            }
+        }
+        if chunked {
+            self.write.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush().await?;
+        // A body shorter than its announced length leaves the client waiting: close to end it.
+        Ok(keep_alive && length.is_none_or(|n| n == sent))
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.write.is_empty() {
+            self.stream.write_all(&self.write).await?;
+            self.write.clear();
+        }
+        Ok(())
+    }
+
+    async fn reject(&mut self, status: StatusCode) -> io::Result<()> {
+        let answer = format!(
+            "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("")
+        );
+        self.stream.write_all(answer.as_bytes()).await?;
+        self.stream.shutdown().await
+    }
+}
+
+fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Complete(Next),
+    /// The head is not all there yet.
+    NeedMore,
+    /// The head is, its body not yet.
+    NeedBody,
+}
+
+/// Parses a request off the front of `buf`: its head and, if it has one, its body.
+fn parse_request(buf: &mut BytesMut) -> Parsed {
+    // The HTTP/2 connection preface (prior knowledge) starts like a request with method PRI.
+    if buf.starts_with(b"PRI ") {
+        return Parsed::Complete(Next::HandOver);
+    }
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::NeedMore,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Complete(Next::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        }
+        Err(_) => return Parsed::Complete(Next::Reject(StatusCode::BAD_REQUEST)),
+    };
+    let bad = Parsed::Complete(Next::Reject(StatusCode::BAD_REQUEST));
+    let version = parsed.version.unwrap_or(1);
+    let Ok(method) = Method::from_bytes(parsed.method.unwrap_or("").as_bytes()) else {
+        return bad;
+    };
+    let mut keep_alive = version == 1;
+    let mut content_length: Option<u64> = None;
+    let base = buf.as_ptr() as usize;
+    // A head is at most MAX_HEAD bytes long: every offset fits.
+    let at = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+    let target = parsed.path.unwrap_or("/").as_bytes();
+    let target = (at(target), target.len() as u32);
+    // Offsets, not slices: the head is frozen (shared by the values) only after parsing.
+    let count = parsed.headers.len();
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = h.name.as_bytes();
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let Some(n) = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                else {
+                    return bad;
+                };
+                if content_length.is_some_and(|l| l != n) {
+                    return bad;
+                }
+                content_length = Some(n);
+            }
+            // Chunked bodies and interim answers are hyper's.
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::Complete(Next::HandOver),
+            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Complete(Next::HandOver),
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                        keep_alive = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        *span = (at(name), name.len() as u32, at(h.value), h.value.len() as u32);
+    }
+    let body_len = content_length.unwrap_or(0);
+    if body_len > MAX_BUFFERED_BODY as u64 {
+        // Streamed to the endpoint as it arrives: hyper's.
+        return Parsed::Complete(Next::HandOver);
+    }
+    let body_len = body_len as usize;
+    if buf.len() < len + body_len {
+        return Parsed::NeedBody;
+    }
+    let head = buf.split_to(len).freeze();
+    let body = buf.split_to(body_len).freeze();
+    let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
+    let Ok(uri) = Uri::from_maybe_shared(slice(target)) else {
+        return bad;
+    };
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        let Ok(name) = HeaderName::from_bytes(&head[name_at as usize..(name_at + name_len) as usize]) else {
+            return bad;
+        };
+        let Ok(value) = HeaderValue::from_maybe_shared(slice((value_at, value_len))) else {
+            return bad;
+        };
+        headers.append(name, value);
+    }
+    let mut request = Request::new(Whole::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *request.headers_mut() = headers;
+    Parsed::Complete(Next::Request { request, keep_alive })
+}
+
+/// A connection handed over to hyper: the bytes already read come first.
+pub struct Rewind {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The `Date` header's value, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+
+    use super::SystemTime;
+
+    thread_local! {
+        static NOW: RefCell<(u64, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
+    }
+
+    pub fn with_now(f: impl FnOnce(&[u8])) {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        NOW.with_borrow_mut(|(cached, value)| {
+            if *cached != second || value.is_empty() {
+                *cached = second;
+                *value = httpdate::fmt_http_date(now).into_bytes();
+            }
+            f(value);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        (parse_request(&mut buf), buf)
+    }
+
+    #[test]
+    fn a_request_with_a_small_body_is_read_whole_and_the_next_one_stays() {
+        let (parsed, rest) =
+            parse(b"POST /a?b=1 HTTP/1.1\r\nHost: shop\r\nContent-Length: 3\r\nX-A: 1\r\n\r\nabcGET /");
+        let Parsed::Complete(Next::Request { request, keep_alive }) = parsed else {
+            panic!("a request")
+        };
+        assert!(keep_alive);
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "/a?b=1");
+        assert_eq!(request.headers()["host"], "shop");
+        assert_eq!(request.headers()["x-a"], "1");
+        assert_eq!(request.body().bytes(), "abc");
+        assert_eq!(&rest[..], b"GET /");
+    }
+
+    #[test]
+    fn incomplete_heads_and_bodies_wait_for_more() {
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: a").0, Parsed::NeedMore));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").0,
+            Parsed::NeedBody
+        ));
+    }
+
+    #[test]
+    fn what_hyper_serves_better_is_handed_over() {
+        for bytes in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+        ] {
+            let (parsed, rest) = parse(bytes);
+            assert!(matches!(parsed, Parsed::Complete(Next::HandOver)), "{bytes:?}");
+            assert_eq!(&rest[..], bytes, "nothing consumed");
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_rejected() {
+        for (bytes, status) in [
+            (&b"HELLO THERE\r\n\r\n"[..], StatusCode::BAD_REQUEST),
+            (
+                b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabc",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let (parsed, _) = parse(bytes);
+            assert!(
+                matches!(parsed, Parsed::Complete(Next::Reject(s)) if s == status),
+                "{bytes:?}"
+            );
+        }
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let (parsed, _) = parse(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
+        assert!(matches!(
+            parsed,
+            Parsed::Complete(Next::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
+        ));
+    }
+
+    #[test]
+    fn connection_tokens_and_versions_decide_keep_alive() {
+        for (bytes, expected) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
+        ] {
+            let Parsed::Complete(Next::Request { keep_alive, .. }) = parse(bytes).0 else {
+                panic!("a request: {bytes:?}")
+            };
+            assert_eq!(keep_alive, expected, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn the_date_is_an_http_date() {
+        let mut value = Vec::new();
+        date::with_now(|now| value = now.to_vec());
+        let text = String::from_utf8(value).expect("ascii");
+        assert!(httpdate::parse_http_date(&text).is_ok(), "{text}");
+    }
+}

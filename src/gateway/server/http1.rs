@@ -20,7 +20,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
     sync::watch,
-    time::Instant,
+    time::{Instant, Sleep},
 };
 
 use crate::gateway::{
@@ -31,6 +31,9 @@ use crate::gateway::{
 /// How long a client may take to send a request's head, counted from when the connection is
 /// ready for it (so also how long a kept-alive connection may sit idle): slowloris.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How far the header-read deadline may lag: moving a timer costs a timer-wheel update, so it is
+/// moved only when it would move by more than this (a timeout then comes after 9 to 10 s).
+const TIMER_SLACK: Duration = Duration::from_secs(1);
 /// The most a request head may take.
 const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a request may carry.
@@ -64,6 +67,8 @@ struct Connection {
     stream: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
+    /// The header-read deadline.
+    timer: Pin<Box<Sleep>>,
 }
 
 /// Serves HTTP/1.1 requests on `stream` until the client closes, the gateway drains, or the
@@ -78,6 +83,7 @@ pub async fn serve(
         stream,
         read: BytesMut::with_capacity(8 * 1024),
         write: Vec::with_capacity(8 * 1024),
+        timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
     };
     loop {
         match connection.next_request(draining).await {
@@ -112,6 +118,9 @@ pub async fn serve(
 impl Connection {
     async fn next_request(&mut self, draining: &mut watch::Receiver<bool>) -> Next {
         let deadline = Instant::now() + HEADER_READ_TIMEOUT;
+        if deadline > self.timer.deadline() + TIMER_SLACK {
+            self.timer.as_mut().reset(deadline);
+        }
         loop {
             if !self.read.is_empty() {
                 match parse_request(&mut self.read) {
@@ -131,7 +140,7 @@ impl Connection {
                 read = self.stream.read_buf(&mut self.read) => read,
                 // Only an idle connection stops at once: a request half read is finished.
                 _ = draining.changed(), if idle => return Next::Closed,
-                _ = tokio::time::sleep_until(deadline) => return Next::Closed,
+                () = &mut self.timer => return Next::Closed,
             };
             match read {
                 Ok(0) | Err(_) => return Next::Closed,

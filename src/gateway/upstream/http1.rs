@@ -300,56 +300,69 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
         // Where each value lies in the head, so that the values can share its buffer.
         let base = buf.as_ptr() as usize;
         let count = parsed.headers.len();
-        // Offsets, not slices: the head is frozen (shared by the values) only after parsing.
+        let mut keep_alive = version == 1;
+        let mut chunked = None;
+        // Whether a Connection header names headers other than the usual hop-by-hop ones: only
+        // then is each header checked against its list.
+        let mut names_more = false;
+        // Offsets, not slices: the head is frozen (shared by the values) only after parsing. A
+        // hop-by-hop header, read for framing here and not passed on, gets a zero-length name.
         let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let name = h.name.as_bytes();
             // A head is at most MAX_HEAD bytes long: every offset fits.
             let at = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+            let hop_by_hop = is_hop_by_hop_name(name);
             *span = (
-                at(h.name.as_bytes()),
-                h.name.len() as u32,
+                at(name),
+                if hop_by_hop { 0 } else { name.len() as u32 },
                 at(h.value),
                 h.value.len() as u32,
             );
+            if !hop_by_hop {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                // Only the last coding says whether the body is chunked.
+                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive |= version == 0;
+                    } else if !is_hop_by_hop_name(token) {
+                        names_more = true;
+                    }
+                }
+            }
         }
         let mut headers = HeaderMap::with_capacity(count);
-        let mut keep_alive = version == 1;
         let mut length: Option<u64> = None;
-        let mut chunked = None;
         let head = buf.split_to(len).freeze();
         let bytes = |at: u32, len: u32| &head[at as usize..(at + len) as usize];
         let spans = &spans[..count];
-        // The values of the Connection headers: they name more hop-by-hop headers.
         let connection = || {
             spans
                 .iter()
-                .filter(|&&(n, nl, _, _)| nl == 10 && bytes(n, nl).eq_ignore_ascii_case(b"connection"))
+                .filter(|&&(n, nl, _, _)| {
+                    nl == 0
+                        && head
+                            .get(n as usize..n as usize + 10)
+                            .is_some_and(|name| name.eq_ignore_ascii_case(b"connection"))
+                })
                 .map(|&(_, _, v, vl)| bytes(v, vl))
         };
-        let has_connection = connection().next().is_some();
         for &(name_at, name_len, at, len) in spans {
-            let raw_name = bytes(name_at, name_len);
-            let raw_value = bytes(at, len);
-            // Hop-by-hop headers are read for framing, and not passed on.
-            if is_hop_by_hop_name(raw_name) {
-                if raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
-                    // Only the last coding says whether the body is chunked.
-                    let last = raw_value.rsplit(|b| *b == b',').next().unwrap_or_default();
-                    chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                } else if raw_name.eq_ignore_ascii_case(b"connection") {
-                    for token in raw_value.split(|b| *b == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            keep_alive = false;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
-                            keep_alive = true;
-                        }
-                    }
-                }
+            if name_len == 0 {
                 continue;
             }
+            let raw_name = bytes(name_at, name_len);
+            let raw_value = bytes(at, len);
             let name = HeaderName::from_bytes(raw_name).map_err(|_| ExchangeError::Invalid("header name"))?;
-            if has_connection && is_connection_listed(name.as_str(), connection()) {
+            if names_more && is_connection_listed(name.as_str(), connection()) {
                 continue;
             }
             let value = HeaderValue::from_maybe_shared(head.slice(at as usize..(at + len) as usize))

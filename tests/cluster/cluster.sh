@@ -48,11 +48,20 @@ fail_start() {
   exit 1
 }
 
+# Ports come from below the kernel's ephemeral range (32768 and up on Linux), where an outgoing
+# connection's local port could otherwise take one between the check and the bind; and each is
+# different from those already handed out in this run (PICKED_PORTS). Sets the variable named $1.
+PICKED_PORTS=" "
 free_port() {
   local port
   for _ in $(seq 1 50); do
-    port=$(( 20000 + RANDOM % 20000 ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
+    port=$(( 20000 + RANDOM % 12000 ))
+    case "$PICKED_PORTS" in *" $port "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      PICKED_PORTS+="$port "
+      printf -v "$1" '%s' "$port"
+      return 0
+    fi
   done
   say "no free loopback port found"; return 1
 }
@@ -172,7 +181,7 @@ up() {
 
   local begin etcd_port etcd_peer_port api_port kcm_port
   begin=$(date +%s%3N)
-  etcd_port=$(free_port); etcd_peer_port=$(free_port); api_port=$(free_port); kcm_port=$(free_port)
+  free_port etcd_port && free_port etcd_peer_port && free_port api_port && free_port kcm_port || exit 1
   make_certs
 
   start etcd --name=microgate-local --data-dir="$dir/etcd-data" \

@@ -17,6 +17,7 @@ pub mod retry;
 pub mod router;
 pub mod server;
 pub mod upstream;
+pub mod wire;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 

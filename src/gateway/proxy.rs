@@ -286,7 +286,12 @@ impl Proxy {
                 tracing::info!(microservice = %upstream.service, pod = %endpoint.pod, "endpoint ejected after consecutive failures");
             }
             let retry_after = match &result {
-                Attempt::Answered(response) => retry::retry_after(response.headers()),
+                // Only a failure's answer is asked when to come back.
+                Attempt::Answered(response) if failure.is_some() => retry::retry_after(response.headers())
+                    .or_else(|| {
+                        let wire = response.body().wire_headers()?;
+                        retry::retry_after_value(&wire.get("retry-after")?)
+                    }),
                 _ => None,
             };
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));

@@ -65,7 +65,12 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// A `Retry-After` in seconds (the HTTP-date form is not honoured).
 pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    retry_after_value(headers.get(http::header::RETRY_AFTER)?)
+}
+
+/// A `Retry-After` value in seconds (the HTTP-date form is not followed).
+pub fn retry_after_value(value: &http::HeaderValue) -> Option<Duration> {
+    let value = value.to_str().ok()?;
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 

@@ -19,7 +19,10 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use super::proxy::{Client, Proxy};
+use super::{
+    body::take_wire_headers,
+    proxy::{Client, Proxy},
+};
 
 /// The listeners running now, by port.
 pub struct Listeners {
@@ -138,7 +141,14 @@ async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut drainin
             };
             let service = service_fn(move |request| {
                 let (proxy, client) = (proxy.clone(), client.clone());
-                async move { Ok::<_, Infallible>(proxy.handle(&client, request).await) }
+                async move {
+                    let mut response = proxy.handle(&client, request).await;
+                    // hyper's server writes only the response's map.
+                    if let Some(wire) = take_wire_headers(response.body_mut()) {
+                        wire.append_to(response.headers_mut());
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);

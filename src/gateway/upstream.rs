@@ -33,7 +33,7 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::Notify};
 
-use super::{balance::EndpointState, body::OutgoingBody};
+use super::{balance::EndpointState, body::OutgoingBody, wire::WireHeaders};
 
 /// How long opening a connection to an endpoint may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -120,7 +120,8 @@ impl Drop for Waiting<'_> {
 pub struct Connections {
     limits: Arc<Limits>,
     /// Made on the first connection: most endpoints in a registry never get one.
-    idle: OnceLock<ArrayQueue<http1::Connection>>,
+    /// Boxed: a connection moves between the queue and the requests using it, whole.
+    idle: OnceLock<ArrayQueue<Box<http1::Connection>>>,
     http2: ArcSwapOption<http2::SendRequest<OutgoingBody>>,
 }
 
@@ -133,11 +134,11 @@ impl Connections {
         }
     }
 
-    fn take_idle(&self) -> Option<http1::Connection> {
+    fn take_idle(&self) -> Option<Box<http1::Connection>> {
         self.idle.get()?.pop()
     }
 
-    fn put_idle(&self, connection: http1::Connection) {
+    fn put_idle(&self, connection: Box<http1::Connection>) {
         let idle = self.idle.get_or_init(|| ArrayQueue::new(IDLE_PER_ENDPOINT));
         // A full queue drops (closes) the connection.
         let _ = idle.push(connection);
@@ -229,7 +230,7 @@ async fn acquire_http1(
     siblings: &[Arc<EndpointState>],
     breaker: CircuitBreaker,
     probe: bool,
-) -> Result<http1::Connection, UpstreamError> {
+) -> Result<Box<http1::Connection>, UpstreamError> {
     let connections = &endpoint.connections;
     let limits = &connections.limits;
     loop {
@@ -245,7 +246,7 @@ async fn acquire_http1(
         freed.as_mut().enable();
         if let Some(slot) = limits.open_slot(breaker.max_connections) {
             let stream = connect(endpoint.addr).await?;
-            return Ok(http1::Connection::new(stream, slot));
+            return Ok(Box::new(http1::Connection::new(stream, slot)));
         }
         let waiting = limits.pending.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(limits);
@@ -332,8 +333,10 @@ pub struct UpstreamBody(Kind);
 
 enum Kind {
     Http1 {
+        /// The response's headers, until the server writing the response takes them.
+        headers: Option<WireHeaders>,
         /// `None` once the body has ended (or broken) and the connection is gone.
-        connection: Option<http1::Connection>,
+        connection: Option<Box<http1::Connection>>,
         framing: http1::Framing,
         keep_alive: bool,
         endpoint: Arc<EndpointState>,
@@ -344,10 +347,11 @@ enum Kind {
 impl UpstreamBody {
     fn http1(
         head: http1::Head,
-        connection: http1::Connection,
+        connection: Box<http1::Connection>,
         endpoint: &Arc<EndpointState>,
     ) -> Response<Self> {
         let mut body = Self(Kind::Http1 {
+            headers: Some(head.headers),
             connection: Some(connection),
             framing: head.framing,
             keep_alive: head.keep_alive,
@@ -358,6 +362,23 @@ impl UpstreamBody {
         head.response.map(|()| body)
     }
 
+    /// The headers of an HTTP/1.1 endpoint's response, which travel with its body (see
+    /// [`WireHeaders`]); `None` for HTTP/2, whose headers are in the response's map.
+    pub fn wire_headers(&self) -> Option<&WireHeaders> {
+        match &self.0 {
+            Kind::Http1 { headers, .. } => headers.as_ref(),
+            Kind::Http2(_) => None,
+        }
+    }
+
+    /// Takes the wire headers, to write them or to move them into the response's map.
+    pub fn take_wire_headers(&mut self) -> Option<WireHeaders> {
+        match &mut self.0 {
+            Kind::Http1 { headers, .. } => headers.take(),
+            Kind::Http2(_) => None,
+        }
+    }
+
     /// Gives the connection back once the body has been read to its end.
     fn release_if_ended(&mut self) {
         if let Kind::Http1 {
@@ -365,6 +386,7 @@ impl UpstreamBody {
             framing: http1::Framing::Length(0),
             keep_alive,
             endpoint,
+            ..
         } = &mut self.0
             && let Some(connection) = connection.take()
             && *keep_alive

@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use crate::gateway::{
-    body::{ResponseBody, Whole},
+    body::{ResponseBody, Whole, take_wire_headers},
     proxy::{Client, MAX_BUFFERED_BODY, Proxy},
 };
 
@@ -180,6 +180,10 @@ impl Connection {
             }
             has_date |= name == header::DATE;
             write_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(wire) = take_wire_headers(&mut body) {
+            out.extend_from_slice(wire.as_bytes());
+            has_date |= wire.has_date();
         }
         if !has_date {
             date::with_now(|now| write_header(out, b"date", now));

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
+use http::{HeaderMap, HeaderName, Method, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
@@ -20,6 +20,7 @@ use super::ConnectionSlot;
 use crate::gateway::{
     body::OutgoingBody,
     forwarding::{Forwarding, is_connection_listed, is_hop_by_hop_name},
+    wire::WireHeaders,
 };
 
 /// A request as an endpoint gets it: the client's head, and what the gateway adds.
@@ -105,7 +106,9 @@ pub enum Chunked {
 
 /// A response head, and how to read what follows it.
 pub struct Head {
+    /// The status; the headers are in `headers`.
     pub response: Response<()>,
+    pub headers: WireHeaders,
     pub framing: Framing,
     /// Whether the connection may carry another exchange after this one.
     pub keep_alive: bool,
@@ -339,13 +342,14 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
                 }
             }
         }
-        let mut headers = HeaderMap::with_capacity(count);
+        let bodiless =
+            *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let mut length: Option<u64> = None;
+        let mut has_date = false;
         let head = buf.split_to(len).freeze();
         let bytes = |at: u32, len: u32| &head[at as usize..(at + len) as usize];
-        let spans = &spans[..count];
-        let connection = || {
-            spans
+        let connection_values: Vec<&[u8]> = if names_more {
+            spans[..count]
                 .iter()
                 .filter(|&&(n, nl, _, _)| {
                     nl == 0
@@ -354,21 +358,28 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
                             .is_some_and(|name| name.eq_ignore_ascii_case(b"connection"))
                 })
                 .map(|&(_, _, v, vl)| bytes(v, vl))
+                .collect()
+        } else {
+            Vec::new()
         };
-        for &(name_at, name_len, at, len) in spans {
+        // Decide which lines are kept: a zero-length name marks one left out.
+        for span in &mut spans[..count] {
+            let (name_at, name_len, at, len) = *span;
             if name_len == 0 {
                 continue;
             }
             let raw_name = bytes(name_at, name_len);
-            let raw_value = bytes(at, len);
-            let name = HeaderName::from_bytes(raw_name).map_err(|_| ExchangeError::Invalid("header name"))?;
-            if names_more && is_connection_listed(name.as_str(), connection()) {
+            let listed = names_more
+                && is_connection_listed(
+                    std::str::from_utf8(raw_name).unwrap_or_default(),
+                    connection_values.iter().copied(),
+                );
+            if listed {
+                span.1 = 0;
                 continue;
             }
-            let value = HeaderValue::from_maybe_shared(head.slice(at as usize..(at + len) as usize))
-                .map_err(|_| ExchangeError::Invalid("header value"))?;
-            if name == header::CONTENT_LENGTH {
-                let n = std::str::from_utf8(raw_value)
+            if raw_name.eq_ignore_ascii_case(b"content-length") {
+                let n = std::str::from_utf8(bytes(at, len))
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .ok_or(ExchangeError::Invalid("content-length"))?;
@@ -376,13 +387,18 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
                     return Err(ExchangeError::Invalid("conflicting content-length"));
                 }
                 length = Some(n);
+                // The body's length is the next hop's to say, but for a bodiless answer, whose
+                // length is that of the body it would have had.
+                if !bodiless {
+                    span.1 = 0;
+                    continue;
+                }
             }
-            headers.append(name, value);
+            has_date |= raw_name.eq_ignore_ascii_case(b"date");
         }
-        let framing = if *method == Method::HEAD
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
+        drop(connection_values);
+        let headers = WireHeaders::new(kept_lines(&head, &spans[..count]), has_date);
+        let framing = if bodiless {
             Framing::Length(0)
         } else {
             match (chunked, length) {
@@ -398,13 +414,39 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = Version::HTTP_11;
-        *response.headers_mut() = headers;
         return Ok(Some(Head {
             response,
+            headers,
             framing,
             keep_alive,
         }));
     }
+}
+
+/// The kept header lines of `head` (spans with a non-zero name length), each ended by CRLF. The
+/// usual case, one run of CRLF-ended lines, shares the head's buffer; otherwise they are copied.
+fn kept_lines(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Bytes {
+    let line_end = |&(_, _, v, vl): &(u32, u32, u32, u32)| (v + vl) as usize;
+    let crlf_after = |span| head.get(line_end(span)..line_end(span) + 2) == Some(&b"\r\n"[..]);
+    let mut kept = spans.iter().filter(|span| span.1 != 0);
+    let Some(first) = kept.clone().next() else {
+        return Bytes::new();
+    };
+    let mut end = first.0 as usize;
+    let one_run = kept.clone().all(|span| {
+        let continues = span.0 as usize == end && crlf_after(span);
+        end = line_end(span) + 2;
+        continues
+    });
+    if one_run {
+        return head.slice(first.0 as usize..end);
+    }
+    let mut lines = BytesMut::new();
+    for span in kept.by_ref() {
+        lines.extend_from_slice(&head[span.0 as usize..line_end(span)]);
+        lines.extend_from_slice(b"\r\n");
+    }
+    lines.freeze()
 }
 
 /// What reading a body's next piece came to.
@@ -555,6 +597,8 @@ pub fn size_hint(framing: &Framing) -> SizeHint {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     fn parse(bytes: &[u8], method: Method) -> Result<Option<Head>, ExchangeError> {
@@ -571,8 +615,8 @@ mod tests {
         assert_eq!(head.response.status(), StatusCode::OK);
         assert_eq!(head.framing, Framing::Length(2));
         assert!(head.keep_alive);
-        assert_eq!(head.response.headers().get_all("x-a").iter().count(), 2);
-        assert!(head.response.headers().contains_key(header::CONTENT_LENGTH));
+        // One run of lines, shared with the head; the length is this hop's to write.
+        assert_eq!(head.headers.as_bytes(), b"X-A: 1\r\nX-A: 2\r\n");
         assert_eq!(&buf[..], b"ok");
 
         let head = head_of(
@@ -581,8 +625,11 @@ mod tests {
         assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
         assert!(!head.keep_alive);
         // Hop-by-hop headers, and those Connection names, are not passed on.
-        let names: Vec<&str> = head.response.headers().keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["x-kept"]);
+        assert_eq!(head.headers.as_bytes(), b"X-Kept: 1\r\n");
+        // Kept lines with others between them are copied together, each ended by CRLF.
+        let head = head_of(b"HTTP/1.1 200 OK\nA: 1\nConnection: keep-alive\nDate: x\nContent-Length: 0\n\n");
+        assert_eq!(head.headers.as_bytes(), b"A: 1\r\nDate: x\r\n");
+        assert!(head.headers.has_date());
         let head = head_of(b"HTTP/1.0 200 OK\r\n\r\n");
         assert_eq!(head.framing, Framing::UntilClose);
         assert!(!head.keep_alive);
@@ -592,6 +639,8 @@ mod tests {
             .expect("valid")
             .expect("complete");
         assert_eq!(head.framing, Framing::Length(0));
+        // A bodiless answer keeps the length of the body it would have had.
+        assert_eq!(head.headers.as_bytes(), b"Content-Length: 5\r\n");
 
         assert!(matches!(
             head_partial(b"HTTP/1.1 200 OK\r\nContent-Len"),

@@ -423,30 +423,48 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
     }
 }
 
-/// The kept header lines of `head` (spans with a non-zero name length), each ended by CRLF. The
-/// usual case, one run of CRLF-ended lines, shares the head's buffer; otherwise they are copied.
+/// The kept header lines of `head` (spans with a non-zero name length), each ended by CRLF. When
+/// they are one run of CRLF-ended lines they share the head's buffer; otherwise their runs are
+/// copied into one new buffer.
 fn kept_lines(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Bytes {
     let line_end = |&(_, _, v, vl): &(u32, u32, u32, u32)| (v + vl) as usize;
-    let crlf_after = |span| head.get(line_end(span)..line_end(span) + 2) == Some(&b"\r\n"[..]);
-    let mut kept = spans.iter().filter(|span| span.1 != 0);
-    let Some(first) = kept.clone().next() else {
+    let ends_in_crlf = |span| head.get(line_end(span)..line_end(span) + 2) == Some(&b"\r\n"[..]);
+    // Runs of adjacent CRLF-ended lines, as (start, end) in `head`, CRLF included.
+    let mut runs = spans.iter().filter(|span| span.1 != 0).map(|span| {
+        let start = span.0 as usize;
+        if ends_in_crlf(span) {
+            (start, line_end(span) + 2, true)
+        } else {
+            (start, line_end(span), false)
+        }
+    });
+    let Some(mut run) = runs.next() else {
         return Bytes::new();
     };
-    let mut end = first.0 as usize;
-    let one_run = kept.clone().all(|span| {
-        let continues = span.0 as usize == end && crlf_after(span);
-        end = line_end(span) + 2;
-        continues
-    });
-    if one_run {
-        return head.slice(first.0 as usize..end);
+    let mut lines: Option<BytesMut> = None;
+    for next in runs {
+        if run.2 && next.0 == run.1 {
+            run = (run.0, next.1, next.2);
+            continue;
+        }
+        let lines = lines.get_or_insert_with(|| BytesMut::with_capacity(head.len()));
+        lines.extend_from_slice(&head[run.0..run.1]);
+        if !run.2 {
+            lines.extend_from_slice(b"\r\n");
+        }
+        run = next;
     }
-    let mut lines = BytesMut::new();
-    for span in kept.by_ref() {
-        lines.extend_from_slice(&head[span.0 as usize..line_end(span)]);
-        lines.extend_from_slice(b"\r\n");
+    match lines {
+        None if run.2 => head.slice(run.0..run.1),
+        lines => {
+            let mut lines = lines.unwrap_or_default();
+            lines.extend_from_slice(&head[run.0..run.1]);
+            if !run.2 {
+                lines.extend_from_slice(b"\r\n");
+            }
+            lines.freeze()
+        }
     }
-    lines.freeze()
 }
 
 /// What reading a body's next piece came to.
@@ -630,6 +648,14 @@ mod tests {
         let head = head_of(b"HTTP/1.1 200 OK\nA: 1\nConnection: keep-alive\nDate: x\nContent-Length: 0\n\n");
         assert_eq!(head.headers.as_bytes(), b"A: 1\r\nDate: x\r\n");
         assert!(head.headers.has_date());
+        // nginx's order: two runs around the framing headers, copied into one buffer.
+        let head = head_of(
+            b"HTTP/1.1 200 OK\r\nServer: n\r\nDate: d\r\nContent-Type: t\r\nContent-Length: 2\r\nConnection: keep-alive\r\nx-backend: b1\r\n\r\n",
+        );
+        assert_eq!(
+            head.headers.as_bytes(),
+            b"Server: n\r\nDate: d\r\nContent-Type: t\r\nx-backend: b1\r\n"
+        );
         let head = head_of(b"HTTP/1.0 200 OK\r\n\r\n");
         assert_eq!(head.framing, Framing::UntilClose);
         assert!(!head.keep_alive);

@@ -330,7 +330,7 @@ md.append(
     "to 20 % of requests. In front of them, configured equivalently (round robin over the three, pooled keep-alive "
     "upstream connections, no access log, the same number of workers): nginx (`bench/peers/nginx.conf`, "
     "`worker_processes`), HAProxy (`bench/peers/haproxy.cfg`, `nbthread`) and `microgate gateway` "
-    "(`bench/microgate.yaml`, `TOKIO_WORKER_THREADS`), which reads the Gateway, the Microservices and their Pods from "
+    "(`bench/microgate.yaml`, `--workers`, plus one thread for its Kubernetes watches), which reads the Gateway, the Microservices and their Pods from "
     "the local control plane. The bench creates the Pods and reports them Ready with the backends' addresses as pod "
     "IPs (no controller, no kubelet). Proxy CPU is utime + stime of all the proxy's processes (`/proc/PID/stat`); "
     "memory is VmRSS at the end of a round and VmHWM, summed over its processes. The load generators run on the same "
@@ -463,7 +463,7 @@ if spreads:
 if idle:
     md.append("microgate RSS idle (after start, before traffic): " +
               ", ".join(f"{mib(i['microgate_idle_kib'][0])} with {i['workers']} worker{'s' if i['workers'] != 1 else ''} "
-                        f"({i.get('runtime_workers', '?')} tokio worker thread(s) seen)" for i in idle) + ".\n")
+                        f"({i.get('runtime_workers', '?')} worker thread(s) seen)" for i in idle) + ".\n")
 if chart_ok:
     md.append("![throughput and latency per proxy](bench/chart.png)\n")
 else:

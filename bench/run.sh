@@ -282,9 +282,11 @@ start_haproxy() { # workers [valgrind...]
 start_microgate() { # workers [valgrind...]
   local workers=$1
   shift
-  # TOKIO_WORKER_THREADS sets the runtime's worker threads (the equal of nginx's workers).
-  spawn microgate env TOKIO_WORKER_THREADS="$workers" KUBECONFIG="$kubeconfig" RUST_LOG=warn \
-    "$@" "$microgate" gateway --namespace "$namespace" --listen-address 127.0.0.1 --admin-addr "127.0.0.1:$mg_admin"
+  # --workers sets the threads that serve traffic (the equal of nginx's workers); the Kubernetes
+  # watches run on one more runtime thread of their own (the equal of nginx's master process).
+  spawn microgate env TOKIO_WORKER_THREADS=1 KUBECONFIG="$kubeconfig" RUST_LOG=warn \
+    "$@" "$microgate" gateway --workers "$workers" --namespace "$namespace" --listen-address 127.0.0.1 \
+    --admin-addr "127.0.0.1:$mg_admin"
 }
 
 # Requests through each proxy land on each backend in turn: checked and recorded.
@@ -441,8 +443,8 @@ for workers in $workers_list; do
   for target in "${targets[@]}"; do wait_http "${url[$target]}" 60 "${owner[$target]}"; done
   wait_http "${retryurl[microgate]}" 30 microgate
   idle=$(memory_kib "${pids[microgate]}")
-  # The runtime's worker threads, by name: proof that TOKIO_WORKER_THREADS took effect.
-  runtime_workers=$(cat /proc/"${pids[microgate]}"/task/*/comm | grep -c '^tokio-r' || true)
+  # The traffic-serving threads, by name: proof that --workers took effect.
+  runtime_workers=$(cat /proc/"${pids[microgate]}"/task/*/comm | grep -c '^microgate-worke' || true)
   echo "{\"workers\": $workers, \"microgate_idle_kib\": [${idle// /, }], \"runtime_workers\": $runtime_workers}" >>"$raw/idle.jsonl"
   for target in nginx haproxy microgate; do
     spread "$target" "${url[$target]}" | sed "s/^{/{\"workers\": $workers, /" >>"$raw/spread.jsonl"

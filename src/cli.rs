@@ -44,6 +44,10 @@ pub struct GatewayArgs {
     /// Log one line per request (target microgate::access; JSON with --log-json).
     #[arg(long, env = "MICROGATE_ACCESS_LOG")]
     pub access_log: bool,
+    /// Threads serving traffic, each with its own listening sockets (default: one per CPU the
+    /// process may use).
+    #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
@@ -62,6 +66,10 @@ pub struct RunArgs {
     /// Log one line per request (target microgate::access; JSON with --log-json).
     #[arg(long, env = "MICROGATE_ACCESS_LOG")]
     pub access_log: bool,
+    /// Threads serving traffic, each with its own listening sockets (default: one per CPU the
+    /// process may use).
+    #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
 }
 
 /// Options of `microgate controller`.

@@ -145,22 +145,32 @@ async fn run(args: RunArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot serve the admin endpoints on {admin}: {e}"))?;
     tracing::info!(admin = %running.admin_addr, "controller and gateway started");
     // Both halves stop on the signal; the gateway drains its requests in flight first.
-    tokio::join!(
-        running.serve,
-        gateway::run(
-            client,
-            namespace,
-            registry,
-            gateway::Options {
-                listen_address: args.listen_address,
-                access_log: args.access_log,
-                // Readiness is the controller's (caches synced, or a standby).
-                on_programmed: None,
-            },
-            gateway_metrics,
-            shutdown_signal()
-        )
+    let gateway = gateway::run(
+        client,
+        namespace,
+        registry,
+        gateway::Options {
+            listen_address: args.listen_address,
+            access_log: args.access_log,
+            // Readiness is the controller's (caches synced, or a standby).
+            on_programmed: None,
+            workers: args
+                .workers
+                .map_or_else(gateway::workers::default_count, usize::from),
+        },
+        gateway_metrics,
+        shutdown_signal(),
     );
+    let serve = running.serve;
+    tokio::pin!(gateway, serve);
+    let gateway_failed = |e: std::io::Error| format!("cannot start the gateway's worker threads: {e}");
+    tokio::select! {
+        result = &mut gateway => {
+            result.map_err(gateway_failed)?;
+            serve.await;
+        }
+        () = &mut serve => gateway.await.map_err(gateway_failed)?,
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -187,10 +197,15 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
             ready.set_ready();
             tracing::info!("route table programmed; ready");
         })),
+        workers: args
+            .workers
+            .map_or_else(gateway::workers::default_count, usize::from),
     };
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
-        () = gateway::run(client, args.namespace, registry, options, gateway_metrics, shutdown_signal()) => {}
+        result = gateway::run(client, args.namespace, registry, options, gateway_metrics, shutdown_signal()) => {
+            result.map_err(|e| format!("cannot start the gateway's worker threads: {e}"))?;
+        }
         () = serve_admin => {}
     }
     tracing::info!("stopped");

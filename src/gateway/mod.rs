@@ -18,6 +18,7 @@ pub mod router;
 pub mod server;
 pub mod upstream;
 pub mod wire;
+pub mod workers;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
@@ -45,6 +46,8 @@ pub struct Options {
     /// Called once the first route table is in place and its listeners are bound (e.g. to turn
     /// `/readyz` ready: before that, every request would get a 404).
     pub on_programmed: Option<Box<dyn FnOnce() + Send>>,
+    /// Threads serving traffic (see [`workers`]); [`workers::default_count`] is one per CPU.
+    pub workers: usize,
 }
 
 /// How long a stopping gateway waits for the requests in flight.
@@ -52,7 +55,7 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(25);
 
 /// Runs the gateway for `namespace` (or all), as `options` say, until `shutdown`
 /// completes; then it stops accepting and finishes the requests in flight (up to
-/// [`DRAIN_DEADLINE`]).
+/// [`DRAIN_DEADLINE`]). Fails only if its worker threads cannot be started.
 pub async fn run(
     client: Client,
     namespace: Option<String>,
@@ -60,7 +63,7 @@ pub async fn run(
     options: Options,
     metrics: GatewayMetrics,
     shutdown: impl Future<Output = ()>,
-) {
+) -> std::io::Result<()> {
     let (gateways, gateways_writer) = reflector::store::<Gateway>();
     let (microservices, microservices_writer) = reflector::store::<Microservice>();
     let changed = Arc::new(Notify::new());
@@ -105,7 +108,8 @@ pub async fn run(
         metrics.clone(),
         options.access_log,
     ));
-    let mut listeners = server::Listeners::new(options.listen_address, proxy);
+    let workers = workers::Workers::start(options.workers)?;
+    let mut listeners = server::Listeners::new(options.listen_address, proxy, workers.handles().to_vec());
     let mut registry_changes = registry.subscribe();
     let mut on_programmed = options.on_programmed;
     let program = async {
@@ -158,6 +162,7 @@ pub async fn run(
         () = watch_microservices => {}
         () = program => {}
     }
+    Ok(())
 }
 
 /// The field manager of the data plane's status writes (the controller's is `microgate`).

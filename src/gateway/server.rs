@@ -17,17 +17,27 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    runtime::Handle,
+    sync::{oneshot, watch},
+    task::JoinSet,
+};
 
 use super::{
     body::take_wire_headers,
     proxy::{Client, Proxy},
 };
 
+/// Connections waiting to be accepted, per socket.
+const BACKLOG: u32 = 1024;
+
 /// The listeners running now, by port.
 pub struct Listeners {
     address: IpAddr,
     proxy: Arc<Proxy>,
+    /// The workers' runtimes: each accepts on its own socket per port (see `super::workers`).
+    workers: Vec<Handle>,
     running: BTreeMap<u16, JoinSet<()>>,
     /// Why a port could not be bound, until it is.
     failed: BTreeMap<u16, String>,
@@ -36,10 +46,11 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn new(address: IpAddr, proxy: Arc<Proxy>) -> Self {
+    pub fn new(address: IpAddr, proxy: Arc<Proxy>, workers: Vec<Handle>) -> Self {
         Self {
             address,
             proxy,
+            workers,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
             draining: watch::Sender::new(false),
@@ -56,17 +67,39 @@ impl Listeners {
                 continue;
             }
             let addr = SocketAddr::new(self.address, port);
-            match TcpListener::bind(addr).await {
-                Ok(listener) => {
-                    tracing::info!(%addr, "listening");
-                    let mut task = JoinSet::new();
-                    task.spawn(accept(
-                        listener,
-                        port,
-                        self.proxy.clone(),
-                        self.draining.subscribe(),
-                    ));
-                    self.running.insert(port, task);
+            // Several workers share the port; one alone binds it as its only user.
+            let shared = self.workers.len() > 1;
+            let mut tasks = JoinSet::new();
+            let mut bound = Ok(());
+            for worker in &self.workers {
+                // The socket is made on the worker, so that its own runtime drives it.
+                let (told, result) = oneshot::channel();
+                let (proxy, draining) = (self.proxy.clone(), self.draining.subscribe());
+                tasks.spawn_on(
+                    async move {
+                        match bind(addr, shared) {
+                            Ok(listener) => {
+                                let _ = told.send(Ok(()));
+                                accept(listener, port, proxy, draining).await;
+                            }
+                            Err(error) => {
+                                let _ = told.send(Err(error));
+                            }
+                        }
+                    },
+                    worker,
+                );
+                bound = result
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the worker stopped")));
+                if bound.is_err() {
+                    break;
+                }
+            }
+            match bound {
+                Ok(()) => {
+                    tracing::info!(%addr, workers = self.workers.len(), "listening");
+                    self.running.insert(port, tasks);
                 }
                 // The next configuration change tries again.
                 Err(error) => {
@@ -101,6 +134,23 @@ impl Listeners {
     pub fn failure(&self, port: u16) -> Option<&str> {
         self.failed.get(&port).map(String::as_str)
     }
+}
+
+/// A listening socket on `addr`, in the current runtime. `shared`: other sockets of this process
+/// listen on the same port (`SO_REUSEPORT`), and the kernel spreads connections over them.
+fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and tokio do when they bind: a restarted gateway need not wait out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Accepts connections on `listener` until `draining` turns true; then stops accepting, asks every

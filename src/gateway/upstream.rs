@@ -33,12 +33,12 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::Notify};
 
-use super::{balance::EndpointState, body::OutgoingBody, wire::WireHeaders};
+use super::{balance::EndpointState, body::OutgoingBody, wire::WireHeaders, workers};
 
 /// How long opening a connection to an endpoint may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Idle HTTP/1.1 connections kept per endpoint; one freed beyond that is closed.
+/// Idle HTTP/1.1 connections kept per endpoint and worker; one freed beyond that is closed.
 const IDLE_PER_ENDPOINT: usize = 256;
 
 /// A Microservice's `circuitBreaker`, in the units the data plane uses.
@@ -120,8 +120,10 @@ impl Drop for Waiting<'_> {
 pub struct Connections {
     limits: Arc<Limits>,
     /// Made on the first connection: most endpoints in a registry never get one.
+    /// Idle HTTP/1.1 connections, one queue per worker: a connection is driven by the runtime of
+    /// the worker that opened it, and only that worker's requests take it (see `super::workers`).
     /// Boxed: a connection moves between the queue and the requests using it, whole.
-    idle: OnceLock<ArrayQueue<Box<http1::Connection>>>,
+    idle: OnceLock<Box<[ArrayQueue<Box<http1::Connection>>]>>,
     http2: ArcSwapOption<http2::SendRequest<OutgoingBody>>,
 }
 
@@ -135,19 +137,28 @@ impl Connections {
     }
 
     fn take_idle(&self) -> Option<Box<http1::Connection>> {
-        self.idle.get()?.pop()
+        self.idle.get()?.get(workers::current())?.pop()
     }
 
     fn put_idle(&self, connection: Box<http1::Connection>) {
-        let idle = self.idle.get_or_init(|| ArrayQueue::new(IDLE_PER_ENDPOINT));
+        let idle = self.idle.get_or_init(|| {
+            (0..workers::count())
+                .map(|_| ArrayQueue::new(IDLE_PER_ENDPOINT))
+                .collect()
+        });
         // A full queue drops (closes) the connection.
-        let _ = idle.push(connection);
+        if let Some(queue) = idle.get(workers::current()) {
+            let _ = queue.push(connection);
+        }
         self.limits.notify_if_waited_for();
     }
 
-    /// Closes one idle connection, to make room under `maxConnections` for another endpoint.
+    /// Closes one idle connection (any worker's), to make room under `maxConnections` for
+    /// another endpoint.
     fn close_one_idle(&self) -> bool {
-        self.take_idle().is_some()
+        self.idle
+            .get()
+            .is_some_and(|queues| queues.iter().any(|queue| queue.pop().is_some()))
     }
 }
 
@@ -253,10 +264,12 @@ async fn acquire_http1(
         if waiting >= breaker.max_pending_requests {
             return Err(UpstreamError::PendingOverflow { waiting });
         }
-        // Every slot is taken: an idle connection elsewhere gives its slot up.
-        let _ = siblings
-            .iter()
-            .any(|e| !Arc::ptr_eq(e, endpoint) && e.connections.close_one_idle());
+        // Every slot is taken: an idle connection elsewhere gives its slot up, first one to this
+        // endpoint kept by another worker, else one to another endpoint.
+        let _ = connections.close_one_idle()
+            || siblings
+                .iter()
+                .any(|e| !Arc::ptr_eq(e, endpoint) && e.connections.close_one_idle());
         freed.await;
     }
 }

@@ -64,6 +64,15 @@ impl Platform {
 
     /// A platform whose gateway stops (draining) when `shutdown` completes.
     async fn start_until(ns: &TestNamespace, shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self::start_with(ns, shutdown, 1).await
+    }
+
+    /// A platform whose gateway serves traffic on `workers` threads.
+    async fn start_with(
+        ns: &TestNamespace,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        workers: usize,
+    ) -> Self {
         microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         let registry = Registry::default();
         let mut prometheus = Prometheus::default();
@@ -92,10 +101,12 @@ impl Platform {
                 listen_address: [127, 0, 0, 1].into(),
                 access_log: true,
                 on_programmed: None,
+                workers,
             },
             metrics,
             shutdown,
         );
+        let gateway = async { gateway.await.expect("the gateway's workers start") };
         let tasks = vec![tokio::spawn(running.serve), tokio::spawn(gateway)];
         Self {
             registry,
@@ -592,6 +603,41 @@ async fn upstream_connections_are_reused_and_capped_by_max_connections() {
             backend.connections(),
             opened,
             "no new connection for 100 sequential requests"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_workers_share_the_port_and_hand_over_the_one_connection_max_connections_allows() {
+    with_namespace("e2e-workers", |ns| async move {
+        let platform = Platform::start_with(&ns, std::future::pending(), 2).await;
+        let breaker = json!({"circuitBreaker": {"maxConnections": 1, "maxPendingRequests": 10}});
+        platform.microservice(&ns, "web", 1, breaker).await;
+        let pod = &pods_of(&ns, "web").await[0];
+        platform
+            .gateway(
+                &ns,
+                json!([{"name": "all", "backends": [{"microservice": "web"}]}]),
+            )
+            .await;
+        let backend = ns.backend(pod).expect("backend");
+
+        // Every request comes on a new client connection, which the kernel gives to either
+        // worker's socket. A worker keeps its own idle endpoint connections; one without any,
+        // at maxConnections 1, closes the other worker's to open its own.
+        let opened = backend.connections();
+        let counts = traffic(platform.listener, "/", 200, 1).await;
+        assert_eq!(counts.get(&(200, pod.clone())), Some(&200), "{counts:?}");
+        assert!(
+            backend.peak_connections() <= 1,
+            "{} connections open at once",
+            backend.peak_connections()
+        );
+        assert!(
+            backend.connections() > opened + 1,
+            "both workers served: the one connection moved between them ({} opened)",
+            backend.connections() - opened
         );
     })
     .await;

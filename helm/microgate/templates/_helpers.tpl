@@ -104,6 +104,8 @@ capabilities:
   value: {{ .Values.gateway.listenAddress | quote }}
 - name: MICROGATE_ACCESS_LOG
   value: {{ .Values.gateway.accessLog | quote }}
+- name: MICROGATE_WORKERS
+  value: {{ .Values.gateway.workers | quote }}
 {{- end }}
 
 {{- define "microgate.probes" -}}

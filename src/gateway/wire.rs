@@ -1,5 +1,5 @@
-//! An endpoint's response headers kept as they came on the wire: HTTP/1.1 header lines, with the
-//! hop-by-hop and framing headers already left out.
+//! HTTP/1.1 in wire form: an endpoint's response headers kept as they came (header lines, the
+//! hop-by-hop and framing ones already left out), and the writers both HTTP/1.1 sides share.
 //!
 //! Making them into a `HeaderMap` (a name lookup, a value check and a hashed insert per header)
 //! cost more than any other step of a proxied request, and the gateway's own HTTP/1.1 server
@@ -61,6 +61,27 @@ impl WireHeaders {
     }
 }
 
+/// Writes one `name: value` header line.
+pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal digits, written into `digits`.
+pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +100,15 @@ mod tests {
         assert_eq!(headers.len(), 3);
         assert_eq!(headers.get_all("x-two").iter().count(), 2);
         assert!(WireHeaders::default().iter().next().is_none());
+    }
+
+    #[test]
+    fn numbers_and_header_lines_are_written_as_http_wants_them() {
+        assert_eq!(decimal(0, &mut [0; 20]), b"0");
+        assert_eq!(decimal(1234567, &mut [0; 20]), b"1234567");
+        assert_eq!(decimal(u64::MAX, &mut [0; 20]), u64::MAX.to_string().as_bytes());
+        let mut out = Vec::new();
+        write_header(&mut out, b"x-a", b"1");
+        assert_eq!(out, b"x-a: 1\r\n");
     }
 }

@@ -163,7 +163,17 @@ impl Platform {
     /// The common setup: a Microservice `echo` of `replicas` with `traffic_policy`, and a
     /// Gateway whose one route, `all`, sends everything to it.
     async fn with_echo(ns: &TestNamespace, replicas: i32, traffic_policy: serde_json::Value) -> Self {
-        let platform = Platform::start(ns).await;
+        Self::with_echo_on(ns, replicas, traffic_policy, 1).await
+    }
+
+    /// [`Platform::with_echo`] with `workers` threads serving traffic.
+    async fn with_echo_on(
+        ns: &TestNamespace,
+        replicas: i32,
+        traffic_policy: serde_json::Value,
+        workers: usize,
+    ) -> Self {
+        let platform = Platform::start_with(ns, std::future::pending(), workers).await;
         platform.microservice(ns, "echo", replicas, traffic_policy).await;
         platform
             .gateway(
@@ -551,16 +561,9 @@ async fn the_circuit_breaker_answers_503_beyond_max_requests() {
 #[tokio::test]
 async fn upstream_connections_are_reused_and_capped_by_max_connections() {
     with_namespace("e2e-connections", |ns| async move {
-        let platform = Platform::start(&ns).await;
         let breaker = json!({"circuitBreaker": {"maxConnections": 2, "maxPendingRequests": 2}});
-        platform.microservice(&ns, "slow", 1, breaker).await;
-        let pod = &pods_of(&ns, "slow").await[0];
-        platform
-            .gateway(
-                &ns,
-                json!([{"name": "all", "backends": [{"microservice": "slow"}]}]),
-            )
-            .await;
+        let platform = Platform::with_echo(&ns, 1, breaker).await;
+        let pod = &pods_of(&ns, "echo").await[0];
         let backend = ns.backend(pod).expect("backend");
 
         // Two requests take the two connections, two wait for one of them, two are refused.
@@ -611,16 +614,9 @@ async fn upstream_connections_are_reused_and_capped_by_max_connections() {
 #[tokio::test]
 async fn two_workers_share_the_port_and_hand_over_the_one_connection_max_connections_allows() {
     with_namespace("e2e-workers", |ns| async move {
-        let platform = Platform::start_with(&ns, std::future::pending(), 2).await;
         let breaker = json!({"circuitBreaker": {"maxConnections": 1, "maxPendingRequests": 10}});
-        platform.microservice(&ns, "web", 1, breaker).await;
-        let pod = &pods_of(&ns, "web").await[0];
-        platform
-            .gateway(
-                &ns,
-                json!([{"name": "all", "backends": [{"microservice": "web"}]}]),
-            )
-            .await;
+        let platform = Platform::with_echo_on(&ns, 1, breaker, 2).await;
+        let pod = &pods_of(&ns, "echo").await[0];
         let backend = ns.backend(pod).expect("backend");
 
         // Every request comes on a new client connection, which the kernel gives to either

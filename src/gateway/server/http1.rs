@@ -26,6 +26,7 @@ use tokio::{
 use crate::gateway::{
     body::{ResponseBody, Whole, take_wire_headers},
     proxy::{Client, MAX_BUFFERED_BODY, Proxy},
+    wire::{decimal, write_header},
 };
 
 /// How long a client may take to send a request's head, counted from when the connection is
@@ -191,7 +192,7 @@ impl Connection {
         let chunked = match (bodiless, length) {
             (true, _) => false,
             (false, Some(n)) => {
-                write_header(out, b"content-length", itoa(n, &mut [0; 20]));
+                write_header(out, b"content-length", decimal(n, &mut [0; 20]));
                 false
             }
             // An HTTP/1.0 client knows no chunks: the end of the connection ends the body.
@@ -280,25 +281,6 @@ impl Connection {
         );
         self.stream.write_all(answer.as_bytes()).await?;
         self.stream.shutdown().await
-    }
-}
-
-fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
     }
 }
 

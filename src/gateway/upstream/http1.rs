@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, Method, Response, StatusCode, Version, header};
+use http::{HeaderMap, Method, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
@@ -20,7 +20,7 @@ use super::ConnectionSlot;
 use crate::gateway::{
     body::OutgoingBody,
     forwarding::{Forwarding, is_connection_listed, is_hop_by_hop_name},
-    wire::WireHeaders,
+    wire::{WireHeaders, decimal, write_header},
 };
 
 /// A request as an endpoint gets it: the client's head, and what the gateway adds.
@@ -237,43 +237,25 @@ fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body_len: Option<usize
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut line = |name: &HeaderName, value: &[u8]| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
     for (name, value) in head.headers {
         if name != header::CONTENT_LENGTH && head.forwarding.passes(name, head.headers) {
-            line(name, value.as_bytes());
+            write_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     for (name, value) in head.forwarding.added() {
-        line(name, value);
+        write_header(out, name.as_str().as_bytes(), value);
     }
     match body_len {
         // A method that usually has a body says when it has none.
         Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
         Some(len) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(len as u64, &mut [0; 20]));
+            out.extend_from_slice(decimal(len as u64, &mut [0; 20]));
             out.extend_from_slice(b"\r\n");
         }
         None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
-}
-
-fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
-    }
 }
 
 /// Parses a response head off the front of `buf`, skipping interim (1xx) responses. `None`: more
@@ -764,7 +746,5 @@ mod tests {
                 "PUT / HTTP/1.1\r\nx-request-id: id\r\nhost: shop\r\n{forwarded}transfer-encoding: chunked\r\n\r\n"
             )
         );
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa(1234567, &mut [0; 20]), b"1234567");
     }
 }

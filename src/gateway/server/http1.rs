@@ -122,6 +122,8 @@ impl Connection {
         if deadline > self.timer.deadline() + TIMER_SLACK {
             self.timer.as_mut().reset(deadline);
         }
+        // The deadline is for the head: a body (at most MAX_BUFFERED_BODY) may take longer.
+        let mut reading_body = false;
         loop {
             if !self.read.is_empty() {
                 match parse_request(&mut self.read) {
@@ -129,7 +131,8 @@ impl Connection {
                     Parsed::NeedMore if self.read.len() >= MAX_HEAD => {
                         return Next::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
                     }
-                    Parsed::NeedMore | Parsed::NeedBody => {}
+                    Parsed::NeedMore => {}
+                    Parsed::NeedBody => reading_body = true,
                 }
             } else if *draining.borrow() {
                 return Next::Closed;
@@ -141,7 +144,7 @@ impl Connection {
                 read = self.stream.read_buf(&mut self.read) => read,
                 // Only an idle connection stops at once: a request half read is finished.
                 _ = draining.changed(), if idle => return Next::Closed,
-                () = &mut self.timer => return Next::Closed,
+                () = &mut self.timer, if !reading_body => return Next::Closed,
             };
             match read {
                 Ok(0) | Err(_) => return Next::Closed,

@@ -66,6 +66,15 @@ pub fn is_connection_listed<'v>(name: &str, connection: impl IntoIterator<Item =
     })
 }
 
+/// Whether a `Connection` header value names a header beyond the hop-by-hop ones (its usual
+/// `keep-alive` or `close` does not): only then must each header be checked against it.
+pub fn names_other_headers(connection: &[u8]) -> bool {
+    connection.split(|b| *b == b',').any(|token| {
+        let token = token.trim_ascii();
+        !token.is_empty() && !token.eq_ignore_ascii_case(b"close") && !is_hop_by_hop_name(token)
+    })
+}
+
 /// Removes the hop-by-hop headers, and those the `Connection` header names, from `headers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Usually there is none: one pass over the names finds that out without a lookup per name.
@@ -91,8 +100,8 @@ pub struct Forwarding {
     host: Option<HeaderValue>,
     /// A new request id, for a request that came without one.
     request_id: Option<[u8; 32]>,
-    /// Whether the client's headers include a `Connection` header, naming more hop-by-hop ones.
-    has_connection: bool,
+    /// Whether the client's `Connection` header names more headers than the hop-by-hop ones.
+    connection_names_more: bool,
 }
 
 impl Forwarding {
@@ -115,7 +124,10 @@ impl Forwarding {
             forwarded_host,
             host,
             request_id: (!headers.contains_key(&X_REQUEST_ID)).then(request_id),
-            has_connection: headers.contains_key(header::CONNECTION),
+            connection_names_more: headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|value| names_other_headers(value.as_bytes())),
         }
     }
 
@@ -125,7 +137,7 @@ impl Forwarding {
         let bytes = name.as_str().as_bytes();
         !(is_hop_by_hop_name(bytes)
             || is_replaced(bytes)
-            || (self.has_connection
+            || (self.connection_names_more
                 && is_connection_listed(
                     name.as_str(),
                     headers
@@ -287,5 +299,7 @@ mod tests {
         let values: [&[u8]; 2] = [b"keep-alive", b" X-Secret , close"];
         assert!(is_connection_listed("x-secret", values));
         assert!(!is_connection_listed("x-kept", values));
+        assert!(names_other_headers(b"keep-alive, X-Secret"));
+        assert!(!names_other_headers(b"Keep-Alive, close, TE"));
     }
 }

@@ -372,7 +372,9 @@ impl UpstreamBody {
         });
         // An empty body (204, 304, HEAD, Content-Length: 0) has already ended.
         body.release_if_ended();
-        head.response.map(|()| body)
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        response
     }
 
     /// The headers of an HTTP/1.1 endpoint's response, which travel with its body (see
@@ -431,7 +433,7 @@ impl HttpBody for UpstreamBody {
                     Ok(read) => {
                         let frame = http1::frame(read);
                         if frame.is_none() {
-                            // Read to a close: nothing more to give back.
+                            // The end, however the body was delimited: nothing more to read.
                             *framing = http1::Framing::Length(0);
                         }
                         this.release_if_ended();

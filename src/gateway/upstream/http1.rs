@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, Method, Response, StatusCode, Version, header};
+use http::{HeaderMap, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
@@ -19,7 +19,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use super::ConnectionSlot;
 use crate::gateway::{
     body::OutgoingBody,
-    forwarding::{Forwarding, is_connection_listed, is_hop_by_hop_name},
+    forwarding::{Forwarding, is_connection_listed, is_hop_by_hop_name, names_other_headers},
     wire::{WireHeaders, decimal, write_header},
 };
 
@@ -106,8 +106,7 @@ pub enum Chunked {
 
 /// A response head, and how to read what follows it.
 pub struct Head {
-    /// The status; the headers are in `headers`.
-    pub response: Response<()>,
+    pub status: StatusCode,
     pub headers: WireHeaders,
     pub framing: Framing,
     /// Whether the connection may carry another exchange after this one.
@@ -139,27 +138,24 @@ impl Connection {
         };
         self.write.clear();
         encode_head(&mut self.write, head, whole.as_ref().map(Bytes::len));
-        let written = match whole {
-            Some(bytes) if bytes.len() <= COALESCE_BODY => {
-                self.write.extend_from_slice(&bytes);
-                self.stream.write_all(&self.write).await
-            }
-            Some(bytes) => match self.stream.write_all(&self.write).await {
-                Ok(()) => self.stream.write_all(&bytes).await,
-                Err(error) => Err(error),
-            },
-            None => {
-                self.stream
-                    .write_all(&self.write)
-                    .await
-                    .map_err(ExchangeError::Write)?;
-                return match self.write_chunked(body).await {
-                    Ok(()) => self.read_head(method).await,
-                    Err(error) => Err(error),
-                };
-            }
-        };
-        written.map_err(ExchangeError::Write)?;
+        // A small body goes out with its head, in one write.
+        let coalesced = whole.as_ref().is_some_and(|bytes| bytes.len() <= COALESCE_BODY);
+        if let Some(bytes) = whole.as_ref().filter(|_| coalesced) {
+            self.write.extend_from_slice(bytes);
+        }
+        self.stream
+            .write_all(&self.write)
+            .await
+            .map_err(ExchangeError::Write)?;
+        match whole {
+            Some(_) if coalesced => {}
+            Some(bytes) => self
+                .stream
+                .write_all(&bytes)
+                .await
+                .map_err(ExchangeError::Write)?,
+            None => self.write_chunked(body).await?,
+        }
         self.read_head(method).await
     }
 
@@ -248,12 +244,8 @@ fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body_len: Option<usize
     match body_len {
         // A method that usually has a body says when it has none.
         Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
-        Some(len) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(decimal(len as u64, &mut [0; 20]));
-            out.extend_from_slice(b"\r\n");
-        }
-        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Some(len) => write_header(out, b"content-length", decimal(len as u64, &mut [0; 20])),
+        None => write_header(out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -318,10 +310,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
                         keep_alive = false;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive |= version == 0;
-                    } else if !is_hop_by_hop_name(token) {
-                        names_more = true;
                     }
                 }
+                names_more |= names_other_headers(h.value);
             }
         }
         let bodiless =
@@ -378,7 +369,6 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
             }
             has_date |= raw_name.eq_ignore_ascii_case(b"date");
         }
-        drop(connection_values);
         let headers = WireHeaders::new(kept_lines(&head, &spans[..count]), has_date);
         let framing = if bodiless {
             Framing::Length(0)
@@ -393,11 +383,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
         if framing == Framing::UntilClose {
             keep_alive = false;
         }
-        let mut response = Response::new(());
-        *response.status_mut() = status;
-        *response.version_mut() = Version::HTTP_11;
         return Ok(Some(Head {
-            response,
+            status,
             headers,
             framing,
             keep_alive,
@@ -612,7 +599,7 @@ mod tests {
         let head = parse_head(&mut buf, &Method::GET)
             .expect("valid")
             .expect("complete");
-        assert_eq!(head.response.status(), StatusCode::OK);
+        assert_eq!(head.status, StatusCode::OK);
         assert_eq!(head.framing, Framing::Length(2));
         assert!(head.keep_alive);
         // One run of lines, shared with the head; the length is this hop's to write.

@@ -103,6 +103,31 @@ def req_per_cpu(r):
     return r["requests"] / r["cpu_seconds"] if r.get("cpu_seconds") else None
 
 
+def per_request(r, field):
+    """A round's `field` (seconds or a count) divided by its requests."""
+    return r[field] / r["requests"] if r.get(field) is not None and r.get("requests") else None
+
+
+def zero_user_ceiling(rows, peer):
+    """Per-round bound on microgate/peer throughput if microgate's user time were zero.
+
+    In a saturated round every request costs the machine busy_seconds / requests of CPU (proxy,
+    backends, load generator, kernel). Swapping the peer for a proxy that costs only microgate's
+    measured kernel time per request leaves the rest unchanged, so throughput could grow by at most
+    machine / (machine - peer's CPU + microgate's system CPU)."""
+    by_round = {}
+    for r in rows:
+        by_round.setdefault(r["round"], {})[r["target"]] = r
+    out = []
+    for rnd in sorted(by_round):
+        m, p = by_round[rnd].get("microgate"), by_round[rnd].get(peer)
+        machine, peer_cpu = (per_request(p, "machine_busy_seconds"), per_request(p, "cpu_seconds")) if p else (None, None)
+        system = per_request(m, "system_seconds") if m else None
+        if machine and peer_cpu and system is not None and machine - peer_cpu + system > 0:
+            out.append(machine / (machine - peer_cpu + system))
+    return out
+
+
 machine = load_one("machine.json", {})
 preflight = load_one("preflight.json", {})
 throughput = load("throughput.jsonl")
@@ -128,6 +153,10 @@ for w in workers_seen:
         per_target[t] = {
             "rps": spread([r["rps"] for r in tr]),
             "req_per_cpu_second": spread([req_per_cpu(r) for r in tr]) if t != "direct" else None,
+            "user_us": med([per_request(r, "user_seconds") for r in tr]),
+            "system_us": med([per_request(r, "system_seconds") for r in tr]),
+            "machine_us": med([per_request(r, "machine_busy_seconds") for r in tr]),
+            "segments_per_request": med([per_request(r, "tcp_segments") for r in tr]),
             "rss_kib": max(r["rss_kib"] for r in tr),
             "hwm_kib": max(r["hwm_kib"] for r in tr),
             "non_2xx": sum(r["non_2xx"] for r in tr),
@@ -142,12 +171,13 @@ for w in workers_seen:
             ratios[f"{a}/{b}"] = {"rps": spread(per_round(rows, rps, a, b, workers=w))}
             if b != "direct":
                 ratios[f"{a}/{b}"]["req_per_cpu_second"] = spread(per_round(rows, req_per_cpu, a, b, workers=w))
-    results["throughput"][w] = {"targets": per_target, "ratios": ratios,
+    ceiling = {peer: spread(zero_user_ceiling(rows, peer)) for peer in PEERS if peer in targets and "microgate" in targets}
+    results["throughput"][w] = {"targets": per_target, "ratios": ratios, "zero_user_ceiling": ceiling,
                                 "loadavg": [(r["round"], r["target"], r["loadavg"]) for r in rows]}
 
 # ---- latency: per-round differences from direct; rounds with a disturbed direct p99 dropped
 dropped = []
-lat_targets = [t for t in ["direct", "nginx", "haproxy", "microgate"] if any(r["target"] == t for r in latency)]
+lat_targets = [t for t in ["direct", "nginx", "nginx-b", "haproxy", "microgate"] if any(r["target"] == t for r in latency)]
 if latency:
     direct = {r["round"]: r for r in latency if r["target"] == "direct"}
     direct_p99_median = med([r["p99"] for r in direct.values()])
@@ -166,6 +196,18 @@ if latency:
             entry["cpu_us_per_request"] = med([r["cpu_seconds"] / (r["rps"] * settings.get("seconds", 1)) * 1e6
                                                for r in tr if r["rps"]])
         results["latency"][t] = entry
+    # Paired per-round differences in p99: the A/A pair (two identical nginx) is the noise floor
+    # any other difference has to clear before it says something.
+    paired = {}
+    for a, b in [("microgate", "nginx"), ("microgate", "haproxy"), ("nginx-b", "nginx")]:
+        rounds = {}
+        for r in latency:
+            if r["round"] in kept and r["target"] in (a, b):
+                rounds.setdefault(r["round"], {})[r["target"]] = r["p99"]
+        diffs = [v[a] - v[b] for v in rounds.values() if a in v and b in v]
+        if diffs:
+            paired[f"{a} − {b}"] = spread(diffs)
+    results["latency_paired_p99"] = paired
     results["latency_dropped_rounds"] = dropped
     results["latency_direct_p99_median"] = direct_p99_median
 
@@ -265,7 +307,13 @@ else:
 lat = results["latency"]
 if "microgate" in lat and "nginx" in lat:
     m, n = lat["microgate"]["added_p99"], lat["nginx"]["added_p99"]
-    bar.append((f"added p99 at {settings.get('rate', '?')} req/s ≤ nginx's", f"{signed_us(m)} vs {signed_us(n)}",
+    paired = results.get("latency_paired_p99", {})
+    pm, aa = paired.get("microgate − nginx"), paired.get("nginx-b − nginx")
+    detail = ""
+    if pm and aa:
+        detail = (f"; per round microgate − nginx {signed_us(pm[0])} [{signed_us(pm[1])} – {signed_us(pm[2])}], "
+                  f"A/A nginx B − nginx [{signed_us(aa[1])} – {signed_us(aa[2])}]")
+    bar.append((f"added p99 at {settings.get('rate', '?')} req/s ≤ nginx's", f"{signed_us(m)} vs {signed_us(n)}{detail}",
                 verdict(None if m is None or n is None else m <= n)))
 rt = results["retry"].get("microgate")
 if rt:
@@ -296,7 +344,7 @@ with open(tp_dat, "w") as f:
         f.write(f"{t} " + " ".join(vals) + "\n")
 with open(lat_dat, "w") as f:
     f.write("target p50 p99 p99.9\n")
-    for t in lat_targets:
+    for t in [t for t in lat_targets if t != "nginx-b"]:
         e = lat[t]
         f.write(f"{t} " + " ".join(f"{e[q] * 1000:.3f}" if e.get(q) is not None else "NaN" for q in ("p50", "p99", "p99.9")) + "\n")
 chart_ok = False
@@ -357,12 +405,30 @@ md.append("\nEndpoint propagation and operator memory are in the discovery secti
 
 for w, t in results["throughput"].items():
     md.append(f"### Throughput, small responses, keep-alive, {w} worker{'s' if w != 1 else ''}\n")
-    md.append("| target | req/s median [min–max] | req per proxy CPU-second | RSS (end of round, max) | peak RSS | non-2xx / socket errors |")
-    md.append("|---|---|---|---|---|---|")
+    md.append("| target | req/s median [min–max] | req per proxy CPU-second | proxy CPU per request: user + system | machine CPU per request | TCP segments per request | RSS (end of round, max) | peak RSS | non-2xx / socket errors |")
+    md.append("|---|---|---|---|---|---|---|---|---|")
     for name, e in t["targets"].items():
+        split = "—" if name == "direct" or e.get("user_us") is None else f"{e['user_us'] * 1e6:.1f} + {e['system_us'] * 1e6:.1f} µs"
+        machine = "—" if e.get("machine_us") is None else f"{e['machine_us'] * 1e6:.1f} µs"
+        segments = "—" if e.get("segments_per_request") is None else f"{e['segments_per_request']:.2f}"
         md.append(f"| {NAMES[name]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second']) if e['req_per_cpu_second'] else '—'} | "
+                  f"{split} | {machine} | {segments} | "
                   f"{mib(e['rss_kib'])} | {mib(e['hwm_kib'])} | {e['non_2xx']} / {e['socket_errors']} |")
     md.append("")
+    ceiling = {p: c for p, c in t.get("zero_user_ceiling", {}).items() if c}
+    if ceiling:
+        md.append("Proxy CPU is split into user and system (kernel) time from `/proc/PID/stat`; machine CPU is every "
+                  "CPU's busy time in `/proc/stat` over the round, divided by its requests (proxy, backends, load "
+                  "generator and kernel together); TCP segments are the machine's `OutSegs` (`/proc/net/snmp`) per "
+                  "request. Most of each proxy's CPU is kernel time, and much the same work for all three: a proxied "
+                  "request is two reads, two writes and four segments on loopback (the segment column), and sending a "
+                  "segment runs the receiver's TCP input and wake-up on the sender's CPU. A proxy's own code shows "
+                  "in its user time. "
+                  "**Ceiling at zero user time**: if microgate spent no user time at all and everything else cost "
+                  "what it did in the peer's round, its throughput could be at most " +
+                  " and ".join(f"{ratio(c)} {p}'s" for p, c in ceiling.items()) +
+                  " (per round: machine CPU per request ÷ (that − the peer's CPU per request + microgate's system "
+                  "CPU per request)).\n")
     md.append("| per-round ratio | req/s | req per CPU-second |")
     md.append("|---|---|---|")
     for name, e in t["ratios"].items():
@@ -380,6 +446,12 @@ if lat:
                  f"{', '.join(map(str, dropped))}.")
     else:
         note += " No round was dropped (rule: direct p99 > 2× its median)."
+    paired = results.get("latency_paired_p99", {})
+    if paired:
+        note += (" Paired p99 differences, per round, median [min–max]: " +
+                 "; ".join(f"{name.replace('nginx-b', 'nginx B')}: {signed_us(s[0])} [{signed_us(s[1])} – {signed_us(s[2])}]"
+                           for name, s in paired.items()) +
+                 ". The nginx B − nginx pair is two identical proxies: its spread is the noise floor.")
     md.append(note + "\n")
     md.append("| target | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | proxy CPU per request | success |")
     md.append("|---|---|---|---|---|---|---|---|---|")

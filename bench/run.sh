@@ -103,15 +103,24 @@ process_tree() {
 }
 
 clock_ticks=$(getconf CLK_TCK)
-# CPU seconds (user + system) used so far by the given processes.
-cpu_seconds() {
-  local pid total=0
+# CPU seconds used so far by the given processes, "user system".
+cpu_times() {
+  local pid
   for pid in "$@"; do
     # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
-    total=$(( total + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}') ))
-  done
-  awk -v t="$total" -v hz="$clock_ticks" 'BEGIN {printf "%.3f", t / hz}'
+    sed 's/^.*) //' "/proc/$pid/stat"
+  done | awk -v hz="$clock_ticks" '{u += $12; s += $13} END {printf "%.3f %.3f", u / hz, s / hz}'
 }
+# CPU seconds (user + system) used so far by the given processes.
+cpu_seconds() { cpu_times "$@" | awk '{printf "%.3f", $1 + $2}'; }
+
+# CPU seconds the whole machine has spent busy so far (every process, user, system, interrupts).
+machine_busy_seconds() {
+  awk -v hz="$clock_ticks" '/^cpu / {printf "%.3f", ($2 + $3 + $4 + $7 + $8) / hz}' /proc/stat
+}
+
+# TCP segments sent so far by the whole machine (loopback included).
+tcp_out_segments() { awk '/^Tcp:/ && $2 ~ /^[0-9]/ {print $12}' /proc/net/snmp; }
 
 # "VmRSS VmHWM" in KiB, summed over the given processes.
 memory_kib() {
@@ -332,14 +341,15 @@ metric() {
 # Measurements. Each writes one JSON line per target and round into $raw.
 
 throughput_round() { # file workers round target
-  local file=$1 workers=$2 round=$3 target=$4 procs cpu0 cpu1 log mem
+  local file=$1 workers=$2 round=$3 target=$4 procs cpu0 cpu1 busy0 busy1 segs0 segs1 log mem
   mapfile -t procs < <(process_tree "${owner[$target]}")
   log=$run/logs/wrk-$target.txt
-  cpu0=$(cpu_seconds "${procs[@]}")
+  cpu0=$(cpu_times "${procs[@]}") busy0=$(machine_busy_seconds) segs0=$(tcp_out_segments)
   wrk -t2 -c"$connections" -d"${seconds}s" --latency "${url[$target]}" >"$log" 2>&1
-  cpu1=$(cpu_seconds "${procs[@]}")
+  cpu1=$(cpu_times "${procs[@]}") busy1=$(machine_busy_seconds) segs1=$(tcp_out_segments)
   mem=$(memory_kib "${procs[@]}")
   awk -v target="$target" -v workers="$workers" -v round="$round" -v cpu0="$cpu0" -v cpu1="$cpu1" \
+    -v busy="$(awk -v a="$busy0" -v b="$busy1" 'BEGIN {printf "%.3f", b - a}')" -v segments="$(( segs1 - segs0 ))" \
     -v mem="$mem" -v load="$(loadavg)" -v psi="$(cpu_pressure)" '
     /requests in/ {requests = $1}
     /^Requests\/sec:/ {rps = $2}
@@ -347,9 +357,9 @@ throughput_round() { # file workers round target
     /Socket errors:/ {gsub(/,/, ""); errors = $4 + $6 + $8 + $10}
     $1 == "99%" {p99 = $2}
     END {
-      split(mem, m, " ")
-      printf "{\"target\": \"%s\", \"workers\": %d, \"round\": %d, \"rps\": %s, \"requests\": %d, \"non_2xx\": %d, \"socket_errors\": %d, \"cpu_seconds\": %.3f, \"rss_kib\": %d, \"hwm_kib\": %d, \"p99\": \"%s\", \"loadavg\": \"%s\", \"cpu_pressure\": %s}\n",
-        target, workers, round, rps + 0, requests, bad, errors, cpu1 - cpu0, m[1], m[2], p99, load, psi
+      split(mem, m, " "); split(cpu0, c0, " "); split(cpu1, c1, " ")
+      printf "{\"target\": \"%s\", \"workers\": %d, \"round\": %d, \"rps\": %s, \"requests\": %d, \"non_2xx\": %d, \"socket_errors\": %d, \"cpu_seconds\": %.3f, \"user_seconds\": %.3f, \"system_seconds\": %.3f, \"machine_busy_seconds\": %.3f, \"tcp_segments\": %d, \"rss_kib\": %d, \"hwm_kib\": %d, \"p99\": \"%s\", \"loadavg\": \"%s\", \"cpu_pressure\": %s}\n",
+        target, workers, round, rps + 0, requests, bad, errors, (c1[1] + c1[2]) - (c0[1] + c0[2]), c1[1] - c0[1], c1[2] - c0[2], busy, segments, m[1], m[2], p99, load, psi
     }' "$log" >>"$file"
 }
 
@@ -468,7 +478,8 @@ for workers in $workers_list; do
   done
 
   if [ "$workers" = 1 ]; then
-    lat_targets=(direct nginx haproxy microgate)
+    # nginx B again: the A/A pair shows how far p99 moves between two identical proxies.
+    lat_targets=(direct nginx nginx-b haproxy microgate)
     say "latency: ${#lat_targets[@]} targets × $rounds rounds × ${seconds}s at $rate req/s (oha)"
     for round in $(seq 1 "$rounds"); do
       mapfile -t order < <(in_order "$round" "${lat_targets[@]}")

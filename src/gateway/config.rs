@@ -11,7 +11,7 @@ use std::{
 use kube::ResourceExt;
 
 use super::{
-    balance::Pool,
+    balance::{EndpointState, Pool},
     metrics::{GatewayMetrics, RouteMetrics},
     outlier::Ejection,
     retry::RetryBudget,
@@ -126,6 +126,13 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn upstream(&self, key: &ServiceKey) -> Option<&Arc<Upstream>> {
         self.upstreams.get(key)
+    }
+
+    /// Every endpoint of every Microservice the table routes to.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<EndpointState>> {
+        self.upstreams
+            .values()
+            .flat_map(|upstream| upstream.pool.endpoints())
     }
 }
 

@@ -109,6 +109,9 @@ pub async fn run(
         options.access_log,
     ));
     let workers = workers::Workers::start(options.workers)?;
+    for worker in workers.handles() {
+        worker.spawn(close_expired_idle_connections(table.clone()));
+    }
     let mut listeners = server::Listeners::new(options.listen_address, proxy, workers.handles().to_vec());
     let mut registry_changes = registry.subscribe();
     let mut on_programmed = options.on_programmed;
@@ -163,6 +166,20 @@ pub async fn run(
         () = program => {}
     }
     Ok(())
+}
+
+/// Closes, every few seconds, this worker's idle connections to endpoints that have gone unused
+/// for [`upstream::IDLE_TIMEOUT`]. Runs on each worker: a worker's connections are its own.
+async fn close_expired_idle_connections(table: Arc<ArcSwap<config::RouteTable>>) {
+    let mut every = tokio::time::interval(upstream::IDLE_TIMEOUT / 6);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = std::time::Instant::now();
+        for endpoint in table.load().endpoints() {
+            endpoint.connections.close_expired(now);
+        }
+    }
 }
 
 /// The field manager of the data plane's status writes (the controller's is `microgate`).

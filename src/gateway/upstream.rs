@@ -1,7 +1,8 @@
 //! Connections to the endpoints, and the Microservice's circuit-breaker limits on them.
 //!
-//! HTTP/1.1 connections are kept alive between requests in a lock-free idle queue per endpoint: a
-//! request takes one, and its response body puts it back when the body ends (see [`http1`]). An HTTP2 or GRPC
+//! HTTP/1.1 connections are kept alive between requests in an idle stack per endpoint and worker:
+//! a request takes the one used last, and its response body puts it back when the body ends (see
+//! [`http1`]). An HTTP2 or GRPC
 //! Microservice gets one multiplexed connection per endpoint. New connections open only while the
 //! Microservice has fewer than `circuitBreaker.maxConnections`; beyond that, up to
 //! `maxPendingRequests` requests wait for one to be freed, and the rest are refused at once.
@@ -9,20 +10,20 @@
 mod http1;
 
 use std::{
+    collections::VecDeque,
     io,
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
 use http::Method;
 use http::{Request, Response};
 use http_body_util::Either;
@@ -38,8 +39,12 @@ use super::{balance::EndpointState, body::OutgoingBody, wire::WireHeaders, worke
 /// How long opening a connection to an endpoint may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Idle HTTP/1.1 connections kept per endpoint and worker; one freed beyond that is closed.
+/// Idle HTTP/1.1 connections kept per endpoint and worker; beyond that the oldest is closed.
 const IDLE_PER_ENDPOINT: usize = 256;
+
+/// An idle HTTP/1.1 connection not used for this long is closed (nginx's upstream
+/// `keepalive_timeout` default): a burst's extra connections do not stay open for good.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A Microservice's `circuitBreaker`, in the units the data plane uses.
 #[derive(Clone, Copy, Debug)]
@@ -119,11 +124,10 @@ impl Drop for Waiting<'_> {
 #[derive(Debug)]
 pub struct Connections {
     limits: Arc<Limits>,
-    /// Made on the first connection: most endpoints in a registry never get one.
-    /// Idle HTTP/1.1 connections, one queue per worker: a connection is driven by the runtime of
+    /// Idle HTTP/1.1 connections, one stack per worker: a connection is driven by the runtime of
     /// the worker that opened it, and only that worker's requests take it (see `super::workers`).
-    /// Boxed: a connection moves between the queue and the requests using it, whole.
-    idle: OnceLock<Box<[ArrayQueue<Box<http1::Connection>>]>>,
+    /// Made on the first connection: most endpoints in a registry never get one.
+    idle: OnceLock<Box<[IdleStack<Box<http1::Connection>>]>>,
     http2: ArcSwapOption<http2::SendRequest<OutgoingBody>>,
 }
 
@@ -137,20 +141,25 @@ impl Connections {
     }
 
     fn take_idle(&self) -> Option<Box<http1::Connection>> {
-        self.idle.get()?.get(workers::current())?.pop()
+        self.idle.get()?.get(workers::current())?.take()
     }
 
     fn put_idle(&self, connection: Box<http1::Connection>) {
-        let idle = self.idle.get_or_init(|| {
-            (0..workers::count())
-                .map(|_| ArrayQueue::new(IDLE_PER_ENDPOINT))
-                .collect()
-        });
-        // A full queue drops (closes) the connection.
-        if let Some(queue) = idle.get(workers::current()) {
-            let _ = queue.push(connection);
+        let idle = self
+            .idle
+            .get_or_init(|| (0..workers::count()).map(|_| IdleStack::default()).collect());
+        if let Some(stack) = idle.get(workers::current()) {
+            // Closed here, after the stack is unlocked.
+            let _closed = stack.put(connection, Instant::now());
         }
         self.limits.notify_if_waited_for();
+    }
+
+    /// Closes this worker's connections that have been idle for [`IDLE_TIMEOUT`] at `now`.
+    pub fn close_expired(&self, now: Instant) {
+        if let Some(stack) = self.idle.get().and_then(|stacks| stacks.get(workers::current())) {
+            drop(stack.take_expired(now));
+        }
     }
 
     /// Closes one idle connection (any worker's), to make room under `maxConnections` for
@@ -158,7 +167,71 @@ impl Connections {
     fn close_one_idle(&self) -> bool {
         self.idle
             .get()
-            .is_some_and(|queues| queues.iter().any(|queue| queue.pop().is_some()))
+            .is_some_and(|stacks| stacks.iter().any(|stack| stack.take_oldest().is_some()))
+    }
+}
+
+/// One worker's idle connections to one endpoint, the one used last on top.
+///
+/// Last in, first out: under steady load the same few connections carry the requests and stay
+/// warm in the caches of both ends, and the ones a burst opened sink to the bottom, where
+/// [`IDLE_TIMEOUT`] closes them. (First in, first out would keep every connection a burst ever
+/// opened in use, round after round.) The lock is only contended when another worker takes a
+/// connection to close it.
+struct IdleStack<C>(Mutex<VecDeque<(Instant, C)>>);
+
+impl<C> Default for IdleStack<C> {
+    fn default() -> Self {
+        Self(Mutex::new(VecDeque::new()))
+    }
+}
+
+impl<C> std::fmt::Debug for IdleStack<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleStack")
+            .field("idle", &self.lock().len())
+            .finish()
+    }
+}
+
+impl<C> IdleStack<C> {
+    fn take(&self) -> Option<C> {
+        self.lock().pop_back().map(|(_, connection)| connection)
+    }
+
+    /// Puts `connection` on top; returns one to close: the oldest, if it has been idle for
+    /// [`IDLE_TIMEOUT`] or the stack is full.
+    fn put(&self, connection: C, now: Instant) -> Option<C> {
+        let mut stack = self.lock();
+        let expired = stack
+            .front()
+            .is_some_and(|(since, _)| now.saturating_duration_since(*since) >= IDLE_TIMEOUT);
+        let closed = if expired || stack.len() >= IDLE_PER_ENDPOINT {
+            stack.pop_front().map(|(_, oldest)| oldest)
+        } else {
+            None
+        };
+        stack.push_back((now, connection));
+        closed
+    }
+
+    fn take_oldest(&self) -> Option<C> {
+        self.lock().pop_front().map(|(_, connection)| connection)
+    }
+
+    /// Takes out the connections idle for [`IDLE_TIMEOUT`] at `now` (all at the bottom).
+    fn take_expired(&self, now: Instant) -> Vec<C> {
+        let mut stack = self.lock();
+        let expired = stack
+            .iter()
+            .take_while(|(since, _)| now.saturating_duration_since(*since) >= IDLE_TIMEOUT)
+            .count();
+        stack.drain(..expired).map(|(_, connection)| connection).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, C)>> {
+        // Nothing is left half-done under the lock: a panic elsewhere does not spoil the stack.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -463,5 +536,73 @@ impl HttpBody for UpstreamBody {
             Kind::Http2(body) => body.size_hint(),
             Kind::Http1 { framing, .. } => http1::size_hint(framing),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_used_last_is_taken_first_and_the_oldest_is_closed_first() {
+        let stack = IdleStack::default();
+        let start = Instant::now();
+        for (n, at) in [(1, 0), (2, 1), (3, 2)] {
+            assert_eq!(stack.put(n, start + Duration::from_secs(at)), None);
+        }
+        assert_eq!(stack.take(), Some(3));
+        assert_eq!(stack.take_oldest(), Some(1));
+        assert_eq!(stack.take(), Some(2));
+        assert_eq!(stack.take(), None);
+        assert_eq!(stack.take_oldest(), None);
+    }
+
+    #[test]
+    fn a_connection_idle_for_the_timeout_is_closed_when_another_comes_back() {
+        let stack = IdleStack::default();
+        let start = Instant::now();
+        assert_eq!(stack.put("burst", start), None);
+        assert_eq!(stack.put("hot", start), None);
+        // The hot one is taken and put back again and again; the burst's one stays below it.
+        for s in 1..IDLE_TIMEOUT.as_secs() {
+            assert_eq!(stack.take(), Some("hot"));
+            assert_eq!(stack.put("hot", start + Duration::from_secs(s)), None);
+        }
+        assert_eq!(stack.take(), Some("hot"));
+        assert_eq!(stack.put("hot", start + IDLE_TIMEOUT), Some("burst"));
+        assert_eq!(stack.take(), Some("hot"));
+        assert_eq!(stack.take(), None);
+    }
+
+    #[test]
+    fn a_sweep_takes_out_only_the_connections_idle_for_the_timeout() {
+        let stack = IdleStack::default();
+        let start = Instant::now();
+        for (n, at) in [(1, 0), (2, 5), (3, 10)] {
+            assert_eq!(stack.put(n, start + Duration::from_secs(at)), None);
+        }
+        assert!(
+            stack
+                .take_expired(start + IDLE_TIMEOUT - Duration::from_secs(1))
+                .is_empty()
+        );
+        assert_eq!(
+            stack.take_expired(start + IDLE_TIMEOUT + Duration::from_secs(5)),
+            vec![1, 2]
+        );
+        assert_eq!(stack.take(), Some(3));
+        assert_eq!(stack.take(), None);
+    }
+
+    #[test]
+    fn a_full_stack_closes_its_oldest() {
+        let stack = IdleStack::default();
+        let now = Instant::now();
+        for n in 0..IDLE_PER_ENDPOINT {
+            assert_eq!(stack.put(n, now), None);
+        }
+        assert_eq!(stack.put(IDLE_PER_ENDPOINT, now), Some(0));
+        assert_eq!(stack.take(), Some(IDLE_PER_ENDPOINT));
+        assert_eq!(stack.take_oldest(), Some(1));
     }
 }

@@ -144,6 +144,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     .await
     .map_err(|e| format!("cannot serve the admin endpoints on {admin}: {e}"))?;
     tracing::info!(admin = %running.admin_addr, "controller and gateway started");
+    // Ready when both halves are: a Pod that is Ready before its gateway can route would take
+    // traffic only to answer 404.
+    running.admin.wait_for(gateway::ROUTES_PROGRAMMED);
+    let ready = running.admin.clone();
     // Both halves stop on the signal; the gateway drains its requests in flight first.
     let gateway = gateway::run(
         client,
@@ -152,8 +156,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         gateway::Options {
             listen_address: args.listen_address,
             access_log: args.access_log,
-            // Readiness is the controller's (caches synced, or a standby).
-            on_programmed: None,
+            on_programmed: Some(Box::new(move || {
+                ready.done(gateway::ROUTES_PROGRAMMED);
+                tracing::info!("route table programmed");
+            })),
             workers: args
                 .workers
                 .map_or_else(gateway::workers::default_count, usize::from),
@@ -182,7 +188,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     let mut prometheus = Prometheus::default();
     let gateway_metrics = GatewayMetrics::register(&mut prometheus);
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
-    let admin = telemetry::Admin::new(prometheus);
+    let admin = telemetry::Admin::new(prometheus, &[gateway::ROUTES_PROGRAMMED]);
     let (admin_addr, serve_admin) = admin
         .bind(args.admin_addr)
         .await
@@ -194,7 +200,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         listen_address: args.listen_address,
         access_log: args.access_log,
         on_programmed: Some(Box::new(move || {
-            ready.set_ready();
+            ready.done(gateway::ROUTES_PROGRAMMED);
             tracing::info!("route table programmed; ready");
         })),
         workers: args

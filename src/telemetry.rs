@@ -1,14 +1,12 @@
 //! What microgate tells its operators: structured logs (tracing), Prometheus metrics, and the
-//! admin endpoints `/metrics`, `/healthz` (the process is alive) and `/readyz` (its caches are
-//! synced and it is doing its job; with leader election, a standby is ready once it has read the
-//! Lease, since its discovery and gateway serve all the same).
+//! admin endpoints `/metrics`, `/healthz` (the process is alive) and `/readyz` (it is doing its
+//! job: the controller's caches are synced, or with leader election it knows it is a standby,
+//! whose discovery and gateway serve all the same; the gateway routes by its first route table).
+//! `microgate run` waits for both halves.
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
 use axum::{
@@ -134,20 +132,36 @@ impl Drop for ReconcileTimer<'_> {
 #[derive(Clone, Default)]
 pub struct Admin {
     registry: Arc<Mutex<Registry>>,
-    ready: Arc<AtomicBool>,
+    /// What `/readyz` still waits for: ready when nothing.
+    waiting: Arc<Mutex<Vec<&'static str>>>,
 }
 
 impl Admin {
-    pub fn new(registry: Registry) -> Self {
+    /// Serves `registry`; `/readyz` waits for each of `waiting_for` to be [`done`](Self::done).
+    pub fn new(registry: Registry, waiting_for: &[&'static str]) -> Self {
         Self {
             registry: Arc::new(Mutex::new(registry)),
-            ready: Arc::default(),
+            waiting: Arc::new(Mutex::new(waiting_for.to_vec())),
         }
     }
 
-    /// `/readyz` answers 200 from now on.
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+    /// `/readyz` also waits for `what`, until it is [`done`](Self::done).
+    pub fn wait_for(&self, what: &'static str) {
+        let mut waiting = self.waiting();
+        if !waiting.contains(&what) {
+            waiting.push(what);
+        }
+    }
+
+    /// `what` no longer holds `/readyz` back.
+    pub fn done(&self, what: &'static str) {
+        self.waiting().retain(|w| *w != what);
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<&'static str>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn router(&self) -> Router {
@@ -199,10 +213,15 @@ async fn metrics(State(admin): State<Admin>) -> Response {
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {
-    if admin.ready.load(Ordering::Relaxed) {
+    let waiting = admin.waiting().join(", ");
+    if waiting.is_empty() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for: {waiting}\n"),
+        )
+            .into_response()
     }
 }
 
@@ -225,14 +244,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readyz_turns_ready_once_set_and_healthz_always_answers() {
-        let admin = Admin::new(Registry::default());
+    async fn readyz_turns_ready_once_all_it_waits_for_is_done_and_healthz_always_answers() {
+        let admin = Admin::new(Registry::default(), &["caches synced"]);
+        admin.wait_for("route table programmed");
+        admin.wait_for("caches synced");
         assert_eq!(get_text(&admin, "/healthz").await.0, StatusCode::OK);
         assert_eq!(
-            get_text(&admin, "/readyz").await.0,
-            StatusCode::SERVICE_UNAVAILABLE
+            get_text(&admin, "/readyz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for: caches synced, route table programmed\n".to_owned()
+            )
         );
-        admin.set_ready();
+        admin.done("caches synced");
+        assert_eq!(
+            get_text(&admin, "/readyz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for: route table programmed\n".to_owned()
+            )
+        );
+        admin.done("route table programmed");
+        admin.done("route table programmed");
         assert_eq!(get_text(&admin, "/readyz").await.0, StatusCode::OK);
     }
 
@@ -248,7 +281,7 @@ mod tests {
                 error: "apply",
             })
             .inc();
-        let admin = Admin::new(registry);
+        let admin = Admin::new(registry, &[]);
         let (status, text) = get_text(&admin, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(

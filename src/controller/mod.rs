@@ -54,11 +54,18 @@ where
     }
 }
 
-/// A running controller: its admin address, and the future that runs it until `shutdown` resolves.
+/// A running controller: its admin endpoints and their address, and the future that runs it
+/// until `shutdown` resolves.
 pub struct Running<F> {
     pub admin_addr: SocketAddr,
+    /// What `/readyz` waits for: [`CACHES_SYNCED`], and whatever else the caller adds before it
+    /// awaits `serve`.
+    pub admin: Admin,
     pub serve: F,
 }
+
+/// What the controller's readiness waits for: its caches synced, or knowing it is a standby.
+pub const CACHES_SYNCED: &str = "caches synced";
 
 /// The signal every part of a controller stops on.
 type Shutdown = Shared<BoxFuture<'static, ()>>;
@@ -82,7 +89,7 @@ pub async fn start(
     let metrics = ControllerMetrics::register(&mut prometheus);
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
     let leading = metrics.leader.clone();
-    let admin = Admin::new(prometheus);
+    let admin = Admin::new(prometheus, &[CACHES_SYNCED]);
     let (admin_addr, serve_admin) = admin.bind(admin_addr).await?;
     let ctx = Context::new(client.clone(), registry.clone(), metrics);
     let shutdown: Shutdown = shutdown.boxed().shared();
@@ -93,6 +100,7 @@ pub async fn start(
         discovery_metrics,
     );
     let election_client = client.clone();
+    let running_admin = admin.clone();
     let writers = {
         let admin = admin.clone();
         let shutdown = shutdown.clone();
@@ -118,7 +126,11 @@ pub async fn start(
             () = discovery => {}
         }
     };
-    Ok(Running { admin_addr, serve })
+    Ok(Running {
+        admin_addr,
+        admin: running_admin,
+        serve,
+    })
 }
 
 /// Runs the writers while `elector` holds the Lease, until `shutdown`; then releases the Lease.
@@ -158,7 +170,7 @@ async fn lead<W, F>(
                     tracing::warn!("stopped the controllers: no longer the leader");
                     continue;
                 }
-                Role::Standby => admin.set_ready(),
+                Role::Standby => admin.done(CACHES_SYNCED),
                 Role::Unknown => {}
             }
             tokio::select! {
@@ -245,7 +257,7 @@ fn writers(
     async move {
         let ready = async move {
             if store.wait_until_ready().await.is_ok() {
-                admin.set_ready();
+                admin.done(CACHES_SYNCED);
                 tracing::info!("caches synced; reconciling");
             }
             std::future::pending::<()>().await

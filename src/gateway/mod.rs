@@ -50,6 +50,9 @@ pub struct Options {
     pub workers: usize,
 }
 
+/// What a gateway's readiness waits for (see [`Options::on_programmed`]).
+pub const ROUTES_PROGRAMMED: &str = "route table programmed";
+
 /// How long a stopping gateway waits for the requests in flight.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(25);
 

@@ -1,5 +1,6 @@
-//! `microgate gateway` as its own process (the binary under test), next to the test's platform:
-//! it turns ready only once it can route, and its access log has one JSON line per request.
+//! `microgate gateway` and `microgate run` as their own processes (the binary under test), next
+//! to the test's platform: each turns ready only once it can route, and the gateway's access log
+//! has one JSON line per request.
 
 use std::{net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
 
@@ -96,6 +97,42 @@ async fn a_gateway_process_is_ready_only_when_it_routes_and_logs_each_request_as
         );
         assert!(first["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{first}");
         assert_eq!(logged[1]["fields"]["method"], "POST", "{logged:?}");
+        let _ = child.start_kill();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_process_is_ready_only_when_its_gateway_routes_too() {
+    with_namespace("e2e-run-process", |ns| async move {
+        // The platform's gateway listens on 127.0.0.1; `microgate run` on 127.0.0.3, same port.
+        let platform = Platform::with_echo(&ns, 2, json!({})).await;
+        let admin = SocketAddr::from(([127, 0, 0, 3], free_port()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_microgate"))
+            .args(["run", "--listen-address=127.0.0.3"])
+            .arg(format!("--namespace={}", ns.name))
+            .arg(format!("--admin-addr={admin}"))
+            .env("KUBECONFIG", cluster::kubeconfig_path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start microgate run");
+        // Its controller's caches sync before its gateway has a route table: polled tightly, a
+        // readiness that only waited for the caches would let the request below get a 404.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match probe::get(admin, "/readyz").await {
+                Ok(answer) if answer.status == 200 => break,
+                other => {
+                    assert!(tokio::time::Instant::now() < deadline, "never ready: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+        let listener = SocketAddr::from(([127, 0, 0, 3], platform.listener.port()));
+        let answer = probe::get(listener, "/").await.expect("an answer");
+        assert_eq!(answer.status, 200, "the first request once ready: {answer:?}");
         let _ = child.start_kill();
     })
     .await;

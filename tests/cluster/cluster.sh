@@ -207,14 +207,17 @@ EOF
   rm -f "$audit_log"
   # --endpoint-reconciler-type=none: a loopback advertise address is not a valid endpoint, and the
   # default reconciler would keep trying to write one. ServiceAccount admission is off so Pods need
-  # no token and no service-account controller.
+  # no token and no service-account controller. OwnerReferencesPermissionEnforcement is on, as on
+  # OpenShift: an owner reference that blocks its owner's deletion needs the right to update the
+  # owner's finalizers, which the least-privilege test then proves the install grants.
   start kube-apiserver --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address=127.0.0.1 --secure-port="$api_port" --advertise-address="$advertise" \
     --endpoint-reconciler-type=none --cert-dir="$c" \
     --tls-cert-file="$c/apiserver.crt" --tls-private-key-file="$c/apiserver.key" --client-ca-file="$c/ca.crt" \
     --service-account-issuer="https://127.0.0.1:$api_port/" --service-account-key-file="$c/sa.pub" \
     --service-account-signing-key-file="$c/sa.key" --service-cluster-ip-range=10.0.0.0/24 \
-    --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount --allow-privileged=true \
+    --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount \
+    --enable-admission-plugins=OwnerReferencesPermissionEnforcement --allow-privileged=true \
     --max-requests-inflight=1000 --max-mutating-requests-inflight=500 --v=1 \
     --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$audit_log" --audit-log-format=json
   wait_healthy kube-apiserver "https://127.0.0.1:$api_port/readyz" 90 \

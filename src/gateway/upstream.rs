@@ -2,10 +2,10 @@
 //!
 //! HTTP/1.1 connections are kept alive between requests in an idle stack per endpoint and worker:
 //! a request takes the one used last, and its response body puts it back when the body ends (see
-//! [`http1`]). An HTTP2 or GRPC
-//! Microservice gets one multiplexed connection per endpoint. New connections open only while the
-//! Microservice has fewer than `circuitBreaker.maxConnections`; beyond that, up to
-//! `maxPendingRequests` requests wait for one to be freed, and the rest are refused at once.
+//! [`http1`]); one idle for [`IDLE_TIMEOUT`] is closed. An HTTP2 or GRPC Microservice gets one
+//! multiplexed connection per endpoint. New connections open only while the Microservice has fewer
+//! than `circuitBreaker.maxConnections`; beyond that, up to `maxPendingRequests` requests wait for
+//! one to be freed, and the rest are refused at once.
 
 mod http1;
 

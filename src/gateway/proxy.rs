@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
-    uri::{PathAndQuery, Scheme},
+    uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body_util::{BodyExt, Either, StreamBody};
 use hyper::body::Frame;
@@ -184,6 +184,17 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // HTTP/2 names the host in `:authority`, and a Host header beside it would have to name
+        // the same (RFC 9113, 8.3.1; nginx refuses a request where they differ): the client's
+        // host goes there, or the endpoint's address when the client named none.
+        let http2_authority = if upstream.http2 {
+            parts.uri.authority().cloned().or_else(|| {
+                let host = parts.headers.get(header::HOST)?;
+                Authority::try_from(host.as_bytes()).ok()
+            })
+        } else {
+            None
+        };
         let mut failed: Option<Arc<super::balance::EndpointState>> = None;
         let mut attempt = 0;
         loop {
@@ -202,7 +213,7 @@ impl Proxy {
                 *request.method_mut() = parts.method.clone();
                 let mut uri = http::uri::Parts::default();
                 uri.scheme = Some(Scheme::HTTP);
-                uri.authority = endpoint.authority.clone();
+                uri.authority = http2_authority.clone().or_else(|| endpoint.authority.clone());
                 uri.path_and_query = Some(path.clone());
                 *request.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
                 // The last possible attempt takes the headers; earlier ones keep them for a retry.
@@ -212,6 +223,7 @@ impl Proxy {
                     parts.headers.clone()
                 };
                 forwarding.apply(request.headers_mut());
+                request.headers_mut().remove(header::HOST);
                 Either::Right(request)
             } else {
                 Either::Left(body.for_attempt())

@@ -23,7 +23,7 @@ use microgate::{
 };
 use microgate_test_support::{
     TestNamespace,
-    backend::POD_NAME_HEADER,
+    backend::{POD_NAME_HEADER, SEEN_AUTHORITY_HEADER, SEEN_HOST_HEADER},
     probe,
     wait::{self, Probe},
     with_namespace,
@@ -1096,11 +1096,17 @@ async fn http2_microservices_are_reached_over_cleartext_http2() {
         let version = |answer: &probe::Answer| {
             answer.headers.get(microgate_test_support::backend::HTTP_VERSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)
         };
+        let seen = |answer: &probe::Answer, name: &str| answer.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let client_host = platform.listener.to_string();
         let classic = probe::get(platform.listener, "/classic").await.expect("an answer");
         assert_eq!(version(&classic).as_deref(), Some("HTTP/1.1"));
+        assert_eq!(seen(&classic, SEEN_HOST_HEADER), Some(client_host.clone()), "HTTP/1.1 passes the client's Host on");
         let modern = probe::get(platform.listener, "/modern").await.expect("an answer");
         assert_eq!(modern.status, StatusCode::OK);
         assert_eq!(version(&modern).as_deref(), Some("HTTP/2.0"));
+        // The client's host as :authority, and no Host header that could disagree with it.
+        assert_eq!(seen(&modern, SEEN_AUTHORITY_HEADER), Some(client_host), "{modern:?}");
+        assert_eq!(seen(&modern, SEEN_HOST_HEADER), None, "{modern:?}");
     })
     .await;
 }

@@ -32,6 +32,10 @@ pub const POD_NAME_HEADER: &str = "x-pod-name";
 pub const HTTP_VERSION_HEADER: &str = "x-http-version";
 /// The header that says how many bytes of request body the backend received.
 pub const BODY_BYTES_HEADER: &str = "x-body-bytes";
+/// Response header: the authority of the request's URI (HTTP/2's `:authority`), if it had one.
+pub const SEEN_AUTHORITY_HEADER: &str = "x-seen-authority";
+/// Response header: the request's `Host` header, if it had one.
+pub const SEEN_HOST_HEADER: &str = "x-seen-host";
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -236,6 +240,8 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let version = format!("{:?}", request.version());
+    let seen_authority = request.uri().authority().map(|a| a.to_string());
+    let seen_host = request.headers().get(hyper::header::HOST).cloned();
     // Read the whole request body, so that a client can check what arrived (x-body-bytes).
     let received = request
         .into_body()
@@ -306,6 +312,12 @@ async fn handle(
             Full::new(body).map_err(|never| match never {}).boxed(),
         )
     };
+    if let Some(value) = seen_authority.and_then(|a| a.parse().ok()) {
+        answer.headers_mut().insert(SEEN_AUTHORITY_HEADER, value);
+    }
+    if let Some(value) = seen_host {
+        answer.headers_mut().insert(SEEN_HOST_HEADER, value);
+    }
     let retry_after = state.fail_retry_after.load(Ordering::Relaxed);
     if failing && retry_after > 0 {
         answer

@@ -3,9 +3,10 @@
 //! HTTP/1.1 connections are kept alive between requests in an idle stack per endpoint and worker:
 //! a request takes the one used last, and its response body puts it back when the body ends (see
 //! [`http1`]); one idle for [`IDLE_TIMEOUT`] is closed. An HTTP2 or GRPC Microservice gets one
-//! multiplexed connection per endpoint. New connections open only while the Microservice has fewer
-//! than `circuitBreaker.maxConnections`; beyond that, up to `maxPendingRequests` requests wait for
-//! one to be freed, and the rest are refused at once.
+//! multiplexed connection per endpoint and worker. New connections open only while the
+//! Microservice has fewer than `circuitBreaker.maxConnections`; beyond that, an HTTP/2 request
+//! shares another worker's connection, and up to `maxPendingRequests` requests wait for one to be
+//! freed, and the rest are refused at once.
 
 mod http1;
 
@@ -128,7 +129,9 @@ pub struct Connections {
     /// the worker that opened it, and only that worker's requests take it (see `super::workers`).
     /// Made on the first connection: most endpoints in a registry never get one.
     idle: OnceLock<Box<[IdleStack<Box<http1::Connection>>]>>,
-    http2: ArcSwapOption<http2::SendRequest<OutgoingBody>>,
+    /// The HTTP/2 connection of each worker (made on first use, like `idle`): its task runs on
+    /// that worker, so that its requests need no other thread.
+    http2: OnceLock<Box<[ArcSwapOption<http2::SendRequest<OutgoingBody>>]>>,
 }
 
 impl Connections {
@@ -136,7 +139,7 @@ impl Connections {
         Self {
             limits,
             idle: OnceLock::new(),
-            http2: ArcSwapOption::empty(),
+            http2: OnceLock::new(),
         }
     }
 
@@ -355,18 +358,32 @@ pub async fn send_http2(
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     let connections = &endpoint.connections;
     let limits = &connections.limits;
+    let per_worker = connections
+        .http2
+        .get_or_init(|| (0..workers::count()).map(|_| ArcSwapOption::empty()).collect());
+    let open = |slot: &ArcSwapOption<http2::SendRequest<OutgoingBody>>| {
+        slot.load()
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+            .map(|sender| http2::SendRequest::clone(sender))
+    };
+    let own = per_worker.get(workers::current());
     let mut sender = loop {
-        if let Some(shared) = connections.http2.load().as_ref()
-            && !shared.is_closed()
-        {
-            break http2::SendRequest::clone(shared);
+        if let Some(sender) = own.and_then(open) {
+            break sender;
         }
         let freed = limits.freed.notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
         if let Some(slot) = limits.open_slot(breaker.max_connections) {
             let sender = connect_http2(endpoint.addr, slot).await?;
-            connections.http2.store(Some(Arc::new(sender.clone())));
+            if let Some(own) = own {
+                own.store(Some(Arc::new(sender.clone())));
+            }
+            break sender;
+        }
+        // At maxConnections: another worker's connection carries this request too.
+        if let Some(sender) = per_worker.iter().find_map(open) {
             break sender;
         }
         let waiting = limits.pending.fetch_add(1, Ordering::AcqRel);

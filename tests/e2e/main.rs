@@ -640,6 +640,49 @@ async fn two_workers_share_the_port_and_hand_over_the_one_connection_max_connect
 }
 
 #[tokio::test]
+async fn two_workers_open_an_http2_connection_each_and_share_one_at_max_connections() {
+    with_namespace("e2e-workers-h2", |ns| async move {
+        let platform = Platform::start_with(&ns, std::future::pending(), 2).await;
+        for (name, max_connections) in [("roomy", 1024), ("tight", 1)] {
+            let ms: Microservice = serde_json::from_value(json!({
+                "apiVersion": "microgate.dev/v1alpha1", "kind": "Microservice", "metadata": {"name": name},
+                "spec": {"image": "registry.example/echo:1", "protocol": "HTTP2",
+                         "trafficPolicy": {"circuitBreaker": {"maxConnections": max_connections, "maxPendingRequests": 10}}},
+            }))
+            .expect("a valid Microservice");
+            ns.api::<Microservice>().create(&PostParams::default(), &ms).await.expect("create");
+            let key = ServiceKey::new(&ns.name, name);
+            wait::until(format!("{name} ready"), WAIT, || async {
+                if platform.registry.snapshot(&key).ready_count() == 1 { Probe::Done(()) } else { Probe::NotYet(String::new()) }
+            })
+            .await
+            .expect("ready");
+        }
+        platform
+            .gateway(&ns, json!([
+                {"name": "roomy", "matches": [{"path": {"value": "/roomy"}}], "backends": [{"microservice": "roomy"}]},
+                {"name": "tight", "matches": [{"path": {"value": "/tight"}}], "backends": [{"microservice": "tight"}]}]))
+            .await;
+        // Every request comes on a new client connection, which the kernel gives to either
+        // worker's socket, one after the other. Each worker opens its own HTTP/2 connection to the
+        // endpoint; at maxConnections 1 the second worker sends on the first one's instead.
+        for (name, opened_by_workers) in [("roomy", 2), ("tight", 1)] {
+            let pod = &pods_of(&ns, name).await[0];
+            let backend = ns.backend(pod).expect("backend");
+            let opened = backend.connections();
+            let counts = traffic(platform.listener, &format!("/{name}"), 200, 1).await;
+            assert_eq!(counts.get(&(200, pod.clone())), Some(&200), "{name}: {counts:?}");
+            assert_eq!(
+                backend.connections() - opened,
+                opened_by_workers,
+                "{name}: HTTP/2 connections opened for 200 requests over both workers"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn chunked_answers_pass_through_and_connections_closed_while_idle_are_not_a_failure() {
     with_namespace("e2e-upstream-http1", |ns| async move {
         let platform = Platform::start(&ns).await;

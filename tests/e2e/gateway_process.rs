@@ -16,6 +16,20 @@ use super::{Platform, free_port};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Polls `/readyz` on `admin` every `period` until it answers 200 (at most [`WAIT`]).
+async fn wait_ready(admin: SocketAddr, period: Duration) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match probe::get(admin, "/readyz").await {
+            Ok(answer) if answer.status == 200 => return,
+            other => {
+                assert!(tokio::time::Instant::now() < deadline, "never ready: {other:?}");
+                tokio::time::sleep(period).await;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_gateway_process_is_ready_only_when_it_routes_and_logs_each_request_as_json() {
     with_namespace("e2e-gateway-process", |ns| async move {
@@ -51,15 +65,7 @@ async fn a_gateway_process_is_ready_only_when_it_routes_and_logs_each_request_as
         }
 
         let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match probe::get(admin, "/readyz").await {
-                Ok(answer) if answer.status == 200 => break,
-                other => {
-                    assert!(tokio::time::Instant::now() < deadline, "never ready: {other:?}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
+        wait_ready(admin, Duration::from_millis(20)).await;
         // Ready means routed: the very first request after readiness reaches a Pod.
         let listener = SocketAddr::from(([127, 0, 0, 2], platform.listener.port()));
         let answer = probe::get(listener, "/logged?n=1").await.expect("an answer");
@@ -120,16 +126,7 @@ async fn a_run_process_is_ready_only_when_its_gateway_routes_too() {
             .expect("start microgate run");
         // Its controller's caches sync before its gateway has a route table: polled tightly, a
         // readiness that only waited for the caches would let the request below get a 404.
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match probe::get(admin, "/readyz").await {
-                Ok(answer) if answer.status == 200 => break,
-                other => {
-                    assert!(tokio::time::Instant::now() < deadline, "never ready: {other:?}");
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-        }
+        wait_ready(admin, Duration::from_millis(2)).await;
         let listener = SocketAddr::from(([127, 0, 0, 3], platform.listener.port()));
         let answer = probe::get(listener, "/").await.expect("an answer");
         assert_eq!(answer.status, 200, "the first request once ready: {answer:?}");

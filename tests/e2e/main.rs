@@ -122,9 +122,17 @@ impl Platform {
         replicas: i32,
         traffic_policy: serde_json::Value,
     ) {
+        let spec = json!({"image": "registry.example/echo:1", "replicas": replicas, "trafficPolicy": traffic_policy});
+        self.microservice_with(ns, name, spec).await;
+    }
+
+    /// Creates the Microservice `name` with `spec` and waits until all its replicas (1 unless
+    /// `spec` says) are ready endpoints.
+    async fn microservice_with(&self, ns: &TestNamespace, name: &str, spec: serde_json::Value) {
+        let replicas = spec["replicas"].as_i64().unwrap_or(1);
         let ms: Microservice = serde_json::from_value(json!({
             "apiVersion": "microgate.dev/v1alpha1", "kind": "Microservice", "metadata": {"name": name},
-            "spec": {"image": "registry.example/echo:1", "replicas": replicas, "trafficPolicy": traffic_policy},
+            "spec": spec,
         }))
         .expect("a valid Microservice");
         ns.api::<Microservice>()
@@ -134,7 +142,7 @@ impl Platform {
         let key = ServiceKey::new(&ns.name, name);
         wait::until(format!("{replicas} ready endpoints of {name}"), WAIT, || async {
             let ready = self.registry.snapshot(&key).ready_count();
-            if ready == replicas as usize {
+            if ready as i64 == replicas {
                 Probe::Done(())
             } else {
                 Probe::NotYet(format!("{ready} ready"))
@@ -644,19 +652,9 @@ async fn two_workers_open_an_http2_connection_each_and_share_one_at_max_connecti
     with_namespace("e2e-workers-h2", |ns| async move {
         let platform = Platform::start_with(&ns, std::future::pending(), 2).await;
         for (name, max_connections) in [("roomy", 1024), ("tight", 1)] {
-            let ms: Microservice = serde_json::from_value(json!({
-                "apiVersion": "microgate.dev/v1alpha1", "kind": "Microservice", "metadata": {"name": name},
-                "spec": {"image": "registry.example/echo:1", "protocol": "HTTP2",
-                         "trafficPolicy": {"circuitBreaker": {"maxConnections": max_connections, "maxPendingRequests": 10}}},
-            }))
-            .expect("a valid Microservice");
-            ns.api::<Microservice>().create(&PostParams::default(), &ms).await.expect("create");
-            let key = ServiceKey::new(&ns.name, name);
-            wait::until(format!("{name} ready"), WAIT, || async {
-                if platform.registry.snapshot(&key).ready_count() == 1 { Probe::Done(()) } else { Probe::NotYet(String::new()) }
-            })
-            .await
-            .expect("ready");
+            let breaker = json!({"maxConnections": max_connections, "maxPendingRequests": 10});
+            let spec = json!({"image": "registry.example/echo:1", "protocol": "HTTP2", "trafficPolicy": {"circuitBreaker": breaker}});
+            platform.microservice_with(&ns, name, spec).await;
         }
         platform
             .gateway(&ns, json!([
@@ -1118,18 +1116,8 @@ async fn http2_microservices_are_reached_over_cleartext_http2() {
     with_namespace("e2e-h2c", |ns| async move {
         let platform = Platform::start(&ns).await;
         for (name, protocol) in [("classic", "HTTP"), ("modern", "HTTP2")] {
-            let ms: Microservice = serde_json::from_value(json!({
-                "apiVersion": "microgate.dev/v1alpha1", "kind": "Microservice", "metadata": {"name": name},
-                "spec": {"image": "registry.example/echo:1", "protocol": protocol},
-            }))
-            .expect("a valid Microservice");
-            ns.api::<Microservice>().create(&PostParams::default(), &ms).await.expect("create");
-            let key = ServiceKey::new(&ns.name, name);
-            wait::until(format!("{name} ready"), WAIT, || async {
-                if platform.registry.snapshot(&key).ready_count() == 1 { Probe::Done(()) } else { Probe::NotYet(String::new()) }
-            })
-            .await
-            .expect("ready");
+            let spec = json!({"image": "registry.example/echo:1", "protocol": protocol});
+            platform.microservice_with(&ns, name, spec).await;
         }
         platform
             .gateway(&ns, json!([

@@ -81,18 +81,26 @@ def mib(kib):
     return "—" if kib is None else f"{kib / 1024:.1f} MiB"
 
 
-def per_round(rows, key, num, den, **match):
-    """Per-round ratios num/den of `key`, for rows matching `match`, in round order."""
+def paired(rows, a, b, combine, **match):
+    """combine(a's row, b's row) for each round that has both targets, among rows matching
+    `match`, in round order; None results are left out."""
     by_round = {}
     for r in rows:
         if all(r.get(f) == v for f, v in match.items()):
             by_round.setdefault(r["round"], {})[r["target"]] = r
     out = []
     for rnd in sorted(by_round):
-        a, b = by_round[rnd].get(num), by_round[rnd].get(den)
-        if a and b and key(b):
-            out.append(key(a) / key(b))
+        x, y = by_round[rnd].get(a), by_round[rnd].get(b)
+        if x and y:
+            value = combine(x, y)
+            if value is not None:
+                out.append(value)
     return out
+
+
+def per_round(rows, key, num, den, **match):
+    """Per-round ratios num/den of `key`, for rows matching `match`, in round order."""
+    return paired(rows, num, den, lambda a, b: key(a) / key(b) if key(a) is not None and key(b) else None, **match)
 
 
 def rps(r):
@@ -115,17 +123,14 @@ def zero_user_ceiling(rows, peer):
     backends, load generator, kernel). Swapping the peer for a proxy that costs only microgate's
     measured kernel time per request leaves the rest unchanged, so throughput could grow by at most
     machine / (machine - peer's CPU + microgate's system CPU)."""
-    by_round = {}
-    for r in rows:
-        by_round.setdefault(r["round"], {})[r["target"]] = r
-    out = []
-    for rnd in sorted(by_round):
-        m, p = by_round[rnd].get("microgate"), by_round[rnd].get(peer)
-        machine, peer_cpu = (per_request(p, "machine_busy_seconds"), per_request(p, "cpu_seconds")) if p else (None, None)
-        system = per_request(m, "system_seconds") if m else None
+    def ceiling(m, p):
+        machine, peer_cpu = per_request(p, "machine_busy_seconds"), per_request(p, "cpu_seconds")
+        system = per_request(m, "system_seconds")
         if machine and peer_cpu and system is not None and machine - peer_cpu + system > 0:
-            out.append(machine / (machine - peer_cpu + system))
-    return out
+            return machine / (machine - peer_cpu + system)
+        return None
+
+    return paired(rows, "microgate", peer, ceiling)
 
 
 machine = load_one("machine.json", {})
@@ -198,16 +203,12 @@ if latency:
         results["latency"][t] = entry
     # Paired per-round differences in p99: the A/A pair (two identical nginx) is the noise floor
     # any other difference has to clear before it says something.
-    paired = {}
+    p99_pairs = {}
     for a, b in [("microgate", "nginx"), ("microgate", "haproxy"), ("nginx-b", "nginx")]:
-        rounds = {}
-        for r in latency:
-            if r["round"] in kept and r["target"] in (a, b):
-                rounds.setdefault(r["round"], {})[r["target"]] = r["p99"]
-        diffs = [v[a] - v[b] for v in rounds.values() if a in v and b in v]
+        diffs = paired([r for r in latency if r["round"] in kept], a, b, lambda x, y: x["p99"] - y["p99"])
         if diffs:
-            paired[f"{a} − {b}"] = spread(diffs)
-    results["latency_paired_p99"] = paired
+            p99_pairs[f"{a} − {b}"] = spread(diffs)
+    results["latency_paired_p99"] = p99_pairs
     results["latency_dropped_rounds"] = dropped
     results["latency_direct_p99_median"] = direct_p99_median
 
@@ -307,8 +308,8 @@ else:
 lat = results["latency"]
 if "microgate" in lat and "nginx" in lat:
     m, n = lat["microgate"]["added_p99"], lat["nginx"]["added_p99"]
-    paired = results.get("latency_paired_p99", {})
-    pm, aa = paired.get("microgate − nginx"), paired.get("nginx-b − nginx")
+    p99_pairs = results.get("latency_paired_p99", {})
+    pm, aa = p99_pairs.get("microgate − nginx"), p99_pairs.get("nginx-b − nginx")
     detail = ""
     if pm and aa:
         detail = (f"; per round microgate − nginx {signed_us(pm[0])} [{signed_us(pm[1])} – {signed_us(pm[2])}], "
@@ -446,11 +447,11 @@ if lat:
                  f"{', '.join(map(str, dropped))}.")
     else:
         note += " No round was dropped (rule: direct p99 > 2× its median)."
-    paired = results.get("latency_paired_p99", {})
-    if paired:
+    p99_pairs = results.get("latency_paired_p99", {})
+    if p99_pairs:
         note += (" Paired p99 differences, per round, median [min–max]: " +
                  "; ".join(f"{name.replace('nginx-b', 'nginx B')}: {signed_us(s[0])} [{signed_us(s[1])} – {signed_us(s[2])}]"
-                           for name, s in paired.items()) +
+                           for name, s in p99_pairs.items()) +
                  ". The nginx B − nginx pair is two identical proxies: its spread is the noise floor.")
     md.append(note + "\n")
     md.append("| target | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | proxy CPU per request | success |")

@@ -11,6 +11,8 @@ use super::{duration::Duration, policy::RetryPolicy};
 const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A host name, optionally with a leading `*.` wildcard label.
 const HOSTNAME: &str = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A host name without wildcards.
+const HOSTNAME_NO_WILDCARD: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// An HTTP header name as routes use them.
 pub(crate) const HEADER_NAME: &str = "^[A-Za-z0-9-]+$";
 
@@ -34,7 +36,7 @@ pub(crate) const HEADER_NAME: &str = "^[A-Za-z0-9-]+$";
         name = "Listeners",
         type_ = "string",
         json_path = ".status.listeners",
-        description = "Listeners as name:port"
+        description = "Listeners as name:port/protocol"
     ),
     printcolumn(
         name = "Routes",
@@ -59,10 +61,13 @@ pub(crate) const HEADER_NAME: &str = "^[A-Za-z0-9-]+$";
     .message("every name in routes[].listeners must be the name of one of this Gateway's listeners")
     .field_path(".routes"))]
 pub struct GatewaySpec {
-    /// Where the gateway accepts connections; names and ports are unique.
+    /// Where the gateway accepts connections. Names are unique; a port is one listener's, except
+    /// that HTTPS listeners may share one when their hostnames differ (the client's SNI picks
+    /// the listener, and at most one of them has no hostnames: the default certificate).
     #[schemars(length(min = 1, max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
-    #[x_kube(validation = Rule::new("self.all(l, self.filter(m, m.port == l.port).size() == 1)").message("listeners must use distinct ports"))]
+    #[x_kube(validation = Rule::new("self.all(a, self.all(b, a.name == b.name || a.port != b.port || (a.protocol == 'HTTPS' && b.protocol == 'HTTPS' && (has(a.hostnames) && size(a.hostnames) > 0 || has(b.hostnames) && size(b.hostnames) > 0) && !(has(a.hostnames) && has(b.hostnames) && a.hostnames.exists(h, h in b.hostnames)))))")
+        .message("listeners on one port must all be HTTPS with no hostname in common, and at most one of them without hostnames"))]
     pub listeners: Vec<Listener>,
     /// Rules sending requests to Microservices. Names are unique. A request takes the most
     /// specific route that fits it (listeners, hostnames, one of its matches), as in the Gateway
@@ -78,9 +83,12 @@ pub struct GatewaySpec {
     pub defaults: Option<RoutePolicy>,
 }
 
-/// A port on which the gateway accepts HTTP.
+/// A port on which the gateway accepts HTTP or HTTPS.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.protocol == 'HTTPS' ? has(self.tls) : !has(self.tls)")
+    .message("tls is required when protocol is HTTPS, and only then")
+    .field_path(".tls"))]
 pub struct Listener {
     /// The listener's name, unique in the Gateway (a DNS label).
     #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL))]
@@ -88,14 +96,18 @@ pub struct Listener {
     /// The TCP port.
     #[schemars(range(min = 1, max = 65_535))]
     pub port: i32,
-    /// HTTP: HTTP/1.1, and HTTP/2 without TLS for clients that ask for it.
+    /// HTTP: HTTP/1.1, and HTTP/2 without TLS for clients that ask for it. HTTPS: TLS
+    /// terminated here (certificates from `tls`), then HTTP/1.1 or HTTP/2 as ALPN settles.
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// Host names this listener serves (`Host` header, port ignored); `*.example.com` matches
-    /// any one label in front. Empty: any host.
+    /// Host names this listener serves (`Host` header, port ignored; for HTTPS also the TLS
+    /// server name, SNI); `*.example.com` matches any one label in front. Empty: any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 253), pattern(HOSTNAME)))]
     pub hostnames: Vec<String>,
+    /// TLS termination: required for HTTPS listeners, refused on others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
 }
 
 /// The protocol a listener speaks.
@@ -105,6 +117,63 @@ pub enum ListenerProtocol {
     #[default]
     #[serde(rename = "HTTP")]
     Http,
+    /// TLS, then HTTP/1.1 or HTTP/2 (ALPN `h2`, `http/1.1`).
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+impl ListenerProtocol {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "HTTP",
+            Self::Https => "HTTPS",
+        }
+    }
+}
+
+/// How an HTTPS listener terminates TLS.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// Secrets of type `kubernetes.io/tls` in the Gateway's namespace (`tls.crt`: the
+    /// certificate chain, leaf first; `tls.key`: its private key, PEM). With several (say an
+    /// ECDSA and an RSA certificate), each client gets the first whose key it can verify.
+    /// A Secret that changes is served to new connections within a second; one that turns
+    /// invalid or is deleted leaves the listener on the last good certificate, and the
+    /// listener's `ResolvedRefs` condition says what is wrong.
+    #[schemars(length(min = 1, max = 4))]
+    pub certificate_refs: Vec<SecretRef>,
+    /// The oldest TLS version accepted: `"1.2"` (the default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// A Secret in the Gateway's namespace, named as the Gateway API names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(!has(self.group) || self.group == '') && (!has(self.kind) || self.kind == 'Secret')")
+    .message("only core Secrets can be referenced (group \"\" and kind Secret)"))]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The referent's API group; only `""` (core) is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The referent's kind; only `Secret` is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// A TLS protocol version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 /// Where matching requests go, and how they are timed out and retried.
@@ -113,6 +182,9 @@ pub enum ListenerProtocol {
 #[x_kube(validation = Rule::new("!has(self.timeout) || !has(self.retry) || !has(self.retry.perTryTimeout) || duration(self.retry.perTryTimeout) <= duration(self.timeout)")
     .message("retry.perTryTimeout must not exceed timeout")
     .field_path(".retry.perTryTimeout"))]
+#[x_kube(validation = Rule::new("has(self.redirect) != (has(self.backends) && size(self.backends) > 0)")
+    .message("a route either forwards to backends or redirects: set exactly one of backends and redirect")
+    .field_path(".backends"))]
 pub struct Route {
     /// The route's name, unique in the Gateway (a DNS label).
     #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL))]
@@ -132,10 +204,15 @@ pub struct Route {
     pub matches: Vec<RouteMatch>,
     /// Where requests go: each backend (a distinct Microservice) receives a share of requests
     /// proportional to its weight.
-    #[schemars(length(min = 1, max = 16))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["microservice".into()]))]
     #[x_kube(validation = Rule::new("self.exists(b, b.weight > 0)").message("at least one backend must have a positive weight"))]
     pub backends: Vec<Backend>,
+    /// Answer with a redirect instead of forwarding (e.g. `{scheme: https}` sends plain HTTP
+    /// clients to the HTTPS listener). The path and query are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
     /// Deadline for the whole request, retries included; the gateway answers 504 past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("timeout must be positive"))]
@@ -143,6 +220,41 @@ pub struct Route {
     /// Retry policy; without it the Gateway's `defaults.retry` applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+}
+
+/// A redirect answered by the gateway itself: the request's URL with the parts given here
+/// replaced, as the Gateway API's `RequestRedirect` filter does.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    /// The scheme of the new URL; unset keeps the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<RedirectScheme>,
+    /// The host of the new URL; unset keeps the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(HOSTNAME_NO_WILDCARD))]
+    pub hostname: Option<String>,
+    /// The port of the new URL. Unset: the scheme's well-known port when `scheme` changes it
+    /// (left out of the URL), else the port the request named in its `Host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65_535))]
+    pub port: Option<i32>,
+    /// 301, 302 (the default), 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    #[x_kube(validation = Rule::new("self in [301, 302, 303, 307, 308]").message("statusCode must be one of 301, 302, 303, 307, 308"))]
+    pub status_code: i32,
+}
+
+fn default_redirect_status() -> i32 {
+    302
+}
+
+/// A URL scheme a redirect may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectScheme {
+    Http,
+    Https,
 }
 
 /// Conditions on a request, all of which must hold.
@@ -270,9 +382,14 @@ pub struct GatewayStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The listeners as `name:port`, comma-separated, as `kubectl get` shows them.
+    /// The listeners as `name:port/PROTOCOL`, comma-separated, as `kubectl get` shows them.
     #[serde(default)]
     pub listeners: String,
+    /// Each listener as the gateway serves it: `ResolvedRefs` (its certificates are valid) and
+    /// `Programmed` (it is being served), as the Gateway API reports listeners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub listener_statuses: Vec<ListenerStatus>,
     /// How many routes the Gateway has.
     #[serde(default)]
     pub route_count: i32,
@@ -284,6 +401,19 @@ pub struct GatewayStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub routes: Vec<RouteStatus>,
+}
+
+/// A listener's state in the gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    /// The listener's name.
+    pub name: String,
+    /// `ResolvedRefs` (reason `InvalidCertificateRef` naming the Secret and what is wrong with
+    /// it) and `Programmed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
 }
 
 /// A route's state in the gateway.

@@ -185,12 +185,14 @@ pub fn compute(
             .spec
             .listeners
             .iter()
-            .map(|l| format!("{}:{}", l.name, l.port))
+            .map(|l| format!("{}:{}/{}", l.name, l.port, l.protocol.as_str()))
             .collect::<Vec<_>>()
             .join(","),
         route_count: i32::try_from(gateway.spec.routes.len()).unwrap_or(i32::MAX),
         conditions,
         routes,
+        // The data plane's to write (left out of the controller's apply).
+        listener_statuses: Vec::new(),
     }
 }
 
@@ -306,7 +308,7 @@ mod tests {
             ("storefront".into(), 1),
         ]);
         let status = compute(&gateway(), &ready, now());
-        assert_eq!(status.listeners, "http:8080,admin:9000");
+        assert_eq!(status.listeners, "http:8080/HTTP,admin:9000/HTTP");
         assert_eq!(status.route_count, 2);
         assert_eq!(status.observed_generation, Some(3));
         let ready_backends: Vec<_> = status

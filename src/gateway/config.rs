@@ -10,22 +10,29 @@ use std::{
 
 use kube::ResourceExt;
 
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
+
 use super::{
     balance::{EndpointState, Pool},
     metrics::{GatewayMetrics, RouteMetrics},
     outlier::Ejection,
     retry::RetryBudget,
     router::{HostPattern, PathMatcher, RequestMatch, method_of},
+    tls::{self, CertificateStore, SecretKey, TlsListener, TlsPort},
     upstream::{CircuitBreaker, Limits},
 };
 use crate::{
     api::{
         Gateway,
+        gateway::{Listener, ListenerProtocol, RedirectScheme},
         microservice::Protocol,
         policy::{LoadBalancerPolicy, RetryPolicy, TrafficPolicy},
     },
     discovery::{Registry, ServiceKey},
 };
+
+/// TLS sessions each HTTPS listener remembers for resumption.
+const TLS_SESSIONS_PER_LISTENER: usize = 1024;
 
 /// What a request's consistent-hash key is taken from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,10 +63,21 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// A redirect the gateway answers itself, as a route declares it.
+#[derive(Debug)]
+pub struct Redirect {
+    pub scheme: Option<RedirectScheme>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub status: http::StatusCode,
+}
+
 #[derive(Debug)]
 pub struct Route {
     /// `namespace/gateway/route`, for logs and metrics.
     pub id: String,
+    /// Set: the route answers with this redirect and has no backends.
+    pub redirect: Option<Redirect>,
     pub hostnames: Vec<HostPattern>,
     pub matches: Vec<RequestMatch>,
     pub backends: Vec<Backend>,
@@ -74,6 +92,9 @@ pub struct Route {
 /// A route without matches is one entry that takes every request.
 #[derive(Debug)]
 pub struct Attached {
+    /// `namespace/gateway/listener`: on an HTTPS port, a connection takes only the routes of
+    /// the listener its TLS server name picked.
+    pub listener: Arc<str>,
     pub listener_hostnames: Vec<HostPattern>,
     pub route: Arc<Route>,
     /// Which of `route.matches` this entry is (`None`: the route has none).
@@ -119,8 +140,14 @@ impl Attached {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     pub listeners: BTreeMap<u16, Vec<Attached>>,
+    /// The ports that terminate TLS, with their HTTPS listeners. A port not here is plain HTTP.
+    pub tls: BTreeMap<u16, Arc<TlsPort>>,
+    /// Listeners not served, by `namespace/gateway/listener`, and why.
+    pub not_served: BTreeMap<String, String>,
     upstreams: HashMap<ServiceKey, Arc<Upstream>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
+    /// Each HTTPS listener's session cache, kept across tables so that sessions stay resumable.
+    tls_sessions: HashMap<Arc<str>, Arc<dyn StoresServerSessions>>,
 }
 
 impl RouteTable {
@@ -134,6 +161,125 @@ impl RouteTable {
             .values()
             .flat_map(|upstream| upstream.pool.endpoints())
     }
+
+    /// The HTTPS listener `id`, if it is served.
+    pub fn tls_listener(&self, id: &str) -> Option<&TlsListener> {
+        self.tls
+            .values()
+            .flat_map(|port| port.listeners.iter())
+            .find(|listener| &*listener.id == id)
+    }
+}
+
+/// The Secrets the HTTPS listeners of `gateways` name.
+pub fn certificate_refs(gateways: &[Arc<Gateway>]) -> Vec<SecretKey> {
+    gateways
+        .iter()
+        .flat_map(|gateway| {
+            let namespace = gateway.namespace().unwrap_or_default();
+            gateway
+                .spec
+                .listeners
+                .iter()
+                .filter_map(|l| l.tls.as_ref())
+                .flat_map(|tls| tls.certificate_refs.iter())
+                .map(move |r| SecretKey {
+                    namespace: namespace.clone(),
+                    name: r.name.clone(),
+                })
+        })
+        .collect()
+}
+
+/// The ports of a table being compiled, by protocol.
+#[derive(Default)]
+struct Ports {
+    plain: std::collections::BTreeSet<u16>,
+    tls: BTreeMap<u16, TlsPort>,
+}
+
+/// Places the listener `id` on its port: a plain-HTTP port, or one HTTPS listener among those
+/// of its port. Fails with the reason the listener cannot be served.
+fn place_listener(
+    ports: &mut Ports,
+    id: &Arc<str>,
+    namespace: &str,
+    listener: &Listener,
+    certificates: &CertificateStore,
+    sessions: &mut HashMap<Arc<str>, Arc<dyn StoresServerSessions>>,
+    previous: Option<&RouteTable>,
+) -> Result<u16, String> {
+    let port = u16::try_from(listener.port).map_err(|_| format!("port {} is out of range", listener.port))?;
+    match listener.protocol {
+        ListenerProtocol::Http if ports.tls.contains_key(&port) => {
+            return Err(format!("port {port} already serves HTTPS for another listener"));
+        }
+        ListenerProtocol::Https if ports.plain.contains(&port) => {
+            return Err(format!(
+                "port {port} already serves plain HTTP for another listener"
+            ));
+        }
+        ListenerProtocol::Http => {
+            ports.plain.insert(port);
+            return Ok(port);
+        }
+        ListenerProtocol::Https => {}
+    }
+    let tls = listener
+        .tls
+        .as_ref()
+        .ok_or_else(|| "an HTTPS listener needs tls.certificateRefs".to_owned())?;
+    let keys: Vec<_> = tls
+        .certificate_refs
+        .iter()
+        .filter_map(|r| {
+            certificates.certificate(&SecretKey {
+                namespace: namespace.to_owned(),
+                name: r.name.clone(),
+            })
+        })
+        .collect();
+    if keys.is_empty() {
+        return Err("none of its certificate Secrets has held a valid certificate".to_owned());
+    }
+    let hostnames: Vec<HostPattern> = listener.hostnames.iter().map(|h| HostPattern::parse(h)).collect();
+    let port_listeners = ports.tls.entry(port).or_default();
+    if let Some(taken) = port_listeners.listeners.iter().find(|other| {
+        (other.hostnames.is_empty() && hostnames.is_empty())
+            || other.hostnames.iter().any(|h| hostnames.contains(h))
+    }) {
+        return Err(format!(
+            "listener {} already serves these hostnames on port {port}",
+            taken.id
+        ));
+    }
+    let session_cache = previous
+        .and_then(|p| p.tls_sessions.get(id))
+        .cloned()
+        .unwrap_or_else(|| ServerSessionMemoryCache::new(TLS_SESSIONS_PER_LISTENER));
+    sessions.insert(id.clone(), session_cache.clone());
+    // An unchanged listener keeps its configuration.
+    let reused = previous
+        .and_then(|p| p.tls_listener(id))
+        .filter(|old| {
+            old.min_version == tls.min_version
+                && old.certificates.len() == keys.len()
+                && old.certificates.iter().zip(&keys).all(|(a, b)| Arc::ptr_eq(a, b))
+        })
+        .map(|old| old.config.clone());
+    let config = match reused {
+        Some(config) => config,
+        None => tls::server_config(keys.clone(), tls.min_version, session_cache)
+            .map_err(|error| format!("TLS configuration refused: {error}"))?,
+    };
+    port_listeners.listeners.push(TlsListener {
+        id: id.clone(),
+        hostnames,
+        config,
+        certificates: keys,
+        min_version: tls.min_version,
+    });
+    Ok(port)
 }
 
 /// Builds the table. `services` holds what each known Microservice's spec says; `previous`
@@ -143,14 +289,40 @@ pub fn compile(
     services: &HashMap<ServiceKey, ServiceSettings>,
     registry: &Registry,
     metrics: &GatewayMetrics,
+    certificates: &CertificateStore,
     previous: Option<&RouteTable>,
 ) -> RouteTable {
     let mut table = RouteTable::default();
+    let mut ports = Ports::default();
     let mut gateways: Vec<_> = gateways.iter().collect();
     gateways.sort_by_key(|g| (g.namespace(), g.name_any()));
     for gateway in gateways {
         let namespace = gateway.namespace().unwrap_or_default();
         let spec = &gateway.spec;
+        // The listeners served, with their ids and ports; earlier Gateways keep a contested port.
+        let mut served = Vec::with_capacity(spec.listeners.len());
+        for listener in &spec.listeners {
+            let id: Arc<str> = format!("{namespace}/{}/{}", gateway.name_any(), listener.name).into();
+            match place_listener(
+                &mut ports,
+                &id,
+                &namespace,
+                listener,
+                certificates,
+                &mut table.tls_sessions,
+                previous,
+            ) {
+                Ok(port) => {
+                    // A listener with no routes still listens (and answers 404).
+                    table.listeners.entry(port).or_default();
+                    served.push((id, port, listener));
+                }
+                Err(why) => {
+                    tracing::warn!(listener = %id, %why, "listener not served");
+                    table.not_served.insert(id.to_string(), why);
+                }
+            }
+        }
         for route in &spec.routes {
             let id = format!("{namespace}/{}/{}", gateway.name_any(), route.name);
             // A route with an invalid regular expression is not served (the controller says so in
@@ -198,9 +370,20 @@ pub fn compile(
                 })
                 .collect();
             let route_metrics = metrics.route(&id);
+            let redirect = route.redirect.as_ref().map(|r| Redirect {
+                scheme: r.scheme,
+                hostname: r.hostname.clone(),
+                port: r.port.and_then(|p| u16::try_from(p).ok()),
+                status: u16::try_from(r.status_code)
+                    .ok()
+                    .and_then(|code| http::StatusCode::from_u16(code).ok())
+                    .filter(http::StatusCode::is_redirection)
+                    .unwrap_or(http::StatusCode::FOUND),
+            });
             let compiled = Arc::new(Route {
                 metrics: route_metrics,
                 id,
+                redirect,
                 hostnames: route.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
                 matches,
                 total_weight: backends.iter().map(|b| b.weight).sum(),
@@ -212,20 +395,18 @@ pub fn compile(
                 retry,
                 budget,
             });
-            for listener in &spec.listeners {
+            for (listener_id, port, listener) in &served {
                 if !route.listeners.is_empty() && !route.listeners.contains(&listener.name) {
                     continue;
                 }
-                let Ok(port) = u16::try_from(listener.port) else {
-                    continue;
-                };
                 let matchers: Vec<Option<usize>> = if compiled.matches.is_empty() {
                     vec![None]
                 } else {
                     (0..compiled.matches.len()).map(Some).collect()
                 };
                 for matcher in matchers {
-                    table.listeners.entry(port).or_default().push(Attached {
+                    table.listeners.entry(*port).or_default().push(Attached {
+                        listener: listener_id.clone(),
                         listener_hostnames: listener
                             .hostnames
                             .iter()
@@ -237,13 +418,12 @@ pub fn compile(
                 }
             }
         }
-        // A listener with no routes still listens (and answers 404).
-        for listener in &spec.listeners {
-            if let Ok(port) = u16::try_from(listener.port) {
-                table.listeners.entry(port).or_default();
-            }
-        }
     }
+    table.tls = ports
+        .tls
+        .into_iter()
+        .map(|(port, listeners)| (port, Arc::new(listeners)))
+        .collect();
     for entries in table.listeners.values_mut() {
         // A stable sort: equally specific entries keep the Gateways' and routes' order.
         entries.sort_by_key(|entry| std::cmp::Reverse(entry.specificity()));
@@ -350,6 +530,7 @@ mod tests {
             &HashMap::new(),
             &Registry::default(),
             &metrics,
+            &CertificateStore::default(),
             None,
         )
     }

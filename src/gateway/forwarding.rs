@@ -95,6 +95,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The forwarding headers of one request, worked out once for all its attempts.
 pub struct Forwarding {
     forwarded_for: Option<HeaderValue>,
+    /// `http` or `https`: how the client reached the gateway.
+    forwarded_proto: &'static str,
     forwarded_host: Option<HeaderValue>,
     /// A `Host` for a request that came without one (an HTTP/2 client sends `:authority`).
     host: Option<HeaderValue>,
@@ -121,6 +123,7 @@ impl Forwarding {
         };
         Self {
             forwarded_for,
+            forwarded_proto: client.scheme(),
             forwarded_host,
             host,
             request_id: (!headers.contains_key(&X_REQUEST_ID)).then(request_id),
@@ -154,7 +157,7 @@ impl Forwarding {
             self.forwarded_for
                 .as_ref()
                 .map(|v| (&X_FORWARDED_FOR, v.as_bytes())),
-            Some((&X_FORWARDED_PROTO, &b"http"[..])),
+            Some((&X_FORWARDED_PROTO, self.forwarded_proto.as_bytes())),
             self.forwarded_host
                 .as_ref()
                 .map(|v| (&X_FORWARDED_HOST, v.as_bytes())),

@@ -16,6 +16,8 @@ pub mod proxy;
 pub mod retry;
 pub mod router;
 pub mod server;
+pub mod status;
+pub mod tls;
 pub mod upstream;
 pub mod wire;
 pub mod workers;
@@ -24,9 +26,10 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{WatchStreamExt, predicates, reflector, watcher},
+    runtime::{WatchStreamExt, predicates, reflector, reflector::ObjectRef, watcher},
 };
 use tokio::sync::Notify;
 
@@ -69,16 +72,22 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let (gateways, gateways_writer) = reflector::store::<Gateway>();
     let (microservices, microservices_writer) = reflector::store::<Microservice>();
+    let (secrets, secrets_writer) = reflector::store::<Secret>();
     let changed = Arc::new(Notify::new());
     let api = |client: Client| match &namespace {
         Some(ns) => (
             Api::<Gateway>::namespaced(client.clone(), ns),
-            Api::<Microservice>::namespaced(client, ns),
+            Api::<Microservice>::namespaced(client.clone(), ns),
+            Api::<Secret>::namespaced(client, ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client)),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
     };
     let status_client = client.clone();
-    let (gateway_api, microservice_api) = api(client);
+    let (gateway_api, microservice_api, secret_api) = api(client);
     let watch_gateways = {
         let changed = changed.clone();
         reflector(gateways_writer, watcher(gateway_api, watcher::Config::default()))
@@ -105,6 +114,20 @@ pub async fn run(
         })
     };
 
+    // Only TLS Secrets, the kind listeners can use: other Secrets are never read into memory.
+    let watch_secrets = {
+        let changed = changed.clone();
+        let only_tls = watcher::Config::default().fields(&format!("type={}", tls::TLS_SECRET_TYPE));
+        reflector(secrets_writer, watcher(secret_api, only_tls))
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |_| {
+                changed.notify_one();
+                async {}
+            })
+    };
+    let mut certificates = tls::CertificateStore::default();
+
     let table = Arc::new(ArcSwap::from_pointee(config::RouteTable::default()));
     let proxy = Arc::new(proxy::Proxy::new(
         table.clone(),
@@ -121,7 +144,7 @@ pub async fn run(
     let program = async {
         tokio::pin!(shutdown);
         tokio::select! {
-            _ = gateways.wait_until_ready() => {}
+            _ = async { tokio::join!(gateways.wait_until_ready(), secrets.wait_until_ready()) } => {}
             () = &mut shutdown => return,
         }
         loop {
@@ -138,8 +161,20 @@ pub async fn run(
                 })
                 .collect();
             let previous = table.load_full();
-            let compiled =
-                config::compile(&gateways.state(), &services, &registry, &metrics, Some(&previous));
+            let all_gateways = gateways.state();
+            certificates.refresh(
+                config::certificate_refs(&all_gateways),
+                |key| secrets.get(&ObjectRef::new(&key.name).within(&key.namespace)),
+                std::time::SystemTime::now(),
+            );
+            let compiled = config::compile(
+                &all_gateways,
+                &services,
+                &registry,
+                &metrics,
+                &certificates,
+                Some(&previous),
+            );
             let ports: Vec<u16> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));
             listeners.set_ports(ports.into_iter()).await;
@@ -149,8 +184,9 @@ pub async fn run(
             {
                 programmed();
             }
-            for gateway in gateways.state() {
-                report_programmed(&status_client, &gateway, &listeners).await;
+            let served = table.load();
+            for gateway in &all_gateways {
+                status::report(&status_client, gateway, &listeners, &served, &certificates).await;
             }
             tokio::select! {
                 () = changed.notified() => {}
@@ -166,6 +202,7 @@ pub async fn run(
     tokio::select! {
         () = watch_gateways => {}
         () = watch_microservices => {}
+        () = watch_secrets => {}
         () = program => {}
     }
     Ok(())
@@ -187,68 +224,3 @@ async fn close_expired_idle_connections(table: Arc<ArcSwap<config::RouteTable>>)
 
 /// The field manager of the data plane's status writes (the controller's is `microgate`).
 pub const STATUS_FIELD_MANAGER: &str = "microgate-gateway";
-
-/// Tells, in the Gateway's `Programmed` condition, whether every one of its listeners is served.
-async fn report_programmed(client: &Client, gateway: &Gateway, listeners: &server::Listeners) {
-    let failures: Vec<&str> = gateway
-        .spec
-        .listeners
-        .iter()
-        .filter_map(|l| {
-            u16::try_from(l.port)
-                .ok()
-                .and_then(|port| listeners.failure(port))
-        })
-        .collect();
-    let (status, reason, message) = if failures.is_empty() {
-        let ports: Vec<String> = gateway
-            .spec
-            .listeners
-            .iter()
-            .map(|l| l.port.to_string())
-            .collect();
-        (
-            "True",
-            "Programmed",
-            format!(
-                "serving {} routes on port {}",
-                gateway.spec.routes.len(),
-                ports.join(", ")
-            ),
-        )
-    } else {
-        ("False", "ListenerNotBound", failures.join("; "))
-    };
-    let generation = gateway.metadata.generation;
-    let current = gateway
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Programmed"));
-    if current.is_some_and(|c| {
-        c.status == status
-            && c.reason == reason
-            && c.message == message
-            && c.observed_generation == generation
-    }) {
-        return;
-    }
-    let since = current
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        ));
-    let patch = serde_json::json!({
-        "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway",
-        "status": {"conditions": [{"type": "Programmed", "status": status, "reason": reason, "message": message,
-            "observedGeneration": generation, "lastTransitionTime": since}]},
-    });
-    let api: Api<Gateway> = Api::namespaced(client.clone(), &gateway.namespace().unwrap_or_default());
-    let params = kube::api::PatchParams::apply(STATUS_FIELD_MANAGER).force();
-    if let Err(error) = api
-        .patch_status(&gateway.name_any(), &params, &kube::api::Patch::Apply(patch))
-        .await
-    {
-        tracing::warn!(gateway = %gateway.name_any(), %error, "could not report the Programmed condition");
-    }
-}

@@ -20,13 +20,14 @@ use super::forwarding::{Forwarding, strip_hop_by_hop};
 use super::{
     balance::{hash_key, random_below},
     body::{BoxError, OutgoingBody, ResponseBody, Streamed, Whole},
-    config::{Attached, HashOn, Route, RouteTable, Upstream},
+    config::{Attached, HashOn, Redirect, Route, RouteTable, Upstream},
     metrics::{GatewayMetrics, RouteMetrics},
     outlier,
     retry::{self, Failure},
     router::request_host,
     upstream::{self, Limits, UpstreamBody, UpstreamError},
 };
+use crate::api::gateway::RedirectScheme;
 
 /// Request bodies up to this size are buffered so that they can be retried; larger ones are
 /// streamed to a single attempt.
@@ -39,14 +40,36 @@ pub struct Client {
     pub addr: SocketAddr,
     /// `addr`'s IP as an `X-Forwarded-For` value, made once per connection.
     pub(super) forwarded_for: Option<HeaderValue>,
+    /// On a TLS connection, the HTTPS listener its server name picked (`namespace/gateway/
+    /// listener`): its requests take only that listener's routes.
+    pub tls_listener: Option<Arc<str>>,
 }
 
 impl Client {
+    /// A client of a plain-HTTP listener.
     pub fn new(port: u16, addr: SocketAddr) -> Self {
         Self {
             port,
             addr,
             forwarded_for: HeaderValue::try_from(addr.ip().to_string()).ok(),
+            tls_listener: None,
+        }
+    }
+
+    /// A client whose TLS handshake picked the HTTPS listener `listener`.
+    pub fn over_tls(port: u16, addr: SocketAddr, listener: Arc<str>) -> Self {
+        Self {
+            tls_listener: Some(listener),
+            ..Self::new(port, addr)
+        }
+    }
+
+    /// The scheme the client used, as `X-Forwarded-Proto` tells it.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_listener.is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 }
@@ -71,6 +94,11 @@ impl Proxy {
         }
     }
 
+    /// The HTTPS listeners of `port`, if it terminates TLS.
+    pub fn tls_port(&self, port: u16) -> Option<Arc<super::tls::TlsPort>> {
+        self.table.load().tls.get(&port).cloned()
+    }
+
     /// Answers one request from a client. `B`: its body, as hyper's server or the gateway's own
     /// HTTP/1.1 server gives it.
     pub async fn handle<B: ClientBody>(
@@ -89,20 +117,49 @@ impl Proxy {
         let logged = self
             .access_log
             .then(|| (request.method().clone(), request.uri().clone()));
-        let (route_id, metrics, response) = match find_route(&table, port, host.as_deref(), &request) {
-            Some(attached) => {
-                let route = &attached.route;
-                let response = self
-                    .forward(route, client, host.as_deref(), started, request)
-                    .await;
-                (route.id.as_str(), &route.metrics, response)
-            }
-            None => (
-                "<none>",
-                &self.unrouted,
-                local(StatusCode::NOT_FOUND, "no-route", "no route matches this request"),
-            ),
-        };
+        let listener = client.tls_listener.as_deref();
+        let (route_id, metrics, response) =
+            match find_route(&table, port, listener, host.as_deref(), &request) {
+                Some(attached) => {
+                    let route = &attached.route;
+                    let response = match &route.redirect {
+                        Some(redirect) => {
+                            let named_port = authority.as_ref().and_then(Authority::port_u16).or_else(|| {
+                                host_header
+                                    .as_ref()
+                                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                                    .and_then(|a| a.port_u16())
+                            });
+                            redirect_response(redirect, client, host.as_deref(), named_port, request.uri())
+                        }
+                        None => {
+                            self.forward(route, client, host.as_deref(), started, request)
+                                .await
+                        }
+                    };
+                    (route.id.as_str(), &route.metrics, response)
+                }
+                // A host another HTTPS listener of this port serves: this connection's certificate
+                // was not chosen for it (RFC 9110 §15.5.20).
+                None if listener.is_some()
+                    && find_route(&table, port, None, host.as_deref(), &request).is_some() =>
+                {
+                    (
+                        "<none>",
+                        &self.unrouted,
+                        local(
+                            StatusCode::MISDIRECTED_REQUEST,
+                            "misdirected",
+                            "this connection's TLS server name is not for this host",
+                        ),
+                    )
+                }
+                None => (
+                    "<none>",
+                    &self.unrouted,
+                    local(StatusCode::NOT_FOUND, "no-route", "no route matches this request"),
+                ),
+            };
         let took = started.elapsed();
         metrics.request(response.status(), took);
         if let Some((method, uri)) = logged {
@@ -447,9 +504,12 @@ impl From<Result<Response<UpstreamBody>, UpstreamError>> for Attempt {
     }
 }
 
+/// The route entry `request` takes on `port`; on a TLS connection (`listener` set), only among
+/// the routes of the listener its handshake picked.
 fn find_route<'t, B>(
     table: &'t RouteTable,
     port: u16,
+    listener: Option<&str>,
     host: Option<&str>,
     request: &Request<B>,
 ) -> Option<&'t Attached> {
@@ -459,12 +519,56 @@ fn find_route<'t, B>(
     };
     // Entries are sorted most specific first: the first that fits wins.
     routes.iter().find(|attached| {
-        host_ok(&attached.listener_hostnames)
+        listener.is_none_or(|id| *attached.listener == *id)
+            && host_ok(&attached.listener_hostnames)
             && host_ok(&attached.route.hostnames)
             && attached
                 .request_match()
                 .is_none_or(|m| m.matches(request.method(), request.uri(), request.headers()))
     })
+}
+
+/// The answer of a redirecting route: the request's URL with the parts the route names replaced.
+/// `named_port`: the port the request's authority or `Host` named.
+fn redirect_response(
+    redirect: &Redirect,
+    client: &Client,
+    host: Option<&str>,
+    named_port: Option<u16>,
+    uri: &Uri,
+) -> Response<ResponseBody> {
+    let scheme = match redirect.scheme {
+        Some(RedirectScheme::Https) => "https",
+        Some(RedirectScheme::Http) => "http",
+        None => client.scheme(),
+    };
+    let request_host = host.unwrap_or("");
+    let hostname = redirect.hostname.as_deref().unwrap_or(request_host);
+    // The port: the route's; else none when the scheme changes (its well-known port); else the
+    // one the client named.
+    let scheme_changed = scheme != client.scheme();
+    let port = match redirect.port {
+        Some(port) => Some(port),
+        None if scheme_changed => None,
+        None => named_port,
+    };
+    let port = port.filter(|p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        Some(port) => format!("{scheme}://{hostname}:{port}{path}"),
+        None => format!("{scheme}://{hostname}{path}"),
+    };
+    let Ok(location) = HeaderValue::try_from(location) else {
+        return local(
+            StatusCode::BAD_REQUEST,
+            "bad-redirect",
+            "the redirect URL is not a valid header value",
+        );
+    };
+    let mut response = Response::new(Either::Right(Whole::new(Bytes::new())));
+    *response.status_mut() = redirect.status;
+    response.headers_mut().insert(header::LOCATION, location);
+    response
 }
 
 fn pick_backend(route: &Route) -> Option<&Arc<Upstream>> {

@@ -1,6 +1,7 @@
-//! The listeners: one TCP socket per port the route table names, serving HTTP/1.1 and h2c,
-//! each request handed to the [`Proxy`]. HTTP/1.1 is served by [`http1`]; hyper's server takes
-//! the connections it hands over.
+//! The listeners: one TCP socket per port the route table names, serving HTTP/1.1 and h2c, or
+//! on an HTTPS port TLS (see [`tls`]) and then HTTP/1.1 or HTTP/2 as ALPN settles; each
+//! request handed to the [`Proxy`]. HTTP/1.1 is served by [`http1`]; hyper's server takes the
+//! connections it hands over.
 
 mod http1;
 
@@ -18,15 +19,18 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
-    net::{TcpListener, TcpSocket},
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpSocket, TcpStream},
     runtime::Handle,
     sync::{oneshot, watch},
     task::JoinSet,
 };
+use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
 use super::{
     body::take_wire_headers,
     proxy::{Client, Proxy},
+    tls::{self, TlsPort},
 };
 
 /// Connections waiting to be accepted, per socket.
@@ -136,6 +140,105 @@ impl Listeners {
     }
 }
 
+/// Completes the TLS handshake of a new connection on an HTTPS port: the listener whose
+/// hostnames take the ClientHello's server name serves it; none, and the handshake is refused.
+/// Returns the encrypted stream and the listener's id.
+async fn handshake(stream: TcpStream, port: &TlsPort) -> Option<(TlsStream<TcpStream>, Arc<str>)> {
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+            .await
+            .map_err(|error| tracing::debug!(%error, "no TLS ClientHello"))
+            .ok()?;
+        let server_name = start.client_hello().server_name().map(str::to_owned);
+        let Some(listener) = port.select(server_name.as_deref()) else {
+            tracing::debug!(
+                ?server_name,
+                "TLS handshake refused: no listener serves this name"
+            );
+            // Answered with an alert rather than a silent close.
+            let _ = start.into_stream(tls::refusing_config()).await;
+            return None;
+        };
+        let id = listener.id.clone();
+        match start.into_stream(listener.config.clone()).await {
+            Ok(stream) => Some((stream, id)),
+            Err(error) => {
+                tracing::debug!(%error, ?server_name, "TLS handshake failed");
+                None
+            }
+        }
+    };
+    tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or_else(|_| {
+            tracing::debug!("TLS handshake timed out");
+            None
+        })
+}
+
+/// Serves HTTP on one connection, plain or decrypted: the gateway's own HTTP/1.1 first, hyper
+/// for what it hands over (HTTP/2, chunked or large bodies, `Expect`). A TLS connection that
+/// settled on `h2` by ALPN goes to hyper at once.
+async fn serve_connection<S>(
+    stream: S,
+    client: Arc<Client>,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut draining: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static + NegotiatedProtocol,
+{
+    let stream = if stream.is_h2() {
+        http1::Rewind::fresh(stream)
+    } else {
+        match http1::serve(stream, &client, &proxy, &mut draining).await {
+            http1::Served::Closed => return,
+            http1::Served::HandOver(rewind) => rewind,
+        }
+    };
+    let service = service_fn(move |request| {
+        let (proxy, client) = (proxy.clone(), client.clone());
+        async move {
+            let mut response = proxy.handle(&client, request).await;
+            // hyper's server writes only the response's map.
+            if let Some(wire) = take_wire_headers(response.body_mut()) {
+                wire.append_to(response.headers_mut());
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = draining.changed() => {
+            // Finish what is in flight, refuse more (HTTP/1.1: close after; h2: GOAWAY).
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "client connection ended with an error");
+    }
+}
+
+/// Whether a connection's protocol was settled as HTTP/2 before its first byte (ALPN).
+trait NegotiatedProtocol {
+    fn is_h2(&self) -> bool;
+}
+
+impl NegotiatedProtocol for TcpStream {
+    fn is_h2(&self) -> bool {
+        false
+    }
+}
+
+impl NegotiatedProtocol for TlsStream<TcpStream> {
+    fn is_h2(&self) -> bool {
+        self.get_ref().1.alpn_protocol() == Some(b"h2")
+    }
+}
+
 /// A listening socket on `addr`, in the current runtime. `shared`: other sockets of this process
 /// listen on the same port (`SO_REUSEPORT`), and the kernel spreads connections over them.
 fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
@@ -182,36 +285,20 @@ async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut drainin
             _ = draining.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, builder, mut draining) = (proxy.clone(), builder.clone(), draining.clone());
+        let (proxy, builder, draining) = (proxy.clone(), builder.clone(), draining.clone());
         connections.spawn(async move {
-            let client = Arc::new(Client::new(port, client));
-            let stream = match http1::serve(stream, &client, &proxy, &mut draining).await {
-                http1::Served::Closed => return,
-                http1::Served::HandOver(rewind) => rewind,
-            };
-            let service = service_fn(move |request| {
-                let (proxy, client) = (proxy.clone(), client.clone());
-                async move {
-                    let mut response = proxy.handle(&client, request).await;
-                    // hyper's server writes only the response's map.
-                    if let Some(wire) = take_wire_headers(response.body_mut()) {
-                        wire.append_to(response.headers_mut());
-                    }
-                    Ok::<_, Infallible>(response)
+            match proxy.tls_port(port) {
+                None => {
+                    let client = Arc::new(Client::new(port, client));
+                    serve_connection(stream, client, proxy, builder, draining).await;
                 }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = draining.changed() => {
-                    // Finish what is in flight, refuse more (HTTP/1.1: close after; h2: GOAWAY).
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+                Some(tls_port) => {
+                    let Some((stream, listener)) = handshake(stream, &tls_port).await else {
+                        return;
+                    };
+                    let client = Arc::new(Client::over_tls(port, client, listener));
+                    serve_connection(stream, client, proxy, builder, draining).await;
                 }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, "client connection ended with an error");
             }
         });
     }

@@ -117,6 +117,12 @@ fn gateway(spec: Value) -> Value {
     object
 }
 
+/// An HTTPS listener serving the certificate of Secret `cert`.
+fn https_listener(name: &str, port: u16, hostnames: &[&str]) -> Value {
+    json!({"name": name, "port": port, "protocol": "HTTPS", "hostnames": hostnames,
+        "tls": {"certificateRefs": [{"name": "cert"}]}})
+}
+
 /// A valid Gateway whose one route has `overrides` merged over it.
 fn gateway_with_route(overrides: Value) -> Value {
     gateway(json!({"routes": [route(overrides)]}))
@@ -298,7 +304,62 @@ fn invalid_objects() -> Vec<Invalid> {
             "duplicate listener ports",
             gateway(json!({"listeners": [{"name": "web", "port": 8080}, {"name": "admin", "port": 8080}]})),
             "spec.listeners",
-            "listeners must use distinct ports",
+            "listeners on one port must all be HTTPS",
+        ),
+        cel(
+            "two HTTPS listeners on one port sharing a hostname",
+            gateway(json!({"listeners": [
+                https_listener("a", 8443, &["a.example.com", "shop.example.com"]),
+                https_listener("b", 8443, &["shop.example.com"]),
+            ]})),
+            "spec.listeners",
+            "no hostname in common",
+        ),
+        cel(
+            "two HTTPS listeners on one port, neither with hostnames",
+            gateway(json!({"listeners": [https_listener("a", 8443, &[]), https_listener("b", 8443, &[])]})),
+            "spec.listeners",
+            "at most one of them without hostnames",
+        ),
+        cel(
+            "an HTTPS listener without tls",
+            gateway(json!({"listeners": [{"name": "web", "port": 8443, "protocol": "HTTPS"}]})),
+            "spec.listeners[0].tls",
+            "tls is required when protocol is HTTPS, and only then",
+        ),
+        cel(
+            "an HTTP listener with tls",
+            gateway(
+                json!({"listeners": [{"name": "web", "port": 8080, "tls": {"certificateRefs": [{"name": "cert"}]}}]}),
+            ),
+            "spec.listeners[0].tls",
+            "tls is required when protocol is HTTPS, and only then",
+        ),
+        openapi(
+            "an HTTPS listener with no certificateRefs",
+            gateway(
+                json!({"listeners": [{"name": "web", "port": 8443, "protocol": "HTTPS", "tls": {"certificateRefs": []}}]}),
+            ),
+            "spec.listeners[0].tls.certificateRefs",
+            "at least 1 items",
+        ),
+        cel(
+            "a certificateRef to a ConfigMap",
+            gateway(
+                json!({"listeners": [{"name": "web", "port": 8443, "protocol": "HTTPS",
+                "tls": {"certificateRefs": [{"name": "cert", "kind": "ConfigMap"}]}}]}),
+            ),
+            "spec.listeners[0].tls.certificateRefs[0]",
+            "only core Secrets can be referenced",
+        ),
+        openapi(
+            "TLS minVersion 1.1",
+            gateway(
+                json!({"listeners": [{"name": "web", "port": 8443, "protocol": "HTTPS",
+                "tls": {"certificateRefs": [{"name": "cert"}], "minVersion": "1.1"}}]}),
+            ),
+            "spec.listeners[0].tls.minVersion",
+            "Unsupported value: \"1.1\"",
         ),
         openapi(
             "listener name with uppercase",
@@ -359,7 +420,31 @@ fn invalid_objects() -> Vec<Invalid> {
             "route without backends",
             gateway_with_route(json!({"backends": []})),
             "spec.routes[0].backends",
-            "at least 1 items",
+            "set exactly one of backends and redirect",
+        ),
+        cel(
+            "a route with both backends and a redirect",
+            gateway_with_route(json!({"redirect": {"scheme": "https"}})),
+            "spec.routes[0].backends",
+            "set exactly one of backends and redirect",
+        ),
+        cel(
+            "a redirect with status 304",
+            gateway_with_route(json!({"backends": null, "redirect": {"statusCode": 304}})),
+            "spec.routes[0].redirect.statusCode",
+            "statusCode must be one of 301, 302, 303, 307, 308",
+        ),
+        openapi(
+            "a redirect to scheme ftp",
+            gateway_with_route(json!({"backends": null, "redirect": {"scheme": "ftp"}})),
+            "spec.routes[0].redirect.scheme",
+            "Unsupported value: \"ftp\"",
+        ),
+        openapi(
+            "a redirect to a wildcard hostname",
+            gateway_with_route(json!({"backends": null, "redirect": {"hostname": "*.example.com"}})),
+            "spec.routes[0].redirect.hostname",
+            "should match",
         ),
         openapi(
             "the same Microservice twice in one route's backends",
@@ -555,8 +640,21 @@ async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
         orders["metadata"]["name"] = json!("orders");
         let mut edge = gateway_with_route(json!({"retry": {}}));
         edge["metadata"]["name"] = json!("edge");
+        // HTTPS listeners sharing a port by hostname (one default), and an http → https redirect.
+        let mut secure = gateway(json!({
+            "listeners": [
+                {"name": "web", "port": 8080},
+                https_listener("shop", 8443, &["shop.example.com"]),
+                https_listener("any", 8443, &[]),
+            ],
+            "routes": [
+                route(json!({"listeners": ["shop", "any"]})),
+                {"name": "to-https", "listeners": ["web"], "redirect": {"scheme": "https"}},
+            ],
+        }));
+        secure["metadata"]["name"] = json!("secure");
 
-        for object in [&orders, &edge] {
+        for object in [&orders, &edge, &secure] {
             let kind = Kind::of(object);
             assert_eq!(
                 kind.validate_cel_offline(object)
@@ -637,6 +735,15 @@ async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
         typed
             .validate_cel()
             .expect("client-side CEL accepts the stored Gateway");
+
+        let stored = serde_json::to_value(gateways.get("secure").await.expect("read the Gateway back"))
+            .expect("serialize");
+        for (pointer, value) in [
+            ("/spec/listeners/1/tls/minVersion", json!("1.2")),
+            ("/spec/routes/1/redirect/statusCode", json!(302)),
+        ] {
+            assert_eq!(at(&stored, pointer), &value, "Gateway {pointer} in {stored}");
+        }
     })
     .await;
 }

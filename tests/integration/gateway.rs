@@ -86,7 +86,7 @@ async fn a_gateway_is_accepted_once_its_backends_exist_and_counts_ready_ones() {
         })
         .await;
         let status = ready.status.expect("status");
-        assert_eq!(status.listeners, "http:8080,admin:8081");
+        assert_eq!(status.listeners, "http:8080/HTTP,admin:8081/HTTP");
         assert_eq!(status.route_count, 1);
 
         let table = kubectl(&["get", "mgw", "-n", &ns.name]);
@@ -97,7 +97,7 @@ async fn a_gateway_is_accepted_once_its_backends_exist_and_counts_ready_ones() {
             ["NAME", "LISTENERS", "ROUTES", "ACCEPTED", "PROGRAMMED", "AGE"]
         );
         let row: Vec<_> = lines.next().expect("row").split_whitespace().collect();
-        assert_eq!(&row[..4], ["shop", "http:8080,admin:8081", "1", "True"]);
+        assert_eq!(&row[..4], ["shop", "http:8080/HTTP,admin:8081/HTTP", "1", "True"]);
     })
     .await;
 }

@@ -49,6 +49,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if include "microgate.embedded" . }}
+# The embedded gateway's HTTPS listeners: the certificates of kubernetes.io/tls Secrets (watched
+# with a field selector on that type, so no other Secret is read).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["list", "watch"]
+{{- end }}
 {{- end }}
 
 {{/* Exactly the API calls a dedicated gateway (microgate gateway) makes. */}}
@@ -62,6 +69,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
+  verbs: ["list", "watch"]
+# HTTPS listeners' certificates: kubernetes.io/tls Secrets only (a field selector on the type).
+- apiGroups: [""]
+  resources: ["secrets"]
   verbs: ["list", "watch"]
 {{- end }}
 

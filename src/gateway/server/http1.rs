@@ -18,7 +18,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri,
 use hyper::body::Body;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
-    net::TcpStream,
     sync::watch,
     time::{Instant, Sleep},
 };
@@ -43,11 +42,11 @@ const MAX_HEADERS: usize = 100;
 const WRITE_BATCH: usize = 64 * 1024;
 
 /// How serving a connection ended.
-pub enum Served {
+pub enum Served<S> {
     Closed,
     /// The connection needs what only hyper's server does: serve it from here, the bytes already
     /// read first.
-    HandOver(Rewind),
+    HandOver(Rewind<S>),
 }
 
 /// What the client sent next.
@@ -64,8 +63,8 @@ enum Next {
     Closed,
 }
 
-struct Connection {
-    stream: TcpStream,
+struct Connection<S> {
+    stream: S,
     read: BytesMut,
     write: Vec<u8>,
     /// The header-read deadline.
@@ -74,12 +73,12 @@ struct Connection {
 
 /// Serves HTTP/1.1 requests on `stream` until the client closes, the gateway drains, or the
 /// connection needs hyper.
-pub async fn serve(
-    stream: TcpStream,
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     client: &Client,
     proxy: &Proxy,
     draining: &mut watch::Receiver<bool>,
-) -> Served {
+) -> Served<S> {
     let mut connection = Connection {
         stream,
         read: BytesMut::with_capacity(8 * 1024),
@@ -116,7 +115,7 @@ pub async fn serve(
     }
 }
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn next_request(&mut self, draining: &mut watch::Receiver<bool>) -> Next {
         let deadline = Instant::now() + HEADER_READ_TIMEOUT;
         if deadline > self.timer.deadline() + TIMER_SLACK {
@@ -401,12 +400,22 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
 }
 
 /// A connection handed over to hyper: the bytes already read come first.
-pub struct Rewind {
+pub struct Rewind<S> {
     prefix: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl AsyncRead for Rewind {
+impl<S> Rewind<S> {
+    /// A connection handed over before anything was read from it.
+    pub fn fresh(stream: S) -> Self {
+        Self {
+            prefix: Bytes::new(),
+            stream,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -422,7 +431,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }

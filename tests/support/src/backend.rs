@@ -36,6 +36,8 @@ pub const BODY_BYTES_HEADER: &str = "x-body-bytes";
 pub const SEEN_AUTHORITY_HEADER: &str = "x-seen-authority";
 /// Response header: the request's `Host` header, if it had one.
 pub const SEEN_HOST_HEADER: &str = "x-seen-host";
+/// Response header: the request's `X-Forwarded-Proto` header, if it had one.
+pub const SEEN_FORWARDED_PROTO_HEADER: &str = "x-seen-forwarded-proto";
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -242,6 +244,7 @@ async fn handle(
     let version = format!("{:?}", request.version());
     let seen_authority = request.uri().authority().map(|a| a.to_string());
     let seen_host = request.headers().get(hyper::header::HOST).cloned();
+    let seen_forwarded_proto = request.headers().get("x-forwarded-proto").cloned();
     // Read the whole request body, so that a client can check what arrived (x-body-bytes).
     let received = request
         .into_body()
@@ -317,6 +320,9 @@ async fn handle(
     }
     if let Some(value) = seen_host {
         answer.headers_mut().insert(SEEN_HOST_HEADER, value);
+    }
+    if let Some(value) = seen_forwarded_proto {
+        answer.headers_mut().insert(SEEN_FORWARDED_PROTO_HEADER, value);
     }
     let retry_after = state.fail_retry_after.load(Ordering::Relaxed);
     if failing && retry_after > 0 {

@@ -8,6 +8,7 @@
 //! - [`pod_ips`]: where Pod addresses come from (`127.0.0.0/8`, or a private namespace's range).
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
 //! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
+//! - [`tls`]: a test certificate authority, `kubernetes.io/tls` Secrets, and TLS clients.
 //!
 //! The `fake-kubelet` binary runs the same kubelet outside `cargo test`, for the demo.
 
@@ -18,6 +19,7 @@ pub mod namespace;
 pub mod pod_ips;
 pub mod probe;
 pub mod proxy;
+pub mod tls;
 pub mod wait;
 
 pub use namespace::{HarnessError, TestNamespace, with_namespace};

@@ -542,8 +542,13 @@ fn redirect_response(
         Some(RedirectScheme::Http) => "http",
         None => client.scheme(),
     };
-    let request_host = host.unwrap_or("");
-    let hostname = redirect.hostname.as_deref().unwrap_or(request_host);
+    let Some(hostname) = redirect.hostname.as_deref().or(host) else {
+        return local(
+            StatusCode::BAD_REQUEST,
+            "no-host",
+            "a redirect keeps the request's host, and this request names none",
+        );
+    };
     // The port: the route's; else none when the scheme changes (its well-known port); else the
     // one the client named.
     let scheme_changed = scheme != client.scheme();
@@ -621,6 +626,79 @@ pub fn local(status: StatusCode, code: &'static str, reason: &str) -> Response<R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn redirect(scheme: Option<RedirectScheme>, hostname: Option<&str>, port: Option<u16>) -> Redirect {
+        Redirect {
+            scheme,
+            hostname: hostname.map(str::to_owned),
+            port,
+            status: StatusCode::MOVED_PERMANENTLY,
+        }
+    }
+
+    fn location(
+        redirect: &Redirect,
+        client: &Client,
+        host: Option<&str>,
+        named_port: Option<u16>,
+    ) -> (StatusCode, String) {
+        let uri: Uri = "/a/b?c=1".parse().expect("a path");
+        let response = redirect_response(redirect, client, host, named_port, &uri);
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .unwrap_or_default();
+        (response.status(), location)
+    }
+
+    #[test]
+    fn redirects_keep_what_the_route_does_not_replace() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let plain = Client::new(8080, addr);
+        let tls = Client::over_tls(8443, addr, "ns/gw/https".into());
+        let https = Some(RedirectScheme::Https);
+        // A changed scheme drops the port the client named: the new scheme's own is meant.
+        assert_eq!(
+            location(&redirect(https, None, None), &plain, Some("shop"), Some(8080)),
+            (StatusCode::MOVED_PERMANENTLY, "https://shop/a/b?c=1".to_owned())
+        );
+        assert_eq!(
+            location(&redirect(https, None, Some(8443)), &plain, Some("shop"), None).1,
+            "https://shop:8443/a/b?c=1"
+        );
+        // The scheme's well-known port is left out.
+        assert_eq!(
+            location(&redirect(https, None, Some(443)), &plain, Some("shop"), None).1,
+            "https://shop/a/b?c=1"
+        );
+        // Unchanged scheme: the host and port the client named stay, unless replaced.
+        assert_eq!(
+            location(
+                &redirect(None, Some("new.example"), None),
+                &tls,
+                Some("shop"),
+                Some(8443)
+            )
+            .1,
+            "https://new.example:8443/a/b?c=1"
+        );
+        assert_eq!(
+            location(
+                &redirect(Some(RedirectScheme::Http), None, Some(80)),
+                &tls,
+                Some("shop"),
+                None
+            )
+            .1,
+            "http://shop/a/b?c=1"
+        );
+        // Nothing to keep: refused rather than a Location without a host.
+        assert_eq!(
+            location(&redirect(https, None, None), &plain, None, None).0,
+            StatusCode::BAD_REQUEST
+        );
+    }
 
     #[test]
     fn cookie_and_header_hash_keys() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: microgate end to end on the local control plane.
 #
-# Builds microgate, starts the control plane, installs the CRDs and examples/shop.yaml, runs
+# Builds microgate, starts the control plane, installs the CRDs, examples/shop.yaml and (with a
+# self-signed certificate) examples/shop-https.yaml, runs
 # `microgate run` (controller + gateway) and a fake kubelet whose Pods are real HTTP servers on
 # 127.0.100.x, sends live traffic through the gateway (then again with one Pod failing, which
 # retries hide), prints what happened, and keeps running until Ctrl-C or `make demo-down`.
@@ -61,6 +62,14 @@ kubectl apply -f crds/ >/dev/null
 kubectl wait --for condition=established --timeout=60s crd/microservices.microgate.dev crd/gateways.microgate.dev >/dev/null
 kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -n "$namespace" -f examples/shop.yaml
+# HTTPS: a self-signed certificate for the shop's host in a kubernetes.io/tls Secret, and the
+# Gateway that serves it (examples/shop-https.yaml).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+  -subj "/CN=$host" -addext "subjectAltName=DNS:$host" \
+  -keyout "$demo/shop.key" -out "$demo/shop.crt" 2>/dev/null
+kubectl create secret tls shop-tls -n "$namespace" --cert="$demo/shop.crt" --key="$demo/shop.key" \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n "$namespace" -f examples/shop-https.yaml
 
 say "running microgate (controller + gateway) and a fake kubelet"
 KUBECONFIG="$repo/$kubeconfig" setsid target/debug/microgate run --namespace "$namespace" \
@@ -102,6 +111,13 @@ say "live traffic: 300 × GET /api/orders (route orders: 90 % orders, 10 % order
 traffic 300 /api/orders
 traffic 100 /
 
+say "HTTPS on :8443 (certificate from the Secret shop-tls; HTTP/2 by ALPN), and :8081 redirecting to it"
+https_url="https://$host:8443/api/orders"
+curl -s --cacert "$demo/shop.crt" --resolve "$host:8443:127.0.0.1" -o /dev/null \
+  -w "  GET $https_url: %{http_code} over HTTP/%{http_version}, from %header{x-pod-name}\n" "$https_url"
+curl -s -o /dev/null -w "  GET http://$host:8081/api/orders: %{http_code} → %header{location}\n" \
+  -H "Host: $host:8081" "http://127.0.0.1:8081/api/orders"
+
 failing=$(kubectl get pods -n "$namespace" -l microgate.dev/microservice=orders -o jsonpath='{.items[0].metadata.name}')
 say "one orders Pod starts failing: kubectl annotate pod $failing fake.microgate.dev/status=503"
 kubectl annotate pod -n "$namespace" "$failing" fake.microgate.dev/status=503 --overwrite >/dev/null
@@ -120,6 +136,7 @@ say "try it yourself"
 cat <<EOF
   curl -H 'Host: $host' http://$gateway/api/orders -i
   curl -H 'Host: $host' http://$gateway/
+  curl --cacert $demo/shop.crt --resolve $host:8443:127.0.0.1 https://$host:8443/api/orders -i
   kubectl --kubeconfig $kubeconfig get msvc,mgw -n $namespace
   kubectl --kubeconfig $kubeconfig scale msvc orders -n $namespace --replicas=5
   kubectl --kubeconfig $kubeconfig annotate pod -n $namespace <pod> fake.microgate.dev/status=503

@@ -78,6 +78,30 @@ async fn the_shop_example_applies_and_its_microservices_become_ready() {
             .expect("the Gateway is stored");
         assert_eq!(gateway.spec.routes.len(), 2);
         assert_eq!(gateway.spec.routes[0].backends[1].weight, 10);
+
+        // The HTTPS variant is valid too, and its backends are the example's.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/shop-https.yaml");
+        let text = std::fs::read_to_string(path).expect("read examples/shop-https.yaml");
+        let https: Gateway = serde_saphyr::from_str(&text).expect("examples/shop-https.yaml is one Gateway");
+        ns.api::<Gateway>()
+            .patch("shop-https", &params, &Patch::Apply(&https))
+            .await
+            .expect("the API server accepts examples/shop-https.yaml");
+        wait::until("shop-https to be Accepted", Duration::from_secs(30), || async {
+            let accepted = ns.api::<Gateway>().get("shop-https").await.ok().and_then(|g| {
+                g.status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Accepted")
+                    .map(|c| c.status)
+            });
+            match accepted.as_deref() {
+                Some("True") => Probe::Done(()),
+                other => Probe::NotYet(format!("Accepted: {other:?}")),
+            }
+        })
+        .await
+        .expect("shop-https is Accepted");
     })
     .await;
 }

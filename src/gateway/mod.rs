@@ -12,6 +12,7 @@ pub mod config;
 pub mod forwarding;
 pub mod metrics;
 pub mod outlier;
+pub mod path;
 pub mod proxy;
 pub mod retry;
 pub mod router;

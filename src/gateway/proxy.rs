@@ -2,6 +2,7 @@
 //! respond. The route table is loaded once per request, without a lock.
 
 use std::{
+    borrow::Cow,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::Instant,
@@ -16,13 +17,14 @@ use http::{
 use http_body_util::{BodyExt, Either, StreamBody};
 use hyper::body::Frame;
 
-use super::forwarding::{Forwarding, strip_hop_by_hop};
 use super::{
     balance::{hash_key, random_below},
     body::{BoxError, OutgoingBody, ResponseBody, Streamed, Whole},
     config::{Attached, HashOn, Redirect, Route, RouteTable, Upstream},
+    forwarding::{Forwarding, strip_hop_by_hop},
     metrics::{GatewayMetrics, RouteMetrics},
     outlier,
+    path::{self, PathPolicy},
     retry::{self, Failure},
     router::request_host,
     upstream::{self, Limits, UpstreamBody, UpstreamError},
@@ -104,7 +106,7 @@ impl Proxy {
     pub async fn handle<B: ClientBody>(
         &self,
         client: &Client,
-        request: Request<B>,
+        mut request: Request<B>,
     ) -> Response<ResponseBody> {
         let (port, client_addr) = (client.port, client.addr);
         let started = Instant::now();
@@ -113,13 +115,25 @@ impl Proxy {
         let authority = request.uri().authority().cloned();
         let host_header = request.headers().get(header::HOST).cloned();
         let host = request_host(authority.as_ref(), host_header.as_ref());
+        // Before anything looks at the path: routing, the access log, the service.
+        let refused = match (&authority, &host_header) {
+            // An absolute-form target (or HTTP/2's :authority) and a Host that name different
+            // hosts: which one the service would believe is anyone's guess.
+            (Some(authority), Some(host_header)) if !same_host(authority, host_header) => Some(local(
+                StatusCode::BAD_REQUEST,
+                "host-mismatch",
+                "the request target's authority and the Host header disagree",
+            )),
+            _ => normalize_target(request.uri_mut(), &PathPolicy::default()),
+        };
         // Kept for the access log only when it is on.
         let logged = self
             .access_log
             .then(|| (request.method().clone(), request.uri().clone()));
         let listener = client.tls_listener.as_deref();
-        let (route_id, metrics, response) =
-            match find_route(&table, port, listener, host.as_deref(), &request) {
+        let (route_id, metrics, response) = match refused {
+            Some(refused) => ("<none>", &self.unrouted, refused),
+            None => match find_route(&table, port, listener, host.as_deref(), &request) {
                 Some(attached) => {
                     let route = &attached.route;
                     let response = match &route.redirect {
@@ -159,7 +173,8 @@ impl Proxy {
                     &self.unrouted,
                     local(StatusCode::NOT_FOUND, "no-route", "no route matches this request"),
                 ),
-            };
+            },
+        };
         let took = started.elapsed();
         metrics.request(response.status(), took);
         if let Some((method, uri)) = logged {
@@ -526,6 +541,49 @@ fn find_route<'t, B>(
                 .request_match()
                 .is_none_or(|m| m.matches(request.method(), request.uri(), request.headers()))
     })
+}
+
+/// Whether a request target's authority and its `Host` header name the same host and port.
+fn same_host(authority: &Authority, host_header: &HeaderValue) -> bool {
+    Authority::try_from(host_header.as_bytes()).is_ok_and(|host| {
+        host.host().eq_ignore_ascii_case(authority.host()) && host.port_u16() == authority.port_u16()
+    })
+}
+
+/// Normalizes the path of `uri` in place (see [`super::path`]); the answer to give instead when
+/// the path is refused, or redirected to its normal form.
+fn normalize_target(uri: &mut Uri, policy: &PathPolicy) -> Option<Response<ResponseBody>> {
+    let normalized = match path::normalize(uri.path(), policy) {
+        Ok(Cow::Borrowed(_)) => return None,
+        Ok(Cow::Owned(normalized)) => normalized,
+        Err(refusal) => return Some(local(StatusCode::BAD_REQUEST, refusal.code(), refusal.reason())),
+    };
+    let target = match uri.query() {
+        Some(query) => format!("{normalized}?{query}"),
+        None => normalized,
+    };
+    if policy.redirect_changed {
+        let mut response = Response::new(Either::Right(Whole::new(Bytes::new())));
+        *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        if let Ok(location) = HeaderValue::try_from(target) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return Some(response);
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    // Only unreserved characters were decoded: the normalized target is as valid as the original.
+    parts.path_and_query = PathAndQuery::try_from(target).ok();
+    match Uri::from_parts(parts) {
+        Ok(normalized) => {
+            *uri = normalized;
+            None
+        }
+        Err(_) => Some(local(
+            StatusCode::BAD_REQUEST,
+            "bad-path",
+            "the normalized path is not a valid URI",
+        )),
+    }
 }
 
 /// The answer of a redirecting route: the request's URL with the parts the route names replaced.

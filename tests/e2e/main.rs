@@ -32,6 +32,7 @@ use serde_json::json;
 
 mod gateway_process;
 mod leader;
+mod paths;
 mod tls;
 
 const WAIT: Duration = Duration::from_secs(30);

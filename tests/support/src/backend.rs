@@ -38,6 +38,8 @@ pub const SEEN_AUTHORITY_HEADER: &str = "x-seen-authority";
 pub const SEEN_HOST_HEADER: &str = "x-seen-host";
 /// Response header: the request's `X-Forwarded-Proto` header, if it had one.
 pub const SEEN_FORWARDED_PROTO_HEADER: &str = "x-seen-forwarded-proto";
+/// Response header: the request's path and query, as the backend received them.
+pub const SEEN_PATH_HEADER: &str = "x-seen-path";
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -245,6 +247,10 @@ async fn handle(
     let seen_authority = request.uri().authority().map(|a| a.to_string());
     let seen_host = request.headers().get(hyper::header::HOST).cloned();
     let seen_forwarded_proto = request.headers().get("x-forwarded-proto").cloned();
+    let seen_path = request
+        .uri()
+        .path_and_query()
+        .and_then(|p| hyper::header::HeaderValue::from_str(p.as_str()).ok());
     // Read the whole request body, so that a client can check what arrived (x-body-bytes).
     let received = request
         .into_body()
@@ -323,6 +329,9 @@ async fn handle(
     }
     if let Some(value) = seen_forwarded_proto {
         answer.headers_mut().insert(SEEN_FORWARDED_PROTO_HEADER, value);
+    }
+    if let Some(value) = seen_path {
+        answer.headers_mut().insert(SEEN_PATH_HEADER, value);
     }
     let retry_after = state.fail_retry_after.load(Ordering::Relaxed);
     if failing && retry_after > 0 {

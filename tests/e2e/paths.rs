@@ -1,0 +1,278 @@
+//! One path, one meaning: a corpus of hostile paths against two routes, an exact `/admin` to one
+//! Microservice and `/` to another. Each request must reach the `/admin` service with the
+//! normalized path, or be refused, or be redirected; none may reach the other service with a
+//! path that a lenient server would take for `/admin`.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use microgate_test_support::{
+    backend::{POD_NAME_HEADER, SEEN_PATH_HEADER},
+    with_namespace,
+};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Platform;
+
+/// Hostile paths (request targets as sent on the wire).
+const CORPUS: &[&str] = &[
+    // plain dot segments
+    "/x/../admin",
+    "/x/y/../../admin",
+    "/./admin",
+    "/admin/.",
+    "/admin/./",
+    "/x/./../admin",
+    "/admin/x/..",
+    "/admin/x/../",
+    "/../admin",
+    "/x/../../admin",
+    "/..",
+    // encoded dot segments, any case
+    "/x/%2e%2e/admin",
+    "/x/%2E%2E/admin",
+    "/x/.%2e/admin",
+    "/x/%2e./admin",
+    "/%2e/admin",
+    "/admin/%2e",
+    "/%2e%2e/admin",
+    // doubled, encoded and backslash slashes
+    "//admin",
+    "///admin",
+    "/x//../admin",
+    "/admin//",
+    "/%2fadmin",
+    "/%2Fadmin",
+    "/x%2f..%2fadmin",
+    "/x/..%2fadmin",
+    "/%5cadmin",
+    "/x\\..\\admin",
+    "/\\admin",
+    "/x/..\\admin",
+    // escapes of unreserved characters, mixed case
+    "/%61dmin",
+    "/%61%64%6d%69%6e",
+    "/%61%64%6D%69%6E",
+    "/adm%69n",
+    "/ADMIN",
+    "/Admin",
+    "/%41dmin",
+    // overlong and invalid UTF-8 escapes
+    "/%c0%afadmin",
+    "/x/%c0%ae%c0%ae/admin",
+    "/%e0%80%afadmin",
+    "/%f0%80%80%afadmin",
+    "/%c1%9cadmin",
+    "/%ff/admin",
+    "/%c3%28admin",
+    // control bytes, escaped
+    "/admin%00",
+    "/admin%00.html",
+    "/%00/../admin",
+    "/admin%0a",
+    "/admin%0d%0aX-Injected:%201",
+    "/admin%09",
+    "/admin%7f",
+    // path parameters
+    "/admin;",
+    "/admin;x=1",
+    "/admin;jsessionid=abc",
+    "/x;/../admin",
+    "/;/admin",
+    "/admin/;x",
+    "/x/..;/admin",
+    // bad escapes
+    "/admin%",
+    "/admin%2",
+    "/%zzadmin",
+    // queries and near misses
+    "/admin?x=../y",
+    "/admin?%2e%2e",
+    "/adminx",
+    "/admin.",
+    "/admin~",
+    "/admin%20",
+    // very long
+    "/x/LONG/../../admin",
+    "/LONG",
+];
+
+/// How a lenient server (one that decodes every escape, drops bytes that are not UTF-8, takes
+/// `\` and `%5C` for `/`, drops `;` parameters and resolves dot segments, as frameworks variously
+/// do) reads `path`.
+fn lenient(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or_default();
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(value) = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())
+        {
+            decoded.push(value);
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    // Bytes that are not UTF-8 dropped, as some decoders do.
+    let text = String::from_utf8_lossy(&decoded)
+        .replace(['\u{fffd}'], "")
+        .replace('\\', "/");
+    // Dot segments resolved and slashes merged; a trailing slash stays (`/admin/` is not
+    // `/admin` to an Exact match, nor to RFC 3986).
+    let mut out: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in text.split('/').skip(1) {
+        let segment = segment.split(';').next().unwrap_or_default();
+        trailing_slash = matches!(segment, "" | "." | "..");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let joined = format!("/{}", out.join("/"));
+    if trailing_slash && joined != "/" {
+        joined + "/"
+    } else {
+        joined
+    }
+}
+
+fn expand(path: &str) -> String {
+    path.replace("LONG", &"a".repeat(4000))
+}
+
+/// Sends `GET target` raw and returns the status, and the headers named, of the answer.
+async fn get_raw(addr: SocketAddr, target: &str) -> (u16, BTreeMap<String, String>) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
+#[tokio::test]
+async fn hostile_paths_never_reach_another_service_as_admin() {
+    with_namespace("e2e-paths", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "admin", 1, json!({})).await;
+        platform.microservice(&ns, "other", 1, json!({})).await;
+        platform
+            .gateway(
+                &ns,
+                json!([
+                    {"name": "admin", "matches": [{"path": {"type": "Exact", "value": "/admin"}}],
+                        "backends": [{"microservice": "admin"}]},
+                    {"name": "rest", "backends": [{"microservice": "other"}]},
+                ]),
+            )
+            .await;
+        assert!(CORPUS.len() >= 60, "the corpus has {} paths", CORPUS.len());
+        let mut verdicts: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut failures = Vec::new();
+        for &case in CORPUS {
+            let target = expand(case);
+            let (status, headers) = get_raw(platform.listener, &target).await;
+            let pod = headers.get(POD_NAME_HEADER).map(String::as_str).unwrap_or("");
+            let seen = headers.get(SEEN_PATH_HEADER).map(String::as_str).unwrap_or("");
+            let means_admin = lenient(&target) == "/admin";
+            let verdict = match status {
+                400..=499 => "refused",
+                300..=399 => "redirected",
+                200 if pod.starts_with("admin-") => {
+                    if seen.split('?').next() != Some("/admin") {
+                        failures.push(format!("{case}: reached admin as {seen:?}"));
+                    }
+                    "admin, normalized"
+                }
+                200 if pod.starts_with("other-") => {
+                    if means_admin {
+                        failures.push(format!("{case}: reached the other service as {seen:?}"));
+                    }
+                    // What the other service received is normal: normalizing it again changes nothing.
+                    if lenient(seen) != lenient(&target) && !seen.contains('%') {
+                        failures.push(format!("{case}: the other service saw {seen:?}"));
+                    }
+                    "other, not admin"
+                }
+                _ => {
+                    failures.push(format!("{case}: answered {status} {headers:?}"));
+                    "unexpected"
+                }
+            };
+            eprintln!(
+                "{verdict:>18}  {status}  {}  {case}",
+                headers.get("x-microgate-reason").map_or("", String::as_str)
+            );
+            *verdicts.entry(verdict).or_default() += 1;
+        }
+        eprintln!("verdicts over {} paths: {verdicts:?}", CORPUS.len());
+
+        // An absolute-form target whose authority is not the Host: refused, whichever names /admin.
+        let (status, headers) = get_raw(platform.listener, "http://admin.internal/admin").await;
+        assert_eq!(status, 400, "{headers:?}");
+        assert_eq!(
+            headers.get("x-microgate-reason").map(String::as_str),
+            Some("host-mismatch")
+        );
+        let (status, headers) = get_raw(platform.listener, "http://shop/x/../admin").await;
+        assert_eq!(
+            status, 200,
+            "an absolute-form target naming the Host's host: {headers:?}"
+        );
+        assert!(headers[POD_NAME_HEADER].starts_with("admin-"), "{headers:?}");
+        assert!(failures.is_empty(), "{failures:#?}");
+        assert!(
+            verdicts.get("admin, normalized").copied().unwrap_or(0) >= 5,
+            "{verdicts:?}"
+        );
+        assert!(
+            verdicts.get("refused").copied().unwrap_or(0) >= 20,
+            "{verdicts:?}"
+        );
+    })
+    .await;
+}
+
+#[test]
+fn the_lenient_reading_takes_the_classic_bypasses_for_admin() {
+    for path in [
+        "/x/../admin",
+        "/%61dmin",
+        "/admin;x=1",
+        "/x\\..\\admin",
+        "/%2fadmin",
+        "//admin",
+    ] {
+        assert_eq!(lenient(path), "/admin", "{path}");
+    }
+    assert_eq!(lenient("/adminx"), "/adminx");
+    assert_eq!(lenient("/admin/."), "/admin/");
+    assert_eq!(
+        lenient("/%ff/admin"),
+        "/admin",
+        "a decoder that drops a stray byte"
+    );
+}

@@ -256,6 +256,29 @@ fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// Limits of the HTTP/2 server every listener runs, so that no client can make one connection
+/// cost unbounded memory or CPU (Rapid Reset, MadeYouReset, CONTINUATION floods, HPACK bombs)
+/// and a peer that went away is noticed. SETTINGS and PING floods need no knob: h2 answers one
+/// at a time and stops reading while the answer cannot be written.
+fn http2_settings<E>(http2: &mut auto::Http2Builder<'_, E>) {
+    http2
+        .timer(TokioTimer::new())
+        // A client's parallelism, as most servers allow (hyper's default is 200).
+        .max_concurrent_streams(100)
+        // Decoded header fields per request, as much as an HTTP/1.1 request head may carry.
+        .max_header_list_size(http1::MAX_HEAD as u32)
+        // Streams the client resets before they are served (Rapid Reset): past 20, GOAWAY.
+        .max_pending_accept_reset_streams(20)
+        // Streams the server had to reset for the client's errors (MadeYouReset): past 1024,
+        // GOAWAY (h2 itself also goes away past 50 such resets within a second).
+        .max_local_error_reset_streams(1024)
+        // Response bytes buffered per stream for a client that does not read.
+        .max_send_buf_size(400 * 1024)
+        // A PING after 30 s without a frame; no answer within 10 s closes the connection.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+}
+
 /// Accepts connections on `listener` until `draining` turns true; then stops accepting, asks every
 /// open connection to finish its in-flight requests and close, and returns when they have.
 async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut draining: watch::Receiver<bool>) {
@@ -266,10 +289,7 @@ async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut drainin
         .timer(TokioTimer::new())
         .header_read_timeout(http1::HEADER_READ_TIMEOUT)
         .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+    http2_settings(&mut builder.http2());
     let builder = Arc::new(builder);
     loop {
         let (stream, client) = tokio::select! {

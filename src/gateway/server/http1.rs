@@ -35,7 +35,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// moved only when it would move by more than this (a timeout then comes after 9 to 10 s).
 const TIMER_SLACK: Duration = Duration::from_secs(1);
 /// The most a request head may take.
-const MAX_HEAD: usize = 64 * 1024;
+pub const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a request may carry.
 const MAX_HEADERS: usize = 100;
 /// Response bytes gathered before a write.

@@ -36,6 +36,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const TIMER_SLACK: Duration = Duration::from_secs(1);
 /// The most a request head may take.
 pub const MAX_HEAD: usize = 64 * 1024;
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The most headers a request may carry.
 const MAX_HEADERS: usize = 100;
 /// Response bytes gathered before a write.
@@ -295,10 +297,21 @@ enum Parsed {
     NeedBody,
 }
 
+/// The bytes of `buf` up to its first line end.
+fn first_line(buf: &[u8]) -> &[u8] {
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    &buf[..end]
+}
+
 /// Parses a request off the front of `buf`: its head and, if it has one, its body.
 fn parse_request(buf: &mut BytesMut) -> Parsed {
     // The HTTP/2 connection preface (prior knowledge) starts like a request with method PRI.
+    // It is waited for whole under the header-read deadline: once handed over, hyper would
+    // wait for the rest of it without one.
     if buf.starts_with(b"PRI ") {
+        if buf.len() < HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(buf) {
+            return Parsed::NeedMore;
+        }
         return Parsed::Complete(Next::HandOver);
     }
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -312,6 +325,12 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::NeedMore,
         Err(httparse::Error::TooManyHeaders) => {
             return Parsed::Complete(Next::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        }
+        // Three words whose last does not name HTTP at all: neither HTTP/1 nor the HTTP/2
+        // preface. The connection is closed without an answer, as RFC 9113 §3.4 asks of a port
+        // that speaks HTTP/2 when the preface is wrong.
+        Err(httparse::Error::Version) if !first_line(buf).windows(5).any(|w| w == b"HTTP/") => {
+            return Parsed::Complete(Next::Closed);
         }
         Err(_) => return Parsed::Complete(Next::Reject(StatusCode::BAD_REQUEST)),
     };
@@ -513,6 +532,32 @@ mod tests {
         assert!(matches!(
             parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").0,
             Parsed::NeedBody
+        ));
+    }
+
+    #[test]
+    fn a_partial_http2_preface_waits_for_the_rest_under_the_deadline() {
+        for bytes in [
+            &b"PRI "[..],
+            b"PRI * HTTP/2.0\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r",
+        ] {
+            assert!(matches!(parse(bytes).0, Parsed::NeedMore), "{bytes:?}");
+        }
+        // Not a preface after all: hyper's server says so to the client.
+        let (parsed, _) = parse(b"PRI * HTTP/2.0\r\n\r\nXX");
+        assert!(matches!(parsed, Parsed::Complete(Next::HandOver)));
+    }
+
+    #[test]
+    fn bytes_that_are_neither_http1_nor_the_http2_preface_close_the_connection_unanswered() {
+        let (parsed, _) = parse(b"INVALID CONNECTION PREFACE\r\n\r\n");
+        assert!(matches!(parsed, Parsed::Complete(Next::Closed)));
+        // An HTTP/1 request with a version it does not support is still answered.
+        let (parsed, _) = parse(b"GET / HTTP/1.2\r\n\r\n");
+        assert!(matches!(
+            parsed,
+            Parsed::Complete(Next::Reject(StatusCode::BAD_REQUEST))
         ));
     }
 

@@ -34,11 +34,13 @@ manifests: ## render the Helm chart with default values into manifests/ (a test 
 
 test: lint ## everything: format, lints, unit and control-plane tests, then the same in a private network namespace
 	cargo test --workspace --no-run
+	bash tests/h2spec/build.sh >/dev/null
 	bash tests/cluster/with-cluster.sh cargo test --workspace
 	$(MAKE) --no-print-directory test-netns
 
 test-netns: ## the whole test suite inside a private network namespace (10.200.0.0/16 pod IPs; root)
 	cargo test --workspace --no-run
+	bash tests/h2spec/build.sh >/dev/null  # the namespace has no network to fetch its modules
 	bash tests/cluster/netns.sh bash tests/cluster/with-cluster.sh cargo test --workspace --offline
 
 lint: ## rustfmt and clippy, warnings as errors

@@ -17,7 +17,7 @@ use super::{Platform, free_port};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Polls `/readyz` on `admin` every `period` until it answers 200 (at most [`WAIT`]).
-async fn wait_ready(admin: SocketAddr, period: Duration) {
+pub(super) async fn wait_ready(admin: SocketAddr, period: Duration) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match probe::get(admin, "/readyz").await {

@@ -31,6 +31,7 @@ use microgate_test_support::{
 use serde_json::json;
 
 mod gateway_process;
+mod h2_hostile;
 mod leader;
 mod paths;
 mod tls;

@@ -9,17 +9,23 @@
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
 //! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
 //! - [`tls`]: a test certificate authority, `kubernetes.io/tls` Secrets, and TLS clients.
+//! - [`h2wire`]: raw HTTP/2 frames and HPACK, for tests that play a hostile client.
+//! - [`h2spec`]: the HTTP/2 conformance suite, built from a pinned module and run on a listener.
+//! - [`usage`]: CPU time and memory of a process or a thread, from `/proc`.
 //!
 //! The `fake-kubelet` binary runs the same kubelet outside `cargo test`, for the demo.
 
 pub mod backend;
 pub mod cluster;
+pub mod h2spec;
+pub mod h2wire;
 pub mod kubelet;
 pub mod namespace;
 pub mod pod_ips;
 pub mod probe;
 pub mod proxy;
 pub mod tls;
+pub mod usage;
 pub mod wait;
 
 pub use namespace::{HarnessError, TestNamespace, with_namespace};

@@ -26,7 +26,11 @@ use microgate_test_support::{
     with_namespace,
 };
 use serde_json::json;
-use tokio::{process::Command, sync::watch};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    process::Command,
+    sync::watch,
+};
 
 use super::{Platform, free_port, gateway_process::wait_ready, pods_of};
 
@@ -62,6 +66,33 @@ async fn h2spec_passes_every_case_on_an_h2c_listener() {
         // h2spec 2.2.1 has 145 cases outside --strict (`h2spec --dryrun` lists them): a run that
         // saw fewer did not run them all.
         assert_eq!(report.cases.len(), 145, "{}", report.summary);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_http2_preface_is_cut_at_the_header_deadline() {
+    with_namespace("e2e-h2-slow-preface", |ns| async move {
+        let platform = Platform::with_echo(&ns, 1, json!({})).await;
+        let mut stream = tokio::net::TcpStream::connect(platform.listener)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n")
+            .await
+            .expect("half a preface");
+        // The header-read deadline is 10 s; the connection must be closed well before 30 s.
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "a connection that sent half a preface was still open after 30 s"
+        );
+        assert!(
+            rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&rest)
+        );
     })
     .await;
 }
@@ -144,7 +175,7 @@ impl Gateway {
         let _ = stop.send(true);
         let (served, failures) = bystander.await.expect("the bystander");
         let after = self.usage();
-        let reached_backend = self.backend.requests() - requests_before - served;
+        let reached_backend = self.backend.requests().saturating_sub(requests_before + served);
         let attacked = Attacked {
             observed,
             reached_backend,

@@ -299,9 +299,24 @@ fn connect(addr: SocketAddr) -> RawClient {
     .expect("an HTTP/2 connection to the gateway")
 }
 
-/// Sends `frames(stream_id)` for streams 1, 3, 5, ... in batches of `batch` streams, at most
-/// `streams` of them, until the server sends a GOAWAY or closes; then waits for it to close.
-fn per_stream(addr: SocketAddr, streams: u32, batch: u32, frames: impl Fn(u32, &mut Vec<u8>)) -> Observed {
+/// How an attacker spreads its frames over writes.
+#[derive(Clone, Copy, Debug)]
+enum Pacing {
+    /// The frames of this many streams in each write: the server reads them together.
+    Streams(u32),
+    /// Every frame its own write (TCP_NODELAY), so that the server may act on one before it
+    /// reads the next.
+    EachFrame,
+}
+
+/// Sends `frames(stream_id)` for streams 1, 3, 5, ..., at most `streams` of them, written as
+/// `pacing` says, until the server sends a GOAWAY or closes; then waits for it to close.
+fn per_stream(
+    addr: SocketAddr,
+    streams: u32,
+    pacing: Pacing,
+    frames: impl Fn(u32) -> Vec<Frame>,
+) -> Observed {
     let mut client = connect(addr);
     let mut out = Vec::new();
     let mut sent = 0;
@@ -310,20 +325,33 @@ fn per_stream(addr: SocketAddr, streams: u32, batch: u32, frames: impl Fn(u32, &
         if observed.goaway.is_some() || observed.closed {
             break;
         }
-        out.clear();
-        for _ in 0..batch.min(streams - sent) {
-            frames(1 + 2 * sent, &mut out);
-            sent += 1;
-        }
-        if client.send(&out).is_err() {
+        let written = match pacing {
+            Pacing::Streams(batch) => {
+                out.clear();
+                for _ in 0..batch.min(streams - sent) {
+                    for frame in frames(1 + 2 * sent) {
+                        frame.encode_into(&mut out);
+                    }
+                    sent += 1;
+                }
+                client.send(&out)
+            }
+            Pacing::EachFrame => {
+                let frames = frames(1 + 2 * sent);
+                sent += 1;
+                frames.iter().try_for_each(|frame| client.send(&frame.encode()))
+            }
+        };
+        if written.is_err() {
             break;
         }
     }
     client.finish(CLOSE_WAIT)
 }
 
-fn request_headers(stream: u32, flags: u8, path: &str, out: &mut Vec<u8>) {
-    Frame::headers(stream, flags, hpack::request("GET", path, "attack.example")).encode_into(out);
+/// HEADERS of a GET for `path`.
+fn request(stream: u32, flags: u8, path: &str) -> Frame {
+    Frame::headers(stream, flags, hpack::request("GET", path, "attack.example"))
 }
 
 #[tokio::test]
@@ -331,14 +359,16 @@ async fn rapid_reset_ends_in_goaway_before_the_backend_sees_100_requests() {
     with_namespace("e2e-h2-rapid-reset", |ns| async move {
         let gateway = Gateway::start(&ns).await;
         // 100 pairs per write: the server reads each stream's reset before it accepts it.
-        // One pair per write: it may accept a stream, start its request, then read the reset.
-        for (streams, per_write) in [(100_000, 100), (20_000, 1)] {
-            let name = format!("Rapid Reset (HEADERS + RST_STREAM x {streams}, {per_write} per write)");
+        // Each frame its own write: it may accept a stream, start its request, then read the reset.
+        for (streams, pacing) in [(100_000, Pacing::Streams(100)), (20_000, Pacing::EachFrame)] {
+            let name = format!("Rapid Reset (HEADERS + RST_STREAM x {streams}, {pacing:?})");
             let attacked = gateway
                 .attack(&name, move |addr| {
-                    per_stream(addr, streams, per_write, |stream, out| {
-                        request_headers(stream, flag::END_HEADERS | flag::END_STREAM, "/rapid-reset", out);
-                        Frame::rst_stream(stream, reason::CANCEL).encode_into(out);
+                    per_stream(addr, streams, pacing, |stream| {
+                        vec![
+                            request(stream, flag::END_HEADERS | flag::END_STREAM, "/rapid-reset"),
+                            Frame::rst_stream(stream, reason::CANCEL),
+                        ]
                     })
                 })
                 .await;
@@ -362,47 +392,46 @@ async fn rapid_reset_ends_in_goaway_before_the_backend_sees_100_requests() {
 async fn made_you_reset_ends_in_goaway_after_at_most_1024_resets() {
     with_namespace("e2e-h2-made-you-reset", |ns| async move {
         let gateway = Gateway::start(&ns).await;
-        // Frames that are stream errors: the server must reset a stream it had accepted (its
-        // request already on its way to the backend), freeing a concurrency slot.
-        let attacked = gateway
-            .attack(
-                "MadeYouReset (PRIORITY on itself / WINDOW_UPDATE overflow x 10 000)",
-                |addr| {
-                    per_stream(addr, 10_000, 50, |stream, out| {
-                        request_headers(
-                            stream,
-                            flag::END_HEADERS | flag::END_STREAM,
-                            "/made-you-reset",
-                            out,
-                        );
-                        if stream % 4 == 1 {
-                            Frame::priority(stream, stream, 16).encode_into(out);
+        // Frames that are stream errors: the server must reset a stream it may have accepted
+        // (its request on its way to the backend), freeing a concurrency slot.
+        for (streams, pacing) in [(10_000, Pacing::Streams(50)), (10_000, Pacing::EachFrame)] {
+            let name =
+                format!("MadeYouReset (PRIORITY on itself / WINDOW_UPDATE overflow x {streams}, {pacing:?})");
+            let attacked = gateway
+                .attack(&name, move |addr| {
+                    per_stream(addr, streams, pacing, |stream| {
+                        let offender = if stream % 4 == 1 {
+                            Frame::priority(stream, stream, 16)
                         } else {
-                            Frame::window_update(stream, 0x7fff_ffff).encode_into(out);
-                        }
+                            Frame::window_update(stream, 0x7fff_ffff)
+                        };
+                        vec![
+                            request(stream, flag::END_HEADERS | flag::END_STREAM, "/made-you-reset"),
+                            offender,
+                        ]
                     })
-                },
-            )
-            .await;
-        assert_eq!(
-            attacked.goaway_code(),
-            Some(reason::ENHANCE_YOUR_CALM),
-            "{:?}",
-            attacked.observed
-        );
-        // REFUSED_STREAM answers streams past the concurrency limit; the others are the
-        // server's own error resets, which h2 bounds.
-        let error_resets = attacked.observed.resets_total()
-            - attacked
+                })
+                .await;
+            assert_eq!(
+                attacked.goaway_code(),
+                Some(reason::ENHANCE_YOUR_CALM),
+                "{name}: {:?}",
+                attacked.observed
+            );
+            // REFUSED_STREAM answers streams past the concurrency limit; the others are the
+            // server's own error resets, which h2 bounds.
+            let refused = attacked
                 .observed
                 .resets
                 .get(&reason::REFUSED_STREAM)
                 .copied()
                 .unwrap_or(0);
-        assert!(
-            error_resets <= 1024,
-            "{error_resets} streams reset by the server for errors before its GOAWAY"
-        );
+            let error_resets = attacked.observed.resets_total() - refused;
+            assert!(
+                error_resets <= 1024,
+                "{name}: {error_resets} streams reset for errors before the GOAWAY"
+            );
+        }
         // Frames RFC 9113 makes stream errors but h2 treats as connection errors: the first one
         // ends the connection.
         for (name, offender) in [
@@ -413,14 +442,11 @@ async fn made_you_reset_ends_in_goaway_after_at_most_1024_resets() {
         ] {
             let attacked = gateway
                 .attack(&format!("MadeYouReset ({name} x 10 000)"), move |addr| {
-                    per_stream(addr, 10_000, 50, |stream, out| {
-                        request_headers(
-                            stream,
-                            flag::END_HEADERS | flag::END_STREAM,
-                            "/made-you-reset",
-                            out,
-                        );
-                        offender(stream, 0).encode_into(out);
+                    per_stream(addr, 10_000, Pacing::Streams(50), |stream| {
+                        vec![
+                            request(stream, flag::END_HEADERS | flag::END_STREAM, "/made-you-reset"),
+                            offender(stream, 0),
+                        ]
                     })
                 })
                 .await;
@@ -481,7 +507,7 @@ async fn a_continuation_flood_ends_in_goaway() {
 fn continuation_flood(addr: SocketAddr, frames: u32, fragment: Vec<u8>) -> Observed {
     let mut client = connect(addr);
     let mut out = Vec::new();
-    request_headers(1, flag::END_STREAM, "/continuation", &mut out);
+    request(1, flag::END_STREAM, "/continuation").encode_into(&mut out);
     let mut sent = 0;
     while sent < frames {
         let observed = client.observed();

@@ -3,6 +3,7 @@
 //! request handed to the [`Proxy`]. HTTP/1.1 is served by [`http1`]; hyper's server takes the
 //! connections it hands over.
 
+mod cancellations;
 mod http1;
 
 use std::{
@@ -27,6 +28,7 @@ use tokio::{
 };
 use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
+use self::cancellations::Cancellations;
 use super::{
     body::take_wire_headers,
     proxy::{Client, Proxy},
@@ -196,10 +198,14 @@ async fn serve_connection<S>(
             http1::Served::HandOver(rewind) => rewind,
         }
     };
+    let peer = client.addr;
+    let cancellations = Arc::new(Cancellations::default());
+    let tracked = cancellations.clone();
     let service = service_fn(move |request| {
-        let (proxy, client) = (proxy.clone(), client.clone());
+        let (proxy, client, request_tracked) = (proxy.clone(), client.clone(), tracked.track());
         async move {
             let mut response = proxy.handle(&client, request).await;
+            request_tracked.answered();
             // hyper's server writes only the response's map.
             if let Some(wire) = take_wire_headers(response.body_mut()) {
                 wire.append_to(response.headers_mut());
@@ -215,6 +221,11 @@ async fn serve_connection<S>(
             // Finish what is in flight, refuse more (HTTP/1.1: close after; h2: GOAWAY).
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = cancellations.too_many() => {
+            let (requests, cancelled) = cancellations.counts();
+            tracing::warn!(%peer, requests, cancelled, "closing a connection whose client cancels most of its requests");
+            return;
         }
     };
     if let Err(error) = result {

@@ -9,7 +9,10 @@ use std::{
     collections::BTreeMap,
     io::{self, Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::JoinHandle,
     time::Duration,
 };
@@ -252,8 +255,10 @@ pub struct Observed {
     pub ping_acks: u64,
     pub frames: u64,
     pub bytes: u64,
-    /// The server closed the connection (EOF or reset).
+    /// The connection ended (EOF or reset), by either side.
     pub closed: bool,
+    /// It was the server that ended it, before this client closed its side.
+    pub closed_by_server: bool,
     /// CPU time of the reading thread, once it ended.
     pub reader_cpu: Duration,
 }
@@ -382,6 +387,8 @@ pub const STALL: Duration = Duration::from_secs(2);
 pub struct RawClient {
     stream: TcpStream,
     observed: Arc<Mutex<Observed>>,
+    /// Set before this side closes, so the reader can tell who ended the connection.
+    closing: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -390,11 +397,15 @@ impl RawClient {
     /// SETTINGS before returning.
     pub fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> io::Result<Self> {
         let mut client = Self::connect_without_reading(addr, settings)?;
-        let (mut stream, observed) = (client.stream.try_clone()?, client.observed.clone());
+        let (mut stream, observed, closing) = (
+            client.stream.try_clone()?,
+            client.observed.clone(),
+            client.closing.clone(),
+        );
         client.reader = Some(
             std::thread::Builder::new()
                 .name("h2-raw-reader".to_owned())
-                .spawn(move || read_until_closed(&mut stream, &observed))?,
+                .spawn(move || read_until_closed(&mut stream, &observed, &closing))?,
         );
         Ok(client)
     }
@@ -422,6 +433,7 @@ impl RawClient {
         Ok(Self {
             stream,
             observed: Arc::new(Mutex::new(observed)),
+            closing: Arc::new(AtomicBool::new(false)),
             reader: None,
         })
     }
@@ -474,6 +486,7 @@ impl RawClient {
         while !self.observed().closed && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.closing.store(true, Ordering::SeqCst);
         let _ = self.stream.shutdown(Shutdown::Both);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
@@ -482,7 +495,7 @@ impl RawClient {
     }
 }
 
-fn read_until_closed(stream: &mut TcpStream, observed: &Mutex<Observed>) {
+fn read_until_closed(stream: &mut TcpStream, observed: &Mutex<Observed>, closing: &AtomicBool) {
     let mut buffered = io::BufReader::with_capacity(64 * 1024, stream);
     while let Ok(Some(frame)) = Frame::read(&mut buffered) {
         if let Ok(mut observed) = observed.lock() {
@@ -491,6 +504,7 @@ fn read_until_closed(stream: &mut TcpStream, observed: &Mutex<Observed>) {
     }
     if let Ok(mut observed) = observed.lock() {
         observed.closed = true;
+        observed.closed_by_server = !closing.load(Ordering::SeqCst);
         observed.reader_cpu = crate::usage::thread_cpu().unwrap_or_default();
     }
 }

@@ -412,12 +412,17 @@ async fn rapid_reset_is_cut_before_the_backend_sees_100_requests() {
 }
 
 #[tokio::test]
-async fn made_you_reset_ends_in_goaway_after_at_most_1024_resets() {
+async fn made_you_reset_is_cut_after_at_most_1024_resets_and_100_backend_requests() {
     with_namespace("e2e-h2-made-you-reset", |ns| async move {
         let gateway = Gateway::start(&ns).await;
         // Frames that are stream errors: the server must reset a stream it may have accepted
         // (its request on its way to the backend), freeing a concurrency slot.
-        for (streams, pacing) in [(10_000, Pacing::Streams(50)), (10_000, Pacing::EachFrame)] {
+        gateway.backend.delay(Duration::from_millis(500));
+        for (streams, pacing) in [
+            (10_000, Pacing::Streams(50)),
+            (10_000, Pacing::EachFrame),
+            (2_000, Pacing::Paced(Duration::from_millis(1))),
+        ] {
             let name =
                 format!("MadeYouReset (PRIORITY on itself / WINDOW_UPDATE overflow x {streams}, {pacing:?})");
             let attacked = gateway
@@ -435,10 +440,11 @@ async fn made_you_reset_ends_in_goaway_after_at_most_1024_resets() {
                     })
                 })
                 .await;
-            assert_eq!(
-                attacked.goaway_code(),
-                Some(reason::ENHANCE_YOUR_CALM),
-                "{name}: {:?}",
+            // h2's GOAWAY, or the gateway closing a connection whose requests were mostly cut.
+            assert!(
+                attacked.goaway_code() == Some(reason::ENHANCE_YOUR_CALM)
+                    || attacked.observed.closed_by_server,
+                "{name}: the connection was neither refused nor closed: {:?}",
                 attacked.observed
             );
             // REFUSED_STREAM answers streams past the concurrency limit; the others are the
@@ -453,6 +459,11 @@ async fn made_you_reset_ends_in_goaway_after_at_most_1024_resets() {
             assert!(
                 error_resets <= 1024,
                 "{name}: {error_resets} streams reset for errors before the GOAWAY"
+            );
+            assert!(
+                attacked.reached_backend <= 100,
+                "{name}: {} requests reached the backend",
+                attacked.reached_backend
             );
         }
         // Frames RFC 9113 makes stream errors but h2 treats as connection errors: the first one

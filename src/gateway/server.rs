@@ -178,6 +178,15 @@ async fn handshake(stream: TcpStream, port: &TlsPort) -> Option<(TlsStream<TcpSt
         })
 }
 
+/// hyper's servers for a listener's connections, configured alike.
+struct Builders {
+    /// Tells HTTP/2 (the preface) from HTTP/1.1 by the first bytes.
+    detecting: auto::Builder<TokioExecutor>,
+    /// For connections that settled on h2 by ALPN: whatever they send is HTTP/2, and bytes that
+    /// are not its preface are an HTTP/2 error, not an HTTP/1.1 request.
+    http2: auto::Builder<TokioExecutor>,
+}
+
 /// Serves HTTP on one connection, plain or decrypted: the gateway's own HTTP/1.1 first, hyper
 /// for what it hands over (HTTP/2, chunked or large bodies, `Expect`). A TLS connection that
 /// settled on `h2` by ALPN goes to hyper at once.
@@ -185,17 +194,17 @@ async fn serve_connection<S>(
     stream: S,
     client: Arc<Client>,
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     mut draining: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static + NegotiatedProtocol,
 {
-    let stream = if stream.is_h2() {
-        http1::Rewind::fresh(stream)
+    let (stream, builder) = if stream.is_h2() {
+        (http1::Rewind::fresh(stream), &builders.http2)
     } else {
         match http1::serve(stream, &client, &proxy, &mut draining).await {
             http1::Served::Closed => return,
-            http1::Served::HandOver(rewind) => rewind,
+            http1::Served::HandOver(rewind) => (rewind, &builders.detecting),
         }
     };
     let peer = client.addr;
@@ -301,7 +310,10 @@ async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut drainin
         .header_read_timeout(http1::HEADER_READ_TIMEOUT)
         .max_buf_size(64 * 1024);
     http2_settings(&mut builder.http2());
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Builders {
+        http2: builder.clone().http2_only(),
+        detecting: builder,
+    });
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
 use microgate_test_support::{
     TestNamespace,
     backend::Backend,
@@ -22,6 +24,7 @@ use microgate_test_support::{
     h2spec::{self, Target},
     h2wire::{Frame, Observed, RawClient, flag, hpack, reason, setting},
     probe,
+    tls::TestCa,
     usage::{self, ProcessUsage},
     wait::{self, Probe},
     with_namespace,
@@ -49,26 +52,77 @@ async fn h2spec_passes_every_case_on_an_h2c_listener() {
             port: platform.listener.port(),
             tls: false,
         };
-        let report = h2spec::run(&target).await.expect("h2spec runs");
-        let failing = report.not_passed();
-        println!(
-            "h2spec on h2c: {}/{} passed ({})",
-            report.passed(),
-            report.cases.len(),
-            report.summary
-        );
-        assert!(
-            failing.is_empty(),
-            "{} of {} cases did not pass:\n{}",
-            failing.len(),
-            report.cases.len(),
-            failing.join("\n")
-        );
-        // h2spec 2.2.1 has 145 cases outside --strict (`h2spec --dryrun` lists them): a run that
-        // saw fewer did not run them all.
-        assert_eq!(report.cases.len(), 145, "{}", report.summary);
+        assert_h2spec_passes(&target, "h2c").await;
     })
     .await;
+}
+
+#[tokio::test]
+async fn h2spec_passes_every_case_on_an_https_listener_with_alpn_h2() {
+    with_namespace("e2e-h2spec-tls", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        let ca = TestCa::new();
+        let cert = ca.issue(&["h2spec.example.com"]);
+        ns.api::<Secret>()
+            .create(&PostParams::default(), &cert.secret("h2spec-tls"))
+            .await
+            .expect("create the Secret");
+        // No hostnames: h2spec connects by IP address and sends no server name.
+        let port = free_port();
+        let gateway: microgate::api::Gateway = serde_json::from_value(json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
+            "spec": {
+                "listeners": [{"name": "https", "port": port, "protocol": "HTTPS",
+                    "tls": {"certificateRefs": [{"name": "h2spec-tls"}]}}],
+                "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}],
+            },
+        }))
+        .expect("a valid Gateway");
+        ns.api::<microgate::api::Gateway>()
+            .create(&PostParams::default(), &gateway)
+            .await
+            .expect("create the Gateway");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let h2 = ca.client(&[b"h2"], rustls::DEFAULT_VERSIONS);
+        wait::until("an HTTP/2 answer over TLS", Duration::from_secs(30), || async {
+            match h2.get(addr, "h2spec.example.com", "/").await {
+                Ok(answer) if answer.status == StatusCode::OK => Probe::Done(()),
+                other => Probe::NotYet(format!("{other:?}")),
+            }
+        })
+        .await
+        .expect("the HTTPS listener serves HTTP/2");
+        let target = Target {
+            host: addr.ip().to_string(),
+            port,
+            tls: true,
+        };
+        assert_h2spec_passes(&target, "TLS (ALPN h2)").await;
+    })
+    .await;
+}
+
+/// Runs h2spec against `target` and asserts that every one of its cases passed.
+async fn assert_h2spec_passes(target: &Target, what: &str) {
+    let report = h2spec::run(target).await.expect("h2spec runs");
+    let failing = report.not_passed();
+    println!(
+        "h2spec on {what}: {}/{} passed ({})",
+        report.passed(),
+        report.cases.len(),
+        report.summary
+    );
+    assert!(
+        failing.is_empty(),
+        "h2spec on {what}: {} of {} cases did not pass:\n{}",
+        failing.len(),
+        report.cases.len(),
+        failing.join("\n")
+    );
+    // h2spec 2.2.1 has 145 cases outside --strict (`h2spec --dryrun` lists them): a run that saw
+    // fewer did not run them all.
+    assert_eq!(report.cases.len(), 145, "h2spec on {what}: {}", report.summary);
 }
 
 #[tokio::test]

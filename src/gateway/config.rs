@@ -14,6 +14,7 @@ use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 
 use super::{
     balance::{EndpointState, Pool},
+    client_ip::TrustedProxies,
     metrics::{GatewayMetrics, RouteMetrics},
     outlier::Ejection,
     retry::RetryBudget,
@@ -144,6 +145,9 @@ pub struct RouteTable {
     pub tls: BTreeMap<u16, Arc<TlsPort>>,
     /// Listeners not served, by `namespace/gateway/listener`, and why.
     pub not_served: BTreeMap<String, String>,
+    /// The listeners that believe some proxies' `X-Forwarded-For`, by port, with their ids.
+    /// Empty unless some listener sets `clientIPDetection`.
+    trusted_proxies: BTreeMap<u16, Vec<(Arc<str>, TrustedProxies)>>,
     upstreams: HashMap<ServiceKey, Arc<Upstream>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
     /// Each HTTPS listener's session cache, kept across tables so that sessions stay resumable.
@@ -160,6 +164,20 @@ impl RouteTable {
         self.upstreams
             .values()
             .flat_map(|upstream| upstream.pool.endpoints())
+    }
+
+    /// The proxies whose `X-Forwarded-For` the listener of a request believes: on `port`, the
+    /// HTTPS listener `tls_listener`, or the port's one plain-HTTP listener.
+    pub fn trusted_proxies(&self, port: u16, tls_listener: Option<&str>) -> Option<&TrustedProxies> {
+        if self.trusted_proxies.is_empty() {
+            return None;
+        }
+        let listeners = self.trusted_proxies.get(&port)?;
+        let found = match tls_listener {
+            Some(id) => listeners.iter().find(|(listener, _)| &**listener == id),
+            None => listeners.first(),
+        };
+        found.map(|(_, proxies)| proxies)
     }
 
     /// The HTTPS listener `id`, if it is served.
@@ -303,6 +321,21 @@ pub fn compile(
         let mut served = Vec::with_capacity(spec.listeners.len());
         for listener in &spec.listeners {
             let id: Arc<str> = format!("{namespace}/{}/{}", gateway.name_any(), listener.name).into();
+            let trusted = match listener
+                .client_ip_detection
+                .as_ref()
+                .and_then(|d| d.x_forwarded_for.as_ref())
+                .map(TrustedProxies::parse)
+                .transpose()
+            {
+                Ok(trusted) => trusted,
+                Err(error) => {
+                    let why = format!("clientIPDetection.xForwardedFor: {error}");
+                    tracing::warn!(listener = %id, %why, "listener not served");
+                    table.not_served.insert(id.to_string(), why);
+                    continue;
+                }
+            };
             match place_listener(
                 &mut ports,
                 &id,
@@ -315,6 +348,13 @@ pub fn compile(
                 Ok(port) => {
                     // A listener with no routes still listens (and answers 404).
                     table.listeners.entry(port).or_default();
+                    if let Some(trusted) = trusted {
+                        table
+                            .trusted_proxies
+                            .entry(port)
+                            .or_default()
+                            .push((id.clone(), trusted));
+                    }
                     served.push((id, port, listener));
                 }
                 Err(why) => {

@@ -8,6 +8,7 @@
 
 pub mod balance;
 pub mod body;
+pub mod client_ip;
 pub mod config;
 pub mod forwarding;
 pub mod metrics;

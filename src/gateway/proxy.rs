@@ -2,7 +2,8 @@
 //! respond. The route table is loaded once per request, without a lock.
 
 use std::{
-    net::SocketAddr,
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering},
     time::Instant,
 };
@@ -20,6 +21,7 @@ use super::forwarding::{Forwarding, strip_hop_by_hop};
 use super::{
     balance::{hash_key, random_below},
     body::{BoxError, OutgoingBody, ResponseBody, Streamed, Whole},
+    client_ip::{self, ClientIp},
     config::{Attached, HashOn, Redirect, Route, RouteTable, Upstream},
     metrics::{GatewayMetrics, RouteMetrics},
     outlier,
@@ -118,6 +120,11 @@ impl Proxy {
             .access_log
             .then(|| (request.method().clone(), request.uri().clone()));
         let listener = client.tls_listener.as_deref();
+        let origin = client_ip::resolve(
+            table.trusted_proxies(port, listener),
+            client_addr.ip(),
+            request.headers(),
+        );
         let (route_id, metrics, response) =
             match find_route(&table, port, listener, host.as_deref(), &request) {
                 Some(attached) => {
@@ -133,7 +140,7 @@ impl Proxy {
                             redirect_response(redirect, client, host.as_deref(), named_port, request.uri())
                         }
                         None => {
-                            self.forward(route, client, host.as_deref(), started, request)
+                            self.forward(route, client, origin, host.as_deref(), started, request)
                                 .await
                         }
                     };
@@ -170,7 +177,7 @@ impl Proxy {
                 .unwrap_or("");
             tracing::info!(
                 target: "microgate::access",
-                client = %client_addr, %method, %uri, host = host.as_deref().unwrap_or(""),
+                client = %origin.ip, peer = %client_addr, %method, %uri, host = host.as_deref().unwrap_or(""),
                 route = route_id, status = response.status().as_u16(), reason, ms = took.as_secs_f64() * 1000.0,
                 "request"
             );
@@ -182,6 +189,7 @@ impl Proxy {
         &self,
         route: &Route,
         client: &Client,
+        origin: ClientIp,
         host: Option<&str>,
         started: Instant,
         request: Request<B>,
@@ -227,7 +235,7 @@ impl Proxy {
         let hash = upstream
             .hash_on
             .as_ref()
-            .and_then(|on| request_hash(on, &parts.headers, client.addr));
+            .and_then(|on| request_hash(on, &parts.headers, origin.ip));
         let Some(_admitted) = Admission::enter(&upstream.limits, upstream.breaker.max_requests) else {
             let message = format!(
                 "circuit open: {} requests in flight to {} (circuitBreaker.maxRequests)",
@@ -235,7 +243,7 @@ impl Proxy {
             );
             return local(StatusCode::SERVICE_UNAVAILABLE, "circuit-open", &message);
         };
-        let forwarding = Forwarding::new(&parts.headers, client, host);
+        let forwarding = Forwarding::for_peer(&parts.headers, client, host, origin.peer_trusted);
         let path = parts
             .uri
             .path_and_query()
@@ -585,7 +593,7 @@ fn pick_backend(route: &Route) -> Option<&Arc<Upstream>> {
     route.backends.last().map(|b| &b.upstream)
 }
 
-fn request_hash(on: &HashOn, headers: &HeaderMap, client: SocketAddr) -> Option<u64> {
+fn request_hash(on: &HashOn, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
     match on {
         HashOn::Header(name) => headers.get(name).map(|v| hash_key(v.as_bytes())),
         HashOn::Cookie(name) => headers.get_all(header::COOKIE).iter().find_map(|value| {
@@ -594,7 +602,14 @@ fn request_hash(on: &HashOn, headers: &HeaderMap, client: SocketAddr) -> Option<
                 (k == name).then(|| hash_key(v.as_bytes()))
             })
         }),
-        HashOn::SourceIp => Some(hash_key(client.ip().to_string().as_bytes())),
+        // The address's text, written on the stack: no allocation per request.
+        HashOn::SourceIp => {
+            let mut text = [0u8; 48];
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(cursor, "{client}");
+            let len = cursor.position() as usize;
+            Some(hash_key(&text[..len]))
+        }
     }
 }
 
@@ -626,7 +641,7 @@ mod tests {
     fn cookie_and_header_hash_keys() {
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, "a=1; session=abc".parse().expect("value"));
-        let client: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let client: IpAddr = "127.0.0.1".parse().expect("addr");
         assert_eq!(
             request_hash(&HashOn::Cookie("session".into()), &headers, client),
             Some(hash_key(b"abc"))
@@ -638,6 +653,11 @@ mod tests {
         assert_eq!(
             request_hash(&HashOn::SourceIp, &headers, client),
             Some(hash_key(b"127.0.0.1"))
+        );
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().expect("addr");
+        assert_eq!(
+            request_hash(&HashOn::SourceIp, &headers, longest),
+            Some(hash_key(longest.to_string().as_bytes()))
         );
     }
 }

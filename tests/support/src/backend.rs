@@ -38,6 +38,8 @@ pub const SEEN_AUTHORITY_HEADER: &str = "x-seen-authority";
 pub const SEEN_HOST_HEADER: &str = "x-seen-host";
 /// Response header: the request's `X-Forwarded-Proto` header, if it had one.
 pub const SEEN_FORWARDED_PROTO_HEADER: &str = "x-seen-forwarded-proto";
+/// Response header: the request's `X-Forwarded-For` lines, joined with `, `, if it had any.
+pub const SEEN_FORWARDED_FOR_HEADER: &str = "x-seen-forwarded-for";
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -245,6 +247,15 @@ async fn handle(
     let seen_authority = request.uri().authority().map(|a| a.to_string());
     let seen_host = request.headers().get(hyper::header::HOST).cloned();
     let seen_forwarded_proto = request.headers().get("x-forwarded-proto").cloned();
+    let seen_forwarded_for: Vec<&[u8]> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let seen_forwarded_for = (!seen_forwarded_for.is_empty())
+        .then(|| hyper::header::HeaderValue::from_bytes(&seen_forwarded_for.join(&b", "[..])).ok())
+        .flatten();
     // Read the whole request body, so that a client can check what arrived (x-body-bytes).
     let received = request
         .into_body()
@@ -323,6 +334,9 @@ async fn handle(
     }
     if let Some(value) = seen_forwarded_proto {
         answer.headers_mut().insert(SEEN_FORWARDED_PROTO_HEADER, value);
+    }
+    if let Some(value) = seen_forwarded_for {
+        answer.headers_mut().insert(SEEN_FORWARDED_FOR_HEADER, value);
     }
     let retry_after = state.fail_retry_after.load(Ordering::Relaxed);
     if failing && retry_after > 0 {

@@ -117,6 +117,12 @@ pub struct Listener {
         skip_serializing_if = "Option::is_none"
     )]
     pub client_ip_detection: Option<ClientIpDetection>,
+    /// The most client connections open at once on this listener's port (default 16384);
+    /// listeners sharing a port share one count, the sum of their limits. A connection over the
+    /// limit is refused at once (on plain HTTP with a 503 saying so), never queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections: Option<i32>,
 }
 
 /// How a listener tells who the client is.

@@ -35,6 +35,10 @@ use crate::{
 /// TLS sessions each HTTPS listener remembers for resumption.
 const TLS_SESSIONS_PER_LISTENER: usize = 1024;
 
+/// Client connections a listener holds open at once unless its `maxConnections` says: well
+/// under a usual open-file limit, so that a flood of connections cannot exhaust the process.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
 /// What a request's consistent-hash key is taken from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HashOn {
@@ -148,6 +152,8 @@ pub struct RouteTable {
     /// The listeners that believe some proxies' `X-Forwarded-For`, by port, with their ids.
     /// Empty unless some listener sets `clientIPDetection`.
     trusted_proxies: BTreeMap<u16, Vec<(Arc<str>, TrustedProxies)>>,
+    /// The most client connections each port holds open at once: the sum of its listeners'.
+    pub max_connections: BTreeMap<u16, usize>,
     upstreams: HashMap<ServiceKey, Arc<Upstream>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
     /// Each HTTPS listener's session cache, kept across tables so that sessions stay resumable.
@@ -348,6 +354,12 @@ pub fn compile(
                 Ok(port) => {
                     // A listener with no routes still listens (and answers 404).
                     table.listeners.entry(port).or_default();
+                    let limit = listener
+                        .max_connections
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|n| *n > 0)
+                        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+                    *table.max_connections.entry(port).or_default() += limit;
                     if let Some(trusted) = trusted {
                         table
                             .trusted_proxies

@@ -96,6 +96,16 @@ impl Proxy {
         }
     }
 
+    /// The most client connections `port` holds open at once.
+    pub fn max_connections(&self, port: u16) -> usize {
+        self.table
+            .load()
+            .max_connections
+            .get(&port)
+            .copied()
+            .unwrap_or(super::config::DEFAULT_MAX_CONNECTIONS)
+    }
+
     /// The HTTPS listeners of `port`, if it terminates TLS.
     pub fn tls_port(&self, port: u16) -> Option<Arc<super::tls::TlsPort>> {
         self.table.load().tls.get(&port).cloned()

@@ -414,6 +414,12 @@ fn invalid_objects() -> Vec<Invalid> {
             "spec.listeners[0].clientIPDetection.xForwardedFor.numTrustedHops",
             "greater than or equal to 1",
         ),
+        openapi(
+            "maxConnections 0",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080, "maxConnections": 0}]})),
+            "spec.listeners[0].maxConnections",
+            "greater than or equal to 1",
+        ),
         // Gateway: routes
         openapi(
             "duplicate route names",
@@ -688,10 +694,10 @@ async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
             ],
         }));
         secure["metadata"]["name"] = json!("secure");
-        // Behind proxies, by address and by count.
+        // Behind proxies, by address and by count; a connection limit.
         let mut proxied = gateway(json!({
             "listeners": [
-                {"name": "web", "port": 8080, "clientIPDetection":
+                {"name": "web", "port": 8080, "maxConnections": 1000, "clientIPDetection":
                     {"xForwardedFor": {"trustedCIDRs": ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]}}},
                 {"name": "lb", "port": 8081, "clientIPDetection": {"xForwardedFor": {"numTrustedHops": 2}}},
             ],

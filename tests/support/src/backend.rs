@@ -62,6 +62,8 @@ struct State {
     close_mid_response: AtomicBool,
     /// Answer with a chunked body (no Content-Length).
     chunked: AtomicBool,
+    /// Bytes of padding after the Pod's name in each body.
+    padding: AtomicU64,
     /// Close a keep-alive connection idle this long (0: never), without saying so beforehand.
     idle_timeout_ms: AtomicU64,
     requests: AtomicU64,
@@ -139,12 +141,18 @@ impl Backend {
         self.state.idle_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Pad every body with `bytes` more bytes after the Pod's name (a large response).
+    pub fn pad_bodies(&self, bytes: u64) {
+        self.state.padding.store(bytes, Ordering::Relaxed);
+    }
+
     pub fn reset(&self) {
         self.respond_with_status(StatusCode::OK);
         self.delay(Duration::ZERO);
         self.fail_next_with_retry_after(0, StatusCode::SERVICE_UNAVAILABLE, 0);
         self.close_mid_response(false);
         self.answer_in_chunks(false);
+        self.pad_bodies(0);
         self.state.idle_timeout_ms.store(0, Ordering::Relaxed);
     }
 }
@@ -169,6 +177,7 @@ impl RunningBackend {
             fail_retry_after: AtomicU64::new(0),
             close_mid_response: AtomicBool::new(false),
             chunked: AtomicBool::new(false),
+            padding: AtomicU64::new(0),
             idle_timeout_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -267,7 +276,10 @@ async fn handle(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let body = Bytes::from(format!("{}\n", state.pod));
+    let mut body = format!("{}\n", state.pod).into_bytes();
+    let padding = state.padding.load(Ordering::Relaxed);
+    body.resize(body.len() + usize::try_from(padding).unwrap_or(0), b'.');
+    let body = Bytes::from(body);
 
     if state.close_mid_response.load(Ordering::Relaxed) {
         // Promise the whole body, send half, then fail the stream: hyper aborts the connection.

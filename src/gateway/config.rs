@@ -627,4 +627,44 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn listener_settings_are_compiled_per_port_and_a_bad_one_leaves_its_listener_out() {
+        let gateway: Gateway = serde_json::from_value(serde_json::json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns"},
+            "spec": {"listeners": [
+                {"name": "lb", "port": 8080, "maxConnections": 10,
+                    "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["10.0.0.0/8"]}}},
+                {"name": "plain", "port": 8081},
+                {"name": "bad", "port": 8082,
+                    "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["not-a-cidr"]}}},
+            ]},
+        }))
+        .expect("a Gateway");
+        let metrics = GatewayMetrics::register(&mut Default::default());
+        let table = compile(
+            &[Arc::new(gateway)],
+            &HashMap::new(),
+            &Registry::default(),
+            &metrics,
+            &CertificateStore::default(),
+            None,
+        );
+        assert_eq!(
+            table.trusted_proxies(8080, None),
+            Some(&TrustedProxies::Cidrs(vec![
+                "10.0.0.0/8".parse().expect("a CIDR")
+            ]))
+        );
+        assert_eq!(table.trusted_proxies(8081, None), None);
+        assert_eq!(table.max_connections.get(&8080), Some(&10));
+        assert_eq!(table.max_connections.get(&8081), Some(&DEFAULT_MAX_CONNECTIONS));
+        assert!(!table.listeners.contains_key(&8082));
+        assert!(
+            table.not_served["ns/gw/bad"].contains("not-a-cidr"),
+            "{:?}",
+            table.not_served
+        );
+    }
 }

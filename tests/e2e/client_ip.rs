@@ -5,11 +5,13 @@
 use std::net::SocketAddr;
 
 use hyper::{HeaderMap, Method, StatusCode, header::HeaderValue};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use microgate::api::Gateway;
 use microgate_test_support::{
     backend::{POD_NAME_HEADER, SEEN_FORWARDED_FOR_HEADER},
     probe,
+    tls::{Session, TestCa},
     wait::{self, Probe},
     with_namespace,
 };
@@ -146,6 +148,79 @@ async fn behind_trusted_proxies_the_right_x_forwarded_for_entry_is_the_client() 
             pods.len() > 1,
             "{ADDRESSES} client addresses all hashed to {pods:?}: the header was not used"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn https_listeners_sharing_a_port_each_trust_their_own_proxies() {
+    with_namespace("e2e-xff-tls", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        let ca = TestCa::new();
+        let certificate = ca.issue(&["behind-lb.example.com", "direct.example.com"]);
+        ns.api::<Secret>()
+            .create(&PostParams::default(), &certificate.secret("edge-tls"))
+            .await
+            .expect("create the Secret");
+        let port = free_port();
+        let https = |name: &str, host: &str| {
+            json!({"name": name, "port": port, "protocol": "HTTPS", "hostnames": [host],
+                "tls": {"certificateRefs": [{"name": "edge-tls"}]}})
+        };
+        let mut behind_lb = https("behind-lb", "behind-lb.example.com");
+        behind_lb["clientIPDetection"] = json!({"xForwardedFor": {"trustedCIDRs": ["127.0.0.0/8"]}});
+        let gateway: Gateway = serde_json::from_value(json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
+            "spec": {
+                "listeners": [behind_lb, https("direct", "direct.example.com")],
+                "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}],
+            },
+        }))
+        .expect("a valid Gateway");
+        ns.api::<Gateway>()
+            .create(&PostParams::default(), &gateway)
+            .await
+            .expect("create the Gateway");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut forwarded = HeaderMap::new();
+        forwarded.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        // Over HTTP/1.1 (the gateway's own server) and HTTP/2 (hyper's), by ALPN.
+        for (client, protocol) in [
+            (ca.http1_client(), "HTTP/1.1"),
+            (ca.client(&[b"h2"], rustls::DEFAULT_VERSIONS), "HTTP/2"),
+        ] {
+            for (host, expected) in [
+                ("behind-lb.example.com", "203.0.113.7, 127.0.0.1"),
+                ("direct.example.com", "127.0.0.1"),
+            ] {
+                let seen = wait::until(format!("{host} to be served over {protocol}"), WAIT, || async {
+                    let connected = match client.connect(addr, host).await {
+                        Ok(connected) => connected,
+                        Err(error) => return Probe::NotYet(error.to_string()),
+                    };
+                    let answer = match Session::start(connected).await {
+                        Ok(mut session) => session.send_with(Method::GET, host, "/", forwarded.clone()).await,
+                        Err(error) => Err(error),
+                    };
+                    match answer {
+                        Ok(answer) if answer.status == StatusCode::OK => Probe::Done(
+                            answer
+                                .headers
+                                .get(SEEN_FORWARDED_FOR_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned(),
+                        ),
+                        Ok(answer) => Probe::NotYet(answer.status.to_string()),
+                        Err(error) => Probe::NotYet(error),
+                    }
+                })
+                .await
+                .expect("the listener serves");
+                assert_eq!(seen, expected, "{host} over {protocol}");
+            }
+        }
     })
     .await;
 }

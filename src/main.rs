@@ -163,6 +163,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             workers: args
                 .workers
                 .map_or_else(gateway::workers::default_count, usize::from),
+            client_timeouts: Default::default(),
         },
         gateway_metrics,
         shutdown_signal(),
@@ -206,6 +207,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         workers: args
             .workers
             .map_or_else(gateway::workers::default_count, usize::from),
+        client_timeouts: Default::default(),
     };
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}

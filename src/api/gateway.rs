@@ -108,6 +108,52 @@ pub struct Listener {
     /// TLS termination: required for HTTPS listeners, refused on others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+    /// Who the client is. Unset: the TCP peer, and an `X-Forwarded-For` a client sends is not
+    /// believed nor passed on. Set, it names the proxies in front of this listener whose
+    /// `X-Forwarded-For` is believed, as Envoy Gateway's `clientIPDetection` does.
+    #[serde(
+        default,
+        rename = "clientIPDetection",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_ip_detection: Option<ClientIpDetection>,
+    /// The most client connections open at once on this listener's port (default 16384);
+    /// listeners sharing a port share one count, the sum of their limits. A connection over the
+    /// limit is refused at once (on plain HTTP with a 503 saying so), never queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections: Option<i32>,
+}
+
+/// How a listener tells who the client is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+pub struct ClientIpDetection {
+    /// Believe `X-Forwarded-For` from trusted proxies.
+    #[serde(default, rename = "xForwardedFor", skip_serializing_if = "Option::is_none")]
+    pub x_forwarded_for: Option<XForwardedFor>,
+}
+
+/// Which proxies' `X-Forwarded-For` is believed: by address, or by how many stand in front.
+/// The client IP (for `sourceIp` hashing and the access log) is the trusted one; the
+/// endpoint gets the client's `X-Forwarded-For` only from a trusted peer, with the peer added.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.numTrustedHops) != (has(self.trustedCIDRs) && size(self.trustedCIDRs) > 0)")
+    .message("xForwardedFor needs exactly one of numTrustedHops and trustedCIDRs"))]
+pub struct XForwardedFor {
+    /// The proxies, one behind the other, in front of the gateway: the client is the Nth
+    /// address from the right of `X-Forwarded-For` (the TCP peer if the list is shorter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub num_trusted_hops: Option<i32>,
+    /// The proxies' addresses (e.g. `10.0.0.0/8`, `2001:db8::/32`). The peer must be in one for
+    /// its `X-Forwarded-For` to be read; the client is then the right-most address in it that is
+    /// in none of them (the left-most if all are).
+    #[serde(default, rename = "trustedCIDRs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))")
+        .message("every entry of trustedCIDRs must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))]
+    pub trusted_cidrs: Vec<String>,
 }
 
 /// The protocol a listener speaks.

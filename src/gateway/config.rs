@@ -14,6 +14,7 @@ use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 
 use super::{
     balance::{EndpointState, Pool},
+    client_ip::TrustedProxies,
     metrics::{GatewayMetrics, RouteMetrics},
     outlier::Ejection,
     retry::RetryBudget,
@@ -33,6 +34,10 @@ use crate::{
 
 /// TLS sessions each HTTPS listener remembers for resumption.
 const TLS_SESSIONS_PER_LISTENER: usize = 1024;
+
+/// Client connections a listener holds open at once unless its `maxConnections` says: well
+/// under a usual open-file limit, so that a flood of connections cannot exhaust the process.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 /// What a request's consistent-hash key is taken from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,6 +149,11 @@ pub struct RouteTable {
     pub tls: BTreeMap<u16, Arc<TlsPort>>,
     /// Listeners not served, by `namespace/gateway/listener`, and why.
     pub not_served: BTreeMap<String, String>,
+    /// The listeners that believe some proxies' `X-Forwarded-For`, by port, with their ids.
+    /// Empty unless some listener sets `clientIPDetection`.
+    trusted_proxies: BTreeMap<u16, Vec<(Arc<str>, TrustedProxies)>>,
+    /// The most client connections each port holds open at once: the sum of its listeners'.
+    pub max_connections: BTreeMap<u16, usize>,
     upstreams: HashMap<ServiceKey, Arc<Upstream>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
     /// Each HTTPS listener's session cache, kept across tables so that sessions stay resumable.
@@ -160,6 +170,20 @@ impl RouteTable {
         self.upstreams
             .values()
             .flat_map(|upstream| upstream.pool.endpoints())
+    }
+
+    /// The proxies whose `X-Forwarded-For` the listener of a request believes: on `port`, the
+    /// HTTPS listener `tls_listener`, or the port's one plain-HTTP listener.
+    pub fn trusted_proxies(&self, port: u16, tls_listener: Option<&str>) -> Option<&TrustedProxies> {
+        if self.trusted_proxies.is_empty() {
+            return None;
+        }
+        let listeners = self.trusted_proxies.get(&port)?;
+        let found = match tls_listener {
+            Some(id) => listeners.iter().find(|(listener, _)| &**listener == id),
+            None => listeners.first(),
+        };
+        found.map(|(_, proxies)| proxies)
     }
 
     /// The HTTPS listener `id`, if it is served.
@@ -303,6 +327,21 @@ pub fn compile(
         let mut served = Vec::with_capacity(spec.listeners.len());
         for listener in &spec.listeners {
             let id: Arc<str> = format!("{namespace}/{}/{}", gateway.name_any(), listener.name).into();
+            let trusted = match listener
+                .client_ip_detection
+                .as_ref()
+                .and_then(|d| d.x_forwarded_for.as_ref())
+                .map(TrustedProxies::parse)
+                .transpose()
+            {
+                Ok(trusted) => trusted,
+                Err(error) => {
+                    let why = format!("clientIPDetection.xForwardedFor: {error}");
+                    tracing::warn!(listener = %id, %why, "listener not served");
+                    table.not_served.insert(id.to_string(), why);
+                    continue;
+                }
+            };
             match place_listener(
                 &mut ports,
                 &id,
@@ -315,6 +354,19 @@ pub fn compile(
                 Ok(port) => {
                     // A listener with no routes still listens (and answers 404).
                     table.listeners.entry(port).or_default();
+                    let limit = listener
+                        .max_connections
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|n| *n > 0)
+                        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+                    *table.max_connections.entry(port).or_default() += limit;
+                    if let Some(trusted) = trusted {
+                        table
+                            .trusted_proxies
+                            .entry(port)
+                            .or_default()
+                            .push((id.clone(), trusted));
+                    }
                     served.push((id, port, listener));
                 }
                 Err(why) => {
@@ -573,6 +625,46 @@ mod tests {
                 "second-api#0",
                 "catch-all#-1"
             ]
+        );
+    }
+
+    #[test]
+    fn listener_settings_are_compiled_per_port_and_a_bad_one_leaves_its_listener_out() {
+        let gateway: Gateway = serde_json::from_value(serde_json::json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns"},
+            "spec": {"listeners": [
+                {"name": "lb", "port": 8080, "maxConnections": 10,
+                    "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["10.0.0.0/8"]}}},
+                {"name": "plain", "port": 8081},
+                {"name": "bad", "port": 8082,
+                    "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["not-a-cidr"]}}},
+            ]},
+        }))
+        .expect("a Gateway");
+        let metrics = GatewayMetrics::register(&mut Default::default());
+        let table = compile(
+            &[Arc::new(gateway)],
+            &HashMap::new(),
+            &Registry::default(),
+            &metrics,
+            &CertificateStore::default(),
+            None,
+        );
+        assert_eq!(
+            table.trusted_proxies(8080, None),
+            Some(&TrustedProxies::Cidrs(vec![
+                "10.0.0.0/8".parse().expect("a CIDR")
+            ]))
+        );
+        assert_eq!(table.trusted_proxies(8081, None), None);
+        assert_eq!(table.max_connections.get(&8080), Some(&10));
+        assert_eq!(table.max_connections.get(&8081), Some(&DEFAULT_MAX_CONNECTIONS));
+        assert!(!table.listeners.contains_key(&8082));
+        assert!(
+            table.not_served["ns/gw/bad"].contains("not-a-cidr"),
+            "{:?}",
+            table.not_served
         );
     }
 }

@@ -107,11 +107,25 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    /// `host`: the request's host, from its URI or its `Host` header.
+    /// `host`: the request's host, from its URI or its `Host` header. The client's
+    /// `X-Forwarded-For` is not believed: the endpoint gets the peer's address alone.
     pub fn new(headers: &HeaderMap, client: &Client, host: Option<&str>) -> Self {
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(previous) => HeaderValue::try_from(format!("{previous}, {}", client.addr.ip())).ok(),
-            None => client.forwarded_for.clone(),
+        Self::for_peer(headers, client, host, false)
+    }
+
+    /// [`Forwarding::new`], where a `trusted_peer` (a proxy the listener trusts) has its
+    /// `X-Forwarded-For` passed on, its own address added at the end.
+    pub fn for_peer(headers: &HeaderMap, client: &Client, host: Option<&str>, trusted_peer: bool) -> Self {
+        let forwarded_for = if trusted_peer && headers.contains_key(&X_FORWARDED_FOR) {
+            let mut list = Vec::with_capacity(64);
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                list.extend_from_slice(value.as_bytes());
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(client.addr.ip().to_string().as_bytes());
+            HeaderValue::from_bytes(&list).ok()
+        } else {
+            client.forwarded_for.clone()
         };
         // The client's own Host value is shared, not copied.
         let (host, forwarded_host) = match headers.get(header::HOST) {
@@ -218,7 +232,14 @@ mod tests {
                 && !out.contains_key("x-secret")
                 && !out.contains_key("keep-alive")
         );
-        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        // The client's own list is dropped: only a trusted peer's goes on.
+        assert_eq!(out["x-forwarded-for"], "127.0.0.9");
+        let mut from_proxy = headers.clone();
+        from_proxy.append("x-forwarded-for", "10.0.0.2".parse().expect("value"));
+        let mut passed = from_proxy.clone();
+        Forwarding::for_peer(&from_proxy, &client, None, true).apply(&mut passed);
+        assert_eq!(passed["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.9");
+        assert_eq!(passed.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(out["x-forwarded-host"], "shop.example.com");
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out["x-kept"], "yes");

@@ -8,6 +8,7 @@
 
 pub mod balance;
 pub mod body;
+pub mod client_ip;
 pub mod config;
 pub mod forwarding;
 pub mod metrics;
@@ -52,6 +53,8 @@ pub struct Options {
     pub on_programmed: Option<Box<dyn FnOnce() + Send>>,
     /// Threads serving traffic (see [`workers`]); [`workers::default_count`] is one per CPU.
     pub workers: usize,
+    /// How long clients may take to send a request's head and to read a response.
+    pub client_timeouts: server::ClientTimeouts,
 }
 
 /// What a gateway's readiness waits for (see [`Options::on_programmed`]).
@@ -139,7 +142,12 @@ pub async fn run(
     for worker in workers.handles() {
         worker.spawn(close_expired_idle_connections(table.clone()));
     }
-    let mut listeners = server::Listeners::new(options.listen_address, proxy, workers.handles().to_vec());
+    let mut listeners = server::Listeners::new(
+        options.listen_address,
+        proxy,
+        workers.handles().to_vec(),
+        options.client_timeouts,
+    );
     let mut registry_changes = registry.subscribe();
     let mut on_programmed = options.on_programmed;
     let program = async {

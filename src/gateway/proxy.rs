@@ -3,7 +3,8 @@
 
 use std::{
     borrow::Cow,
-    net::SocketAddr,
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering},
     time::Instant,
 };
@@ -20,6 +21,7 @@ use hyper::body::Frame;
 use super::{
     balance::{hash_key, random_below},
     body::{BoxError, OutgoingBody, ResponseBody, Streamed, Whole},
+    client_ip::{self, ClientIp},
     config::{Attached, HashOn, Redirect, Route, RouteTable, Upstream},
     forwarding::{Forwarding, strip_hop_by_hop},
     metrics::{GatewayMetrics, RouteMetrics},
@@ -96,6 +98,16 @@ impl Proxy {
         }
     }
 
+    /// The most client connections `port` holds open at once.
+    pub fn max_connections(&self, port: u16) -> usize {
+        self.table
+            .load()
+            .max_connections
+            .get(&port)
+            .copied()
+            .unwrap_or(super::config::DEFAULT_MAX_CONNECTIONS)
+    }
+
     /// The HTTPS listeners of `port`, if it terminates TLS.
     pub fn tls_port(&self, port: u16) -> Option<Arc<super::tls::TlsPort>> {
         self.table.load().tls.get(&port).cloned()
@@ -131,6 +143,11 @@ impl Proxy {
             .access_log
             .then(|| (request.method().clone(), request.uri().clone()));
         let listener = client.tls_listener.as_deref();
+        let origin = client_ip::resolve(
+            table.trusted_proxies(port, listener),
+            client_addr.ip(),
+            request.headers(),
+        );
         let (route_id, metrics, response) = match refused {
             Some(refused) => ("<none>", &self.unrouted, refused),
             None => match find_route(&table, port, listener, host.as_deref(), &request) {
@@ -147,7 +164,7 @@ impl Proxy {
                             redirect_response(redirect, client, host.as_deref(), named_port, request.uri())
                         }
                         None => {
-                            self.forward(route, client, host.as_deref(), started, request)
+                            self.forward(route, client, origin, host.as_deref(), started, request)
                                 .await
                         }
                     };
@@ -185,7 +202,7 @@ impl Proxy {
                 .unwrap_or("");
             tracing::info!(
                 target: "microgate::access",
-                client = %client_addr, %method, %uri, host = host.as_deref().unwrap_or(""),
+                client = %origin.ip, peer = %client_addr, %method, %uri, host = host.as_deref().unwrap_or(""),
                 route = route_id, status = response.status().as_u16(), reason, ms = took.as_secs_f64() * 1000.0,
                 "request"
             );
@@ -197,6 +214,7 @@ impl Proxy {
         &self,
         route: &Route,
         client: &Client,
+        origin: ClientIp,
         host: Option<&str>,
         started: Instant,
         request: Request<B>,
@@ -242,7 +260,7 @@ impl Proxy {
         let hash = upstream
             .hash_on
             .as_ref()
-            .and_then(|on| request_hash(on, &parts.headers, client.addr));
+            .and_then(|on| request_hash(on, &parts.headers, origin.ip));
         let Some(_admitted) = Admission::enter(&upstream.limits, upstream.breaker.max_requests) else {
             let message = format!(
                 "circuit open: {} requests in flight to {} (circuitBreaker.maxRequests)",
@@ -250,7 +268,7 @@ impl Proxy {
             );
             return local(StatusCode::SERVICE_UNAVAILABLE, "circuit-open", &message);
         };
-        let forwarding = Forwarding::new(&parts.headers, client, host);
+        let forwarding = Forwarding::for_peer(&parts.headers, client, host, origin.peer_trusted);
         let path = parts
             .uri
             .path_and_query()
@@ -648,7 +666,7 @@ fn pick_backend(route: &Route) -> Option<&Arc<Upstream>> {
     route.backends.last().map(|b| &b.upstream)
 }
 
-fn request_hash(on: &HashOn, headers: &HeaderMap, client: SocketAddr) -> Option<u64> {
+fn request_hash(on: &HashOn, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
     match on {
         HashOn::Header(name) => headers.get(name).map(|v| hash_key(v.as_bytes())),
         HashOn::Cookie(name) => headers.get_all(header::COOKIE).iter().find_map(|value| {
@@ -657,7 +675,14 @@ fn request_hash(on: &HashOn, headers: &HeaderMap, client: SocketAddr) -> Option<
                 (k == name).then(|| hash_key(v.as_bytes()))
             })
         }),
-        HashOn::SourceIp => Some(hash_key(client.ip().to_string().as_bytes())),
+        // The address's text, written on the stack: no allocation per request.
+        HashOn::SourceIp => {
+            let mut text = [0u8; 48];
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(cursor, "{client}");
+            let len = cursor.position() as usize;
+            Some(hash_key(&text[..len]))
+        }
     }
 }
 
@@ -762,7 +787,7 @@ mod tests {
     fn cookie_and_header_hash_keys() {
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, "a=1; session=abc".parse().expect("value"));
-        let client: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let client: IpAddr = "127.0.0.1".parse().expect("addr");
         assert_eq!(
             request_hash(&HashOn::Cookie("session".into()), &headers, client),
             Some(hash_key(b"abc"))
@@ -774,6 +799,11 @@ mod tests {
         assert_eq!(
             request_hash(&HashOn::SourceIp, &headers, client),
             Some(hash_key(b"127.0.0.1"))
+        );
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().expect("addr");
+        assert_eq!(
+            request_hash(&HashOn::SourceIp, &headers, longest),
+            Some(hash_key(longest.to_string().as_bytes()))
         );
     }
 }

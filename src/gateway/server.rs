@@ -10,7 +10,10 @@ use std::{
     collections::BTreeMap,
     convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -20,7 +23,7 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
     runtime::Handle,
     sync::{oneshot, watch},
@@ -38,6 +41,68 @@ use super::{
 /// Connections waiting to be accepted, per socket.
 const BACKLOG: u32 = 1024;
 
+/// How long clients may keep the gateway waiting.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientTimeouts {
+    /// For a request's head, counted from when the connection is ready for it: so also how
+    /// long a kept-alive HTTP/1.1 connection may sit idle (slowloris, idle keep-alive).
+    pub header_read: Duration,
+    /// For the client to accept a batch of its response (a client that does not read).
+    pub write: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        Self {
+            header_read: http1::HEADER_READ_TIMEOUT,
+            write: http1::WRITE_TIMEOUT,
+        }
+    }
+}
+
+/// What a client over its port's connection limit reads before the gateway closes.
+const OVER_THE_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nx-microgate-reason: connection-limit\r\ncontent-length: 57\r\nconnection: close\r\n\r\nthe listener holds its most connections (maxConnections)\n";
+
+/// How long a refused connection stays, half-closed, for its client to read the refusal: a
+/// socket closed with the client's request unread is reset, and the reset can overtake the 503.
+const REFUSAL_LINGER: Duration = Duration::from_millis(250);
+
+/// One open client connection, counted against its port's limit until dropped.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    /// A slot if fewer than `limit` connections of the port are open.
+    fn take(open: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Self(open.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Turns away a connection over its port's limit: on plain HTTP with a 503 that says why (in
+/// one non-blocking write: a refusal must cost next to nothing), on TLS by closing (a
+/// handshake is what the limit saves).
+async fn refuse(mut stream: TcpStream, tls: bool) {
+    if tls {
+        return;
+    }
+    let _ = stream.try_write(OVER_THE_LIMIT);
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while let Ok(1..) = stream.read(&mut sink).await {}
+    })
+    .await;
+}
+
 /// The listeners running now, by port.
 pub struct Listeners {
     address: IpAddr,
@@ -45,6 +110,7 @@ pub struct Listeners {
     /// The workers' runtimes: each accepts on its own socket per port (see `super::workers`).
     workers: Vec<Handle>,
     running: BTreeMap<u16, JoinSet<()>>,
+    timeouts: ClientTimeouts,
     /// Why a port could not be bound, until it is.
     failed: BTreeMap<u16, String>,
     /// Turns true when the gateway stops: every listener drains.
@@ -52,12 +118,13 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn new(address: IpAddr, proxy: Arc<Proxy>, workers: Vec<Handle>) -> Self {
+    pub fn new(address: IpAddr, proxy: Arc<Proxy>, workers: Vec<Handle>, timeouts: ClientTimeouts) -> Self {
         Self {
             address,
             proxy,
             workers,
             running: BTreeMap::new(),
+            timeouts,
             failed: BTreeMap::new(),
             draining: watch::Sender::new(false),
         }
@@ -77,16 +144,19 @@ impl Listeners {
             let shared = self.workers.len() > 1;
             let mut tasks = JoinSet::new();
             let mut bound = Ok(());
+            // The port's open connections, over all workers.
+            let open = Arc::new(AtomicUsize::new(0));
+            let timeouts = self.timeouts;
             for worker in &self.workers {
                 // The socket is made on the worker, so that its own runtime drives it.
                 let (told, result) = oneshot::channel();
-                let (proxy, draining) = (self.proxy.clone(), self.draining.subscribe());
+                let (proxy, draining, open) = (self.proxy.clone(), self.draining.subscribe(), open.clone());
                 tasks.spawn_on(
                     async move {
                         match bind(addr, shared) {
                             Ok(listener) => {
                                 let _ = told.send(Ok(()));
-                                accept(listener, port, proxy, draining).await;
+                                accept(listener, port, proxy, draining, open, timeouts).await;
                             }
                             Err(error) => {
                                 let _ = told.send(Err(error));
@@ -196,13 +266,14 @@ async fn serve_connection<S>(
     proxy: Arc<Proxy>,
     builders: Arc<Builders>,
     mut draining: watch::Receiver<bool>,
+    timeouts: ClientTimeouts,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static + NegotiatedProtocol,
 {
     let (stream, builder) = if stream.is_h2() {
         (http1::Rewind::fresh(stream), &builders.http2)
     } else {
-        match http1::serve(stream, &client, &proxy, &mut draining).await {
+        match http1::serve(stream, &client, &proxy, &mut draining, timeouts).await {
             http1::Served::Closed => return,
             http1::Served::HandOver(rewind) => (rewind, &builders.detecting),
         }
@@ -301,13 +372,22 @@ fn http2_settings<E>(http2: &mut auto::Http2Builder<'_, E>) {
 
 /// Accepts connections on `listener` until `draining` turns true; then stops accepting, asks every
 /// open connection to finish its in-flight requests and close, and returns when they have.
-async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut draining: watch::Receiver<bool>) {
+/// `open` counts the port's connections over all workers; past the port's limit a new one is
+/// refused at once.
+async fn accept(
+    listener: TcpListener,
+    port: u16,
+    proxy: Arc<Proxy>,
+    mut draining: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
+    timeouts: ClientTimeouts,
+) {
     let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(http1::HEADER_READ_TIMEOUT)
+        .header_read_timeout(timeouts.header_read)
         .max_buf_size(64 * 1024);
     http2_settings(&mut builder.http2());
     let builder = Arc::new(Builders {
@@ -328,23 +408,70 @@ async fn accept(listener: TcpListener, port: u16, proxy: Arc<Proxy>, mut drainin
             _ = draining.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let tls_port = proxy.tls_port(port);
+        let Some(slot) = ConnectionSlot::take(&open, proxy.max_connections(port)) else {
+            tracing::debug!(%client, port, "connection refused: the port holds its most connections");
+            connections.spawn(refuse(stream, tls_port.is_some()));
+            continue;
+        };
         let (proxy, builder, draining) = (proxy.clone(), builder.clone(), draining.clone());
         connections.spawn(async move {
-            match proxy.tls_port(port) {
+            let _slot = slot;
+            match tls_port {
                 None => {
                     let client = Arc::new(Client::new(port, client));
-                    serve_connection(stream, client, proxy, builder, draining).await;
+                    serve_connection(stream, client, proxy, builder, draining, timeouts).await;
                 }
                 Some(tls_port) => {
                     let Some((stream, listener)) = handshake(stream, &tls_port).await else {
                         return;
                     };
                     let client = Arc::new(Client::over_tls(port, client, listener));
-                    serve_connection(stream, client, proxy, builder, draining).await;
+                    serve_connection(stream, client, proxy, builder, draining, timeouts).await;
                 }
             }
         });
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_one_whole_http_answer() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut response = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = response.parse(OVER_THE_LIMIT) else {
+            panic!("a complete response head")
+        };
+        assert_eq!(response.code, Some(503));
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        assert_eq!(header("x-microgate-reason").as_deref(), Some("connection-limit"));
+        assert_eq!(header("connection").as_deref(), Some("close"));
+        assert_eq!(
+            header("content-length"),
+            Some((OVER_THE_LIMIT.len() - head).to_string())
+        );
+    }
+
+    #[test]
+    fn slots_stop_at_the_limit_and_come_back_when_dropped() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let first = ConnectionSlot::take(&open, 2);
+        let second = ConnectionSlot::take(&open, 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(ConnectionSlot::take(&open, 2).is_none());
+        drop(first);
+        assert!(ConnectionSlot::take(&open, 2).is_some());
+        assert_eq!(open.load(Ordering::Acquire), 1);
+    }
 }

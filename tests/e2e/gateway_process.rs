@@ -95,8 +95,10 @@ async fn a_gateway_process_is_ready_only_when_it_routes_and_logs_each_request_as
         assert_eq!(first["uri"], "/logged?n=1", "{first}");
         assert_eq!(first["status"], 200, "{first}");
         assert_eq!(first["route"], format!("{}/gw/all", ns.name), "{first}");
+        // The client IP (no proxy is trusted here, so the peer's), and the peer's socket address.
+        assert_eq!(first["client"], "127.0.0.1", "{first}");
         assert!(
-            first["client"]
+            first["peer"]
                 .as_str()
                 .is_some_and(|c| c.starts_with("127.0.0.1:")),
             "{first}"

@@ -30,10 +30,12 @@ use microgate_test_support::{
 };
 use serde_json::json;
 
+mod client_ip;
 mod gateway_process;
 mod h2_hostile;
 mod leader;
 mod paths;
+mod slow_clients;
 mod tls;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -76,6 +78,16 @@ impl Platform {
         shutdown: impl Future<Output = ()> + Send + 'static,
         workers: usize,
     ) -> Self {
+        Self::start_configured(ns, shutdown, workers, Default::default()).await
+    }
+
+    /// A platform whose gateway gives clients `client_timeouts`.
+    async fn start_configured(
+        ns: &TestNamespace,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        workers: usize,
+        client_timeouts: gateway::server::ClientTimeouts,
+    ) -> Self {
         microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         let registry = Registry::default();
         let mut prometheus = Prometheus::default();
@@ -105,6 +117,7 @@ impl Platform {
                 access_log: true,
                 on_programmed: None,
                 workers,
+                client_timeouts,
             },
             metrics,
             shutdown,

@@ -379,6 +379,47 @@ fn invalid_objects() -> Vec<Invalid> {
             "spec.listeners[0].port",
             "less than or equal to 65535",
         ),
+        cel(
+            "a trustedCIDRs entry that is an address, not a CIDR",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080,
+                "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["10.0.0.0/8", "10.0.0.1"]}}}]})),
+            "spec.listeners[0].clientIPDetection.xForwardedFor.trustedCIDRs",
+            "every entry of trustedCIDRs must be a CIDR",
+        ),
+        cel(
+            "a trustedCIDRs entry that is no address at all",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080,
+                "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["proxies/8"]}}}]})),
+            "spec.listeners[0].clientIPDetection.xForwardedFor.trustedCIDRs",
+            "every entry of trustedCIDRs must be a CIDR",
+        ),
+        cel(
+            "xForwardedFor with both numTrustedHops and trustedCIDRs",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080,
+                "clientIPDetection": {"xForwardedFor": {"numTrustedHops": 1, "trustedCIDRs": ["10.0.0.0/8"]}}}]})),
+            "spec.listeners[0].clientIPDetection.xForwardedFor",
+            "xForwardedFor needs exactly one of numTrustedHops and trustedCIDRs",
+        ),
+        cel(
+            "xForwardedFor with neither numTrustedHops nor trustedCIDRs",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080,
+                "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": []}}}]})),
+            "spec.listeners[0].clientIPDetection.xForwardedFor",
+            "xForwardedFor needs exactly one of numTrustedHops and trustedCIDRs",
+        ),
+        openapi(
+            "numTrustedHops 0",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080,
+                "clientIPDetection": {"xForwardedFor": {"numTrustedHops": 0}}}]})),
+            "spec.listeners[0].clientIPDetection.xForwardedFor.numTrustedHops",
+            "greater than or equal to 1",
+        ),
+        openapi(
+            "maxConnections 0",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080, "maxConnections": 0}]})),
+            "spec.listeners[0].maxConnections",
+            "greater than or equal to 1",
+        ),
         // Gateway: routes
         openapi(
             "duplicate route names",
@@ -653,8 +694,17 @@ async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
             ],
         }));
         secure["metadata"]["name"] = json!("secure");
+        // Behind proxies, by address and by count; a connection limit.
+        let mut proxied = gateway(json!({
+            "listeners": [
+                {"name": "web", "port": 8080, "maxConnections": 1000, "clientIPDetection":
+                    {"xForwardedFor": {"trustedCIDRs": ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]}}},
+                {"name": "lb", "port": 8081, "clientIPDetection": {"xForwardedFor": {"numTrustedHops": 2}}},
+            ],
+        }));
+        proxied["metadata"]["name"] = json!("proxied");
 
-        for object in [&orders, &edge, &secure] {
+        for object in [&orders, &edge, &secure, &proxied] {
             let kind = Kind::of(object);
             assert_eq!(
                 kind.validate_cel_offline(object)

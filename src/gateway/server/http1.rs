@@ -22,6 +22,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
+use super::ClientTimeouts;
 use crate::gateway::{
     body::{ResponseBody, Whole, take_wire_headers},
     proxy::{Client, MAX_BUFFERED_BODY, Proxy},
@@ -31,8 +32,11 @@ use crate::gateway::{
 /// How long a client may take to send a request's head, counted from when the connection is
 /// ready for it (so also how long a kept-alive connection may sit idle): slowloris.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to accept (read) a batch of its response: a client that stops
+/// reading is cut off then, rather than holding its connection, and the endpoint's, forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How far the header-read deadline may lag: moving a timer costs a timer-wheel update, so it is
-/// moved only when it would move by more than this (a timeout then comes after 9 to 10 s).
+/// moved only when it would move by more than this (a tenth of the deadline, at most 1 s).
 const TIMER_SLACK: Duration = Duration::from_secs(1);
 /// The most a request head may take.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -71,6 +75,7 @@ struct Connection<S> {
     write: Vec<u8>,
     /// The header-read deadline.
     timer: Pin<Box<Sleep>>,
+    timeouts: ClientTimeouts,
 }
 
 /// Serves HTTP/1.1 requests on `stream` until the client closes, the gateway drains, or the
@@ -80,12 +85,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     client: &Client,
     proxy: &Proxy,
     draining: &mut watch::Receiver<bool>,
+    timeouts: ClientTimeouts,
 ) -> Served<S> {
     let mut connection = Connection {
         stream,
         read: BytesMut::with_capacity(8 * 1024),
         write: Vec::with_capacity(8 * 1024),
-        timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
+        timer: Box::pin(tokio::time::sleep(timeouts.header_read)),
+        timeouts,
     };
     loop {
         match connection.next_request(draining).await {
@@ -119,8 +126,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn next_request(&mut self, draining: &mut watch::Receiver<bool>) -> Next {
-        let deadline = Instant::now() + HEADER_READ_TIMEOUT;
-        if deadline > self.timer.deadline() + TIMER_SLACK {
+        let deadline = Instant::now() + self.timeouts.header_read;
+        if deadline > self.timer.deadline() + TIMER_SLACK.min(self.timeouts.header_read / 10) {
             self.timer.as_mut().reset(deadline);
         }
         // The deadline is for the head: a body (at most MAX_BUFFERED_BODY) may take longer.
@@ -217,7 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         out.extend_from_slice(b"\r\n");
         if bodiless {
             drop(body);
-            self.stream.write_all(&self.write).await?;
+            write_all_within(&mut self.stream, &self.write, self.timeouts.write).await?;
             return Ok(keep_alive);
         }
         let mut sent = 0u64;
@@ -245,7 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     if self.write.len() + data.len() > WRITE_BATCH {
                         self.flush().await?;
-                        self.stream.write_all(&data).await?;
+                        write_all_within(&mut self.stream, &data, self.timeouts.write).await?;
                     } else {
                         self.write.extend_from_slice(&data);
                     }
@@ -271,7 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn flush(&mut self) -> io::Result<()> {
         if !self.write.is_empty() {
-            self.stream.write_all(&self.write).await?;
+            write_all_within(&mut self.stream, &self.write, self.timeouts.write).await?;
             self.write.clear();
         }
         Ok(())
@@ -283,8 +290,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             status.as_str(),
             status.canonical_reason().unwrap_or("")
         );
-        self.stream.write_all(answer.as_bytes()).await?;
+        write_all_within(&mut self.stream, answer.as_bytes(), self.timeouts.write).await?;
         self.stream.shutdown().await
+    }
+}
+
+/// Writes all of `bytes`, failing if the client takes longer than `limit` to accept them.
+async fn write_all_within<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    // Most writes go out at once: only one that has to wait for the client reads the clock.
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_write(cx, bytes))).await;
+    let written = match first {
+        Poll::Ready(Ok(0)) if !bytes.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+        Poll::Ready(Ok(n)) => n,
+        Poll::Ready(Err(error)) => return Err(error),
+        Poll::Pending => 0,
+    };
+    if written == bytes.len() {
+        return Ok(());
+    }
+    match tokio::time::timeout(limit, stream.write_all(&bytes[written..])).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::debug!(?limit, "the client stopped reading its response: closing");
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read its response",
+            ))
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub const SEEN_HOST_HEADER: &str = "x-seen-host";
 pub const SEEN_FORWARDED_PROTO_HEADER: &str = "x-seen-forwarded-proto";
 /// Response header: the request's path and query, as the backend received them.
 pub const SEEN_PATH_HEADER: &str = "x-seen-path";
+/// Response header: the request's `X-Forwarded-For` lines, joined with `, `, if it had any.
+pub const SEEN_FORWARDED_FOR_HEADER: &str = "x-seen-forwarded-for";
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -62,6 +64,8 @@ struct State {
     close_mid_response: AtomicBool,
     /// Answer with a chunked body (no Content-Length).
     chunked: AtomicBool,
+    /// Bytes of padding after the Pod's name in each body.
+    padding: AtomicU64,
     /// Close a keep-alive connection idle this long (0: never), without saying so beforehand.
     idle_timeout_ms: AtomicU64,
     requests: AtomicU64,
@@ -139,12 +143,18 @@ impl Backend {
         self.state.idle_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Pad every body with `bytes` more bytes after the Pod's name (a large response).
+    pub fn pad_bodies(&self, bytes: u64) {
+        self.state.padding.store(bytes, Ordering::Relaxed);
+    }
+
     pub fn reset(&self) {
         self.respond_with_status(StatusCode::OK);
         self.delay(Duration::ZERO);
         self.fail_next_with_retry_after(0, StatusCode::SERVICE_UNAVAILABLE, 0);
         self.close_mid_response(false);
         self.answer_in_chunks(false);
+        self.pad_bodies(0);
         self.state.idle_timeout_ms.store(0, Ordering::Relaxed);
     }
 }
@@ -169,6 +179,7 @@ impl RunningBackend {
             fail_retry_after: AtomicU64::new(0),
             close_mid_response: AtomicBool::new(false),
             chunked: AtomicBool::new(false),
+            padding: AtomicU64::new(0),
             idle_timeout_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -251,6 +262,15 @@ async fn handle(
         .uri()
         .path_and_query()
         .and_then(|p| hyper::header::HeaderValue::from_str(p.as_str()).ok());
+    let seen_forwarded_for: Vec<&[u8]> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let seen_forwarded_for = (!seen_forwarded_for.is_empty())
+        .then(|| hyper::header::HeaderValue::from_bytes(&seen_forwarded_for.join(&b", "[..])).ok())
+        .flatten();
     // Read the whole request body, so that a client can check what arrived (x-body-bytes).
     let received = request
         .into_body()
@@ -262,7 +282,10 @@ async fn handle(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let body = Bytes::from(format!("{}\n", state.pod));
+    let mut body = format!("{}\n", state.pod).into_bytes();
+    let padding = state.padding.load(Ordering::Relaxed);
+    body.resize(body.len() + usize::try_from(padding).unwrap_or(0), b'.');
+    let body = Bytes::from(body);
 
     if state.close_mid_response.load(Ordering::Relaxed) {
         // Promise the whole body, send half, then fail the stream: hyper aborts the connection.
@@ -332,6 +355,9 @@ async fn handle(
     }
     if let Some(value) = seen_path {
         answer.headers_mut().insert(SEEN_PATH_HEADER, value);
+    }
+    if let Some(value) = seen_forwarded_for {
+        answer.headers_mut().insert(SEEN_FORWARDED_FOR_HEADER, value);
     }
     let retry_after = state.fail_retry_after.load(Ordering::Relaxed);
     if failing && retry_after > 0 {

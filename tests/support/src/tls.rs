@@ -236,6 +236,17 @@ impl Session {
 
     /// One request on this connection, read whole; 5 s at most.
     pub async fn send(&mut self, method: Method, host: &str, path: &str) -> Result<Answer, String> {
+        self.send_with(method, host, path, HeaderMap::new()).await
+    }
+
+    /// [`Session::send`] with extra request headers.
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Answer, String> {
         let exchange = async {
             let response = match &mut self.sender {
                 Sender::Http1(sender) => {
@@ -245,6 +256,8 @@ impl Session {
                         .header(hyper::header::HOST, host)
                         .body(Full::new(Bytes::new()))
                         .map_err(|e| e.to_string())?;
+                    let mut request = request;
+                    request.headers_mut().extend(headers);
                     sender.send_request(request).await
                 }
                 Sender::Http2(sender) => {
@@ -254,6 +267,8 @@ impl Session {
                         .version(Version::HTTP_2)
                         .body(Full::new(Bytes::new()))
                         .map_err(|e| e.to_string())?;
+                    let mut request = request;
+                    request.headers_mut().extend(headers);
                     sender.send_request(request).await
                 }
             }

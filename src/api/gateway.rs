@@ -123,6 +123,56 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_connections: Option<i32>,
+    /// How request paths are normalized before routing, and which forms that services read in
+    /// different ways are refused. Unset: every ambiguous form refused, slashes merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_normalization: Option<PathNormalization>,
+}
+
+/// How a listener normalizes request paths (RFC 3986 §6.2.2: unreserved escapes decoded, other
+/// escapes in uppercase hex, dot segments removed) and treats the forms services disagree on.
+/// The service receives the normalized path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathNormalization {
+    /// `%2F`, `%5C` and a raw `\` in the path. Reject (400, the default) or Keep: passed on
+    /// escaped, never taken for a separator.
+    #[serde(default)]
+    pub escaped_slashes: AmbiguousPath,
+    /// `%2E` in a `.` or `..` segment. Reject (the default) or Keep: resolved as a dot segment.
+    #[serde(default)]
+    pub encoded_dot_segments: AmbiguousPath,
+    /// A `;` in the path (`/admin;x=1` is `/admin` to some servers). Reject (the default) or
+    /// Keep: part of its segment.
+    #[serde(default)]
+    pub path_parameters: AmbiguousPath,
+    /// Merge repeated slashes (`//a` → `/a`); the default.
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+    /// What a path normalization changed gets: Forward (the default) sends the normalized path
+    /// on; Redirect answers 308 with the normalized path, so the client learns it.
+    #[serde(default)]
+    pub changed_path: ChangedPath,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What happens to a path form that services read in different ways.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AmbiguousPath {
+    #[default]
+    Reject,
+    Keep,
+}
+
+/// What happens to a request whose path normalization changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ChangedPath {
+    #[default]
+    Forward,
+    Redirect,
 }
 
 /// How a listener tells who the client is.

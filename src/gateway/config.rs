@@ -17,6 +17,7 @@ use super::{
     client_ip::TrustedProxies,
     metrics::{GatewayMetrics, RouteMetrics},
     outlier::Ejection,
+    path::{Ambiguous, PathPolicy},
     retry::RetryBudget,
     router::{HostPattern, PathMatcher, RequestMatch, method_of},
     tls::{self, CertificateStore, SecretKey, TlsListener, TlsPort},
@@ -25,7 +26,9 @@ use super::{
 use crate::{
     api::{
         Gateway,
-        gateway::{Listener, ListenerProtocol, RedirectScheme},
+        gateway::{
+            AmbiguousPath, ChangedPath, Listener, ListenerProtocol, PathNormalization, RedirectScheme,
+        },
         microservice::Protocol,
         policy::{LoadBalancerPolicy, RetryPolicy, TrafficPolicy},
     },
@@ -154,6 +157,8 @@ pub struct RouteTable {
     trusted_proxies: BTreeMap<u16, Vec<(Arc<str>, TrustedProxies)>>,
     /// The most client connections each port holds open at once: the sum of its listeners'.
     pub max_connections: BTreeMap<u16, usize>,
+    /// The listeners whose path normalization is not the default, by port, with their ids.
+    path_policies: BTreeMap<u16, Vec<(Arc<str>, PathPolicy)>>,
     upstreams: HashMap<ServiceKey, Arc<Upstream>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
     /// Each HTTPS listener's session cache, kept across tables so that sessions stay resumable.
@@ -184,6 +189,22 @@ impl RouteTable {
             None => listeners.first(),
         };
         found.map(|(_, proxies)| proxies)
+    }
+
+    /// How the listener of a request normalizes its path: on `port`, the HTTPS listener
+    /// `tls_listener`, or the port's one plain-HTTP listener.
+    pub fn path_policy(&self, port: u16, tls_listener: Option<&str>) -> PathPolicy {
+        if self.path_policies.is_empty() {
+            return PathPolicy::default();
+        }
+        let Some(listeners) = self.path_policies.get(&port) else {
+            return PathPolicy::default();
+        };
+        let found = match tls_listener {
+            Some(id) => listeners.iter().find(|(listener, _)| &**listener == id),
+            None => listeners.first(),
+        };
+        found.map(|(_, policy)| *policy).unwrap_or_default()
     }
 
     /// The HTTPS listener `id`, if it is served.
@@ -367,6 +388,18 @@ pub fn compile(
                             .or_default()
                             .push((id.clone(), trusted));
                     }
+                    let path_policy = listener
+                        .path_normalization
+                        .as_ref()
+                        .map(path_policy)
+                        .unwrap_or_default();
+                    if path_policy != PathPolicy::default() {
+                        table
+                            .path_policies
+                            .entry(port)
+                            .or_default()
+                            .push((id.clone(), path_policy));
+                    }
                     served.push((id, port, listener));
                 }
                 Err(why) => {
@@ -481,6 +514,21 @@ pub fn compile(
         entries.sort_by_key(|entry| std::cmp::Reverse(entry.specificity()));
     }
     table
+}
+
+/// A listener's `pathNormalization` as the request path applies it.
+fn path_policy(spec: &PathNormalization) -> PathPolicy {
+    let action = |a: AmbiguousPath| match a {
+        AmbiguousPath::Reject => Ambiguous::Reject,
+        AmbiguousPath::Keep => Ambiguous::Keep,
+    };
+    PathPolicy {
+        escaped_slashes: action(spec.escaped_slashes),
+        encoded_dots: action(spec.encoded_dot_segments),
+        path_parameters: action(spec.path_parameters),
+        merge_slashes: spec.merge_slashes,
+        redirect_changed: spec.changed_path == ChangedPath::Redirect,
+    }
 }
 
 /// What the gateway needs of a Microservice's spec.
@@ -636,7 +684,9 @@ mod tests {
             "spec": {"listeners": [
                 {"name": "lb", "port": 8080, "maxConnections": 10,
                     "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["10.0.0.0/8"]}}},
-                {"name": "plain", "port": 8081},
+                {"name": "plain", "port": 8081, "pathNormalization": {"escapedSlashes": "Keep",
+                    "encodedDotSegments": "Reject", "pathParameters": "Reject",
+                    "mergeSlashes": false, "changedPath": "Redirect"}},
                 {"name": "bad", "port": 8082,
                     "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["not-a-cidr"]}}},
             ]},
@@ -658,6 +708,16 @@ mod tests {
             ]))
         );
         assert_eq!(table.trusted_proxies(8081, None), None);
+        assert_eq!(table.path_policy(8080, None), PathPolicy::default());
+        assert_eq!(
+            table.path_policy(8081, None),
+            PathPolicy {
+                escaped_slashes: Ambiguous::Keep,
+                merge_slashes: false,
+                redirect_changed: true,
+                ..PathPolicy::default()
+            }
+        );
         assert_eq!(table.max_connections.get(&8080), Some(&10));
         assert_eq!(table.max_connections.get(&8081), Some(&DEFAULT_MAX_CONNECTIONS));
         assert!(!table.listeners.contains_key(&8082));

@@ -136,7 +136,10 @@ impl Proxy {
                 "host-mismatch",
                 "the request target's authority and the Host header disagree",
             )),
-            _ => normalize_target(request.uri_mut(), &PathPolicy::default()),
+            _ => normalize_target(
+                request.uri_mut(),
+                &table.path_policy(port, client.tls_listener.as_deref()),
+            ),
         };
         // Kept for the access log only when it is on.
         let logged = self

@@ -276,3 +276,46 @@ fn the_lenient_reading_takes_the_classic_bypasses_for_admin() {
         "a decoder that drops a stray byte"
     );
 }
+
+#[tokio::test]
+async fn a_listener_may_keep_ambiguous_forms_and_redirect_to_normalized_paths() {
+    with_namespace("e2e-path-policy", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "web", 1, json!({})).await;
+        let gateway: microgate::api::Gateway = serde_json::from_value(json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
+            "spec": {
+                "listeners": [{"name": "http", "port": platform.listener.port(), "pathNormalization": {
+                    "escapedSlashes": "Keep", "pathParameters": "Keep", "changedPath": "Redirect"}}],
+                "routes": [{"name": "all", "backends": [{"microservice": "web"}]}],
+            },
+        }))
+        .expect("a valid Gateway");
+        ns.api::<microgate::api::Gateway>()
+            .create(&Default::default(), &gateway)
+            .await
+            .expect("create the Gateway");
+        microgate_test_support::wait::until("the gateway to route", crate::WAIT, || async {
+            match microgate_test_support::probe::get(platform.listener, "/ready").await {
+                Ok(answer) if answer.status == 200 => microgate_test_support::wait::Probe::Done(()),
+                Ok(answer) => microgate_test_support::wait::Probe::NotYet(answer.status.to_string()),
+                Err(error) => microgate_test_support::wait::Probe::NotYet(error.to_string()),
+            }
+        })
+        .await
+        .expect("the gateway routes");
+
+        // Kept: an encoded slash passes escaped, a path parameter stays in its segment.
+        let (status, headers) = get_raw(platform.listener, "/files/a%2Fb;v=1").await;
+        assert_eq!(status, 200, "{headers:?}");
+        assert_eq!(headers[SEEN_PATH_HEADER], "/files/a%2Fb;v=1");
+        // Changed: the client is sent to the normal form instead.
+        let (status, headers) = get_raw(platform.listener, "//files/./x/../%61?q=1").await;
+        assert_eq!(status, 308, "{headers:?}");
+        assert_eq!(headers["location"], "/files/a?q=1");
+        // Still refused whatever the listener says: a climb above the root.
+        let (status, headers) = get_raw(platform.listener, "/../etc").await;
+        assert_eq!(status, 400, "{headers:?}");
+    })
+    .await;
+}

@@ -353,6 +353,13 @@ fn invalid_objects() -> Vec<Invalid> {
             "only core Secrets can be referenced",
         ),
         openapi(
+            "an unknown path normalization action",
+            gateway(json!({"listeners": [{"name": "web", "port": 8080,
+                "pathNormalization": {"escapedSlashes": "Decode"}}]})),
+            "spec.listeners[0].pathNormalization.escapedSlashes",
+            "Unsupported value: \"Decode\"",
+        ),
+        openapi(
             "TLS minVersion 1.1",
             gateway(
                 json!({"listeners": [{"name": "web", "port": 8443, "protocol": "HTTPS",

@@ -181,6 +181,9 @@ fn read(buf: &[u8]) -> Result<Option<(StrictRequest, usize)>, String> {
         if host.is_empty() && version == "HTTP/1.1" && !absolute_form {
             return Err("empty Host".into());
         }
+        if !valid_host(host) {
+            return Err(format!("invalid Host {:?}", String::from_utf8_lossy(host)));
+        }
         if absolute_form {
             let authority = target
                 .split_once("://")
@@ -277,6 +280,26 @@ fn read(buf: &[u8]) -> Result<Option<(StrictRequest, usize)>, String> {
     }
 }
 
+/// `uri-host [":" port]`: a reg-name (unreserved, pct-encoded, sub-delims) or an IP literal.
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().rposition(|b| *b == b':') {
+        Some(colon) if !host.starts_with(b"[") || host[..colon].ends_with(b"]") => {
+            (&host[..colon], &host[colon + 1..])
+        }
+        _ => (host, &b""[..]),
+    };
+    port.iter().all(u8::is_ascii_digit)
+        && if name.starts_with(b"[") {
+            name.ends_with(b"]")
+                && name[1..name.len() - 1]
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        } else {
+            name.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b))
+        }
+}
+
 /// `chunk-ext` after its first `;`: `name[=token|quoted-string]` pieces split by `;`, no
 /// whitespace.
 fn valid_extension(extension: &[u8]) -> bool {
@@ -346,6 +369,8 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h evil\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: u@h\r\n\r\n",
             b"GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +1\r\n\r\na",
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",

@@ -287,6 +287,7 @@ impl UpstreamError {
 }
 
 pub use http1::RequestHead;
+pub(super) use http1::{fuzz_chunked, fuzz_response};
 
 /// Sends a request to `endpoint` over HTTP/1.1, on an idle connection when there is one.
 /// `siblings` are the Microservice's other endpoints, whose idle connections may be closed to

@@ -524,6 +524,19 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     Parsed::Complete(Next::Request { request, keep_alive })
 }
 
+/// Reads requests off `bytes` as a connection would, until one is not whole or is refused: the
+/// fuzzer's way in (see `crate::gateway::fuzzing`).
+pub(in crate::gateway) fn fuzz_requests(bytes: &[u8]) {
+    let mut buf = BytesMut::from(bytes);
+    let mut left = buf.len();
+    while let Parsed::Complete(Next::Request { request, .. }) = parse_request(&mut buf) {
+        // What was read came out of the buffer: the reader moves forward or stops.
+        assert!(buf.len() < left, "a request was read from no bytes");
+        left = buf.len();
+        assert!(request.body().bytes().len() <= MAX_BUFFERED_BODY);
+    }
+}
+
 /// The request target at `span` of the head in `buf`.
 fn head_target(buf: &[u8], (at, len): (u32, u32)) -> &[u8] {
     &buf[at as usize..(at + len) as usize]

@@ -617,6 +617,61 @@ fn find_crlf(buf: &[u8]) -> io::Result<Option<usize>> {
     }
 }
 
+/// A response as an endpoint's bytes give it: the head (interim answers skipped), then the body
+/// by its framing. The fuzzer's way in (see `crate::gateway::fuzzing`).
+pub(in crate::gateway) fn fuzz_response(bytes: &[u8]) {
+    let mut buf = BytesMut::from(bytes);
+    let mut interim = 0;
+    let Ok(Some(head)) = parse_head(&mut buf, &Method::GET, &mut interim) else {
+        return;
+    };
+    assert!(interim <= MAX_INTERIM);
+    if let Framing::Chunked(mut state) = head.framing {
+        while let Ok(Some(Read::Data(data))) = decode_chunked(&mut buf, &mut state) {
+            assert!(!data.is_empty(), "an empty piece of a chunked body");
+        }
+    }
+}
+
+/// A chunked body decoded in one piece and in two (split where the first byte says): the same
+/// body either way, and the same as the request side's strict reader finds when that one reads
+/// it whole. The fuzzer's way in.
+pub(in crate::gateway) fn fuzz_chunked(bytes: &[u8]) {
+    let decode = |pieces: &[&[u8]]| -> Option<Vec<u8>> {
+        let mut buf = BytesMut::new();
+        let mut state = Chunked::Size;
+        let mut body = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match decode_chunked(&mut buf, &mut state) {
+                    Ok(Some(Read::Data(data))) => body.extend_from_slice(&data),
+                    Ok(Some(Read::End)) => return Some(body),
+                    Ok(None) => break,
+                    Err(_) => return None,
+                }
+            }
+        }
+        None
+    };
+    let split = usize::from(bytes.first().copied().unwrap_or(0)).min(bytes.len());
+    let whole = decode(&[bytes]);
+    assert_eq!(
+        whole,
+        decode(&[&bytes[..split], &bytes[split..]]),
+        "the split changed the body"
+    );
+    if let crate::gateway::wire::ChunkedRead::Whole { body, .. } =
+        crate::gateway::wire::read_chunked(bytes, 1 << 20)
+    {
+        assert_eq!(
+            whole.as_deref(),
+            Some(&body[..]),
+            "the two chunked readers disagree"
+        );
+    }
+}
+
 /// Frames one piece of a body as the server side wants it.
 pub fn frame(read: Read) -> Option<Frame<Bytes>> {
     match read {

@@ -4,7 +4,7 @@ SHELL := bash
 CLUSTER := tests/cluster/cluster.sh
 HELM := target/cluster/bin/helm
 
-.PHONY: help demo demo-down build crds manifests test test-netns lint fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-discovery
+.PHONY: help demo demo-down build crds manifests test test-netns lint fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-discovery hostile fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ bench: ## the gateway against nginx and haproxy on loopback (throughput, latency
 
 bench-quick: ## a short smoke run of make bench (2 rounds of 2 s, 1 worker)
 	BENCH_QUICK=1 bash bench/run.sh
+
+hostile: ## the hostile-input corpus through microgate, nginx and HAProxy to a strict backend; writes target/hostile/report.md
+	bash tests/hostile/run.sh
+
+fuzz: ## fuzz the HTTP/1.1 readers (nightly, cargo-fuzz) for FUZZ_SECONDS in all (default 600), seeded from the hostile corpus
+	bash fuzz/run.sh
 
 bench-discovery: ## discovery: readiness → registry propagation percentiles; memory and writes at 1000 Microservices / 10 000 Pods
 	cargo build --release --bin microgate

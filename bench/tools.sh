@@ -8,6 +8,9 @@
 #   fresh clone on a warm machine reuses it. A cold build takes about 6 minutes on 2 cores.
 #
 # Prints the path of the oha binary on stdout; everything else goes to stderr.
+#
+# With arguments, installs only the commands named (e.g. `tools.sh nginx haproxy` for
+# `make hostile`), and builds no oha.
 set -euo pipefail
 
 oha_version=1.16.0
@@ -27,8 +30,11 @@ declare -A packages=(
   [python3]=python3
   [curl]=curl
 )
+wanted=("$@")
+[ "${#wanted[@]}" -gt 0 ] || wanted=("${!packages[@]}")
 missing=()
-for command in "${!packages[@]}"; do
+for command in "${wanted[@]}"; do
+  [ -n "${packages[$command]:-}" ] || { say "unknown tool $command"; exit 1; }
   # nginx and haproxy live in sbin, which a non-root PATH may lack.
   if ! command -v "$command" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$command" ]; then
     missing+=("${packages[$command]}")
@@ -42,6 +48,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   "${sudo[@]}" apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
+
+[ "$#" -eq 0 ] || exit 0
 
 if [ ! -x "$cache/bin/oha" ]; then
   say "building oha $oha_version into $cache (once; about 6 minutes on 2 cores)"

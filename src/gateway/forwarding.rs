@@ -18,8 +18,11 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static HOST: HeaderName = header::HOST;
 
 /// Headers that belong to one hop, never forwarded.
-static HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
+    // Half of an h2c upgrade (RFC 7540 3.2.1): forwarded, it would let a client speak HTTP/2 to
+    // the endpoint past the gateway's routes.
+    HeaderName::from_static("http2-settings"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -42,6 +45,8 @@ pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
         2 => is(b"te"),
         7 => is(b"trailer") || is(b"upgrade"),
         10 => is(b"connection") || is(b"keep-alive"),
+        // Content-Length has the same length: its first letter tells them apart at once.
+        14 => name[0] | 0x20 == b'h' && is(b"http2-settings"),
         16 => is(b"proxy-connection"),
         17 => is(b"transfer-encoding"),
         18 => is(b"proxy-authenticate"),
@@ -87,7 +92,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+    for name in HOP_BY_HOP
+        .iter()
+        .chain(named.iter().filter(|name| **name != HOST))
+    {
         headers.remove(name);
     }
 }
@@ -154,7 +162,9 @@ impl Forwarding {
         let bytes = name.as_str().as_bytes();
         !(is_hop_by_hop_name(bytes)
             || is_replaced(bytes)
+            // Host stays whatever Connection says: without it the request would be invalid.
             || (self.connection_names_more
+                && name != HOST
                 && is_connection_listed(
                     name.as_str(),
                     headers
@@ -162,6 +172,12 @@ impl Forwarding {
                         .iter()
                         .map(HeaderValue::as_bytes),
                 )))
+    }
+
+    /// Whether the request goes without a Host unless the endpoint's own address is given as
+    /// one (an HTTP/1.0 client that named no host).
+    pub fn lacks_host(&self, headers: &HeaderMap) -> bool {
+        self.host.is_none() && !headers.contains_key(header::HOST)
     }
 
     /// The headers this adds, as name and value.

@@ -11,6 +11,8 @@ pub mod body;
 pub mod client_ip;
 pub mod config;
 pub mod forwarding;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod outlier;
 pub mod path;

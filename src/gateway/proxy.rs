@@ -435,6 +435,12 @@ impl Proxy {
                     "connect-failure",
                     "could not connect to the upstream",
                 ),
+                // The connection it came on is gone with the error: never used again.
+                Attempt::Failed(error) if error.is_invalid_response() => local(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-invalid",
+                    &format!("the upstream's answer was not valid HTTP/1.1: {error}"),
+                ),
                 Attempt::Failed(_) => local(
                     StatusCode::BAD_GATEWAY,
                     "upstream-reset",

@@ -4,7 +4,7 @@
 //! connections it hands over.
 
 mod cancellations;
-mod http1;
+pub(super) mod http1;
 
 use std::{
     collections::BTreeMap,

@@ -273,7 +273,21 @@ impl UpstreamError {
     }
 }
 
+impl UpstreamError {
+    /// Whether the endpoint answered with something that is no valid HTTP/1.1 response.
+    pub fn is_invalid_response(&self) -> bool {
+        matches!(
+            self,
+            Self::Http1 {
+                source: http1::ExchangeError::Invalid(_) | http1::ExchangeError::Parse(_),
+                ..
+            }
+        )
+    }
+}
+
 pub use http1::RequestHead;
+pub(super) use http1::{fuzz_chunked, fuzz_response};
 
 /// Sends a request to `endpoint` over HTTP/1.1, on an idle connection when there is one.
 /// `siblings` are the Microservice's other endpoints, whose idle connections may be closed to

@@ -33,6 +33,7 @@ use serde_json::json;
 mod client_ip;
 mod gateway_process;
 mod h2_hostile;
+mod hostile;
 mod leader;
 mod paths;
 mod slow_clients;

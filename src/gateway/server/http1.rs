@@ -2,9 +2,9 @@
 //!
 //! The common request (no body, or a small one with a Content-Length) is parsed here with
 //! httparse, handed to the [`Proxy`], and its response written back with the head and the first
-//! body bytes in one write. Whatever is rarer is handed over, with the bytes already read, to
-//! hyper's server for the rest of the connection: the HTTP/2 preface, a chunked or large request
-//! body, `Expect: 100-continue`.
+//! body bytes in one write. A small chunked body is read whole here too, strictly. Whatever is
+//! rarer is handed over, with the bytes already read, to hyper's server for the rest of the
+//! connection: the HTTP/2 preface, a request body too large to hold, `Expect: 100-continue`.
 
 use std::{
     io,
@@ -26,7 +26,7 @@ use super::ClientTimeouts;
 use crate::gateway::{
     body::{ResponseBody, Whole, take_wire_headers},
     proxy::{Client, MAX_BUFFERED_BODY, Proxy},
-    wire::{decimal, write_header},
+    wire::{ChunkedRead, decimal, parse_content_length, read_chunked, write_header},
 };
 
 /// How long a client may take to send a request's head, counted from when the connection is
@@ -44,6 +44,9 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The most headers a request may carry.
 const MAX_HEADERS: usize = 100;
+/// How long, and how many bytes, a refused client's remaining bytes are read before the close.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 /// Response bytes gathered before a write.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -291,7 +294,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             status.canonical_reason().unwrap_or("")
         );
         write_all_within(&mut self.stream, answer.as_bytes(), self.timeouts.write).await?;
-        self.stream.shutdown().await
+        self.stream.shutdown().await?;
+        // Closing a socket with unread bytes in it sends a reset, which can overtake the answer
+        // and destroy it at the client: read what the client already sent first (a lingering
+        // close, as nginx does), for a bounded time and amount.
+        let mut sink = [0u8; 4096];
+        let linger = async {
+            let mut drained = 0;
+            while drained < LINGER_BYTES {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, linger).await;
+        Ok(())
     }
 }
 
@@ -377,10 +395,20 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     };
     let mut keep_alive = version == 1;
     let mut content_length: Option<u64> = None;
+    // Framing and Host are judged once all the headers are read: a request that breaks a rule
+    // is refused whole, whatever order its headers came in.
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut transfer_encodings = 0u32;
+    let mut expect = false;
+    let mut host: Option<&[u8]> = None;
+    let mut hosts = 0u32;
     let base = buf.as_ptr() as usize;
     // A head is at most MAX_HEAD bytes long: every offset fits.
     let at = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
     let target = parsed.path.unwrap_or("/").as_bytes();
+    if let Some(status) = refuse_target(&method, target) {
+        return Parsed::Complete(Next::Reject(status));
+    }
     let target = (at(target), target.len() as u32);
     // Offsets, not slices: the head is frozen (shared by the values) only after parsing.
     let count = parsed.headers.len();
@@ -388,11 +416,12 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
         let name = h.name.as_bytes();
         match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                hosts += 1;
+                host = Some(h.value);
+            }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let Some(n) = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                else {
+                let Some(n) = parse_content_length(h.value) else {
                     return bad;
                 };
                 if content_length.is_some_and(|l| l != n) {
@@ -400,9 +429,11 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
                 }
                 content_length = Some(n);
             }
-            // Chunked bodies and interim answers are hyper's.
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::Complete(Next::HandOver),
-            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Complete(Next::HandOver),
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                transfer_encodings += 1;
+                transfer_encoding = Some(h.value);
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => expect = true,
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for token in h.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
@@ -417,17 +448,52 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
         }
         *span = (at(name), name.len() as u32, at(h.value), h.value.len() as u32);
     }
-    let body_len = content_length.unwrap_or(0);
-    if body_len > MAX_BUFFERED_BODY as u64 {
-        // Streamed to the endpoint as it arrives: hyper's.
+    // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; HTTP/1.0 at most one. (An
+    // absolute-form target that names another host is the proxy's to refuse: host-mismatch.)
+    let host_ok = match (hosts, host) {
+        (0, _) => version == 0,
+        (1, Some(value)) => valid_host(value),
+        _ => false,
+    };
+    if !host_ok {
+        return bad;
+    }
+    if let Some(coding) = transfer_encoding {
+        // Two framings, or chunks an HTTP/1.0 hop cannot know: refused rather than guessed at
+        // (RFC 9112 6.1, 6.3). A coding other than chunked would reach the endpoint undecoded.
+        if content_length.is_some() || version == 0 || transfer_encodings > 1 {
+            return bad;
+        }
+        if !coding.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Parsed::Complete(Next::Reject(StatusCode::NOT_IMPLEMENTED));
+        }
+    }
+    // Interim answers are hyper's.
+    if expect {
         return Parsed::Complete(Next::HandOver);
     }
-    let body_len = body_len as usize;
-    if buf.len() < len + body_len {
-        return Parsed::NeedBody;
-    }
+    // A body is read whole here when it is small; a larger one is streamed by hyper.
+    let (wire_len, body) = if transfer_encoding.is_some() {
+        match read_chunked(&buf[len..], MAX_BUFFERED_BODY) {
+            ChunkedRead::Whole { wire, body } => (wire, Some(body)),
+            ChunkedRead::Partial if buf.len() - len <= 2 * MAX_BUFFERED_BODY => return Parsed::NeedBody,
+            ChunkedRead::Partial | ChunkedRead::TooLarge => return Parsed::Complete(Next::HandOver),
+            ChunkedRead::Invalid => return bad,
+        }
+    } else {
+        let body_len = content_length.unwrap_or(0);
+        if body_len > MAX_BUFFERED_BODY as u64 {
+            return Parsed::Complete(Next::HandOver);
+        }
+        let body_len = body_len as usize;
+        if buf.len() < len + body_len {
+            return Parsed::NeedBody;
+        }
+        (body_len, None)
+    };
     let head = buf.split_to(len).freeze();
-    let body = buf.split_to(body_len).freeze();
+    let wire = buf.split_to(wire_len).freeze();
+    let body = body.unwrap_or(wire);
     let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
     let Ok(uri) = Uri::from_maybe_shared(slice(target)) else {
         return bad;
@@ -452,6 +518,97 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     };
     *request.headers_mut() = headers;
     Parsed::Complete(Next::Request { request, keep_alive })
+}
+
+/// Reads requests off `bytes` as a connection would, until one is not whole or is refused: the
+/// fuzzer's way in (see `crate::gateway::fuzzing`).
+pub(in crate::gateway) fn fuzz_requests(bytes: &[u8]) {
+    let mut buf = BytesMut::from(bytes);
+    let mut left = buf.len();
+    while let Parsed::Complete(Next::Request { request, .. }) = parse_request(&mut buf) {
+        // What was read came out of the buffer: the reader moves forward or stops.
+        assert!(buf.len() < left, "a request was read from no bytes");
+        left = buf.len();
+        assert!(request.body().bytes().len() <= MAX_BUFFERED_BODY);
+    }
+}
+
+/// The authority of an absolute-form target (`http://host:port/...`), if it is one.
+fn target_authority(target: &[u8]) -> Option<&[u8]> {
+    if target.first() == Some(&b'/') {
+        return None;
+    }
+    let rest = target
+        .split_at_checked(target.iter().position(|b| *b == b':')? + 3)?
+        .1;
+    Some(
+        &rest[..rest
+            .iter()
+            .position(|b| matches!(b, b'/' | b'?' | b'#'))
+            .unwrap_or(rest.len())],
+    )
+}
+
+/// Why a request target is refused, if it is: the gateway is no forward proxy (CONNECT,
+/// authority form), `*` is for OPTIONS only, and an absolute-form target is http(s) without
+/// userinfo. Origin form, the usual, is decided by its first byte.
+fn refuse_target(method: &Method, target: &[u8]) -> Option<StatusCode> {
+    if *method == Method::CONNECT {
+        return Some(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    match target.first() {
+        Some(b'/') => None,
+        Some(b'*') if target.len() == 1 && *method == Method::OPTIONS => None,
+        _ => {
+            let lower = target.to_ascii_lowercase();
+            let absolute = lower.starts_with(b"http://") || lower.starts_with(b"https://");
+            let userinfo = target_authority(target).is_some_and(|a| a.contains(&b'@'));
+            (!absolute || userinfo).then_some(StatusCode::BAD_REQUEST)
+        }
+    }
+}
+
+/// Whether a Host value is `uri-host [":" port]` (RFC 9110 7.2): a reg-name or IP literal, no
+/// whitespace, userinfo, path or second host.
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().rposition(|b| *b == b':') {
+        Some(colon) if value.first() != Some(&b'[') || value[..colon].ends_with(b"]") => {
+            (&value[..colon], &value[colon + 1..])
+        }
+        _ => (value, &b""[..]),
+    };
+    let literal = host.first() == Some(&b'[');
+    !host.is_empty()
+        && port.iter().all(u8::is_ascii_digit)
+        && if literal {
+            host.len() > 2
+                && host.ends_with(b"]")
+                && host[1..host.len() - 1]
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        } else {
+            host.iter().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'%'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                    )
+            })
+        }
 }
 
 /// A connection handed over to hyper: the bytes already read come first.
@@ -563,10 +720,40 @@ mod tests {
     }
 
     #[test]
+    fn a_small_chunked_body_is_read_whole_and_strictly() {
+        let (parsed, rest) = parse(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n1\r\nd\r\n0\r\nT: 1\r\n\r\nGET /",
+        );
+        let Parsed::Complete(Next::Request { request, .. }) = parsed else {
+            panic!("a request")
+        };
+        assert_eq!(request.body().bytes(), "abcd");
+        assert_eq!(&rest[..], b"GET /");
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(
+            parse(&[&head[..], b"3\r\nab"].concat()).0,
+            Parsed::NeedBody
+        ));
+        for body in [
+            &b"3\r\nabc\r\n0\r\n\n"[..],
+            b"3;\0\r\nabc\r\n0\r\n\r\n",
+            b"3\nabc\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse(&[&head[..], body].concat()).0,
+                    Parsed::Complete(Next::Reject(StatusCode::BAD_REQUEST))
+                ),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
     fn incomplete_heads_and_bodies_wait_for_more() {
         assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: a").0, Parsed::NeedMore));
         assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").0,
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab").0,
             Parsed::NeedBody
         ));
     }
@@ -601,9 +788,10 @@ mod tests {
     fn what_hyper_serves_better_is_handed_over() {
         for bytes in [
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\nFFFFFFFF\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999\r\n\r\n",
         ] {
             let (parsed, rest) = parse(bytes);
             assert!(matches!(parsed, Parsed::Complete(Next::HandOver)), "{bytes:?}");
@@ -634,6 +822,55 @@ mod tests {
                 "{bytes:?}"
             );
         }
+        // Framing, Host and target rules (RFC 9112 3.2, 6.1, 6.3; RFC 9110 8.6).
+        for (bytes, status) in [
+            (&b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc"[..], StatusCode::BAD_REQUEST),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\nabc", StatusCode::BAD_REQUEST),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3 3\r\n\r\nabc", StatusCode::BAD_REQUEST),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551619\r\n\r\n", StatusCode::BAD_REQUEST),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                StatusCode::BAD_REQUEST,
+            ),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", StatusCode::BAD_REQUEST),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                StatusCode::NOT_IMPLEMENTED,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", StatusCode::NOT_IMPLEMENTED),
+            (b"GET / HTTP/1.1\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET / HTTP/1.1\r\nHost: a:x\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", StatusCode::METHOD_NOT_ALLOWED),
+        ] {
+            let (parsed, _) = parse(bytes);
+            assert!(
+                matches!(parsed, Parsed::Complete(Next::Reject(s)) if s == status),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        for bytes in [
+            &b"GET http://a:8/x HTTP/1.1\r\nHost: a:8\r\n\r\n"[..],
+            b"OPTIONS * HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        ] {
+            assert!(
+                matches!(parse(bytes).0, Parsed::Complete(Next::Request { .. })),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: 1\r\n")).collect();
         let (parsed, _) = parse(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
         assert!(matches!(
@@ -645,8 +882,8 @@ mod tests {
     #[test]
     fn connection_tokens_and_versions_decide_keep_alive() {
         for (bytes, expected) in [
-            (&b"GET / HTTP/1.1\r\n\r\n"[..], true),
-            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
         ] {

@@ -7,6 +7,7 @@
 
 use std::{
     io,
+    net::SocketAddr,
     task::{Context, Poll, ready},
 };
 
@@ -20,7 +21,7 @@ use super::ConnectionSlot;
 use crate::gateway::{
     body::OutgoingBody,
     forwarding::{Forwarding, is_connection_listed, is_hop_by_hop_name, names_other_headers},
-    wire::{WireHeaders, decimal, write_header},
+    wire::{WireHeaders, chunk_size, decimal, parse_content_length, write_header},
 };
 
 /// A request as an endpoint gets it: the client's head, and what the gateway adds.
@@ -37,6 +38,9 @@ pub struct RequestHead<'a> {
 const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a response may carry (as many as hyper allows).
 const MAX_HEADERS: usize = 100;
+/// The most interim (1xx) answers before the final one: an endpoint that sends them without end
+/// would hold the request forever.
+const MAX_INTERIM: usize = 16;
 /// How much room a read asks for.
 const READ_CHUNK: usize = 16 * 1024;
 /// A body up to this size is written with its head in one write.
@@ -137,7 +141,13 @@ impl Connection {
             http_body_util::Either::Right(_) => None,
         };
         self.write.clear();
-        encode_head(&mut self.write, head, whole.as_ref().map(Bytes::len));
+        // A request that named no host (HTTP/1.0) names the endpoint, as HTTP/1.1 requires.
+        let host = head
+            .forwarding
+            .lacks_host(head.headers)
+            .then(|| self.stream.peer_addr().ok())
+            .flatten();
+        encode_head(&mut self.write, head, whole.as_ref().map(Bytes::len), host);
         // A small body goes out with its head, in one write.
         let coalesced = whole.as_ref().is_some_and(|bytes| bytes.len() <= COALESCE_BODY);
         if let Some(bytes) = whole.as_ref().filter(|_| coalesced) {
@@ -184,10 +194,19 @@ impl Connection {
 
     async fn read_head(&mut self, method: &Method) -> Result<Head, ExchangeError> {
         let mut answered = false;
+        let mut interim = 0;
         loop {
             if !self.read.is_empty() {
                 answered = true;
-                if let Some(head) = parse_head(&mut self.read, method)? {
+                if let Some(head) = parse_head(&mut self.read, method, &mut interim)? {
+                    // A body that is bad from its first chunk line is known now, while the
+                    // client can still be told so with a 502 instead of a body cut short.
+                    if let Framing::Chunked(_) = head.framing
+                        && let Some(eol) = find_crlf(&self.read)?
+                        && chunk_size(&self.read[..eol]).is_none()
+                    {
+                        return Err(ExchangeError::Invalid("chunk size line"));
+                    }
                     return Ok(head);
                 }
                 if self.read.len() >= MAX_HEAD {
@@ -227,7 +246,8 @@ impl Connection {
 
 /// Writes a request head in origin form. `body_len`: the length of a body held whole, `None` for
 /// one streamed in chunks. The client's own framing headers are hop-by-hop or replaced here.
-fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body_len: Option<usize>) {
+/// `host`: a Host to add, for a request that has none.
+fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body_len: Option<usize>, host: Option<SocketAddr>) {
     let method = head.method;
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -241,6 +261,9 @@ fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body_len: Option<usize
     for (name, value) in head.forwarding.added() {
         write_header(out, name.as_str().as_bytes(), value);
     }
+    if let Some(host) = host {
+        write_header(out, b"host", host.to_string().as_bytes());
+    }
     match body_len {
         // A method that usually has a body says when it has none.
         Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
@@ -252,7 +275,12 @@ fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body_len: Option<usize
 
 /// Parses a response head off the front of `buf`, skipping interim (1xx) responses. `None`: more
 /// bytes are needed.
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ExchangeError> {
+/// `interim`: interim answers skipped so far, of at most [`MAX_INTERIM`].
+fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    interim: &mut usize,
+) -> Result<Option<Head>, ExchangeError> {
     loop {
         let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -270,6 +298,10 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(ExchangeError::Invalid("unrequested protocol switch"));
             }
+            *interim += 1;
+            if *interim > MAX_INTERIM {
+                return Err(ExchangeError::Invalid("endless interim responses"));
+            }
             buf.advance(len);
             continue;
         }
@@ -278,7 +310,23 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
         let base = buf.as_ptr() as usize;
         let count = parsed.headers.len();
         let mut keep_alive = version == 1;
-        let mut chunked = None;
+        let mut chunked = false;
+        let mut codings = 0u32;
+        // Each line must end in CRLF: a bare LF would end a line here that the endpoint meant
+        // as part of a value (response splitting). httparse has refused a bare CR already.
+        let crlf_after = |end: usize| {
+            let rest = &buf[end.min(buf.len())..];
+            let blank = rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+            rest[blank..].starts_with(b"\r\n")
+        };
+        if !buf[..len].ends_with(b"\r\n\r\n")
+            || parsed
+                .headers
+                .first()
+                .is_some_and(|h| !buf[..h.name.as_ptr() as usize - base].ends_with(b"\r\n"))
+        {
+            return Err(ExchangeError::Invalid("a line ended by a bare LF"));
+        }
         // Whether a Connection header names headers other than the usual hop-by-hop ones: only
         // then is each header checked against its list.
         let mut names_more = false;
@@ -289,6 +337,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
             let name = h.name.as_bytes();
             // A head is at most MAX_HEAD bytes long: every offset fits.
             let at = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+            if !crlf_after(h.value.as_ptr() as usize - base + h.value.len()) {
+                return Err(ExchangeError::Invalid("a line ended by a bare LF"));
+            }
             let hop_by_hop = is_hop_by_hop_name(name);
             *span = (
                 at(name),
@@ -300,9 +351,13 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
                 continue;
             }
             if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                // Only the last coding says whether the body is chunked.
-                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                // The gateway decodes chunks and nothing else: another coding would reach the
+                // client undecoded, without the header that names it.
+                codings += 1;
+                chunked = h.value.eq_ignore_ascii_case(b"chunked");
+                if !chunked || codings > 1 {
+                    return Err(ExchangeError::Invalid("a transfer coding other than chunked"));
+                }
             } else if name.eq_ignore_ascii_case(b"connection") {
                 for token in h.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
@@ -342,6 +397,16 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
                 continue;
             }
             let raw_name = bytes(name_at, name_len);
+            let is_length = raw_name.eq_ignore_ascii_case(b"content-length");
+            if is_length {
+                // Read even when Connection names it: an endpoint does not unsay its framing.
+                let n =
+                    parse_content_length(bytes(at, len)).ok_or(ExchangeError::Invalid("content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(ExchangeError::Invalid("conflicting content-length"));
+                }
+                length = Some(n);
+            }
             let listed = names_more
                 && is_connection_listed(
                     std::str::from_utf8(raw_name).unwrap_or_default(),
@@ -351,15 +416,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
                 span.1 = 0;
                 continue;
             }
-            if raw_name.eq_ignore_ascii_case(b"content-length") {
-                let n = std::str::from_utf8(bytes(at, len))
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or(ExchangeError::Invalid("content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(ExchangeError::Invalid("conflicting content-length"));
-                }
-                length = Some(n);
+            if is_length {
                 // The body's length is the next hop's to say, but for a bodiless answer, whose
                 // length is that of the body it would have had.
                 if !bodiless {
@@ -370,14 +427,18 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Excha
             has_date |= raw_name.eq_ignore_ascii_case(b"date");
         }
         let headers = WireHeaders::new(kept_lines(&head, &spans[..count]), has_date);
+        // Two framings, or chunks from an HTTP/1.0 endpoint: faulty framing (RFC 9112 6.1, 6.3),
+        // which a proxy must not guess at.
+        if chunked && (length.is_some() || version == 0) {
+            return Err(ExchangeError::Invalid("conflicting framing"));
+        }
         let framing = if bodiless {
             Framing::Length(0)
         } else {
             match (chunked, length) {
-                (Some(true), _) => Framing::Chunked(Chunked::Size),
-                (Some(false), _) => Framing::UntilClose,
-                (None, Some(n)) => Framing::Length(n),
-                (None, None) => Framing::UntilClose,
+                (true, _) => Framing::Chunked(Chunked::Size),
+                (false, Some(n)) => Framing::Length(n),
+                (false, None) => Framing::UntilClose,
             }
         };
         if framing == Framing::UntilClose {
@@ -504,17 +565,7 @@ fn decode_chunked(buf: &mut BytesMut, state: &mut Chunked) -> io::Result<Option<
                 let Some(eol) = find_crlf(buf)? else {
                     return Ok(None);
                 };
-                let line = &buf[..eol];
-                // Chunk extensions (after ';') are ignored.
-                let digits = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
-                if digits.is_empty() || digits.len() > 15 {
-                    return Err(invalid("chunk size"));
-                }
-                let mut size = 0u64;
-                for d in digits {
-                    let v = (*d as char).to_digit(16).ok_or_else(|| invalid("chunk size"))?;
-                    size = size * 16 + u64::from(v);
-                }
+                let size = chunk_size(&buf[..eol]).ok_or_else(|| invalid("chunk size line"))?;
                 buf.advance(eol + 2);
                 *state = if size == 0 {
                     Chunked::Trailers
@@ -566,6 +617,61 @@ fn find_crlf(buf: &[u8]) -> io::Result<Option<usize>> {
     }
 }
 
+/// A response as an endpoint's bytes give it: the head (interim answers skipped), then the body
+/// by its framing. The fuzzer's way in (see `crate::gateway::fuzzing`).
+pub(in crate::gateway) fn fuzz_response(bytes: &[u8]) {
+    let mut buf = BytesMut::from(bytes);
+    let mut interim = 0;
+    let Ok(Some(head)) = parse_head(&mut buf, &Method::GET, &mut interim) else {
+        return;
+    };
+    assert!(interim <= MAX_INTERIM);
+    if let Framing::Chunked(mut state) = head.framing {
+        while let Ok(Some(Read::Data(data))) = decode_chunked(&mut buf, &mut state) {
+            assert!(!data.is_empty(), "an empty piece of a chunked body");
+        }
+    }
+}
+
+/// A chunked body decoded in one piece and in two (split where the first byte says): the same
+/// body either way, and the same as the request side's strict reader finds when that one reads
+/// it whole. The fuzzer's way in.
+pub(in crate::gateway) fn fuzz_chunked(bytes: &[u8]) {
+    let decode = |pieces: &[&[u8]]| -> Option<Vec<u8>> {
+        let mut buf = BytesMut::new();
+        let mut state = Chunked::Size;
+        let mut body = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match decode_chunked(&mut buf, &mut state) {
+                    Ok(Some(Read::Data(data))) => body.extend_from_slice(&data),
+                    Ok(Some(Read::End)) => return Some(body),
+                    Ok(None) => break,
+                    Err(_) => return None,
+                }
+            }
+        }
+        None
+    };
+    let split = usize::from(bytes.first().copied().unwrap_or(0)).min(bytes.len());
+    let whole = decode(&[bytes]);
+    assert_eq!(
+        whole,
+        decode(&[&bytes[..split], &bytes[split..]]),
+        "the split changed the body"
+    );
+    if let crate::gateway::wire::ChunkedRead::Whole { body, .. } =
+        crate::gateway::wire::read_chunked(bytes, 1 << 20)
+    {
+        assert_eq!(
+            whole.as_deref(),
+            Some(&body[..]),
+            "the two chunked readers disagree"
+        );
+    }
+}
+
 /// Frames one piece of a body as the server side wants it.
 pub fn frame(read: Read) -> Option<Frame<Bytes>> {
     match read {
@@ -589,14 +695,14 @@ mod tests {
     use super::*;
 
     fn parse(bytes: &[u8], method: Method) -> Result<Option<Head>, ExchangeError> {
-        parse_head(&mut BytesMut::from(bytes), &method)
+        parse_head(&mut BytesMut::from(bytes), &method, &mut 0)
     }
 
     #[test]
     fn a_response_head_gives_its_status_headers_and_framing() {
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nX-A: 2\r\n\r\nok"[..]);
-        let head = parse_head(&mut buf, &Method::GET)
+        let head = parse_head(&mut buf, &Method::GET, &mut 0)
             .expect("valid")
             .expect("complete");
         assert_eq!(head.status, StatusCode::OK);
@@ -607,14 +713,16 @@ mod tests {
         assert_eq!(&buf[..], b"ok");
 
         let head = head_of(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nX-Hop: 1\r\nConnection: close, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Hop: 1\r\nConnection: close, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\n\r\n",
         );
         assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
         assert!(!head.keep_alive);
         // Hop-by-hop headers, and those Connection names, are not passed on.
         assert_eq!(head.headers.as_bytes(), b"X-Kept: 1\r\n");
         // Kept lines with others between them are copied together, each ended by CRLF.
-        let head = head_of(b"HTTP/1.1 200 OK\nA: 1\nConnection: keep-alive\nDate: x\nContent-Length: 0\n\n");
+        let head = head_of(
+            b"HTTP/1.1 200 OK\r\nA: 1 \r\nConnection: keep-alive\r\nDate: x\r\nContent-Length: 0\r\n\r\n",
+        );
         assert_eq!(head.headers.as_bytes(), b"A: 1\r\nDate: x\r\n");
         assert!(head.headers.has_date());
         // nginx's order: two runs around the framing headers, copied into one buffer.
@@ -644,6 +752,24 @@ mod tests {
         assert!(head_partial(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
         assert!(head_partial(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
         assert!(head_partial(b"garbage\r\n\r\n").is_err());
+        // Faulty framing and lines a parser could split otherwise are refused, not guessed at.
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: a\nSet-Cookie: b\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\n",
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: x\r\n\r\n",
+        ] {
+            assert!(head_partial(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut interim = 0;
+        let mut endless = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM + 1)[..]);
+        assert!(parse_head(&mut endless, &Method::GET, &mut interim).is_err());
     }
 
     fn head_of(bytes: &[u8]) -> Head {
@@ -680,6 +806,22 @@ mod tests {
         assert!(ended);
         assert_eq!(body, b"hello!");
         assert!(buf.is_empty(), "the bytes after the body stay unread");
+        for bad in [
+            &b"zz\r\n"[..],
+            b"+5\r\n",
+            b" 5\r\n",
+            b"\r\n",
+            b"5;a\nb\r\n",
+            b"5;a\rb\r\n",
+            b"1000000000000000\r\n",
+        ] {
+            let mut state = Chunked::Size;
+            assert!(
+                decode_chunked(&mut BytesMut::from(bad), &mut state).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(chunk_size(b"1a ;ext=\"v\""), Some(26));
         let mut state = Chunked::Size;
         assert!(decode_chunked(&mut BytesMut::from(&b"zz\r\n"[..]), &mut state).is_err());
         let mut state = Chunked::Size;
@@ -703,7 +845,7 @@ mod tests {
             forwarding: &forwarding,
         };
         let mut out = Vec::new();
-        encode_head(&mut out, &head, body_len);
+        encode_head(&mut out, &head, body_len, None);
         String::from_utf8(out).expect("ascii")
     }
 

@@ -37,8 +37,13 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
     backend::{Backend, RunningBackend},
+    hostile::{Recorder, RunningRecorder},
     pod_ips::{PodIpError, PodIpPool},
 };
+
+/// A Pod whose (first) container has this image is served by a recording backend
+/// ([`crate::hostile::recorder`]) instead of the usual HTTP server.
+pub const RECORDER_IMAGE: &str = "microgate.test/recorder:1";
 
 /// The fake Node every Pod is bound to.
 pub const NODE_NAME: &str = "microgate-fake-node";
@@ -95,6 +100,8 @@ struct RunningPod {
     uid: String,
     ip: Ipv4Addr,
     backends: Vec<RunningBackend>,
+    /// Recording backends, for a Pod whose image is [`RECORDER_IMAGE`] (instead of `backends`).
+    recorders: Vec<RunningRecorder>,
     /// The scripting annotations last applied (status, delay).
     scripted: Option<(Option<String>, Option<String>)>,
 }
@@ -149,6 +156,15 @@ impl Kubelet {
             .unwrap_or_default()
     }
 
+    /// The recording backend serving `pod`'s first container port, once the Pod runs (a Pod
+    /// whose image is [`RECORDER_IMAGE`]).
+    pub fn recorder(&self, namespace: &str, pod: &str) -> Option<Recorder> {
+        let pods = lock(&self.shared.pods);
+        pods.get(&key(namespace, pod))
+            .and_then(|running| running.recorders.first())
+            .map(|r| r.handle().clone())
+    }
+
     /// The IP this kubelet gave `pod`.
     pub fn pod_ip(&self, namespace: &str, pod: &str) -> Option<Ipv4Addr> {
         lock(&self.shared.pods)
@@ -198,6 +214,9 @@ impl Kubelet {
         for running in pods {
             for backend in running.backends {
                 backend.stop().await;
+            }
+            for recorder in running.recorders {
+                recorder.stop().await;
             }
         }
     }
@@ -328,6 +347,7 @@ impl Shared {
         if let Some(replaced) = lock(&self.pods).insert(pod_key, running) {
             // A Pod of the same name but another uid (a StatefulSet-like recreate): the old one is gone.
             drop(replaced.backends);
+            drop(replaced.recorders);
         }
         api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
             .await
@@ -391,14 +411,29 @@ impl Shared {
 
     fn serve(&self, pod: &Pod, ip: Ipv4Addr, listeners: Vec<TcpListener>) -> RunningPod {
         let name = pod.name_any();
-        let backends = listeners
-            .into_iter()
-            .filter_map(|listener| RunningBackend::serve(listener, &name).ok())
-            .collect();
+        let recording = pod
+            .spec
+            .iter()
+            .flat_map(|spec| spec.containers.first())
+            .any(|container| container.image.as_deref() == Some(RECORDER_IMAGE));
+        let (backends, recorders) = if recording {
+            let recorders = listeners
+                .into_iter()
+                .filter_map(|listener| RunningRecorder::serve(listener).ok())
+                .collect();
+            (Vec::new(), recorders)
+        } else {
+            let backends = listeners
+                .into_iter()
+                .filter_map(|listener| RunningBackend::serve(listener, &name).ok())
+                .collect();
+            (backends, Vec::new())
+        };
         RunningPod {
             uid: pod.uid().unwrap_or_default(),
             ip,
             backends,
+            recorders,
             scripted: None,
         }
     }
@@ -416,6 +451,9 @@ impl Shared {
         if let Some(running) = removed {
             for backend in running.backends {
                 backend.stop().await;
+            }
+            for recorder in running.recorders {
+                recorder.stop().await;
             }
         }
     }

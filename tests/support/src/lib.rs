@@ -12,6 +12,8 @@
 //! - [`h2wire`]: raw HTTP/2 frames and HPACK, for tests that play a hostile client.
 //! - [`h2spec`]: the HTTP/2 conformance suite, built from a pinned module and run on a listener.
 //! - [`usage`]: CPU time and memory of a process or a thread, from `/proc`.
+//! - [`hostile`]: the hostile-input suite: raw-byte cases, a strict recording backend (what a
+//!   Pod whose image is [`kubelet::RECORDER_IMAGE`] serves), and the verdicts.
 //!
 //! The `fake-kubelet` binary runs the same kubelet outside `cargo test`, for the demo.
 
@@ -19,6 +21,7 @@ pub mod backend;
 pub mod cluster;
 pub mod h2spec;
 pub mod h2wire;
+pub mod hostile;
 pub mod kubelet;
 pub mod namespace;
 pub mod pod_ips;

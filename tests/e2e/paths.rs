@@ -85,6 +85,9 @@ const CORPUS: &[&str] = &[
     "/admin%",
     "/admin%2",
     "/%zzadmin",
+    // a fragment in the target
+    "/admin#x",
+    "/public#/../admin",
     // queries and near misses
     "/admin?x=../y",
     "/admin?%2e%2e",

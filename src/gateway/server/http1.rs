@@ -556,6 +556,11 @@ fn refuse_target(method: &Method, target: &[u8]) -> Option<StatusCode> {
     if *method == Method::CONNECT {
         return Some(StatusCode::METHOD_NOT_ALLOWED);
     }
+    // A fragment is the client's alone (RFC 9110 7.1); in a request target it is an attempt at
+    // something, and the URI parser would drop it silently.
+    if target.contains(&b'#') {
+        return Some(StatusCode::BAD_REQUEST);
+    }
     match target.first() {
         Some(b'/') => None,
         Some(b'*') if target.len() == 1 && *method == Method::OPTIONS => None,
@@ -813,6 +818,10 @@ mod tests {
             ),
             (
                 b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                b"GET /admin#x HTTP/1.1\r\nHost: a\r\n\r\n",
                 StatusCode::BAD_REQUEST,
             ),
         ] {

@@ -18,6 +18,7 @@ use microgate_test_support::{
     with_namespace,
 };
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{Platform, WAIT, condition, free_port};
 
@@ -281,6 +282,24 @@ async fn http2_is_negotiated_by_alpn_and_tls_versions_follow_min_version() {
             .await
             .expect("TLS 1.3");
         assert_eq!(connected.version, rustls::ProtocolVersion::TLSv1_3);
+
+        // An answer that ends the connection ends it with close_notify: the client reads to a
+        // clean end, not to a truncation (rustls reports an EOF without it as an error).
+        let mut stream = connected.stream;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the connection ends")
+            .expect("a clean end, after close_notify");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
     })
     .await;
 }

@@ -109,7 +109,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     .await
                 {
                     Ok(true) => {}
-                    Ok(false) | Err(_) => return Served::Closed,
+                    Ok(false) => {
+                        // An orderly end: over TLS this sends close_notify (RFC 8446 §6.1), so
+                        // the client can tell the end of the answer from a truncation.
+                        // Bounded: a client that reads nothing must not hold the task.
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), connection.stream.shutdown()).await;
+                        return Served::Closed;
+                    }
+                    Err(_) => return Served::Closed,
                 }
             }
             Next::HandOver => {

@@ -5,6 +5,7 @@
 pub mod classify;
 pub mod client;
 pub mod corpus;
+pub mod paths;
 pub mod recorder;
 pub mod strict;
 

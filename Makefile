@@ -4,7 +4,7 @@ SHELL := bash
 CLUSTER := tests/cluster/cluster.sh
 HELM := target/cluster/bin/helm
 
-.PHONY: help demo demo-down build crds manifests test test-netns lint fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-discovery hostile fuzz
+.PHONY: help demo demo-down build crds manifests test test-netns lint fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery hostile fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -62,11 +62,14 @@ cluster-status: ## show whether each control-plane component is up
 kubelet: cluster ## play kubelet for every namespace of the local cluster (Ctrl-C stops it)
 	cargo run -q -p microgate-test-support --bin fake-kubelet
 
-bench: ## the gateway against nginx and haproxy on loopback (throughput, latency, h2c, retries, instructions); writes BENCHMARKS.md
+bench: ## the gateway against nginx and haproxy on loopback (throughput, latency, h2c, retries, instructions, TLS); writes BENCHMARKS.md
 	bash bench/run.sh
 
 bench-quick: ## a short smoke run of make bench (2 rounds of 2 s, 1 worker)
 	BENCH_QUICK=1 bash bench/run.sh
+
+bench-tls: ## only the TLS measurements of make bench (new connections, keep-alive, h2, idle memory)
+	BENCH_SCENARIOS=tls bash bench/run.sh
 
 hostile: ## the hostile-input corpus through microgate, nginx and HAProxy to a strict backend; writes target/hostile/report.md
 	bash tests/hostile/run.sh

@@ -142,9 +142,18 @@ retry = load("retry.jsonl")
 callgrind = load("callgrind.jsonl")
 spreads = load("spread.jsonl")
 idle = load("idle.jsonl")
+tls_new = load("tls_new.jsonl")
+tls_keepalive = load("tls_keepalive.jsonl")
+tls_h2 = load("tls_h2.jsonl")
+tls_idle = load("tls_idle.jsonl")
 settings = machine.get("settings", {})
+ALL_SCENARIOS = {"throughput", "latency", "h2c", "retries", "callgrind", "tls"}
+# A run of some scenarios only (BENCH_SCENARIOS) writes its own results, not the published ones.
+partial = set(settings.get("scenarios", ALL_SCENARIOS)) != ALL_SCENARIOS
+versions = machine.get("versions", {})
 results = {"machine": machine, "preflight": preflight, "throughput": {}, "latency": {}, "h2": {},
-           "retry": {}, "callgrind": {}, "spread": spreads, "idle": idle, "targets": []}
+           "retry": {}, "callgrind": {}, "spread": spreads, "idle": idle, "targets": [],
+           "tls": {"new": {}, "keepalive": {}, "h2": {}, "idle": {}}}
 md = []
 
 # ---- throughput
@@ -227,6 +236,93 @@ for peer in PEERS:
     if peer in results["h2"] and "microgate" in results["h2"]:
         h2_ratios[f"microgate/{peer}"] = spread(per_round(h2, rps, "microgate", peer))
 results["h2_ratios"] = h2_ratios
+
+# ---- TLS
+TLS_TARGETS = ["nginx", "haproxy", "microgate"]
+
+
+def handshakes(r):
+    return r["completed"] or None
+
+
+def handshakes_per_cpu(r):
+    return r["completed"] / r["cpu_seconds"] if r.get("cpu_seconds") else None
+
+
+for certificate in ["ecdsa", "rsa"]:
+    rows = [r for r in tls_new if r["certificate"] == certificate]
+    if not rows:
+        continue
+    per_target = {}
+    for t in TLS_TARGETS:
+        tr = [r for r in rows if r["target"] == t]
+        if not tr:
+            continue
+        completed = sum(r["completed"] for r in tr)
+        per_target[t] = {
+            "rate": spread([r["rate"] for r in tr]),
+            "per_cpu_second": spread([handshakes_per_cpu(r) for r in tr]),
+            "user_us": med([r["user_seconds"] / r["completed"] for r in tr if r["completed"]]),
+            "system_us": med([r["system_seconds"] / r["completed"] for r in tr if r["completed"]]),
+            "machine_us": med([r["machine_busy_seconds"] / r["completed"] for r in tr if r["completed"]]),
+            "completed": completed,
+            "full": sum(r["full_handshakes"] + r["full_handshakes_after_retry"] for r in tr),
+            "resumed": sum(r["resumed"] for r in tr),
+            "accepted": sum(r["accepted_connections"] for r in tr),
+            "unclean_close": sum(r["closed_without_close_notify"] for r in tr),
+            "failed": sum(sum(r["failed"].values()) for r in tr),
+            "failures": sorted({r["first_failure"] for r in tr if r.get("first_failure")}),
+            "hwm_kib": max(r["hwm_kib"] for r in tr),
+            "negotiated": next(({"cipher": r["cipher"], "group": r["group"], "alpn": r["alpn"]} for r in tr if r.get("cipher")), None),
+            "rounds": len(tr),
+        }
+    ratios = {}
+    for peer in PEERS:
+        if peer in per_target and "microgate" in per_target:
+            ratios[f"microgate/{peer}"] = {
+                "rate": spread(per_round(rows, handshakes, "microgate", peer, certificate=certificate)),
+                "per_cpu_second": spread(per_round(rows, handshakes_per_cpu, "microgate", peer, certificate=certificate)),
+            }
+    results["tls"]["new"][certificate] = {"targets": per_target, "ratios": ratios}
+
+if tls_keepalive:
+    per_target = {}
+    for t in TLS_TARGETS:
+        tr = [r for r in tls_keepalive if r["target"] == t]
+        if tr:
+            per_target[t] = {
+                "rps": spread([r["rps"] for r in tr]),
+                "req_per_cpu_second": spread([req_per_cpu(r) for r in tr]),
+                "user_us": med([per_request(r, "user_seconds") for r in tr]),
+                "system_us": med([per_request(r, "system_seconds") for r in tr]),
+                "hwm_kib": max(r["hwm_kib"] for r in tr),
+                "non_2xx": sum(r["non_2xx"] for r in tr),
+                "socket_errors": sum(r["socket_errors"] for r in tr),
+            }
+    ratios = {f"microgate/{peer}": {"rps": spread(per_round(tls_keepalive, rps, "microgate", peer)),
+                                    "req_per_cpu_second": spread(per_round(tls_keepalive, req_per_cpu, "microgate", peer))}
+              for peer in PEERS if peer in per_target and "microgate" in per_target}
+    results["tls"]["keepalive"] = {"targets": per_target, "ratios": ratios}
+
+if tls_h2:
+    per_target = {}
+    for t in TLS_TARGETS:
+        tr = [r for r in tls_h2 if r["target"] == t]
+        if tr:
+            per_target[t] = {
+                "rps": spread([r["rps"] for r in tr]),
+                "req_per_cpu_second": spread([r["requests"] / r["cpu_seconds"] for r in tr if r["cpu_seconds"]]),
+                "failed": sum(r["failed"] + r["errored"] + max(0, r["succeeded"] - r["status_2xx"]) for r in tr),
+                "requests": sum(r["requests"] for r in tr),
+                "hwm_kib": max(r["hwm_kib"] for r in tr),
+                "protocols": sorted({r.get("protocol") or "?" for r in tr}),
+            }
+    ratios = {f"microgate/{peer}": spread(per_round(tls_h2, rps, "microgate", peer))
+              for peer in PEERS if peer in per_target and "microgate" in per_target}
+    results["tls"]["h2"] = {"targets": per_target, "ratios": ratios}
+
+for r in tls_idle:
+    results["tls"]["idle"][r["target"]] = r
 
 # ---- retries
 for t in ["direct", "nginx", "haproxy", "microgate"]:
@@ -326,6 +422,29 @@ if rt:
 if idle:
     rss = idle[0]["microgate_idle_kib"][0]
     bar.append(("gateway idle RSS ≤ 16 MiB", mib(rss), verdict(rss <= 16 * 1024)))
+for peer in PEERS:
+    s = h2_ratios.get(f"microgate/{peer}")
+    if s and peer == "haproxy":
+        bar.append((f"h2c req/s ≥ 1.0× {peer}", ratio(s), verdict(s[0] >= 1.0)))
+for certificate, name in [("ecdsa", "ECDSA P-256"), ("rsa", "RSA 2048")]:
+    for peer in PEERS:
+        s = results["tls"]["new"].get(certificate, {}).get("ratios", {}).get(f"microgate/{peer}", {}).get("rate")
+        if s:
+            bar.append((f"new TLS connections/s ({name}) ≥ 1.2× {peer}", ratio(s), verdict(s[0] >= 1.2)))
+for peer in PEERS:
+    s = results["tls"]["keepalive"].get("ratios", {}).get(f"microgate/{peer}", {}).get("rps") if tls_keepalive else None
+    if s:
+        bar.append((f"keep-alive req/s over TLS ≥ 1.0× {peer}", ratio(s), verdict(s[0] >= 1.0)))
+for peer in PEERS:
+    s = results["tls"]["h2"].get("ratios", {}).get(f"microgate/{peer}") if tls_h2 else None
+    if s:
+        bar.append((f"h2 over TLS req/s ≥ 1.0× {peer}", ratio(s), verdict(s[0] >= 1.0)))
+tls_mem = {t: e.get("bytes_per_connection") for t, e in results["tls"]["idle"].items()}
+if tls_mem.get("microgate") is not None and all(tls_mem.get(p) is not None for p in PEERS):
+    m = tls_mem["microgate"]
+    bar.append(("memory per idle TLS connection < nginx's and HAProxy's",
+                f"{m / 1024:.1f} KiB vs " + ", ".join(f"{tls_mem[p] / 1024:.1f} KiB ({NAMES[p]})" for p in PEERS),
+                verdict(all(m < tls_mem[p] for p in PEERS))))
 results["targets"] = bar
 
 with open(os.path.join(OUT, "results.json"), "w") as f:
@@ -349,7 +468,7 @@ with open(lat_dat, "w") as f:
         e = lat[t]
         f.write(f"{t} " + " ".join(f"{e[q] * 1000:.3f}" if e.get(q) is not None else "NaN" for q in ("p50", "p99", "p99.9")) + "\n")
 chart_ok = False
-if throughput or latency:
+if (throughput or latency) and not partial:
     try:
         subprocess.run(["gnuplot", "-e", f"tp='{tp_dat}'; lat='{lat_dat}'; out='{chart}'; rate='{settings.get('rate', '?')}'; "
                         f"ncol={1 + len(workers_seen)}",
@@ -508,6 +627,82 @@ if results["h2"]:
         md.append(f"| {NAMES[p]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second'])} | {e['failed']} of {e['requests']} | {mib(e['hwm_kib'])} |")
     md.append("\n" + "; ".join(f"{name}: {ratio(s)}" for name, s in h2_ratios.items()) + "\n")
 
+if tls_new or tls_keepalive or tls_h2 or tls_idle:
+    md.append("### TLS, 1 worker\n")
+    md.append(
+        "All three proxies terminate TLS 1.3 only (nginx `ssl_protocols TLSv1.3`, HAProxy `ssl-min-ver TLSv1.3`, "
+        "microgate `minVersion: \"1.3\"`), ALPN h2 and http/1.1, with the same two certificates made by `openssl req` "
+        "at the start of the run (ECDSA P-256, RSA 2048; microgate reads them from `kubernetes.io/tls` Secrets, nginx and "
+        "HAProxy from files), and forward plain HTTP/1.1 to the same pooled backends. nginx and HAProxy use OpenSSL "
+        f"{versions.get('openssl', '?')}, microgate rustls {versions.get('rustls', '?')} with the `ring` provider. Every server keeps its "
+        "default session tickets; the clients below never resume.\n")
+    md.append(
+        "**New connections** come from `bench/tls-client connect` (rustls, `ring`, 2 threads, "
+        f"{settings.get('connections', '?')} connections in progress): each connection makes a full handshake, sends one "
+        "`GET /` with `Connection: close`, reads the 200 to the end and closes. wrk and h2load are not used here because "
+        "they resume the previous connection's session (checked against nginx's `$ssl_session_reused` when this scenario "
+        "was written: with `Connection: close`, every connection of wrk and of h2load after each slot's first was "
+        "resumed). The client asks for no session and counts the kind "
+        "of every handshake (rustls `handshake_kind`); the machine's accepted TCP connections over the round "
+        "(`PassiveOpens`) are shown next to the client's count, as the check that each request had a connection of its "
+        "own. The client does not verify the certificate or the handshake signature, to keep its share of the CPUs small. "
+        "**Keep-alive** is `wrk -t2 -c" + str(settings.get("connections", "?")) + "` over https (ECDSA), as the plain rows; "
+        "**h2** is `h2load -t2 -c" + str(settings.get("connections", "?")) + " -m10` over https (ECDSA, ALPN h2). **Idle memory**: "
+        "`bench/tls-client hold` opens the connections (256 at a time) on the ECDSA listener, makes one keep-alive request "
+        "on each and leaves them idle; the proxy's RSS just before and once all are open, divided by the connections it "
+        "still held when the client checked.\n")
+    for certificate, name in [("ecdsa", "ECDSA P-256"), ("rsa", "RSA 2048")]:
+        e_ = results["tls"]["new"].get(certificate)
+        if not e_:
+            continue
+        md.append(f"**New TLS connections per second, {name}** (one request each):\n")
+        md.append("| proxy | connections/s median [min–max] | handshakes per proxy CPU-second | proxy CPU per handshake: user + system | machine CPU per handshake | full handshakes / completed (resumed) | accepted TCP / completed | closed without close_notify | failed | peak RSS |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|")
+        for t, e in e_["targets"].items():
+            md.append(f"| {NAMES[t]} | {krange(e['rate'])} | {krange(e['per_cpu_second'])} | "
+                      f"{e['user_us'] * 1e6:.0f} + {e['system_us'] * 1e6:.0f} µs | {e['machine_us'] * 1e6:.0f} µs | "
+                      f"{e['full']} / {e['completed']} ({e['resumed']}) | {e['accepted']} / {e['completed']} | {e['unclean_close']} | "
+                      f"{e['failed']}{(' (' + '; '.join(e['failures'])[:200] + ')') if e['failures'] else ''} | {mib(e['hwm_kib'])} |")
+        md.append("\n" + "; ".join(f"{k_}: connections/s {ratio(r_['rate'])}, per CPU-second {ratio(r_['per_cpu_second'])}"
+                                    for k_, r_ in e_["ratios"].items()) + "\n")
+    neg = next((e["negotiated"] for c in results["tls"]["new"].values() for e in c["targets"].values() if e.get("negotiated")), None)
+    if neg:
+        md.append(f"Negotiated (as the client saw it): {neg['cipher']}, key exchange {neg['group']}, ALPN {neg['alpn']}.\n")
+    ka = results["tls"]["keepalive"]
+    if ka:
+        md.append("**Keep-alive requests per second over TLS** (ECDSA):\n")
+        md.append("| proxy | req/s median [min–max] | req per proxy CPU-second | proxy CPU per request: user + system | peak RSS | non-2xx / socket errors |")
+        md.append("|---|---|---|---|---|---|")
+        for t, e in ka["targets"].items():
+            md.append(f"| {NAMES[t]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second'])} | "
+                      f"{e['user_us'] * 1e6:.1f} + {e['system_us'] * 1e6:.1f} µs | {mib(e['hwm_kib'])} | {e['non_2xx']} / {e['socket_errors']} |")
+        md.append("\n" + "; ".join(f"{k_}: req/s {ratio(r_['rps'])}, per CPU-second {ratio(r_['req_per_cpu_second'])}"
+                                    for k_, r_ in ka["ratios"].items()) + "\n")
+    th = results["tls"]["h2"]
+    if th:
+        md.append("**HTTP/2 over TLS** (ECDSA, ALPN h2; the h2c rows are above):\n")
+        md.append("| proxy | req/s median [min–max] | req per CPU-second | failed or not 2xx | protocol | peak RSS |")
+        md.append("|---|---|---|---|---|---|")
+        for t, e in th["targets"].items():
+            md.append(f"| {NAMES[t]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second'])} | {e['failed']} of {e['requests']} | "
+                      f"{', '.join(e['protocols'])} | {mib(e['hwm_kib'])} |")
+        md.append("\n" + "; ".join(f"{k_}: {ratio(r_)}" for k_, r_ in th["ratios"].items()) + "\n")
+    ti = results["tls"]["idle"]
+    if ti:
+        md.append("**Memory per idle TLS connection** (one measurement per proxy):\n")
+        md.append("| proxy | held / opened / wanted | time to open | RSS before | RSS with the connections open | per connection | failed to open |")
+        md.append("|---|---|---|---|---|---|---|")
+        for t in TLS_TARGETS:
+            e = ti.get(t)
+            if not e:
+                continue
+            per = "—" if e["bytes_per_connection"] is None else f"**{e['bytes_per_connection'] / 1024:.1f} KiB**"
+            failed_ = sum(e["failed"].values()) if e["failed"] else 0
+            md.append(f"| {NAMES[t]} | {e['still_open']} / {e['opened']} / {e['wanted']} | {e['open_seconds']:.1f} s | "
+                      f"{mib(e['rss_before_kib'])} | {mib(e['rss_after_kib'])} | {per} | "
+                      f"{failed_}{(' (' + e['first_failure'][:120] + ')') if e.get('first_failure') else ''} |")
+        md.append("")
+
 if results["retry"]:
     md.append("### One failing backend (20 % 503), retries on, 1 worker\n")
     md.append("The failing set is two healthy backends and the failing one. nginx: `proxy_next_upstream error timeout "
@@ -546,6 +741,11 @@ section = "\n".join(md).rstrip() + "\n"
 with open(os.path.join(OUT, "results.md"), "w") as f:
     f.write(section)
 
+if partial:
+    # A run of some scenarios only (BENCH_SCENARIOS) leaves the published figures alone.
+    print(f"report: {os.path.join(OUT, 'results.md')} (scenarios {' '.join(settings['scenarios'])}: "
+          "BENCHMARKS.md left as it was)", file=sys.stderr)
+    sys.exit(0)
 bench_md = os.path.join(REPO, "BENCHMARKS.md")
 text = open(bench_md).read() if os.path.exists(bench_md) else "# Benchmarks\n"
 block = f"{BEGIN}\n{section}{END}"

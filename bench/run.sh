@@ -7,7 +7,12 @@
 # number of workers): nginx, HAProxy and `microgate gateway`, which finds the backends as Pods
 # on the local control plane (the bench creates the Pods and reports them Ready itself; no
 # controller, no kubelet). Load generators: wrk (throughput), oha (fixed rate, latency with
-# coordinated-omission correction), h2load (h2c), and callgrind for instructions per request.
+# coordinated-omission correction), h2load (h2c, and h2 over TLS), and callgrind for instructions
+# per request. The TLS scenarios put the three proxies behind the same two certificates, made for
+# the run (ECDSA P-256 and RSA 2048; microgate reads them from Secrets): new connections per
+# second, each a full TLS 1.3 handshake and one request (bench/tls-client: wrk and h2load resume
+# sessions, so they cannot measure this), keep-alive requests over TLS (wrk), h2 over TLS
+# (h2load), and the memory each idle TLS connection costs (10 000 held open by bench/tls-client).
 #
 # Raw results: target/bench/raw/*.jsonl; the report: target/bench/results.{json,md}, the chart
 # bench/chart.png and the gateway section of BENCHMARKS.md (bench/report.py writes them).
@@ -21,7 +26,13 @@
 #   BENCH_CALLGRIND_N  requests per callgrind interval (default 20000; 0 skips callgrind)
 #   BENCH_PORT         first of the loopback ports used (default 18080: below the range the
 #                      local control plane picks its ports from, and the ephemeral range)
-#   BENCH_QUICK=1      a quick smoke run: 2 rounds of 2 s, 1 worker, 2000 callgrind requests
+#   BENCH_TLS_IDLE     idle TLS connections held open for the memory measurement (default 10000)
+#   BENCH_SCENARIOS    which measurements to run (default all): any of throughput, latency, h2c,
+#                      retries, callgrind, tls (all of tls-new, tls-keepalive, tls-h2, tls-idle)
+#   BENCH_PERF=1       also record where microgate's CPU goes during the new-TLS-connection rounds
+#                      (perf record, cpu-clock samples; target/bench/perf/*.txt)
+#   BENCH_QUICK=1      a quick smoke run: 2 rounds of 2 s, 1 worker, 2000 callgrind requests,
+#                      2000 idle TLS connections
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,7 +42,7 @@ run=$out/run
 raw=$out/raw
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-  : "${BENCH_ROUNDS:=2}" "${BENCH_SECONDS:=2}" "${BENCH_WORKERS:=1}" "${BENCH_CALLGRIND_N:=2000}"
+  : "${BENCH_ROUNDS:=2}" "${BENCH_SECONDS:=2}" "${BENCH_WORKERS:=1}" "${BENCH_CALLGRIND_N:=2000}" "${BENCH_TLS_IDLE:=2000}"
 fi
 rounds=${BENCH_ROUNDS:-5}
 seconds=${BENCH_SECONDS:-5}
@@ -40,6 +51,16 @@ rate=${BENCH_RATE:-5000}
 connections=${BENCH_CONNECTIONS:-64}
 callgrind_n=${BENCH_CALLGRIND_N:-20000}
 port=${BENCH_PORT:-18080}
+tls_idle_connections=${BENCH_TLS_IDLE:-10000}
+scenarios=${BENCH_SCENARIOS:-throughput latency h2c retries callgrind tls}
+# Whether a measurement is selected: by its own name, or by its group's (tls-new by tls).
+scenario_on() {
+  local s
+  for s in $scenarios; do
+    [ "$s" = "$1" ] || [ "$s" = "${1%%-*}" ] && return 0
+  done
+  return 1
+}
 # The extra scenarios (h2c, retries) run fewer rounds: they are reported as medians, not ratios.
 extra_rounds=$(( rounds < 3 ? rounds : 3 ))
 
@@ -52,11 +73,17 @@ haproxy_h1=$((port + 2)) haproxy_h2=$((port + 4)) haproxy_retry=$((port + 102))
 mg_h1=$((port + 5)) mg_retry=$((port + 105)) mg_admin=$((port + 6))
 # A second, identical nginx: the A/A row (the noise floor).
 nginx_b_h1=$((port + 11)) nginx_b_h2=$((port + 13)) nginx_b_retry=$((port + 111))
+# HTTPS listeners, one per certificate.
+nginx_tls_ecdsa=$((port + 21)) nginx_tls_rsa=$((port + 22))
+haproxy_tls_ecdsa=$((port + 23)) haproxy_tls_rsa=$((port + 24))
+mg_tls_ecdsa=$((port + 25)) mg_tls_rsa=$((port + 26))
+nginx_b_tls_ecdsa=$((port + 31)) nginx_b_tls_rsa=$((port + 32))
 
 namespace="microgate-bench"
 kubeconfig=$repo/target/cluster/kubeconfig
 kubectl=$repo/target/cluster/bin/kubectl
 microgate=$repo/target/release/microgate
+tls_client=$repo/target/release/tls-client
 
 started=$(date +%s)
 say() { echo "bench [$(( $(date +%s) - started ))s]: $*" >&2; }
@@ -121,6 +148,9 @@ machine_busy_seconds() {
 
 # TCP segments sent so far by the whole machine (loopback included).
 tcp_out_segments() { awk '/^Tcp:/ && $2 ~ /^[0-9]/ {print $12}' /proc/net/snmp; }
+# TCP connections accepted so far by the whole machine (PassiveOpens): while upstream connections
+# stay pooled, the ones a proxy's clients opened.
+tcp_passive_opens() { awk '/^Tcp:/ && $2 ~ /^[0-9]/ {print $7}' /proc/net/snmp; }
 
 # "VmRSS VmHWM" in KiB, summed over the given processes.
 memory_kib() {
@@ -135,7 +165,7 @@ cpu_pressure() { sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/cpu 2>
 wait_http() {
   local url=$1 seconds=$2 name=${3:-}
   local deadline=$(( $(date +%s) + seconds ))
-  until curl -fsS --max-time 2 -o /dev/null "$url" 2>/dev/null; do
+  until curl -fsSk --max-time 2 -o /dev/null "$url" 2>/dev/null; do
     if [ -n "$name" ] && ! kill -0 "${pids[$name]}" 2>/dev/null; then
       tail -n 20 "$run/logs/$name.log" >&2 || true
       die "$name exited before $url answered"
@@ -153,8 +183,20 @@ port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 oha=$(bash "$here/tools.sh")
 export PATH=$PATH:/usr/sbin
 
-say "building microgate (release)"
-(cd "$repo" && cargo build --release --bin microgate --quiet)
+say "building microgate and the TLS client (release)"
+(cd "$repo" && cargo build --release --bin microgate --quiet && cargo build --release -p microgate-bench-tls --quiet)
+
+# The idle-connection measurement holds thousands of sockets in the client and in each proxy,
+# which all inherit this limit: raised as far as the machine lets.
+open_files_wanted=$(( 2 * tls_idle_connections + 4096 ))
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$open_files_wanted" ]; then
+  ulimit -n "$open_files_wanted" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fi
+open_files=$(ulimit -n)
+if [ "$open_files" != unlimited ] && [ "$open_files" -lt $(( tls_idle_connections + 1024 )) ]; then
+  tls_idle_connections=$(( open_files - 1024 ))
+  say "warning: open files are limited to $open_files: holding $tls_idle_connections idle TLS connections"
+fi
 
 if bash "$repo/tests/cluster/cluster.sh" status >/dev/null 2>&1; then
   bash "$repo/tests/cluster/cluster.sh" up
@@ -164,13 +206,26 @@ else
 fi
 
 rm -rf "$run" "$raw"
-mkdir -p "$run/logs" "$run/tmp" "$raw"
+mkdir -p "$run/logs" "$run/tmp" "$run/tls" "$raw"
+
+# The run's certificates, one per key type, for all three proxies (HAProxy wants certificate and
+# key in one file). The clients do not verify them.
+make_certificate() { # name openssl-newkey-args...
+  local name=$1
+  shift
+  openssl req -x509 -nodes -days 7 "$@" -keyout "$run/tls/$name.key" -out "$run/tls/$name.crt" \
+    -subj /CN=bench.microgate.test -addext "subjectAltName=DNS:bench.microgate.test,IP:127.0.0.1" 2>/dev/null
+  cat "$run/tls/$name.crt" "$run/tls/$name.key" >"$run/tls/$name.pem"
+}
+make_certificate ecdsa -newkey ec -pkeyopt ec_paramgen_curve:P-256
+make_certificate rsa -newkey rsa:2048
 
 for address in $b1 $b2 $b3 $bf; do
   port_free "$address" "$port" || die "$address:$port is in use (set BENCH_PORT to move the bench's ports)"
 done
 for p in $nginx_h1 $nginx_h2 $nginx_retry $haproxy_h1 $haproxy_h2 $haproxy_retry $mg_h1 $mg_retry $mg_admin \
-  $nginx_b_h1 $nginx_b_h2 $nginx_b_retry; do
+  $nginx_b_h1 $nginx_b_h2 $nginx_b_retry $nginx_tls_ecdsa $nginx_tls_rsa $haproxy_tls_ecdsa $haproxy_tls_rsa \
+  $mg_tls_ecdsa $mg_tls_rsa $nginx_b_tls_ecdsa $nginx_b_tls_rsa; do
   port_free 127.0.0.1 "$p" || die "127.0.0.1:$p is in use (set BENCH_PORT to move the bench's ports)"
 done
 
@@ -200,16 +255,20 @@ machine_info() {
     "$(valgrind --version | sed 's/valgrind-//')" \
     "$(rustc --version | awk '{print $2}')" \
     "$(crate_version tokio)" "$(crate_version hyper)" "$(crate_version hyper-util)" \
-    "$rounds" "$seconds" "$workers_list" "$rate" "$connections" "$callgrind_n" "$extra_rounds" "$(loadavg)"
+    "$(crate_version rustls)" "$(openssl version | awk '{print $2}')" \
+    "$rounds" "$seconds" "$workers_list" "$rate" "$connections" "$callgrind_n" "$extra_rounds" "$(loadavg)" \
+    "$tls_idle_connections" "$scenarios"
 import json, sys
 a = sys.argv[1:]
-keys = ["microgate", "nginx", "haproxy", "wrk", "oha", "h2load", "valgrind", "rustc", "tokio", "hyper", "hyper-util"]
+keys = ["microgate", "nginx", "haproxy", "wrk", "oha", "h2load", "valgrind", "rustc", "tokio", "hyper", "hyper-util",
+        "rustls", "openssl"]
 print(json.dumps({
     "date": a[0], "nproc": int(a[1]), "cpu": a[2], "kernel": a[3], "memory": a[4], "os": a[5],
-    "versions": dict(zip(keys, a[6:17])),
-    "settings": {"rounds": int(a[17]), "seconds": int(a[18]), "workers": a[19], "rate": int(a[20]),
-                 "connections": int(a[21]), "callgrind_requests": int(a[22]), "extra_rounds": int(a[23])},
-    "loadavg_before": a[24],
+    "versions": dict(zip(keys, a[6:19])),
+    "settings": {"rounds": int(a[19]), "seconds": int(a[20]), "workers": a[21], "rate": int(a[22]),
+                 "connections": int(a[23]), "callgrind_requests": int(a[24]), "extra_rounds": int(a[25]),
+                 "tls_idle_connections": int(a[27]), "scenarios": a[28].split()},
+    "loadavg_before": a[26],
 }, indent=1))
 EOF
 }
@@ -230,7 +289,12 @@ k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
 k apply --server-side --force-conflicts -f "$repo/crds/microgate.dev.yaml" >/dev/null
 k wait --for=condition=Established --timeout=60s crd/microservices.microgate.dev crd/gateways.microgate.dev >/dev/null
 k create namespace "$namespace" --dry-run=client -o yaml | k apply -f - >/dev/null
-render "$here/microgate.yaml" "$run/microgate.yaml" PORT="$port" PORT_H1="$mg_h1" PORT_RETRY="$mg_retry"
+for name in ecdsa rsa; do
+  k create secret tls "bench-$name" -n "$namespace" --cert="$run/tls/$name.crt" --key="$run/tls/$name.key" \
+    --dry-run=client -o yaml | k apply -f - >/dev/null
+done
+render "$here/microgate.yaml" "$run/microgate.yaml" PORT="$port" PORT_H1="$mg_h1" PORT_RETRY="$mg_retry" \
+  PORT_TLS_ECDSA="$mg_tls_ecdsa" PORT_TLS_RSA="$mg_tls_rsa"
 k apply -n "$namespace" -f "$run/microgate.yaml" >/dev/null
 # Pods as a kubelet would report them: Running, Ready, with the backend's address as pod IP.
 k delete pods -n "$namespace" --all --grace-period=0 --force --wait=true >/dev/null 2>&1 || true
@@ -268,11 +332,12 @@ for address in $b1 $b2 $b3 $bf; do wait_http "http://$address:$port/" 10; done
 backend_requests() { curl -fsS "http://$1:$port/__bench/status" | awk 'NR == 3 {print $3}'; }
 
 # --- proxies
-start_nginx() { # name workers h1 h2 retry [valgrind...]
-  local name=$1 workers=$2 h1=$3 h2=$4 retry=$5
-  shift 5
+start_nginx() { # name workers h1 h2 retry tls-ecdsa tls-rsa [valgrind...]
+  local name=$1 workers=$2 h1=$3 h2=$4 retry=$5 tls_ecdsa=$6 tls_rsa=$7
+  shift 7
   render "$here/peers/nginx.conf" "$run/$name.conf" NAME="$name" RUN="$run" WORKERS="$workers" \
-    B1="$b1:$port" B2="$b2:$port" B3="$b3:$port" BF="$bf:$port" PORT_H1="$h1" PORT_H2="$h2" PORT_RETRY="$retry"
+    B1="$b1:$port" B2="$b2:$port" B3="$b3:$port" BF="$bf:$port" PORT_H1="$h1" PORT_H2="$h2" PORT_RETRY="$retry" \
+    PORT_TLS_ECDSA="$tls_ecdsa" PORT_TLS_RSA="$tls_rsa" TLS="$run/tls"
   if [ "$#" -gt 0 ]; then
     # Under valgrind: one process, no master, so every request runs in the measured process.
     spawn "$name" "$@" nginx -p "$run" -e "$run/$name.error.log" -c "$run/$name.conf" -g 'master_process off;'
@@ -285,7 +350,9 @@ start_haproxy() { # workers [valgrind...]
   shift
   render "$here/peers/haproxy.cfg" "$run/haproxy.cfg" WORKERS="$workers" \
     B1="$b1:$port" B2="$b2:$port" B3="$b3:$port" BF="$bf:$port" \
-    PORT_H1="$haproxy_h1" PORT_H2="$haproxy_h2" PORT_RETRY="$haproxy_retry"
+    PORT_H1="$haproxy_h1" PORT_H2="$haproxy_h2" PORT_RETRY="$haproxy_retry" \
+    PORT_TLS_ECDSA="$haproxy_tls_ecdsa" PORT_TLS_RSA="$haproxy_tls_rsa" TLS="$run/tls" \
+    MAXCONN="$(( tls_idle_connections + 2000 ))"
   spawn haproxy "$@" haproxy -db -f "$run/haproxy.cfg"
 }
 start_microgate() { # workers [valgrind...]
@@ -322,6 +389,12 @@ declare -A retryurl=(
   [haproxy]=http://127.0.0.1:$haproxy_retry/
   [microgate]=http://127.0.0.1:$mg_retry/
 )
+# HTTPS listeners, by target and certificate.
+declare -A tlsport=(
+  [nginx-ecdsa]=$nginx_tls_ecdsa [nginx-rsa]=$nginx_tls_rsa
+  [haproxy-ecdsa]=$haproxy_tls_ecdsa [haproxy-rsa]=$haproxy_tls_rsa
+  [microgate-ecdsa]=$mg_tls_ecdsa [microgate-rsa]=$mg_tls_rsa
+)
 # The process whose CPU and memory count for a target ("direct": the backend itself).
 declare -A owner=([direct]=backend-1 [nginx]=nginx [nginx-b]=nginx-b [haproxy]=haproxy [microgate]=microgate)
 
@@ -340,12 +413,12 @@ metric() {
 # ---------------------------------------------------------------------------------------------
 # Measurements. Each writes one JSON line per target and round into $raw.
 
-throughput_round() { # file workers round target
-  local file=$1 workers=$2 round=$3 target=$4 procs cpu0 cpu1 busy0 busy1 segs0 segs1 log mem
+throughput_round() { # file workers round target [url]
+  local file=$1 workers=$2 round=$3 target=$4 target_url=${5:-${url[$4]}} procs cpu0 cpu1 busy0 busy1 segs0 segs1 log mem
   mapfile -t procs < <(process_tree "${owner[$target]}")
   log=$run/logs/wrk-$target.txt
   cpu0=$(cpu_times "${procs[@]}") busy0=$(machine_busy_seconds) segs0=$(tcp_out_segments)
-  wrk -t2 -c"$connections" -d"${seconds}s" --latency "${url[$target]}" >"$log" 2>&1
+  wrk -t2 -c"$connections" -d"${seconds}s" --latency "$target_url" >"$log" 2>&1
   cpu1=$(cpu_times "${procs[@]}") busy1=$(machine_busy_seconds) segs1=$(tcp_out_segments)
   mem=$(memory_kib "${procs[@]}")
   awk -v target="$target" -v workers="$workers" -v round="$round" -v cpu0="$cpu0" -v cpu1="$cpu1" \
@@ -389,21 +462,22 @@ print(json.dumps({
 EOF
 }
 
-h2_round() { # file round target
-  local file=$1 round=$2 target=$3 procs cpu0 cpu1 mem log=$run/logs/h2load-$3.txt
+h2_round() { # file round target [url]
+  local file=$1 round=$2 target=$3 target_url=${4:-${h2url[$3]}} procs cpu0 cpu1 mem log=$run/logs/h2load-$3.txt
   mapfile -t procs < <(process_tree "${owner[$target]}")
   cpu0=$(cpu_seconds "${procs[@]}")
-  h2load -t2 -c"$connections" -m10 -D "$seconds" --warm-up-time=1 "${h2url[$target]}" >"$log" 2>&1
+  h2load -t2 -c"$connections" -m10 -D "$seconds" --warm-up-time=1 "$target_url" >"$log" 2>&1
   cpu1=$(cpu_seconds "${procs[@]}")
   mem=$(memory_kib "${procs[@]}")
   awk -v target="$target" -v round="$round" -v cpu0="$cpu0" -v cpu1="$cpu1" -v mem="$mem" -v load="$(loadavg)" '
     /^finished in/ {rps = $4}
     /^requests:/ {gsub(/,/, ""); total = $2; ok = $8; failed = $10; errored = $12}
     /^status codes:/ {gsub(/,/, ""); s2 = $3}
+    /^Application protocol:/ {protocol = $3}
     END {
       split(mem, m, " ")
-      printf "{\"target\": \"%s\", \"round\": %d, \"rps\": %s, \"requests\": %d, \"succeeded\": %d, \"status_2xx\": %d, \"failed\": %d, \"errored\": %d, \"cpu_seconds\": %.3f, \"rss_kib\": %d, \"hwm_kib\": %d, \"loadavg\": \"%s\"}\n",
-        target, round, rps + 0, total, ok, s2, failed, errored, cpu1 - cpu0, m[1], m[2], load
+      printf "{\"target\": \"%s\", \"round\": %d, \"rps\": %s, \"requests\": %d, \"succeeded\": %d, \"status_2xx\": %d, \"failed\": %d, \"errored\": %d, \"cpu_seconds\": %.3f, \"rss_kib\": %d, \"hwm_kib\": %d, \"protocol\": \"%s\", \"loadavg\": \"%s\"}\n",
+        target, round, rps + 0, total, ok, s2, failed, errored, cpu1 - cpu0, m[1], m[2], protocol, load
     }' "$log" >>"$file"
 }
 
@@ -438,20 +512,104 @@ retry_round() { # file round target
     }' "$log" >>"$file"
 }
 
+# New TLS connections: bench/tls-client for the round's seconds, each connection a full handshake
+# and one request. The machine's accepted connections over the round are recorded next to the
+# client's count: equal when every request came on a connection of its own.
+tls_connect_round() { # file round target certificate
+  local file=$1 round=$2 target=$3 certificate=$4 procs cpu0 cpu1 busy0 busy1 opens0 opens1 mem
+  local json=$run/logs/tls-connect-$3-$4.json perf_pid
+  mapfile -t procs < <(process_tree "${owner[$target]}")
+  if [ "${BENCH_PERF:-0}" = 1 ] && [ "$target" = microgate ]; then
+    mkdir -p "$out/perf"
+    perf record -q -e cpu-clock -F 999 -p "${pids[microgate]}" -o "$out/perf/microgate-$certificate-$round.data" \
+      -- sleep "$seconds" >/dev/null 2>>"$run/logs/perf.log" &
+    perf_pid=$!
+  fi
+  cpu0=$(cpu_times "${procs[@]}") busy0=$(machine_busy_seconds) opens0=$(tcp_passive_opens)
+  "$tls_client" connect --address "127.0.0.1:${tlsport[$target-$certificate]}" --connections "$connections" \
+    --seconds "$seconds" >"$json" 2>"$run/logs/tls-connect-$target.err"
+  cpu1=$(cpu_times "${procs[@]}") busy1=$(machine_busy_seconds) opens1=$(tcp_passive_opens)
+  mem=$(memory_kib "${procs[@]}")
+  if [ "${BENCH_PERF:-0}" = 1 ] && [ "$target" = microgate ]; then
+    wait "$perf_pid" || true
+    perf report -q -i "$out/perf/microgate-$certificate-$round.data" --no-children --sort dso,symbol --stdio \
+      2>/dev/null | head -n 60 >"$out/perf/microgate-$certificate-$round.txt" || true
+  fi
+  python3 - "$json" "$target" "$round" "$certificate" "$cpu0" "$cpu1" "$busy0" "$busy1" "$(( opens1 - opens0 ))" \
+    "$mem" "$(loadavg)" "$(cpu_pressure)" >>"$file" <<'EOF_PY'
+import json, sys
+path, target, rnd, certificate, cpu0, cpu1, busy0, busy1, opens, mem, load, psi = sys.argv[1:]
+d = json.load(open(path))
+c0, c1, m = [float(x) for x in cpu0.split()], [float(x) for x in cpu1.split()], [int(x) for x in mem.split()]
+d.update({
+    "target": target, "round": int(rnd), "certificate": certificate,
+    "user_seconds": c1[0] - c0[0], "system_seconds": c1[1] - c0[1], "cpu_seconds": sum(c1) - sum(c0),
+    "machine_busy_seconds": float(busy1) - float(busy0), "accepted_connections": int(opens),
+    "rss_kib": m[0], "hwm_kib": m[1], "loadavg": load, "cpu_pressure": None if psi == "null" else float(psi),
+})
+print(json.dumps(d))
+EOF_PY
+}
+
+# Memory per idle TLS connection: the proxy's RSS before and after bench/tls-client has opened
+# N connections on the ECDSA listener, made one request on each and left them idle. The client
+# then says how many the proxy still held when its memory was read.
+tls_idle_round() { # file target
+  local file=$1 target=$2 procs before after fifo=$run/tls-hold-$2.in json=$run/logs/tls-hold-$2.jsonl pid deadline
+  mapfile -t procs < <(process_tree "${owner[$target]}")
+  before=$(memory_kib "${procs[@]}")
+  rm -f "$fifo" "$json"
+  mkfifo "$fifo"
+  "$tls_client" hold --address "127.0.0.1:${tlsport[$target-ecdsa]}" --connections "$tls_idle_connections" \
+    <"$fifo" >"$json" 2>"$run/logs/tls-hold-$target.err" &
+  pid=$!
+  pids[tls-hold]=$pid
+  exec 7>"$fifo"
+  deadline=$(( $(date +%s) + 600 ))
+  until [ -s "$json" ]; do
+    kill -0 "$pid" 2>/dev/null || { exec 7>&-; die "tls-client hold against $target exited: $(cat "$run/logs/tls-hold-$target.err")"; }
+    [ "$(date +%s)" -lt "$deadline" ] || { exec 7>&-; die "tls-client hold against $target: no connections after 600 s"; }
+    sleep 0.05
+  done
+  after=$(memory_kib "${procs[@]}")
+  echo measured >&7
+  exec 7>&-
+  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  stop_process tls-hold
+  python3 - "$json" "$target" "$before" "$after" "$tls_idle_connections" "$(loadavg)" >>"$file" <<'EOF_PY'
+import json, sys
+path, target, before, after, wanted, load = sys.argv[1:]
+lines = [json.loads(l) for l in open(path) if l.strip()]
+opened, check = lines[0], (lines[1] if len(lines) > 1 else {})
+b, a = [int(x) for x in before.split()], [int(x) for x in after.split()]
+held = check.get("still_open")
+print(json.dumps({
+    "target": target, "wanted": int(wanted), "opened": opened["open"], "open_seconds": opened["seconds"],
+    "failed": opened["failed"], "first_failure": opened["first_failure"], "still_open": held,
+    "rss_before_kib": b[0], "rss_after_kib": a[0], "hwm_after_kib": a[1],
+    "bytes_per_connection": (a[0] - b[0]) * 1024 / held if held else None, "loadavg": load,
+}))
+EOF_PY
+}
+
 warm_up() { wrk -t2 -c"$connections" -d1s "$1" >/dev/null 2>&1; }
 
 for workers in $workers_list; do
+  # Only the throughput scenario runs at more than one worker.
+  if [ "$workers" != 1 ] && ! scenario_on throughput; then continue; fi
   say "== $workers worker(s): starting nginx, haproxy, microgate"
-  start_nginx nginx "$workers" $nginx_h1 $nginx_h2 $nginx_retry
+  start_nginx nginx "$workers" $nginx_h1 $nginx_h2 $nginx_retry $nginx_tls_ecdsa $nginx_tls_rsa
   targets=(direct nginx haproxy microgate)
   if [ "$workers" = 1 ]; then
-    start_nginx nginx-b "$workers" $nginx_b_h1 $nginx_b_h2 $nginx_b_retry
+    start_nginx nginx-b "$workers" $nginx_b_h1 $nginx_b_h2 $nginx_b_retry $nginx_b_tls_ecdsa $nginx_b_tls_rsa
     targets=(direct nginx nginx-b haproxy microgate)
   fi
   start_haproxy "$workers"
   start_microgate "$workers"
   for target in "${targets[@]}"; do wait_http "${url[$target]}" 60 "${owner[$target]}"; done
   wait_http "${retryurl[microgate]}" 30 microgate
+  # The HTTPS listeners: microgate's wait for the Secrets to reach it.
+  for key in "${!tlsport[@]}"; do wait_http "https://127.0.0.1:${tlsport[$key]}/" 60 "${owner[${key%-*}]}"; done
   idle=$(memory_kib "${pids[microgate]}")
   # The traffic-serving threads, by name: proof that --workers took effect.
   runtime_workers=$(cat /proc/"${pids[microgate]}"/task/*/comm | grep -c '^microgate-worke' || true)
@@ -470,14 +628,16 @@ for workers in $workers_list; do
   fi
   for target in "${targets[@]}"; do warm_up "${url[$target]}"; done
 
-  say "throughput: ${#targets[@]} targets × $rounds rounds × ${seconds}s (wrk -c$connections)"
-  for round in $(seq 1 "$rounds"); do
-    mapfile -t order < <(in_order "$round" "${targets[@]}")
-    for target in "${order[@]}"; do throughput_round "$raw/throughput.jsonl" "$workers" "$round" "$target"; done
-    say "  round $round/$rounds done (load $(loadavg))"
-  done
+  if scenario_on throughput; then
+    say "throughput: ${#targets[@]} targets × $rounds rounds × ${seconds}s (wrk -c$connections)"
+    for round in $(seq 1 "$rounds"); do
+      mapfile -t order < <(in_order "$round" "${targets[@]}")
+      for target in "${order[@]}"; do throughput_round "$raw/throughput.jsonl" "$workers" "$round" "$target"; done
+      say "  round $round/$rounds done (load $(loadavg))"
+    done
+  fi
 
-  if [ "$workers" = 1 ]; then
+  if [ "$workers" = 1 ] && scenario_on latency; then
     # nginx B again: the A/A pair shows how far p99 moves between two identical proxies.
     lat_targets=(direct nginx nginx-b haproxy microgate)
     say "latency: ${#lat_targets[@]} targets × $rounds rounds × ${seconds}s at $rate req/s (oha)"
@@ -485,18 +645,58 @@ for workers in $workers_list; do
       mapfile -t order < <(in_order "$round" "${lat_targets[@]}")
       for target in "${order[@]}"; do latency_round "$raw/latency.jsonl" "$round" "$target"; done
     done
+  fi
 
+  if [ "$workers" = 1 ] && scenario_on h2c; then
     say "h2c: 3 targets × $extra_rounds rounds × ${seconds}s (h2load -m10)"
     for round in $(seq 1 "$extra_rounds"); do
       mapfile -t order < <(in_order "$round" nginx haproxy microgate)
       for target in "${order[@]}"; do h2_round "$raw/h2.jsonl" "$round" "$target"; done
     done
+  fi
 
+  if [ "$workers" = 1 ] && scenario_on retries; then
     say "retries: 1 of 3 backends answers 503 to 20 % of requests; $extra_rounds rounds × ${seconds}s"
     for round in $(seq 1 "$extra_rounds"); do
       mapfile -t order < <(in_order "$round" direct nginx haproxy microgate)
       for target in "${order[@]}"; do retry_round "$raw/retry.jsonl" "$round" "$target"; done
     done
+  fi
+
+  if [ "$workers" = 1 ]; then
+    tls_targets=(nginx haproxy microgate)
+    if scenario_on tls-new; then
+      for certificate in ecdsa rsa; do
+        say "new TLS connections ($certificate): 3 targets × $rounds rounds × ${seconds}s (tls-client, $connections at a time)"
+        for round in $(seq 1 "$rounds"); do
+          mapfile -t order < <(in_order "$round" "${tls_targets[@]}")
+          for target in "${order[@]}"; do tls_connect_round "$raw/tls_new.jsonl" "$round" "$target" "$certificate"; done
+        done
+      done
+    fi
+    if scenario_on tls-keepalive; then
+      say "keep-alive over TLS: 3 targets × $rounds rounds × ${seconds}s (wrk -c$connections, https)"
+      for target in "${tls_targets[@]}"; do warm_up "https://127.0.0.1:${tlsport[$target-ecdsa]}/"; done
+      for round in $(seq 1 "$rounds"); do
+        mapfile -t order < <(in_order "$round" "${tls_targets[@]}")
+        for target in "${order[@]}"; do
+          throughput_round "$raw/tls_keepalive.jsonl" "$workers" "$round" "$target" "https://127.0.0.1:${tlsport[$target-ecdsa]}/"
+        done
+      done
+    fi
+    if scenario_on tls-h2; then
+      say "h2 over TLS: 3 targets × $extra_rounds rounds × ${seconds}s (h2load -m10, https, ALPN h2)"
+      for round in $(seq 1 "$extra_rounds"); do
+        mapfile -t order < <(in_order "$round" "${tls_targets[@]}")
+        for target in "${order[@]}"; do
+          h2_round "$raw/tls_h2.jsonl" "$round" "$target" "https://127.0.0.1:${tlsport[$target-ecdsa]}/"
+        done
+      done
+    fi
+    if scenario_on tls-idle; then
+      say "idle TLS connections: $tls_idle_connections held open against each of 3 targets"
+      for target in "${tls_targets[@]}"; do tls_idle_round "$raw/tls_idle.jsonl" "$target"; done
+    fi
   fi
 
   for name in microgate haproxy nginx-b nginx; do stop_process "$name"; done
@@ -506,14 +706,14 @@ done
 # Instructions per proxied request: each proxy alone under callgrind, 1 worker. After startup and
 # a warm-up, two intervals of N keep-alive requests each are dumped separately; an interval's
 # instruction count divided by N is the marginal cost of a request (startup cancels out).
-if [ "$callgrind_n" -gt 0 ]; then
+if [ "$callgrind_n" -gt 0 ] && scenario_on callgrind; then
   mkdir -p "$out/callgrind"
   rm -f "$out/callgrind/"*
   for proxy in nginx haproxy microgate; do
     say "callgrind: $proxy, 2 × $callgrind_n requests"
     valgrind=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$out/callgrind/$proxy.out")
     case $proxy in
-      nginx) start_nginx nginx 1 $nginx_h1 $nginx_h2 $nginx_retry "${valgrind[@]}" ;;
+      nginx) start_nginx nginx 1 $nginx_h1 $nginx_h2 $nginx_retry $nginx_tls_ecdsa $nginx_tls_rsa "${valgrind[@]}" ;;
       haproxy) start_haproxy 1 "${valgrind[@]}" ;;
       microgate) start_microgate 1 "${valgrind[@]}" ;;
     esac

@@ -180,7 +180,8 @@ impl PathVerdict {
             (300..=399, _) => Self::Redirected,
             (200, Some(true)) if seen.split('?').next() == Some("/admin") => Self::AdminNormalized,
             (200, Some(true)) => Self::AdminRaw,
-            (200, Some(false)) if lenient(seen) == "/admin" || lenient(target) == "/admin" => {
+            // What the backend received decides; the target only when the backend did not say.
+            (200, Some(false)) if lenient(if seen.is_empty() { target } else { seen }) == "/admin" => {
                 Self::OtherAsAdmin
             }
             (200, Some(false)) => Self::OtherNotAdmin,

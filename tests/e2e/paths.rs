@@ -3,40 +3,23 @@
 //! normalized path, or be refused, or be redirected; none may reach the other service with a
 //! path that a lenient server would take for `/admin`.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use microgate_test_support::{
     backend::{POD_NAME_HEADER, SEEN_PATH_HEADER},
-    hostile::paths::{PATHS as CORPUS, expand, lenient},
+    hostile::paths::{self, PATHS as CORPUS, expand, lenient},
     with_namespace,
 };
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Platform;
 
-/// Sends `GET target` raw and returns the status, and the headers named, of the answer.
+/// Sends `GET target` raw and returns the status, and the header fields, of the answer.
 async fn get_raw(addr: SocketAddr, target: &str) -> (u16, BTreeMap<String, String>) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    let answer = paths::get_raw(addr, target)
         .await
-        .expect("connect to the gateway");
-    let request = format!("GET {target} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer);
-    let mut lines = text.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers)
+        .expect("an exchange with the gateway");
+    (answer.status, answer.headers)
 }
 
 #[tokio::test]

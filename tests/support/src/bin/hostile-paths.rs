@@ -8,17 +8,14 @@
 //!   --proxy microgate=127.0.0.1:18485 --proxy nginx=127.0.0.1:18486 --out target/hostile/paths.md
 //! ```
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use microgate_test_support::{
     backend::{POD_NAME_HEADER, RunningBackend, SEEN_PATH_HEADER},
-    hostile::paths::{PATHS, PathVerdict, expand},
+    hostile::paths::{PATHS, PathVerdict, expand, get_raw},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::TcpListener;
 
 /// The pod names the two backends answer with.
 const ADMIN: &str = "admin-paths";
@@ -114,38 +111,19 @@ async fn main() -> Result<(), PathsError> {
     Ok(())
 }
 
-/// `GET target` as raw bytes (so that the proxy sees exactly the corpus's target).
+/// Where `GET target` went through the proxy at `addr`.
 async fn get(addr: SocketAddr, target: &str) -> Answer {
-    let failed = Answer {
-        status: 0,
-        admin: None,
-        seen: String::new(),
-    };
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
-        return failed;
-    };
-    let request = format!("GET {target} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return failed;
-    }
-    let mut bytes = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut bytes)).await;
-    let text = String::from_utf8_lossy(&bytes);
-    let mut lines = text.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers: BTreeMap<String, String> = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status,
-        admin: headers.get(POD_NAME_HEADER).map(|pod| pod == ADMIN),
-        seen: headers.get(SEEN_PATH_HEADER).cloned().unwrap_or_default(),
+    match get_raw(addr, target).await {
+        Ok(answer) => Answer {
+            status: answer.status,
+            admin: answer.headers.get(POD_NAME_HEADER).map(|pod| pod == ADMIN),
+            seen: answer.headers.get(SEEN_PATH_HEADER).cloned().unwrap_or_default(),
+        },
+        Err(_) => Answer {
+            status: 0,
+            admin: None,
+            seen: String::new(),
+        },
     }
 }
 

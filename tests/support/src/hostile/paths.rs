@@ -140,6 +140,38 @@ pub fn expand(path: &str) -> String {
     path.replace("LONG", &"a".repeat(4000))
 }
 
+/// An answer read whole off a raw connection: its status and its header fields (names in
+/// lowercase).
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// `GET target` sent as raw bytes (so that a proxy sees exactly the corpus's target, which an
+/// HTTP client library would check or change), with `Host: shop`, read to the end; 5 s at most.
+pub async fn get_raw(addr: std::net::SocketAddr, target: &str) -> std::io::Result<RawAnswer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {target} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut bytes)).await;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(RawAnswer { status, headers })
+}
+
 /// What became of one path through a proxy with the two routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PathVerdict {

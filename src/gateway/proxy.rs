@@ -127,6 +127,7 @@ impl Proxy {
         let authority = request.uri().authority().cloned();
         let host_header = request.headers().get(header::HOST).cloned();
         let host = request_host(authority.as_ref(), host_header.as_ref());
+        let listener = client.tls_listener.as_deref();
         // Before anything looks at the path: routing, the access log, the service.
         let refused = match (&authority, &host_header) {
             // An absolute-form target (or HTTP/2's :authority) and a Host that name different
@@ -136,16 +137,12 @@ impl Proxy {
                 "host-mismatch",
                 "the request target's authority and the Host header disagree",
             )),
-            _ => normalize_target(
-                request.uri_mut(),
-                &table.path_policy(port, client.tls_listener.as_deref()),
-            ),
+            _ => normalize_target(request.uri_mut(), &table.path_policy(port, listener)),
         };
         // Kept for the access log only when it is on.
         let logged = self
             .access_log
             .then(|| (request.method().clone(), request.uri().clone()));
-        let listener = client.tls_listener.as_deref();
         let origin = client_ip::resolve(
             table.trusted_proxies(port, listener),
             client_addr.ip(),

@@ -216,6 +216,16 @@ impl RouteTable {
     }
 }
 
+/// `namespace/gateway/listener`: how the table, connections and status name a listener.
+pub fn listener_id(gateway: &Gateway, listener: &Listener) -> String {
+    format!(
+        "{}/{}/{}",
+        gateway.namespace().unwrap_or_default(),
+        gateway.name_any(),
+        listener.name
+    )
+}
+
 /// The Secrets the HTTPS listeners of `gateways` name.
 pub fn certificate_refs(gateways: &[Arc<Gateway>]) -> Vec<SecretKey> {
     gateways
@@ -347,7 +357,7 @@ pub fn compile(
         // The listeners served, with their ids and ports; earlier Gateways keep a contested port.
         let mut served = Vec::with_capacity(spec.listeners.len());
         for listener in &spec.listeners {
-            let id: Arc<str> = format!("{namespace}/{}/{}", gateway.name_any(), listener.name).into();
+            let id: Arc<str> = listener_id(gateway, listener).into();
             let trusted = match listener
                 .client_ip_detection
                 .as_ref()
@@ -617,11 +627,12 @@ fn compile_match(m: &crate::api::gateway::RouteMatch) -> Option<RequestMatch> {
 mod tests {
     use super::*;
 
-    fn table(routes: serde_json::Value) -> RouteTable {
+    /// The table of one Gateway `ns/gw` with `spec`, no endpoints and no certificates.
+    fn compile_spec(spec: serde_json::Value) -> RouteTable {
         let gateway: Gateway = serde_json::from_value(serde_json::json!({
             "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway",
             "metadata": {"name": "gw", "namespace": "ns"},
-            "spec": {"listeners": [{"name": "http", "port": 8080}], "routes": routes},
+            "spec": spec,
         }))
         .expect("a valid Gateway");
         let metrics = GatewayMetrics::register(&mut Default::default());
@@ -633,6 +644,10 @@ mod tests {
             &CertificateStore::default(),
             None,
         )
+    }
+
+    fn table(routes: serde_json::Value) -> RouteTable {
+        compile_spec(serde_json::json!({"listeners": [{"name": "http", "port": 8080}], "routes": routes}))
     }
 
     fn order(table: &RouteTable) -> Vec<String> {
@@ -678,29 +693,15 @@ mod tests {
 
     #[test]
     fn listener_settings_are_compiled_per_port_and_a_bad_one_leaves_its_listener_out() {
-        let gateway: Gateway = serde_json::from_value(serde_json::json!({
-            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway",
-            "metadata": {"name": "gw", "namespace": "ns"},
-            "spec": {"listeners": [
-                {"name": "lb", "port": 8080, "maxConnections": 10,
-                    "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["10.0.0.0/8"]}}},
-                {"name": "plain", "port": 8081, "pathNormalization": {"escapedSlashes": "Keep",
-                    "encodedDotSegments": "Reject", "pathParameters": "Reject",
-                    "mergeSlashes": false, "changedPath": "Redirect"}},
-                {"name": "bad", "port": 8082,
-                    "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["not-a-cidr"]}}},
-            ]},
-        }))
-        .expect("a Gateway");
-        let metrics = GatewayMetrics::register(&mut Default::default());
-        let table = compile(
-            &[Arc::new(gateway)],
-            &HashMap::new(),
-            &Registry::default(),
-            &metrics,
-            &CertificateStore::default(),
-            None,
-        );
+        let table = compile_spec(serde_json::json!({"listeners": [
+            {"name": "lb", "port": 8080, "maxConnections": 10,
+                "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["10.0.0.0/8"]}}},
+            {"name": "plain", "port": 8081, "pathNormalization": {"escapedSlashes": "Keep",
+                "encodedDotSegments": "Reject", "pathParameters": "Reject",
+                "mergeSlashes": false, "changedPath": "Redirect"}},
+            {"name": "bad", "port": 8082,
+                "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["not-a-cidr"]}}},
+        ]}));
         assert_eq!(
             table.trusted_proxies(8080, None),
             Some(&TrustedProxies::Cidrs(vec![

@@ -8,7 +8,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::{
     STATUS_FIELD_MANAGER,
-    config::RouteTable,
+    config::{RouteTable, listener_id},
     server::Listeners,
     tls::{CertificateStore, SecretKey},
 };
@@ -40,7 +40,7 @@ pub async fn report(
         .listeners
         .iter()
         .map(|listener| {
-            let id = format!("{namespace}/{}/{}", gateway.name_any(), listener.name);
+            let id = listener_id(gateway, listener);
             let previous = current
                 .listener_statuses
                 .iter()

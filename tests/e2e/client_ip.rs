@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use hyper::{HeaderMap, Method, StatusCode, header::HeaderValue};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
-use microgate::api::Gateway;
 use microgate_test_support::{
     backend::{POD_NAME_HEADER, SEEN_FORWARDED_FOR_HEADER},
     probe,
@@ -97,9 +96,10 @@ async fn behind_trusted_proxies_the_right_x_forwarded_for_entry_is_the_client() 
             .await;
         let (by_cidr, by_hops, untrusted) = (free_port(), free_port(), free_port());
         let xff = |detection: serde_json::Value| json!({"xForwardedFor": detection});
-        let gateway: Gateway = serde_json::from_value(json!({
-            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
-            "spec": {
+        crate::create_gateway_spec(
+            &ns,
+            "gw",
+            json!({
                 "listeners": [
                     {"name": "by-cidr", "port": by_cidr,
                         "clientIPDetection": xff(json!({"trustedCIDRs": ["127.0.0.0/8", "10.0.0.0/8"]}))},
@@ -109,13 +109,9 @@ async fn behind_trusted_proxies_the_right_x_forwarded_for_entry_is_the_client() 
                         "clientIPDetection": xff(json!({"trustedCIDRs": ["192.0.2.0/24"]}))},
                 ],
                 "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}],
-            },
-        }))
-        .expect("a valid Gateway");
-        ns.api::<Gateway>()
-            .create(&PostParams::default(), &gateway)
-            .await
-            .expect("create the Gateway");
+            }),
+        )
+        .await;
         let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
         for port in [by_cidr, by_hops, untrusted] {
             await_listening(at(port)).await;
@@ -170,18 +166,15 @@ async fn https_listeners_sharing_a_port_each_trust_their_own_proxies() {
         };
         let mut behind_lb = https("behind-lb", "behind-lb.example.com");
         behind_lb["clientIPDetection"] = json!({"xForwardedFor": {"trustedCIDRs": ["127.0.0.0/8"]}});
-        let gateway: Gateway = serde_json::from_value(json!({
-            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
-            "spec": {
+        crate::create_gateway_spec(
+            &ns,
+            "gw",
+            json!({
                 "listeners": [behind_lb, https("direct", "direct.example.com")],
                 "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}],
-            },
-        }))
-        .expect("a valid Gateway");
-        ns.api::<Gateway>()
-            .create(&PostParams::default(), &gateway)
-            .await
-            .expect("create the Gateway");
+            }),
+        )
+        .await;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut forwarded = HeaderMap::new();
         forwarded.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));

@@ -70,19 +70,16 @@ async fn h2spec_passes_every_case_on_an_https_listener_with_alpn_h2() {
             .expect("create the Secret");
         // No hostnames: h2spec connects by IP address and sends no server name.
         let port = free_port();
-        let gateway: microgate::api::Gateway = serde_json::from_value(json!({
-            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
-            "spec": {
+        crate::create_gateway_spec(
+            &ns,
+            "gw",
+            json!({
                 "listeners": [{"name": "https", "port": port, "protocol": "HTTPS",
                     "tls": {"certificateRefs": [{"name": "h2spec-tls"}]}}],
                 "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}],
-            },
-        }))
-        .expect("a valid Gateway");
-        ns.api::<microgate::api::Gateway>()
-            .create(&PostParams::default(), &gateway)
-            .await
-            .expect("create the Gateway");
+            }),
+        )
+        .await;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let h2 = ca.client(&[b"h2"], rustls::DEFAULT_VERSIONS);
         wait::until("an HTTP/2 answer over TLS", Duration::from_secs(30), || async {

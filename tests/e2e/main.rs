@@ -212,9 +212,19 @@ impl Platform {
 
 /// Creates the Gateway `gw`: one listener, `http` on `port`, and `routes`.
 async fn create_gateway(ns: &TestNamespace, port: u16, routes: serde_json::Value) {
+    create_gateway_spec(
+        ns,
+        "gw",
+        json!({"listeners": [{"name": "http", "port": port}], "routes": routes}),
+    )
+    .await;
+}
+
+/// Creates the Gateway `name` with `spec`.
+async fn create_gateway_spec(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
     let gateway: Gateway = serde_json::from_value(json!({
-        "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
-        "spec": {"listeners": [{"name": "http", "port": port}], "routes": routes},
+        "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": name},
+        "spec": spec,
     }))
     .expect("a valid Gateway");
     ns.api::<Gateway>()

@@ -110,19 +110,16 @@ async fn a_listener_may_keep_ambiguous_forms_and_redirect_to_normalized_paths() 
     with_namespace("e2e-path-policy", |ns| async move {
         let platform = Platform::start(&ns).await;
         platform.microservice(&ns, "web", 1, json!({})).await;
-        let gateway: microgate::api::Gateway = serde_json::from_value(json!({
-            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
-            "spec": {
+        crate::create_gateway_spec(
+            &ns,
+            "gw",
+            json!({
                 "listeners": [{"name": "http", "port": platform.listener.port(), "pathNormalization": {
                     "escapedSlashes": "Keep", "pathParameters": "Keep", "changedPath": "Redirect"}}],
                 "routes": [{"name": "all", "backends": [{"microservice": "web"}]}],
-            },
-        }))
-        .expect("a valid Gateway");
-        ns.api::<microgate::api::Gateway>()
-            .create(&Default::default(), &gateway)
-            .await
-            .expect("create the Gateway");
+            }),
+        )
+        .await;
         microgate_test_support::wait::until("the gateway to route", crate::WAIT, || async {
             match microgate_test_support::probe::get(platform.listener, "/ready").await {
                 Ok(answer) if answer.status == 200 => microgate_test_support::wait::Probe::Done(()),

@@ -12,8 +12,7 @@ use std::{
 };
 
 use hyper::StatusCode;
-use kube::api::PostParams;
-use microgate::{api::Gateway, gateway::server::ClientTimeouts};
+use microgate::gateway::server::ClientTimeouts;
 use microgate_test_support::{
     probe,
     wait::{self, Probe},
@@ -244,18 +243,15 @@ async fn a_listener_at_its_connection_limit_refuses_new_ones_at_once() {
         platform.microservice(&ns, "echo", 1, json!({})).await;
         let port = free_port();
         let limit = 4;
-        let gateway: Gateway = serde_json::from_value(json!({
-            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
-            "spec": {
+        crate::create_gateway_spec(
+            &ns,
+            "gw",
+            json!({
                 "listeners": [{"name": "http", "port": port, "maxConnections": limit}],
                 "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}],
-            },
-        }))
-        .expect("a valid Gateway");
-        ns.api::<Gateway>()
-            .create(&PostParams::default(), &gateway)
-            .await
-            .expect("create the Gateway");
+            }),
+        )
+        .await;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         // Take every slot with a kept-alive connection that has been answered (so is counted);
         // a slot still held by a probe that just closed is retried.

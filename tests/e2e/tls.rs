@@ -20,7 +20,7 @@ use microgate_test_support::{
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{Platform, WAIT, condition, free_port};
+use crate::{Platform, WAIT, condition, create_gateway_spec, free_port};
 
 async fn create_secret(ns: &TestNamespace, secret: &Secret) {
     ns.api::<Secret>()
@@ -36,18 +36,6 @@ async fn replace_secret(ns: &TestNamespace, secret: &Secret) {
         .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(patch))
         .await
         .expect("update the Secret");
-}
-
-async fn create_gateway(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
-    let gateway: Gateway = serde_json::from_value(json!({
-        "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a valid Gateway");
-    ns.api::<Gateway>()
-        .create(&PostParams::default(), &gateway)
-        .await
-        .expect("create the Gateway");
 }
 
 fn https(name: &str, port: u16, hostnames: &[&str], secret: &str) -> serde_json::Value {
@@ -138,7 +126,7 @@ async fn https_listeners_share_a_port_by_sni_and_refuse_names_none_serves() {
         create_secret(&ns, &api.secret("api-tls")).await;
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        create_gateway(
+        create_gateway_spec(
             &ns,
             "edge",
             json!({
@@ -235,7 +223,7 @@ async fn http2_is_negotiated_by_alpn_and_tls_versions_follow_min_version() {
         let (port12, port13) = (free_port(), free_port());
         let mut strict = https("strict", port13, &[], "web-tls");
         strict["tls"]["minVersion"] = json!("1.3");
-        create_gateway(
+        create_gateway_spec(
             &ns,
             "edge",
             json!({
@@ -314,7 +302,7 @@ async fn a_changed_secret_reaches_new_handshakes_and_open_connections_keep_going
         create_secret(&ns, &first.secret("web-tls")).await;
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        create_gateway(
+        create_gateway_spec(
             &ns,
             "edge",
             json!({
@@ -372,7 +360,7 @@ async fn an_invalid_or_deleted_secret_leaves_the_last_good_certificate_and_says_
         create_secret(&ns, &good.secret("web-tls")).await;
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        create_gateway(
+        create_gateway_spec(
             &ns,
             "edge",
             json!({
@@ -497,7 +485,7 @@ async fn a_redirect_route_sends_plain_http_to_https() {
     with_namespace("e2e-tls-redirect", |ns| async move {
         let platform = Platform::start(&ns).await;
         let port = free_port();
-        create_gateway(
+        create_gateway_spec(
             &ns,
             "edge",
             json!({

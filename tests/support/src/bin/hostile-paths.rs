@@ -13,7 +13,10 @@ use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use microgate_test_support::{
     backend::{POD_NAME_HEADER, RunningBackend, SEEN_PATH_HEADER},
-    hostile::paths::{PATHS, PathVerdict, expand, get_raw},
+    hostile::{
+        parse_proxy,
+        paths::{PATHS, PathVerdict, expand, get_raw},
+    },
 };
 use tokio::net::TcpListener;
 
@@ -36,11 +39,6 @@ struct Args {
     /// The markdown report to write.
     #[arg(long)]
     out: PathBuf,
-}
-
-fn parse_proxy(value: &str) -> Result<(String, SocketAddr), String> {
-    let (name, addr) = value.split_once('=').ok_or("NAME=ADDRESS")?;
-    Ok((name.to_owned(), addr.parse().map_err(|e| format!("{addr}: {e}"))?))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,7 @@ use microgate_test_support::hostile::{
     self, Case, Outcome, RunningRecorder, Verdict,
     client::converse,
     corpus::{self, Expect},
+    parse_proxy,
 };
 
 #[derive(Parser)]
@@ -37,11 +38,6 @@ struct Args {
     /// The markdown report to write.
     #[arg(long)]
     out: PathBuf,
-}
-
-fn parse_proxy(value: &str) -> Result<(String, SocketAddr), String> {
-    let (name, addr) = value.split_once('=').ok_or("NAME=ADDRESS")?;
-    Ok((name.to_owned(), addr.parse().map_err(|e| format!("{addr}: {e}"))?))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,12 @@ pub use classify::{Outcome, Verdict, classify};
 pub use corpus::{Case, Expect};
 pub use recorder::{Recorder, RunningRecorder};
 
+/// A proxy named on a report tool's command line, `NAME=ADDRESS`.
+pub fn parse_proxy(value: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = value.split_once('=').ok_or("NAME=ADDRESS")?;
+    Ok((name.to_owned(), addr.parse().map_err(|e| format!("{addr}: {e}"))?))
+}
+
 /// How long the client waits for more once nothing arrives: an answer on loopback comes in
 /// milliseconds, so only a proxy that is waiting for more of a message takes this long.
 pub const SILENCE: Duration = Duration::from_millis(1500);

@@ -24,7 +24,7 @@ use crate::{
         gateway::{HttpMethod, PathMatch, Route, RouteMatch, RouteStatus},
     },
     discovery::ServiceKey,
-    gateway::router::PathMatcher,
+    gateway::table::matching::PathMatcher,
 };
 
 pub const ACCEPTED: &str = "Accepted";

@@ -4,7 +4,7 @@
 
 /// The client-facing request reader (head, Content-Length and small chunked bodies).
 pub fn request_head(bytes: &[u8]) {
-    super::server::http1::fuzz_requests(bytes);
+    super::listen::http1::fuzz_requests(bytes);
 }
 
 /// The endpoint-facing chunked decoder, whole and split, against the request side's reader.

@@ -1,29 +1,29 @@
 //! The data plane: an L7 HTTP gateway configured by Gateway resources, balancing over the
 //! registry's endpoints.
 //!
-//! [`run`] watches Gateways and Microservices, compiles them with the registry's snapshots into
-//! a [`config::RouteTable`] on every change, swaps it in atomically, and keeps one listener per
-//! port the table names. Requests flow through [`proxy::Proxy`]: route → pick → forward with
-//! retries and timeouts.
+//! [`run`] watches Gateways and Microservices, compiles them ([`compile`]) with the registry's
+//! snapshots into a [`table::RouteTable`] on every change, swaps it in atomically, and keeps one
+//! listener per port the table names ([`listen`]). Requests flow through [`request::Proxy`]:
+//! route → forward (pick, send, judge, retry) → respond, over [`balance`] and [`upstream`].
 
+// In the order data flows through them: resources are compiled into a table, which the request
+// path reads; each layer imports only those listed before it (`listen` and `status`, which
+// serve and report, come last).
 pub mod balance;
-pub mod body;
-pub mod client_ip;
-pub mod config;
-pub mod forwarding;
+pub mod compile;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
+pub mod listen;
 pub mod metrics;
-pub mod outlier;
-pub mod path;
-pub mod proxy;
+pub mod policy;
+pub mod random;
+pub mod request;
 pub mod retry;
-pub mod router;
-pub mod server;
 pub mod status;
+pub mod table;
 pub mod tls;
 pub mod upstream;
-pub mod wire;
 pub mod workers;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
@@ -56,7 +56,7 @@ pub struct Options {
     /// Threads serving traffic (see [`workers`]); [`workers::default_count`] is one per CPU.
     pub workers: usize,
     /// How long clients may take to send a request's head and to read a response.
-    pub client_timeouts: server::ClientTimeouts,
+    pub client_timeouts: listen::ClientTimeouts,
 }
 
 /// What a gateway's readiness waits for (see [`Options::on_programmed`]).
@@ -134,8 +134,8 @@ pub async fn run(
     };
     let mut certificates = tls::CertificateStore::default();
 
-    let table = Arc::new(ArcSwap::from_pointee(config::RouteTable::default()));
-    let proxy = Arc::new(proxy::Proxy::new(
+    let table = Arc::new(ArcSwap::from_pointee(table::RouteTable::default()));
+    let proxy = Arc::new(request::Proxy::new(
         table.clone(),
         metrics.clone(),
         options.access_log,
@@ -144,7 +144,7 @@ pub async fn run(
     for worker in workers.handles() {
         worker.spawn(close_expired_idle_connections(table.clone()));
     }
-    let mut listeners = server::Listeners::new(
+    let mut listeners = listen::Listeners::new(
         options.listen_address,
         proxy,
         workers.handles().to_vec(),
@@ -164,7 +164,7 @@ pub async fn run(
                 .iter()
                 .map(|ms| {
                     let key = ServiceKey::new(&ms.namespace().unwrap_or_default(), &ms.name_any());
-                    let settings = config::ServiceSettings {
+                    let settings = compile::ServiceSettings {
                         traffic: ms.spec.traffic_policy.clone(),
                         protocol: ms.spec.protocol,
                     };
@@ -174,11 +174,11 @@ pub async fn run(
             let previous = table.load_full();
             let all_gateways = gateways.state();
             certificates.refresh(
-                config::certificate_refs(&all_gateways),
+                compile::microgate::certificate_refs(&all_gateways),
                 |key| secrets.get(&ObjectRef::new(&key.name).within(&key.namespace)),
                 std::time::SystemTime::now(),
             );
-            let compiled = config::compile(
+            let compiled = compile::microgate::compile(
                 &all_gateways,
                 &services,
                 &registry,
@@ -221,7 +221,7 @@ pub async fn run(
 
 /// Closes, every few seconds, this worker's idle connections to endpoints that have gone unused
 /// for [`upstream::IDLE_TIMEOUT`]. Runs on each worker: a worker's connections are its own.
-async fn close_expired_idle_connections(table: Arc<ArcSwap<config::RouteTable>>) {
+async fn close_expired_idle_connections(table: Arc<ArcSwap<table::RouteTable>>) {
     let mut every = tokio::time::interval(upstream::IDLE_TIMEOUT / 6);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -8,7 +8,7 @@ use std::{
 
 use http::StatusCode;
 
-use super::balance::random_below;
+use super::random::random_below;
 use crate::api::policy::{RetryOn, RetryPolicy};
 
 /// How an attempt failed.
@@ -22,6 +22,17 @@ pub enum Failure {
     Timeout,
     /// The service answered with this status.
     Status(StatusCode),
+}
+
+impl Failure {
+    /// Whether the failure counts against the endpoint for outlier detection: every failed
+    /// exchange does, an answer only when it is a 5xx (a listed 4xx is the request's fault).
+    pub fn is_unhealthy(self) -> bool {
+        match self {
+            Failure::Status(status) => status.is_server_error(),
+            _ => true,
+        }
+    }
 }
 
 /// Whether `failure` is one the policy retries. A request that may have reached the service is

@@ -8,8 +8,9 @@ use kube::{Api, Client, ResourceExt};
 
 use super::{
     STATUS_FIELD_MANAGER,
-    config::{RouteTable, listener_id},
-    server::Listeners,
+    compile::microgate::listener_id,
+    listen::Listeners,
+    table::RouteTable,
     tls::{CertificateStore, SecretKey},
 };
 use crate::{

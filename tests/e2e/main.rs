@@ -87,7 +87,7 @@ impl Platform {
         ns: &TestNamespace,
         shutdown: impl Future<Output = ()> + Send + 'static,
         workers: usize,
-        client_timeouts: gateway::server::ClientTimeouts,
+        client_timeouts: gateway::listen::ClientTimeouts,
     ) -> Self {
         microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         let registry = Registry::default();
@@ -978,8 +978,8 @@ async fn a_body_too_large_to_buffer_is_streamed_through() {
             .await;
         for size in [
             1000,
-            gateway::proxy::MAX_BUFFERED_BODY + 1,
-            3 * gateway::proxy::MAX_BUFFERED_BODY,
+            gateway::request::MAX_BUFFERED_BODY + 1,
+            3 * gateway::request::MAX_BUFFERED_BODY,
         ] {
             let body = "x".repeat(size);
             let answer = probe::request(platform.listener, hyper::Method::PUT, "/upload", &body)

@@ -12,7 +12,7 @@ use std::{
 };
 
 use hyper::StatusCode;
-use microgate::gateway::server::ClientTimeouts;
+use microgate::gateway::listen::ClientTimeouts;
 use microgate_test_support::{
     probe,
     wait::{self, Probe},

@@ -22,7 +22,7 @@ use rustls::{
 pub use certificate::{CertificateError, TLS_SECRET_TYPE};
 pub use store::{CertificateStore, SecretKey};
 
-use super::router::HostPattern;
+use super::http::host::HostPattern;
 use crate::api::gateway::TlsVersion;
 
 /// How long a client may take over its TLS handshake.

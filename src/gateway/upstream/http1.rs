@@ -18,7 +18,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::ConnectionSlot;
-use crate::gateway::{
+use crate::gateway::http::{
     body::OutgoingBody,
     forwarding::{Forwarding, is_connection_listed, is_hop_by_hop_name, names_other_headers},
     wire::{WireHeaders, chunk_size, decimal, parse_content_length, write_header},
@@ -661,8 +661,8 @@ pub(in crate::gateway) fn fuzz_chunked(bytes: &[u8]) {
         decode(&[&bytes[..split], &bytes[split..]]),
         "the split changed the body"
     );
-    if let crate::gateway::wire::ChunkedRead::Whole { body, .. } =
-        crate::gateway::wire::read_chunked(bytes, 1 << 20)
+    if let crate::gateway::http::wire::ChunkedRead::Whole { body, .. } =
+        crate::gateway::http::wire::read_chunked(bytes, 1 << 20)
     {
         assert_eq!(
             whole.as_deref(),
@@ -830,11 +830,11 @@ mod tests {
     }
 
     fn encoded(method: Method, target: &str, headers: &HeaderMap, body_len: Option<usize>) -> String {
-        let client = crate::gateway::proxy::Client::new(80, "10.0.0.7:1000".parse().expect("addr"));
+        let client = crate::gateway::http::client::Client::new(80, "10.0.0.7:1000".parse().expect("addr"));
         let mut with_id = headers.clone();
         // A fixed request id keeps the expected heads readable.
         with_id.insert(
-            &crate::gateway::forwarding::X_REQUEST_ID,
+            &crate::gateway::http::forwarding::X_REQUEST_ID,
             HeaderValue::from_static("id"),
         );
         let forwarding = Forwarding::new(&with_id, &client, Some("shop"));

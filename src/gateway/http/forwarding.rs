@@ -8,7 +8,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use super::{balance::random_below, proxy::Client};
+use super::client::Client;
+use crate::gateway::random::random_below;
 
 // Statics, not consts: a const would be built and dropped at every use.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

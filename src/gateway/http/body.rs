@@ -11,8 +11,6 @@ use bytes::Bytes;
 use http_body_util::{Either, combinators::BoxBody};
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::{upstream::UpstreamBody, wire::WireHeaders};
-
 /// Any error a body may end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,14 +58,3 @@ impl Body for Whole {
 
 /// A request body as an endpoint gets it: kept whole, or streamed from the client.
 pub type OutgoingBody = Either<Whole, Streamed>;
-
-/// An answer's body: an endpoint's, passed through as it arrives, or the gateway's own.
-pub type ResponseBody = Either<UpstreamBody, Whole>;
-
-/// Takes the HTTP/1.1 endpoint's headers that travel with `body` (see [`WireHeaders`]).
-pub fn take_wire_headers(body: &mut ResponseBody) -> Option<WireHeaders> {
-    match body {
-        Either::Left(upstream) => upstream.take_wire_headers(),
-        Either::Right(_) => None,
-    }
-}

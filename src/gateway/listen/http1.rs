@@ -24,9 +24,12 @@ use tokio::{
 
 use super::ClientTimeouts;
 use crate::gateway::{
-    body::{ResponseBody, Whole, take_wire_headers},
-    proxy::{Client, MAX_BUFFERED_BODY, Proxy},
-    wire::{ChunkedRead, decimal, parse_content_length, read_chunked, write_header},
+    http::{
+        body::Whole,
+        client::Client,
+        wire::{ChunkedRead, decimal, parse_content_length, read_chunked, write_header},
+    },
+    request::{MAX_BUFFERED_BODY, Proxy, ResponseBody, take_wire_headers},
 };
 
 /// How long a client may take to send a request's head, counted from when the connection is

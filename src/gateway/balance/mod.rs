@@ -6,9 +6,7 @@
 //! stay, so a rebuild does not reset what the balancer learned.
 
 use std::{
-    cell::Cell,
-    collections::hash_map::RandomState,
-    hash::{BuildHasher, Hash, Hasher},
+    hash::{Hash, Hasher},
     net::SocketAddr,
     sync::{
         Arc,
@@ -17,7 +15,12 @@ use std::{
     time::Duration,
 };
 
-use super::upstream::{Connections, Limits};
+pub mod outlier;
+
+use super::{
+    random::random_below,
+    upstream::{Connections, Destination, Limits},
+};
 use crate::{api::policy::LoadBalancerPolicy, discovery::Endpoint};
 
 /// One endpoint as the balancer tracks it.
@@ -37,6 +40,16 @@ pub struct EndpointState {
     pub(super) ejected_until_us: AtomicU64,
     /// The connections kept open to it.
     pub(super) connections: Connections,
+}
+
+impl Destination for EndpointState {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn connections(&self) -> &Connections {
+        &self.connections
+    }
 }
 
 impl EndpointState {
@@ -292,21 +305,6 @@ pub fn hash_key(value: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     value.hash(&mut hasher);
     hasher.finish()
-}
-
-/// A fast thread-local random number below `n` (xorshift; not for secrets).
-pub fn random_below(n: usize) -> usize {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(RandomState::new().build_hasher().finish() | 1);
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        if n == 0 { 0 } else { (x % n as u64) as usize }
-    })
 }
 
 #[cfg(test)]

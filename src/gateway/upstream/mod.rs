@@ -35,7 +35,10 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::Notify};
 
-use super::{balance::EndpointState, body::OutgoingBody, wire::WireHeaders, workers};
+use super::{
+    http::{body::OutgoingBody, wire::WireHeaders},
+    workers,
+};
 
 /// How long opening a connection to an endpoint may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -287,14 +290,21 @@ impl UpstreamError {
 }
 
 pub use http1::RequestHead;
+
+/// What sending needs of an endpoint: where it is and the connections kept open to it. The
+/// balancer's endpoint state provides it, so that this side knows nothing of balancing.
+pub trait Destination: Send + Sync + 'static {
+    fn addr(&self) -> SocketAddr;
+    fn connections(&self) -> &Connections;
+}
 pub(super) use http1::{fuzz_chunked, fuzz_response};
 
 /// Sends a request to `endpoint` over HTTP/1.1, on an idle connection when there is one.
 /// `siblings` are the Microservice's other endpoints, whose idle connections may be closed to
 /// make room under `maxConnections`.
-pub async fn send_http1(
-    endpoint: &Arc<EndpointState>,
-    siblings: &[Arc<EndpointState>],
+pub async fn send_http1<D: Destination>(
+    endpoint: &Arc<D>,
+    siblings: &[Arc<D>],
     breaker: CircuitBreaker,
     head: RequestHead<'_>,
     mut body: OutgoingBody,
@@ -315,7 +325,7 @@ pub async fn send_http1(
             Err(error) if reused && replayable && error.is_stale_connection() => continue,
             Err(source) => {
                 return Err(UpstreamError::Http1 {
-                    addr: endpoint.addr,
+                    addr: endpoint.addr(),
                     source,
                 });
             }
@@ -326,13 +336,13 @@ pub async fn send_http1(
 /// An HTTP/1.1 connection to `endpoint` for one exchange: an idle one, else a new one if
 /// `maxConnections` allows, else one freed while waiting (within `maxPendingRequests`).
 /// `probe`: skip idle connections the endpoint has closed.
-async fn acquire_http1(
-    endpoint: &Arc<EndpointState>,
-    siblings: &[Arc<EndpointState>],
+async fn acquire_http1<D: Destination>(
+    endpoint: &Arc<D>,
+    siblings: &[Arc<D>],
     breaker: CircuitBreaker,
     probe: bool,
 ) -> Result<Box<http1::Connection>, UpstreamError> {
-    let connections = &endpoint.connections;
+    let connections = endpoint.connections();
     let limits = &connections.limits;
     loop {
         while let Some(connection) = connections.take_idle() {
@@ -346,7 +356,7 @@ async fn acquire_http1(
         tokio::pin!(freed);
         freed.as_mut().enable();
         if let Some(slot) = limits.open_slot(breaker.max_connections) {
-            let stream = connect(endpoint.addr).await?;
+            let stream = connect(endpoint.addr()).await?;
             return Ok(Box::new(http1::Connection::new(stream, slot)));
         }
         let waiting = limits.pending.fetch_add(1, Ordering::AcqRel);
@@ -359,18 +369,18 @@ async fn acquire_http1(
         let _ = connections.close_one_idle()
             || siblings
                 .iter()
-                .any(|e| !Arc::ptr_eq(e, endpoint) && e.connections.close_one_idle());
+                .any(|e| !Arc::ptr_eq(e, endpoint) && e.connections().close_one_idle());
         freed.await;
     }
 }
 
 /// Sends `request` to `endpoint` over its HTTP/2 connection, opened on first use.
 pub async fn send_http2(
-    endpoint: &EndpointState,
+    endpoint: &impl Destination,
     breaker: CircuitBreaker,
     request: Request<OutgoingBody>,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
-    let connections = &endpoint.connections;
+    let connections = endpoint.connections();
     let limits = &connections.limits;
     let per_worker = connections
         .http2
@@ -390,7 +400,7 @@ pub async fn send_http2(
         tokio::pin!(freed);
         freed.as_mut().enable();
         if let Some(slot) = limits.open_slot(breaker.max_connections) {
-            let sender = connect_http2(endpoint.addr, slot).await?;
+            let sender = connect_http2(endpoint.addr(), slot).await?;
             if let Some(own) = own {
                 own.store(Some(Arc::new(sender.clone())));
             }
@@ -456,23 +466,23 @@ enum Kind {
         connection: Option<Box<http1::Connection>>,
         framing: http1::Framing,
         keep_alive: bool,
-        endpoint: Arc<EndpointState>,
+        endpoint: Arc<dyn Destination>,
     },
     Http2(Incoming),
 }
 
 impl UpstreamBody {
-    fn http1(
+    fn http1<D: Destination>(
         head: http1::Head,
         connection: Box<http1::Connection>,
-        endpoint: &Arc<EndpointState>,
+        endpoint: &Arc<D>,
     ) -> Response<Self> {
         let mut body = Self(Kind::Http1 {
             headers: Some(head.headers),
             connection: Some(connection),
             framing: head.framing,
             keep_alive: head.keep_alive,
-            endpoint: endpoint.clone(),
+            endpoint: endpoint.clone() as Arc<dyn Destination>,
         });
         // An empty body (204, 304, HEAD, Content-Length: 0) has already ended.
         body.release_if_ended();
@@ -511,7 +521,7 @@ impl UpstreamBody {
             && *keep_alive
             && connection.is_clean()
         {
-            endpoint.connections.put_idle(connection);
+            endpoint.connections().put_idle(connection);
         }
     }
 }

@@ -10,8 +10,8 @@ use std::{net::IpAddr, num::NonZeroU32, str::FromStr};
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use super::forwarding::X_FORWARDED_FOR;
 use crate::api::gateway::XForwardedFor;
+use crate::gateway::http::forwarding::X_FORWARDED_FOR;
 
 /// The proxies a listener believes, parsed once per route table.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use super::balance::{EndpointState, Pool, clock_us};
+use super::{EndpointState, Pool, clock_us};
 use crate::api::policy::OutlierDetection;
 
 /// The policy in the units the data plane uses.

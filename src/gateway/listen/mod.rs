@@ -33,8 +33,8 @@ use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
 use self::cancellations::Cancellations;
 use super::{
-    body::take_wire_headers,
-    proxy::{Client, Proxy},
+    http::client::Client,
+    request::{Proxy, take_wire_headers},
     tls::{self, TlsPort},
 };
 

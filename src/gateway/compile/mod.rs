@@ -1,0 +1,306 @@
+//! Front ends: resources in, one [`RouteTable`] out. Each front end (today the `microgate.dev`
+//! Gateway, in [`microgate`]) reads its own resources and speaks to the table through a
+//! [`TableBuilder`], which owns what every front end shares: placing listeners on ports and TLS,
+//! building each backend's upstream from the registry, and carrying live state over from the
+//! previous table. The request path never sees a front end, only the table.
+
+pub mod microgate;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use rustls::server::ServerSessionMemoryCache;
+
+use super::{
+    balance::{Pool, outlier::Ejection},
+    metrics::{GatewayMetrics, RouteMetrics},
+    policy::{client_ip::TrustedProxies, path::PathPolicy},
+    retry::RetryBudget,
+    table::{Attached, DEFAULT_MAX_CONNECTIONS, HashOn, HostPattern, RouteTable, Upstream},
+    tls::{self, CertificateStore, SecretKey, TlsListener, TlsPort},
+    upstream::CircuitBreaker,
+};
+use crate::{
+    api::{
+        gateway::TlsVersion,
+        microservice::Protocol,
+        policy::{LoadBalancerPolicy, RetryPolicy, TrafficPolicy},
+    },
+    discovery::{Registry, ServiceKey},
+};
+
+/// TLS sessions each HTTPS listener remembers for resumption.
+const TLS_SESSIONS_PER_LISTENER: usize = 1024;
+
+/// What the gateway needs of a Microservice's spec.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceSettings {
+    pub traffic: TrafficPolicy,
+    pub protocol: Protocol,
+}
+
+/// One listener as a front end declares it, in the table's terms.
+pub struct ListenerSettings<'a> {
+    /// How the table, connections and status name the listener (unique per table).
+    pub id: Arc<str>,
+    pub port: u16,
+    pub hostnames: &'a [String],
+    /// Set for an HTTPS listener: its certificates and lowest TLS version.
+    pub tls: Option<ListenerTls>,
+    pub trusted_proxies: Option<TrustedProxies>,
+    pub path_policy: PathPolicy,
+    /// `None`: [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: Option<usize>,
+}
+
+/// The TLS side of an HTTPS listener.
+pub struct ListenerTls {
+    pub certificates: Vec<SecretKey>,
+    pub min_version: TlsVersion,
+}
+
+/// The ports of a table being compiled, by protocol.
+#[derive(Default)]
+struct Ports {
+    plain: BTreeSet<u16>,
+    tls: BTreeMap<u16, TlsPort>,
+}
+
+/// Builds one table from any front end's listeners and routes; see the module's documentation.
+pub struct TableBuilder<'a> {
+    table: RouteTable,
+    ports: Ports,
+    services: &'a HashMap<ServiceKey, ServiceSettings>,
+    registry: &'a Registry,
+    metrics: &'a GatewayMetrics,
+    certificates: &'a CertificateStore,
+    previous: Option<&'a RouteTable>,
+}
+
+impl<'a> TableBuilder<'a> {
+    /// `services` holds what each known Microservice's spec says; `previous` lends its endpoint
+    /// state, retry budgets and TLS sessions to what stays.
+    pub fn new(
+        services: &'a HashMap<ServiceKey, ServiceSettings>,
+        registry: &'a Registry,
+        metrics: &'a GatewayMetrics,
+        certificates: &'a CertificateStore,
+        previous: Option<&'a RouteTable>,
+    ) -> Self {
+        Self {
+            table: RouteTable::default(),
+            ports: Ports::default(),
+            services,
+            registry,
+            metrics,
+            certificates,
+            previous,
+        }
+    }
+
+    /// Serves `listener` on its port, or records why it cannot be served (a port another
+    /// protocol holds, hostnames another HTTPS listener of the port holds, no valid certificate)
+    /// and returns that reason. Listeners placed earlier keep a contested port.
+    pub fn listener(&mut self, listener: ListenerSettings<'_>) -> Result<(), String> {
+        let placed = self.place(&listener);
+        if let Err(why) = &placed {
+            tracing::warn!(listener = %listener.id, %why, "listener not served");
+            self.table.not_served.insert(listener.id.to_string(), why.clone());
+            return placed;
+        }
+        let (id, port) = (listener.id, listener.port);
+        // A listener with no routes still listens (and answers 404).
+        self.table.listeners.entry(port).or_default();
+        let limit = listener
+            .max_connections
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        *self.table.max_connections.entry(port).or_default() += limit;
+        if let Some(trusted) = listener.trusted_proxies {
+            self.table
+                .trusted_proxies
+                .entry(port)
+                .or_default()
+                .push((id.clone(), trusted));
+        }
+        if listener.path_policy != PathPolicy::default() {
+            self.table
+                .path_policies
+                .entry(port)
+                .or_default()
+                .push((id, listener.path_policy));
+        }
+        Ok(())
+    }
+
+    /// Records a listener the front end itself refused, and why.
+    pub fn not_served(&mut self, id: &str, why: String) {
+        tracing::warn!(listener = %id, %why, "listener not served");
+        self.table.not_served.insert(id.to_owned(), why);
+    }
+
+    /// Places the listener on its port: a plain-HTTP port, or one HTTPS listener among those of
+    /// its port. Fails with the reason the listener cannot be served.
+    fn place(&mut self, listener: &ListenerSettings<'_>) -> Result<(), String> {
+        let (id, port) = (&listener.id, listener.port);
+        let Some(tls) = &listener.tls else {
+            if self.ports.tls.contains_key(&port) {
+                return Err(format!("port {port} already serves HTTPS for another listener"));
+            }
+            self.ports.plain.insert(port);
+            return Ok(());
+        };
+        if self.ports.plain.contains(&port) {
+            return Err(format!(
+                "port {port} already serves plain HTTP for another listener"
+            ));
+        }
+        let keys: Vec<_> = tls
+            .certificates
+            .iter()
+            .filter_map(|secret| self.certificates.certificate(secret))
+            .collect();
+        if keys.is_empty() {
+            return Err("none of its certificate Secrets has held a valid certificate".to_owned());
+        }
+        let hostnames: Vec<HostPattern> = listener.hostnames.iter().map(|h| HostPattern::parse(h)).collect();
+        let port_listeners = self.ports.tls.entry(port).or_default();
+        if let Some(taken) = port_listeners.listeners.iter().find(|other| {
+            (other.hostnames.is_empty() && hostnames.is_empty())
+                || other.hostnames.iter().any(|h| hostnames.contains(h))
+        }) {
+            return Err(format!(
+                "listener {} already serves these hostnames on port {port}",
+                taken.id
+            ));
+        }
+        let session_cache = self
+            .previous
+            .and_then(|p| p.tls_sessions.get(id))
+            .cloned()
+            .unwrap_or_else(|| ServerSessionMemoryCache::new(TLS_SESSIONS_PER_LISTENER));
+        self.table.tls_sessions.insert(id.clone(), session_cache.clone());
+        // An unchanged listener keeps its configuration.
+        let reused = self
+            .previous
+            .and_then(|p| p.tls_listener(id))
+            .filter(|old| {
+                old.min_version == tls.min_version
+                    && old.certificates.len() == keys.len()
+                    && old.certificates.iter().zip(&keys).all(|(a, b)| Arc::ptr_eq(a, b))
+            })
+            .map(|old| old.config.clone());
+        let config = match reused {
+            Some(config) => config,
+            None => tls::server_config(keys.clone(), tls.min_version, session_cache)
+                .map_err(|error| format!("TLS configuration refused: {error}"))?,
+        };
+        port_listeners.listeners.push(TlsListener {
+            id: id.clone(),
+            hostnames,
+            config,
+            certificates: keys,
+            min_version: tls.min_version,
+        });
+        Ok(())
+    }
+
+    /// The retry budget of route `id`: the previous table's while the route keeps retrying, so
+    /// that a change does not refill it.
+    pub fn budget(&mut self, id: &str, retry: Option<&RetryPolicy>) -> Arc<RetryBudget> {
+        let budget = retry.map(|r| {
+            self.previous
+                .and_then(|p| p.budgets.get(id))
+                .cloned()
+                .unwrap_or_else(|| {
+                    let percent = u32::try_from(r.budget.percent).unwrap_or(0);
+                    let floor = u32::try_from(r.budget.min_per_second).unwrap_or(0);
+                    Arc::new(RetryBudget::new(percent, floor))
+                })
+        });
+        let budget = budget.unwrap_or_else(|| Arc::new(RetryBudget::new(0, 0)));
+        self.table.budgets.insert(id.to_owned(), budget.clone());
+        budget
+    }
+
+    /// The metrics of route `id`.
+    pub fn route_metrics(&self, id: &str) -> RouteMetrics {
+        self.metrics.route(id)
+    }
+
+    /// The upstream of the Microservice `key`, one per table however many routes send to it.
+    pub fn upstream(&mut self, key: &ServiceKey) -> Arc<Upstream> {
+        if let Some(upstream) = self.table.upstreams.get(key) {
+            return upstream.clone();
+        }
+        let upstream = Arc::new(self.build_upstream(key));
+        self.table.upstreams.insert(key.clone(), upstream.clone());
+        upstream
+    }
+
+    fn build_upstream(&self, key: &ServiceKey) -> Upstream {
+        let defaults = ServiceSettings::default();
+        let settings = self.services.get(key).unwrap_or(&defaults);
+        let policy = &settings.traffic;
+        let http2 = matches!(settings.protocol, Protocol::Http2 | Protocol::Grpc);
+        let snapshot = self.registry.snapshot(key);
+        let ready: Vec<_> = snapshot.ready().cloned().collect();
+        let previous = self.previous.and_then(|p| p.upstreams.get(key));
+        let hash_on = match (
+            &policy.load_balancer.policy,
+            &policy.load_balancer.consistent_hash,
+        ) {
+            (LoadBalancerPolicy::ConsistentHash, Some(hash)) => {
+                if let Some(header) = hash
+                    .header
+                    .as_deref()
+                    .and_then(|h| http::HeaderName::try_from(h).ok())
+                {
+                    Some(HashOn::Header(header))
+                } else if let Some(cookie) = &hash.cookie {
+                    Some(HashOn::Cookie(cookie.clone()))
+                } else {
+                    Some(HashOn::SourceIp)
+                }
+            }
+            _ => None,
+        };
+        let limits = previous.map(|u| u.limits.clone()).unwrap_or_default();
+        Upstream {
+            service: key.clone(),
+            pool: Pool::new(
+                policy.load_balancer.policy,
+                &ready,
+                previous.map(|u| &u.pool),
+                &limits,
+            ),
+            hash_on,
+            http2,
+            ejection: Ejection::from(&policy.outlier_detection),
+            breaker: CircuitBreaker::from(&policy.circuit_breaker),
+            limits,
+        }
+    }
+
+    /// Adds an entry to the routes `port` tries; the port must hold a listener placed before.
+    pub fn attach(&mut self, port: u16, entry: Attached) {
+        self.table.listeners.entry(port).or_default().push(entry);
+    }
+
+    /// The table, each port's entries ordered most specific first.
+    pub fn finish(mut self) -> RouteTable {
+        self.table.tls = self
+            .ports
+            .tls
+            .into_iter()
+            .map(|(port, listeners)| (port, Arc::new(listeners)))
+            .collect();
+        for entries in self.table.listeners.values_mut() {
+            // A stable sort: equally specific entries keep the front end's order.
+            entries.sort_by_key(|entry| std::cmp::Reverse(entry.specificity()));
+        }
+        self.table
+    }
+}

@@ -1,0 +1,179 @@
+//! The phases of one proxied request, in the order they run (Cloudflare's pingora is the model):
+//!
+//! 1. [`route`]: check the target (one host, a normal path) and find the table entry that takes it;
+//! 2. the route's own answer, if it has one (a redirect), else [`forward`]: read the body, pick a
+//!    backend and an endpoint, send, judge the answer, retry within policy and budget;
+//! 3. [`respond`]: the client's answer, an endpoint's or the gateway's own;
+//! 4. account: metrics and the access log.
+//!
+//! The route table is loaded once per request, without a lock.
+
+mod forward;
+mod respond;
+mod route;
+
+use std::{sync::Arc, time::Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header, uri::Authority};
+
+use respond::redirect_response;
+pub use respond::{ResponseBody, local, take_wire_headers};
+use route::{find_route, normalize_target, same_host};
+
+use super::{
+    http::{body::BoxError, client::Client, host::request_host},
+    metrics::{GatewayMetrics, RouteMetrics},
+    policy::client_ip,
+    table::{DEFAULT_MAX_CONNECTIONS, RouteTable},
+    tls::TlsPort,
+};
+
+/// Request bodies up to this size are buffered so that they can be retried; larger ones are
+/// streamed to a single attempt.
+pub const MAX_BUFFERED_BODY: usize = 1 << 20;
+
+pub struct Proxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    access_log: bool,
+    /// The metrics of requests no route takes.
+    unrouted: RouteMetrics,
+    metrics: GatewayMetrics,
+}
+
+impl Proxy {
+    /// `access_log`: one structured log event per request (target `microgate::access`).
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: GatewayMetrics, access_log: bool) -> Self {
+        let unrouted = metrics.route("<none>");
+        Self {
+            table,
+            metrics,
+            unrouted,
+            access_log,
+        }
+    }
+
+    /// The most client connections `port` holds open at once.
+    pub fn max_connections(&self, port: u16) -> usize {
+        self.table
+            .load()
+            .max_connections
+            .get(&port)
+            .copied()
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// The HTTPS listeners of `port`, if it terminates TLS.
+    pub fn tls_port(&self, port: u16) -> Option<Arc<TlsPort>> {
+        self.table.load().tls.get(&port).cloned()
+    }
+
+    /// Answers one request from a client. `B`: its body, as hyper's server or the gateway's own
+    /// HTTP/1.1 server gives it.
+    pub async fn handle<B: ClientBody>(
+        &self,
+        client: &Client,
+        mut request: Request<B>,
+    ) -> Response<ResponseBody> {
+        let (port, client_addr) = (client.port, client.addr);
+        let started = Instant::now();
+        let table = self.table.load_full();
+        // Owned handles (reference counts, no copies), so that the request itself can move on.
+        let authority = request.uri().authority().cloned();
+        let host_header = request.headers().get(header::HOST).cloned();
+        let host = request_host(authority.as_ref(), host_header.as_ref());
+        let listener = client.tls_listener.as_deref();
+        // Before anything looks at the path: routing, the access log, the service.
+        let refused = match (&authority, &host_header) {
+            // An absolute-form target (or HTTP/2's :authority) and a Host that name different
+            // hosts: which one the service would believe is anyone's guess.
+            (Some(authority), Some(host_header)) if !same_host(authority, host_header) => Some(local(
+                StatusCode::BAD_REQUEST,
+                "host-mismatch",
+                "the request target's authority and the Host header disagree",
+            )),
+            _ => normalize_target(request.uri_mut(), &table.path_policy(port, listener)),
+        };
+        // Kept for the access log only when it is on.
+        let logged = self
+            .access_log
+            .then(|| (request.method().clone(), request.uri().clone()));
+        let origin = client_ip::resolve(
+            table.trusted_proxies(port, listener),
+            client_addr.ip(),
+            request.headers(),
+        );
+        let (route_id, metrics, response) = match refused {
+            Some(refused) => ("<none>", &self.unrouted, refused),
+            None => match find_route(&table, port, listener, host.as_deref(), &request) {
+                Some(attached) => {
+                    let route = &attached.route;
+                    let response = match &route.redirect {
+                        Some(redirect) => {
+                            let named_port = authority.as_ref().and_then(Authority::port_u16).or_else(|| {
+                                host_header
+                                    .as_ref()
+                                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                                    .and_then(|a| a.port_u16())
+                            });
+                            redirect_response(redirect, client, host.as_deref(), named_port, request.uri())
+                        }
+                        None => {
+                            self.forward(route, client, origin, host.as_deref(), started, request)
+                                .await
+                        }
+                    };
+                    (route.id.as_str(), &route.metrics, response)
+                }
+                // A host another HTTPS listener of this port serves: this connection's certificate
+                // was not chosen for it (RFC 9110 §15.5.20).
+                None if listener.is_some()
+                    && find_route(&table, port, None, host.as_deref(), &request).is_some() =>
+                {
+                    (
+                        "<none>",
+                        &self.unrouted,
+                        local(
+                            StatusCode::MISDIRECTED_REQUEST,
+                            "misdirected",
+                            "this connection's TLS server name is not for this host",
+                        ),
+                    )
+                }
+                None => (
+                    "<none>",
+                    &self.unrouted,
+                    local(StatusCode::NOT_FOUND, "no-route", "no route matches this request"),
+                ),
+            },
+        };
+        let took = started.elapsed();
+        metrics.request(response.status(), took);
+        if let Some((method, uri)) = logged {
+            let reason = response
+                .headers()
+                .get("x-microgate-reason")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info!(
+                target: "microgate::access",
+                client = %origin.ip, peer = %client_addr, %method, %uri, host = host.as_deref().unwrap_or(""),
+                route = route_id, status = response.status().as_u16(), reason, ms = took.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        response
+    }
+}
+
+/// A client's request body, as either server reads it.
+pub trait ClientBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<B> ClientBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}

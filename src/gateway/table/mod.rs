@@ -1,0 +1,210 @@
+//! The compiled route table: every listener, route and backend the data plane serves, as plain
+//! data the request path reads. The front ends in `compile` build one; the gateway swaps in a
+//! whole new table per change, so a request always sees one consistent configuration.
+//!
+//! Besides configuration, a table holds the live state that must outlive a change (endpoint
+//! pools, retry budgets, TLS session caches): a new table borrows it from the previous one.
+
+pub mod matching;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use rustls::server::StoresServerSessions;
+
+use super::{
+    balance::{EndpointState, Pool, outlier::Ejection},
+    metrics::RouteMetrics,
+    policy::{client_ip::TrustedProxies, path::PathPolicy},
+    retry::RetryBudget,
+    tls::{TlsListener, TlsPort},
+    upstream::{CircuitBreaker, Limits},
+};
+use crate::{
+    api::{gateway::RedirectScheme, policy::RetryPolicy},
+    discovery::ServiceKey,
+};
+use matching::{PathMatcher, RequestMatch};
+
+pub use crate::gateway::http::host::HostPattern;
+
+/// Client connections a listener holds open at once unless its `maxConnections` says: well
+/// under a usual open-file limit, so that a flood of connections cannot exhaust the process.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+/// What a request's consistent-hash key is taken from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    Header(http::HeaderName),
+    Cookie(String),
+    SourceIp,
+}
+
+/// One Microservice as routes send to it: its endpoints' pool and its hash key.
+#[derive(Debug)]
+pub struct Upstream {
+    pub service: ServiceKey,
+    pub pool: Pool,
+    pub hash_on: Option<HashOn>,
+    /// The Microservice speaks HTTP/2 (protocol HTTP2 or GRPC): cleartext, prior knowledge.
+    pub http2: bool,
+    pub ejection: Ejection,
+    pub breaker: CircuitBreaker,
+    /// What is in flight and open to this Microservice, shared with the upstreams that replace
+    /// this one.
+    pub limits: Arc<Limits>,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub upstream: Arc<Upstream>,
+    pub weight: u32,
+}
+
+/// A redirect the gateway answers itself, as a route declares it.
+#[derive(Debug)]
+pub struct Redirect {
+    pub scheme: Option<RedirectScheme>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub status: http::StatusCode,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// `namespace/gateway/route`, for logs and metrics.
+    pub id: String,
+    /// Set: the route answers with this redirect and has no backends.
+    pub redirect: Option<Redirect>,
+    pub hostnames: Vec<HostPattern>,
+    pub matches: Vec<RequestMatch>,
+    pub backends: Vec<Backend>,
+    pub total_weight: u32,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub budget: Arc<RetryBudget>,
+    pub metrics: RouteMetrics,
+}
+
+/// One of a route's matches as one listener serves it: the listener's hostnames must match too.
+/// A route without matches is one entry that takes every request.
+#[derive(Debug)]
+pub struct Attached {
+    /// `namespace/gateway/listener`: on an HTTPS port, a connection takes only the routes of
+    /// the listener its TLS server name picked.
+    pub listener: Arc<str>,
+    pub listener_hostnames: Vec<HostPattern>,
+    pub route: Arc<Route>,
+    /// Which of `route.matches` this entry is (`None`: the route has none).
+    pub matcher: Option<usize>,
+}
+
+impl Attached {
+    pub fn request_match(&self) -> Option<&RequestMatch> {
+        self.matcher.and_then(|i| self.route.matches.get(i))
+    }
+
+    /// The Gateway API's precedence, most specific first: an exact hostname before a wildcard,
+    /// an exact path before a prefix, a longer prefix before a shorter, a prefix before a regular
+    /// expression, a method before none, more header matches, then more query parameter matches
+    /// before fewer. Equal entries keep their declaration order.
+    pub(crate) fn specificity(&self) -> (u8, u8, usize, bool, usize, usize) {
+        let host = |patterns: &[HostPattern]| {
+            patterns
+                .iter()
+                .map(|p| match p {
+                    HostPattern::Exact(_) => 2,
+                    HostPattern::Wildcard(_) => 1,
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let hosts = host(&self.route.hostnames).max(host(&self.listener_hostnames));
+        let request = self.request_match();
+        let (kind, length) = match request.and_then(|m| m.path.as_ref()) {
+            Some(PathMatcher::Exact(value)) => (3, value.len()),
+            Some(PathMatcher::Prefix(value)) => (2, value.trim_end_matches('/').len()),
+            Some(PathMatcher::Regex(_)) => (1, 0),
+            None => (0, 0),
+        };
+        let method = request.is_some_and(|m| m.method.is_some());
+        let headers = request.map(|m| m.headers.len()).unwrap_or(0);
+        let query = request.map(|m| m.query.len()).unwrap_or(0);
+        (hosts, kind, length, method, headers, query)
+    }
+}
+
+/// Everything the data plane needs, per listener port, routes in the order they are tried.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub listeners: BTreeMap<u16, Vec<Attached>>,
+    /// The ports that terminate TLS, with their HTTPS listeners. A port not here is plain HTTP.
+    pub tls: BTreeMap<u16, Arc<TlsPort>>,
+    /// Listeners not served, by `namespace/gateway/listener`, and why.
+    pub not_served: BTreeMap<String, String>,
+    /// The listeners that believe some proxies' `X-Forwarded-For`, by port, with their ids.
+    /// Empty unless some listener sets `clientIPDetection`.
+    pub(crate) trusted_proxies: BTreeMap<u16, Vec<(Arc<str>, TrustedProxies)>>,
+    /// The most client connections each port holds open at once: the sum of its listeners'.
+    pub max_connections: BTreeMap<u16, usize>,
+    /// The listeners whose path normalization is not the default, by port, with their ids.
+    pub(crate) path_policies: BTreeMap<u16, Vec<(Arc<str>, PathPolicy)>>,
+    pub(crate) upstreams: HashMap<ServiceKey, Arc<Upstream>>,
+    pub(crate) budgets: HashMap<String, Arc<RetryBudget>>,
+    /// Each HTTPS listener's session cache, kept across tables so that sessions stay resumable.
+    pub(crate) tls_sessions: HashMap<Arc<str>, Arc<dyn StoresServerSessions>>,
+}
+
+impl RouteTable {
+    pub fn upstream(&self, key: &ServiceKey) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(key)
+    }
+
+    /// Every endpoint of every Microservice the table routes to.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<EndpointState>> {
+        self.upstreams
+            .values()
+            .flat_map(|upstream| upstream.pool.endpoints())
+    }
+
+    /// The proxies whose `X-Forwarded-For` the listener of a request believes: on `port`, the
+    /// HTTPS listener `tls_listener`, or the port's one plain-HTTP listener.
+    pub fn trusted_proxies(&self, port: u16, tls_listener: Option<&str>) -> Option<&TrustedProxies> {
+        if self.trusted_proxies.is_empty() {
+            return None;
+        }
+        let listeners = self.trusted_proxies.get(&port)?;
+        let found = match tls_listener {
+            Some(id) => listeners.iter().find(|(listener, _)| &**listener == id),
+            None => listeners.first(),
+        };
+        found.map(|(_, proxies)| proxies)
+    }
+
+    /// How the listener of a request normalizes its path: on `port`, the HTTPS listener
+    /// `tls_listener`, or the port's one plain-HTTP listener.
+    pub fn path_policy(&self, port: u16, tls_listener: Option<&str>) -> PathPolicy {
+        if self.path_policies.is_empty() {
+            return PathPolicy::default();
+        }
+        let Some(listeners) = self.path_policies.get(&port) else {
+            return PathPolicy::default();
+        };
+        let found = match tls_listener {
+            Some(id) => listeners.iter().find(|(listener, _)| &**listener == id),
+            None => listeners.first(),
+        };
+        found.map(|(_, policy)| *policy).unwrap_or_default()
+    }
+
+    /// The HTTPS listener `id`, if it is served.
+    pub fn tls_listener(&self, id: &str) -> Option<&TlsListener> {
+        self.tls
+            .values()
+            .flat_map(|port| port.listeners.iter())
+            .find(|listener| &*listener.id == id)
+    }
+}

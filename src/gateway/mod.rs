@@ -26,7 +26,12 @@ pub mod tls;
 pub mod upstream;
 pub mod workers;
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use futures::{FutureExt, StreamExt};
@@ -144,12 +149,7 @@ pub async fn run(
     for worker in workers.handles() {
         worker.spawn(close_expired_idle_connections(table.clone()));
     }
-    let mut listeners = listen::Listeners::new(
-        options.listen_address,
-        proxy,
-        workers.handles().to_vec(),
-        options.client_timeouts,
-    );
+    let mut listeners = listen::Listeners::new(proxy, workers.handles().to_vec(), options.client_timeouts);
     let mut registry_changes = registry.subscribe();
     let mut on_programmed = options.on_programmed;
     let program = async {
@@ -180,15 +180,16 @@ pub async fn run(
             );
             let compiled = compile::microgate::compile(
                 &all_gateways,
+                options.listen_address,
                 &services,
                 &registry,
                 &metrics,
                 &certificates,
                 Some(&previous),
             );
-            let ports: Vec<u16> = compiled.listeners.keys().copied().collect();
+            let addresses: Vec<SocketAddr> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));
-            listeners.set_ports(ports.into_iter()).await;
+            listeners.set_addresses(addresses.into_iter()).await;
             // Ready once the table was compiled from complete endpoint lists, not before.
             if registry.synced().now_or_never().is_some()
                 && let Some(programmed) = on_programmed.take()
@@ -197,7 +198,15 @@ pub async fn run(
             }
             let served = table.load();
             for gateway in &all_gateways {
-                status::report(&status_client, gateway, &listeners, &served, &certificates).await;
+                status::report(
+                    &status_client,
+                    gateway,
+                    options.listen_address,
+                    &listeners,
+                    &served,
+                    &certificates,
+                )
+                .await;
             }
             tokio::select! {
                 () = changed.notified() => {}

@@ -3,6 +3,8 @@
 //! being served), as the Gateway API reports them. Written with server-side apply under the
 //! data plane's own field manager, and only when something changed.
 
+use std::net::{IpAddr, SocketAddr};
+
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 use kube::{Api, Client, ResourceExt};
 
@@ -25,9 +27,11 @@ pub const PROGRAMMED: &str = "Programmed";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 
 /// Writes `gateway`'s data-plane status if it differs from what the Gateway shows.
+/// `address`: where its listeners listen.
 pub async fn report(
     client: &Client,
     gateway: &Gateway,
+    address: IpAddr,
     listeners: &Listeners,
     table: &RouteTable,
     certificates: &CertificateStore,
@@ -48,7 +52,8 @@ pub async fn report(
                 .find(|s| s.name == listener.name)
                 .map(|s| s.conditions.as_slice())
                 .unwrap_or_default();
-            let desired = listener_conditions(listener, &id, &namespace, listeners, table, certificates);
+            let desired =
+                listener_conditions(listener, &id, &namespace, address, listeners, table, certificates);
             ListenerStatus {
                 name: listener.name.clone(),
                 conditions: merge(previous, desired, generation, now),
@@ -61,11 +66,9 @@ pub async fn report(
         .filter(|c| c.type_ == PROGRAMMED && c.status != "True")
         .map(|c| c.message.clone())
         .collect();
-    let bind_failures = gateway
-        .spec
-        .listeners
-        .iter()
-        .any(|l| u16::try_from(l.port).is_ok_and(|port| listeners.failure(port).is_some()));
+    let bind_failures = gateway.spec.listeners.iter().any(|l| {
+        u16::try_from(l.port).is_ok_and(|port| listeners.failure(SocketAddr::new(address, port)).is_some())
+    });
     let programmed = if not_programmed.is_empty() {
         let ports: Vec<String> = gateway
             .spec
@@ -139,6 +142,7 @@ fn listener_conditions(
     listener: &Listener,
     id: &str,
     namespace: &str,
+    address: IpAddr,
     listeners: &Listeners,
     table: &RouteTable,
     certificates: &CertificateStore,
@@ -162,7 +166,9 @@ fn listener_conditions(
     } else {
         Desired::new(RESOLVED_REFS, false, "InvalidCertificateRef", problems.join("; "))
     };
-    let port = u16::try_from(listener.port).ok();
+    let local = u16::try_from(listener.port)
+        .ok()
+        .map(|port| SocketAddr::new(address, port));
     let programmed = if let Some(why) = table.not_served.get(id) {
         Desired::new(
             PROGRAMMED,
@@ -170,7 +176,7 @@ fn listener_conditions(
             "Invalid",
             format!("listener {}: {why}", listener.name),
         )
-    } else if let Some(failure) = port.and_then(|p| listeners.failure(p)) {
+    } else if let Some(failure) = local.and_then(|l| listeners.failure(l)) {
         Desired::new(
             PROGRAMMED,
             false,

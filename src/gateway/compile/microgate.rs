@@ -1,7 +1,11 @@
 //! The `microgate.dev` front end: Gateways (listeners and routes in one resource) whose backends
 //! are Microservices.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use kube::ResourceExt;
 
@@ -56,10 +60,13 @@ pub fn certificate_refs(gateways: &[Arc<Gateway>]) -> Vec<SecretKey> {
         .collect()
 }
 
-/// Builds the table of `gateways`. `services` holds what each known Microservice's spec says;
-/// `previous` lends its endpoint state and retry budgets to what stays.
+/// Builds the table of `gateways`, whose listeners all listen on `address`. `services` holds
+/// what each known Microservice's spec says; `previous` lends its endpoint state and retry
+/// budgets to what stays.
+#[allow(clippy::too_many_arguments)]
 pub fn compile(
     gateways: &[Arc<Gateway>],
+    address: IpAddr,
     services: &HashMap<ServiceKey, ServiceSettings>,
     registry: &Registry,
     metrics: &GatewayMetrics,
@@ -70,23 +77,23 @@ pub fn compile(
     let mut gateways: Vec<_> = gateways.iter().collect();
     gateways.sort_by_key(|g| (g.namespace(), g.name_any()));
     for gateway in gateways {
-        add_gateway(&mut builder, gateway);
+        add_gateway(&mut builder, gateway, address);
     }
     builder.finish()
 }
 
-fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway) {
+fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAddr) {
     let namespace = gateway.namespace().unwrap_or_default();
     let spec = &gateway.spec;
     // The listeners served, with their ids and ports; earlier Gateways keep a contested port.
     let mut served = Vec::with_capacity(spec.listeners.len());
     for listener in &spec.listeners {
         let id: Arc<str> = listener_id(gateway, listener).into();
-        match listener_settings(&id, &namespace, listener) {
+        match listener_settings(&id, &namespace, address, listener) {
             Ok(settings) => {
-                let port = settings.port;
+                let local = settings.local;
                 if builder.listener(settings).is_ok() {
-                    served.push((id, port, listener));
+                    served.push((id, local, listener));
                 }
             }
             Err(why) => builder.not_served(&id, why),
@@ -144,7 +151,7 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway) {
             retry,
             budget,
         });
-        for (listener_id, port, listener) in &served {
+        for (listener_id, local, listener) in &served {
             if !route.listeners.is_empty() && !route.listeners.contains(&listener.name) {
                 continue;
             }
@@ -155,7 +162,7 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway) {
             };
             for matcher in matchers {
                 builder.attach(
-                    *port,
+                    *local,
                     Attached {
                         listener: listener_id.clone(),
                         listener_hostnames: listener
@@ -176,6 +183,7 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway) {
 fn listener_settings<'l>(
     id: &Arc<str>,
     namespace: &str,
+    address: IpAddr,
     listener: &'l Listener,
 ) -> Result<ListenerSettings<'l>, String> {
     let trusted_proxies = listener
@@ -208,7 +216,7 @@ fn listener_settings<'l>(
     };
     Ok(ListenerSettings {
         id: id.clone(),
-        port,
+        local: SocketAddr::new(address, port),
         hostnames: &listener.hostnames,
         tls,
         trusted_proxies,
@@ -269,6 +277,12 @@ mod tests {
     use super::*;
     use crate::gateway::table::DEFAULT_MAX_CONNECTIONS;
 
+    const ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn at(port: u16) -> SocketAddr {
+        SocketAddr::new(ADDRESS, port)
+    }
+
     /// The table of one Gateway `ns/gw` with `spec`, no endpoints and no certificates.
     fn compile_spec(spec: serde_json::Value) -> RouteTable {
         let gateway: Gateway = serde_json::from_value(serde_json::json!({
@@ -280,6 +294,7 @@ mod tests {
         let metrics = GatewayMetrics::register(&mut Default::default());
         compile(
             &[Arc::new(gateway)],
+            ADDRESS,
             &HashMap::new(),
             &Registry::default(),
             &metrics,
@@ -293,7 +308,7 @@ mod tests {
     }
 
     fn order(table: &RouteTable) -> Vec<String> {
-        table.listeners[&8080]
+        table.listeners[&at(8080)]
             .iter()
             .map(|e| {
                 format!(
@@ -345,15 +360,15 @@ mod tests {
                 "clientIPDetection": {"xForwardedFor": {"trustedCIDRs": ["not-a-cidr"]}}},
         ]}));
         assert_eq!(
-            table.trusted_proxies(8080, None),
+            table.trusted_proxies(at(8080), None),
             Some(&TrustedProxies::Cidrs(vec![
                 "10.0.0.0/8".parse().expect("a CIDR")
             ]))
         );
-        assert_eq!(table.trusted_proxies(8081, None), None);
-        assert_eq!(table.path_policy(8080, None), PathPolicy::default());
+        assert_eq!(table.trusted_proxies(at(8081), None), None);
+        assert_eq!(table.path_policy(at(8080), None), PathPolicy::default());
         assert_eq!(
-            table.path_policy(8081, None),
+            table.path_policy(at(8081), None),
             PathPolicy {
                 escaped_slashes: Ambiguous::Keep,
                 merge_slashes: false,
@@ -361,9 +376,12 @@ mod tests {
                 ..PathPolicy::default()
             }
         );
-        assert_eq!(table.max_connections.get(&8080), Some(&10));
-        assert_eq!(table.max_connections.get(&8081), Some(&DEFAULT_MAX_CONNECTIONS));
-        assert!(!table.listeners.contains_key(&8082));
+        assert_eq!(table.max_connections.get(&at(8080)), Some(&10));
+        assert_eq!(
+            table.max_connections.get(&at(8081)),
+            Some(&DEFAULT_MAX_CONNECTIONS)
+        );
+        assert!(!table.listeners.contains_key(&at(8082)));
         assert!(
             table.not_served["ns/gw/bad"].contains("not-a-cidr"),
             "{:?}",

@@ -8,6 +8,7 @@ pub mod microgate;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
     sync::Arc,
 };
 
@@ -45,7 +46,8 @@ pub struct ServiceSettings {
 pub struct ListenerSettings<'a> {
     /// How the table, connections and status name the listener (unique per table).
     pub id: Arc<str>,
-    pub port: u16,
+    /// Where it listens: an address and a port.
+    pub local: SocketAddr,
     pub hostnames: &'a [String],
     /// Set for an HTTPS listener: its certificates and lowest TLS version.
     pub tls: Option<ListenerTls>,
@@ -64,8 +66,8 @@ pub struct ListenerTls {
 /// The ports of a table being compiled, by protocol.
 #[derive(Default)]
 struct Ports {
-    plain: BTreeSet<u16>,
-    tls: BTreeMap<u16, TlsPort>,
+    plain: BTreeSet<SocketAddr>,
+    tls: BTreeMap<SocketAddr, TlsPort>,
 }
 
 /// Builds one table from any front end's listeners and routes; see the module's documentation.
@@ -110,25 +112,25 @@ impl<'a> TableBuilder<'a> {
             self.table.not_served.insert(listener.id.to_string(), why.clone());
             return placed;
         }
-        let (id, port) = (listener.id, listener.port);
+        let (id, local) = (listener.id, listener.local);
         // A listener with no routes still listens (and answers 404).
-        self.table.listeners.entry(port).or_default();
+        self.table.listeners.entry(local).or_default();
         let limit = listener
             .max_connections
             .filter(|n| *n > 0)
             .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        *self.table.max_connections.entry(port).or_default() += limit;
+        *self.table.max_connections.entry(local).or_default() += limit;
         if let Some(trusted) = listener.trusted_proxies {
             self.table
                 .trusted_proxies
-                .entry(port)
+                .entry(local)
                 .or_default()
                 .push((id.clone(), trusted));
         }
         if listener.path_policy != PathPolicy::default() {
             self.table
                 .path_policies
-                .entry(port)
+                .entry(local)
                 .or_default()
                 .push((id, listener.path_policy));
         }
@@ -144,15 +146,16 @@ impl<'a> TableBuilder<'a> {
     /// Places the listener on its port: a plain-HTTP port, or one HTTPS listener among those of
     /// its port. Fails with the reason the listener cannot be served.
     fn place(&mut self, listener: &ListenerSettings<'_>) -> Result<(), String> {
-        let (id, port) = (&listener.id, listener.port);
+        let (id, local) = (&listener.id, listener.local);
+        let port = local.port();
         let Some(tls) = &listener.tls else {
-            if self.ports.tls.contains_key(&port) {
+            if self.ports.tls.contains_key(&local) {
                 return Err(format!("port {port} already serves HTTPS for another listener"));
             }
-            self.ports.plain.insert(port);
+            self.ports.plain.insert(local);
             return Ok(());
         };
-        if self.ports.plain.contains(&port) {
+        if self.ports.plain.contains(&local) {
             return Err(format!(
                 "port {port} already serves plain HTTP for another listener"
             ));
@@ -166,7 +169,7 @@ impl<'a> TableBuilder<'a> {
             return Err("none of its certificate Secrets has held a valid certificate".to_owned());
         }
         let hostnames: Vec<HostPattern> = listener.hostnames.iter().map(|h| HostPattern::parse(h)).collect();
-        let port_listeners = self.ports.tls.entry(port).or_default();
+        let port_listeners = self.ports.tls.entry(local).or_default();
         if let Some(taken) = port_listeners.listeners.iter().find(|other| {
             (other.hostnames.is_empty() && hostnames.is_empty())
                 || other.hostnames.iter().any(|h| hostnames.contains(h))
@@ -284,9 +287,9 @@ impl<'a> TableBuilder<'a> {
         }
     }
 
-    /// Adds an entry to the routes `port` tries; the port must hold a listener placed before.
-    pub fn attach(&mut self, port: u16, entry: Attached) {
-        self.table.listeners.entry(port).or_default().push(entry);
+    /// Adds an entry to the routes tried at `local`, where a listener was placed before.
+    pub fn attach(&mut self, local: SocketAddr, entry: Attached) {
+        self.table.listeners.entry(local).or_default().push(entry);
     }
 
     /// The table, each port's entries ordered most specific first.
@@ -295,7 +298,7 @@ impl<'a> TableBuilder<'a> {
             .ports
             .tls
             .into_iter()
-            .map(|(port, listeners)| (port, Arc::new(listeners)))
+            .map(|(local, listeners)| (local, Arc::new(listeners)))
             .collect();
         for entries in self.table.listeners.values_mut() {
             // A stable sort: equally specific entries keep the front end's order.

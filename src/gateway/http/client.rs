@@ -6,8 +6,8 @@ use http::HeaderValue;
 
 /// The client end of one connection, as each of its requests needs it.
 pub struct Client {
-    /// The listener's port.
-    pub port: u16,
+    /// The listener's address (an address and a port): which listeners' routes apply.
+    pub local: SocketAddr,
     pub addr: SocketAddr,
     /// `addr`'s IP as an `X-Forwarded-For` value, made once per connection.
     pub(crate) forwarded_for: Option<HeaderValue>,
@@ -18,9 +18,9 @@ pub struct Client {
 
 impl Client {
     /// A client of a plain-HTTP listener.
-    pub fn new(port: u16, addr: SocketAddr) -> Self {
+    pub fn new(local: SocketAddr, addr: SocketAddr) -> Self {
         Self {
-            port,
+            local,
             addr,
             forwarded_for: HeaderValue::try_from(addr.ip().to_string()).ok(),
             tls_listener: None,
@@ -28,10 +28,10 @@ impl Client {
     }
 
     /// A client whose TLS handshake picked the HTTPS listener `listener`.
-    pub fn over_tls(port: u16, addr: SocketAddr, listener: Arc<str>) -> Self {
+    pub fn over_tls(local: SocketAddr, addr: SocketAddr, listener: Arc<str>) -> Self {
         Self {
             tls_listener: Some(listener),
-            ..Self::new(port, addr)
+            ..Self::new(local, addr)
         }
     }
 

@@ -240,7 +240,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_forwarding_headers_come() {
         let headers = client_headers();
-        let client = Client::new(8080, "127.0.0.9:5000".parse().expect("addr"));
+        let client = Client::new(
+            "0.0.0.0:8080".parse().expect("addr"),
+            "127.0.0.9:5000".parse().expect("addr"),
+        );
         let forwarding = Forwarding::new(&headers, &client, Some("shop.example.com"));
         let mut out = headers.clone();
         forwarding.apply(&mut out);
@@ -292,7 +295,10 @@ mod tests {
     fn a_request_without_host_gets_one_and_keeps_its_request_id() {
         let mut headers = HeaderMap::new();
         headers.insert(&X_REQUEST_ID, "abc".parse().expect("value"));
-        let client = Client::new(8080, "127.0.0.9:5000".parse().expect("addr"));
+        let client = Client::new(
+            "0.0.0.0:8080".parse().expect("addr"),
+            "127.0.0.9:5000".parse().expect("addr"),
+        );
         let forwarding = Forwarding::new(&headers, &client, Some("shop"));
         forwarding.apply(&mut headers);
         assert_eq!(headers[header::HOST], "shop");

@@ -9,7 +9,7 @@ pub(super) mod http1;
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -103,24 +103,22 @@ async fn refuse(mut stream: TcpStream, tls: bool) {
     .await;
 }
 
-/// The listeners running now, by port.
+/// The listeners running now, by local address (an address and a port).
 pub struct Listeners {
-    address: IpAddr,
     proxy: Arc<Proxy>,
     /// The workers' runtimes: each accepts on its own socket per port (see `super::workers`).
     workers: Vec<Handle>,
-    running: BTreeMap<u16, JoinSet<()>>,
+    running: BTreeMap<SocketAddr, JoinSet<()>>,
     timeouts: ClientTimeouts,
-    /// Why a port could not be bound, until it is.
-    failed: BTreeMap<u16, String>,
+    /// Why an address could not be bound, until it is.
+    failed: BTreeMap<SocketAddr, String>,
     /// Turns true when the gateway stops: every listener drains.
     draining: watch::Sender<bool>,
 }
 
 impl Listeners {
-    pub fn new(address: IpAddr, proxy: Arc<Proxy>, workers: Vec<Handle>, timeouts: ClientTimeouts) -> Self {
+    pub fn new(proxy: Arc<Proxy>, workers: Vec<Handle>, timeouts: ClientTimeouts) -> Self {
         Self {
-            address,
             proxy,
             workers,
             running: BTreeMap::new(),
@@ -130,16 +128,15 @@ impl Listeners {
         }
     }
 
-    /// Listens on exactly `ports`: new ones are bound, gone ones closed.
-    pub async fn set_ports(&mut self, ports: impl Iterator<Item = u16>) {
-        let wanted: Vec<u16> = ports.collect();
-        self.running.retain(|port, _| wanted.contains(port));
+    /// Listens on exactly `addresses`: new ones are bound, gone ones closed.
+    pub async fn set_addresses(&mut self, addresses: impl Iterator<Item = SocketAddr>) {
+        let wanted: Vec<SocketAddr> = addresses.collect();
+        self.running.retain(|addr, _| wanted.contains(addr));
         self.failed.clear();
-        for port in wanted {
-            if self.running.contains_key(&port) {
+        for addr in wanted {
+            if self.running.contains_key(&addr) {
                 continue;
             }
-            let addr = SocketAddr::new(self.address, port);
             // Several workers share the port; one alone binds it as its only user.
             let shared = self.workers.len() > 1;
             let mut tasks = JoinSet::new();
@@ -156,7 +153,7 @@ impl Listeners {
                         match bind(addr, shared) {
                             Ok(listener) => {
                                 let _ = told.send(Ok(()));
-                                accept(listener, port, proxy, draining, open, timeouts).await;
+                                accept(listener, addr, proxy, draining, open, timeouts).await;
                             }
                             Err(error) => {
                                 let _ = told.send(Err(error));
@@ -175,13 +172,13 @@ impl Listeners {
             match bound {
                 Ok(()) => {
                     tracing::info!(%addr, workers = self.workers.len(), "listening");
-                    self.running.insert(port, tasks);
+                    self.running.insert(addr, tasks);
                 }
                 // The next configuration change tries again.
                 Err(error) => {
                     tracing::error!(%addr, %error, "cannot listen");
                     self.failed
-                        .insert(port, format!("cannot listen on {addr}: {error}"));
+                        .insert(addr, format!("cannot listen on {addr}: {error}"));
                 }
             }
         }
@@ -206,9 +203,9 @@ impl Listeners {
         }
     }
 
-    /// Why `port` is not being served, if it is not.
-    pub fn failure(&self, port: u16) -> Option<&str> {
-        self.failed.get(&port).map(String::as_str)
+    /// Why `addr` is not being served, if it is not.
+    pub fn failure(&self, addr: SocketAddr) -> Option<&str> {
+        self.failed.get(&addr).map(String::as_str)
     }
 }
 
@@ -376,7 +373,7 @@ fn http2_settings<E>(http2: &mut auto::Http2Builder<'_, E>) {
 /// refused at once.
 async fn accept(
     listener: TcpListener,
-    port: u16,
+    local: SocketAddr,
     proxy: Arc<Proxy>,
     mut draining: watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
@@ -408,9 +405,9 @@ async fn accept(
             _ = draining.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let tls_port = proxy.tls_port(port);
-        let Some(slot) = ConnectionSlot::take(&open, proxy.max_connections(port)) else {
-            tracing::debug!(%client, port, "connection refused: the port holds its most connections");
+        let tls_port = proxy.tls_port(local);
+        let Some(slot) = ConnectionSlot::take(&open, proxy.max_connections(local)) else {
+            tracing::debug!(%client, %local, "connection refused: the listener holds its most connections");
             connections.spawn(refuse(stream, tls_port.is_some()));
             continue;
         };
@@ -419,14 +416,14 @@ async fn accept(
             let _slot = slot;
             match tls_port {
                 None => {
-                    let client = Arc::new(Client::new(port, client));
+                    let client = Arc::new(Client::new(local, client));
                     serve_connection(stream, client, proxy, builder, draining, timeouts).await;
                 }
                 Some(tls_port) => {
                     let Some((stream, listener)) = handshake(stream, &tls_port).await else {
                         return;
                     };
-                    let client = Arc::new(Client::over_tls(port, client, listener));
+                    let client = Arc::new(Client::over_tls(local, client, listener));
                     serve_connection(stream, client, proxy, builder, draining, timeouts).await;
                 }
             }

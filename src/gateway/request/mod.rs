@@ -12,7 +12,7 @@ mod forward;
 mod respond;
 mod route;
 
-use std::{sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -54,19 +54,19 @@ impl Proxy {
         }
     }
 
-    /// The most client connections `port` holds open at once.
-    pub fn max_connections(&self, port: u16) -> usize {
+    /// The most client connections the listener at `local` holds open at once.
+    pub fn max_connections(&self, local: SocketAddr) -> usize {
         self.table
             .load()
             .max_connections
-            .get(&port)
+            .get(&local)
             .copied()
             .unwrap_or(DEFAULT_MAX_CONNECTIONS)
     }
 
-    /// The HTTPS listeners of `port`, if it terminates TLS.
-    pub fn tls_port(&self, port: u16) -> Option<Arc<TlsPort>> {
-        self.table.load().tls.get(&port).cloned()
+    /// The HTTPS listeners at `local`, if it terminates TLS.
+    pub fn tls_port(&self, local: SocketAddr) -> Option<Arc<TlsPort>> {
+        self.table.load().tls.get(&local).cloned()
     }
 
     /// Answers one request from a client. `B`: its body, as hyper's server or the gateway's own
@@ -76,7 +76,7 @@ impl Proxy {
         client: &Client,
         mut request: Request<B>,
     ) -> Response<ResponseBody> {
-        let (port, client_addr) = (client.port, client.addr);
+        let (listen_at, client_addr) = (client.local, client.addr);
         let started = Instant::now();
         let table = self.table.load_full();
         // Owned handles (reference counts, no copies), so that the request itself can move on.
@@ -93,20 +93,20 @@ impl Proxy {
                 "host-mismatch",
                 "the request target's authority and the Host header disagree",
             )),
-            _ => normalize_target(request.uri_mut(), &table.path_policy(port, listener)),
+            _ => normalize_target(request.uri_mut(), &table.path_policy(listen_at, listener)),
         };
         // Kept for the access log only when it is on.
         let logged = self
             .access_log
             .then(|| (request.method().clone(), request.uri().clone()));
         let origin = client_ip::resolve(
-            table.trusted_proxies(port, listener),
+            table.trusted_proxies(listen_at, listener),
             client_addr.ip(),
             request.headers(),
         );
         let (route_id, metrics, response) = match refused {
             Some(refused) => ("<none>", &self.unrouted, refused),
-            None => match find_route(&table, port, listener, host.as_deref(), &request) {
+            None => match find_route(&table, listen_at, listener, host.as_deref(), &request) {
                 Some(attached) => {
                     let route = &attached.route;
                     let response = match &route.redirect {
@@ -126,10 +126,10 @@ impl Proxy {
                     };
                     (route.id.as_str(), &route.metrics, response)
                 }
-                // A host another HTTPS listener of this port serves: this connection's certificate
+                // A host another HTTPS listener of this address serves: this connection's certificate
                 // was not chosen for it (RFC 9110 §15.5.20).
                 None if listener.is_some()
-                    && find_route(&table, port, None, host.as_deref(), &request).is_some() =>
+                    && find_route(&table, listen_at, None, host.as_deref(), &request).is_some() =>
                 {
                     (
                         "<none>",

@@ -126,8 +126,8 @@ mod tests {
     #[test]
     fn redirects_keep_what_the_route_does_not_replace() {
         let addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let plain = Client::new(8080, addr);
-        let tls = Client::over_tls(8443, addr, "ns/gw/https".into());
+        let plain = Client::new("0.0.0.0:8080".parse().expect("addr"), addr);
+        let tls = Client::over_tls("0.0.0.0:8443".parse().expect("addr"), addr, "ns/gw/https".into());
         let https = Some(RedirectScheme::Https);
         // A changed scheme drops the port the client named: the new scheme's own is meant.
         assert_eq!(

@@ -1,7 +1,7 @@
 //! The route phase: check the request's target (one host, a normal path), then find the table
 //! entry that takes it.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, net::SocketAddr};
 
 use bytes::Bytes;
 use http::{
@@ -17,16 +17,16 @@ use crate::gateway::{
     table::{Attached, RouteTable},
 };
 
-/// The route entry `request` takes on `port`; on a TLS connection (`listener` set), only among
+/// The route entry `request` takes at `local`; on a TLS connection (`listener` set), only among
 /// the routes of the listener its handshake picked.
 pub(super) fn find_route<'t, B>(
     table: &'t RouteTable,
-    port: u16,
+    local: SocketAddr,
     listener: Option<&str>,
     host: Option<&str>,
     request: &Request<B>,
 ) -> Option<&'t Attached> {
-    let routes = table.listeners.get(&port)?;
+    let routes = table.listeners.get(&local)?;
     let host_ok = |patterns: &[HostPattern]| {
         patterns.is_empty() || host.is_some_and(|h| patterns.iter().any(|p| p.matches(h)))
     };

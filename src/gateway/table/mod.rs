@@ -9,6 +9,7 @@ pub mod matching;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     sync::Arc,
     time::Duration,
 };
@@ -140,18 +141,18 @@ impl Attached {
 /// Everything the data plane needs, per listener port, routes in the order they are tried.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    pub listeners: BTreeMap<u16, Vec<Attached>>,
+    pub listeners: BTreeMap<SocketAddr, Vec<Attached>>,
     /// The ports that terminate TLS, with their HTTPS listeners. A port not here is plain HTTP.
-    pub tls: BTreeMap<u16, Arc<TlsPort>>,
+    pub tls: BTreeMap<SocketAddr, Arc<TlsPort>>,
     /// Listeners not served, by `namespace/gateway/listener`, and why.
     pub not_served: BTreeMap<String, String>,
     /// The listeners that believe some proxies' `X-Forwarded-For`, by port, with their ids.
     /// Empty unless some listener sets `clientIPDetection`.
-    pub(crate) trusted_proxies: BTreeMap<u16, Vec<(Arc<str>, TrustedProxies)>>,
+    pub(crate) trusted_proxies: BTreeMap<SocketAddr, Vec<(Arc<str>, TrustedProxies)>>,
     /// The most client connections each port holds open at once: the sum of its listeners'.
-    pub max_connections: BTreeMap<u16, usize>,
+    pub max_connections: BTreeMap<SocketAddr, usize>,
     /// The listeners whose path normalization is not the default, by port, with their ids.
-    pub(crate) path_policies: BTreeMap<u16, Vec<(Arc<str>, PathPolicy)>>,
+    pub(crate) path_policies: BTreeMap<SocketAddr, Vec<(Arc<str>, PathPolicy)>>,
     pub(crate) upstreams: HashMap<ServiceKey, Arc<Upstream>>,
     pub(crate) budgets: HashMap<String, Arc<RetryBudget>>,
     /// Each HTTPS listener's session cache, kept across tables so that sessions stay resumable.
@@ -172,11 +173,11 @@ impl RouteTable {
 
     /// The proxies whose `X-Forwarded-For` the listener of a request believes: on `port`, the
     /// HTTPS listener `tls_listener`, or the port's one plain-HTTP listener.
-    pub fn trusted_proxies(&self, port: u16, tls_listener: Option<&str>) -> Option<&TrustedProxies> {
+    pub fn trusted_proxies(&self, local: SocketAddr, tls_listener: Option<&str>) -> Option<&TrustedProxies> {
         if self.trusted_proxies.is_empty() {
             return None;
         }
-        let listeners = self.trusted_proxies.get(&port)?;
+        let listeners = self.trusted_proxies.get(&local)?;
         let found = match tls_listener {
             Some(id) => listeners.iter().find(|(listener, _)| &**listener == id),
             None => listeners.first(),
@@ -186,11 +187,11 @@ impl RouteTable {
 
     /// How the listener of a request normalizes its path: on `port`, the HTTPS listener
     /// `tls_listener`, or the port's one plain-HTTP listener.
-    pub fn path_policy(&self, port: u16, tls_listener: Option<&str>) -> PathPolicy {
+    pub fn path_policy(&self, local: SocketAddr, tls_listener: Option<&str>) -> PathPolicy {
         if self.path_policies.is_empty() {
             return PathPolicy::default();
         }
-        let Some(listeners) = self.path_policies.get(&port) else {
+        let Some(listeners) = self.path_policies.get(&local) else {
             return PathPolicy::default();
         };
         let found = match tls_listener {

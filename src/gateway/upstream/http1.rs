@@ -830,7 +830,10 @@ mod tests {
     }
 
     fn encoded(method: Method, target: &str, headers: &HeaderMap, body_len: Option<usize>) -> String {
-        let client = crate::gateway::http::client::Client::new(80, "10.0.0.7:1000".parse().expect("addr"));
+        let client = crate::gateway::http::client::Client::new(
+            "0.0.0.0:80".parse().expect("addr"),
+            "10.0.0.7:1000".parse().expect("addr"),
+        );
         let mut with_id = headers.clone();
         // A fixed request id keeps the expected heads readable.
         with_id.insert(

@@ -44,6 +44,11 @@ pub struct GatewayArgs {
     /// Log one line per request (target microgate::access; JSON with --log-json).
     #[arg(long, env = "MICROGATE_ACCESS_LOG")]
     pub access_log: bool,
+    /// Give each Gateway API Gateway an address of its own from this range, so that Gateways
+    /// may share a port (the addresses must be local to the machine, e.g. a range routed to
+    /// it); without it, every Gateway listens on --listen-address.
+    #[arg(long, env = "MICROGATE_GATEWAY_ADDRESSES")]
+    pub gateway_addresses: Option<ipnet::IpNet>,
     /// Threads serving traffic, each with its own listening sockets (default: one per CPU the
     /// process may use).
     #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -66,6 +71,11 @@ pub struct RunArgs {
     /// Log one line per request (target microgate::access; JSON with --log-json).
     #[arg(long, env = "MICROGATE_ACCESS_LOG")]
     pub access_log: bool,
+    /// Give each Gateway API Gateway an address of its own from this range, so that Gateways
+    /// may share a port (the addresses must be local to the machine, e.g. a range routed to
+    /// it); without it, every Gateway listens on --listen-address.
+    #[arg(long, env = "MICROGATE_GATEWAY_ADDRESSES")]
+    pub gateway_addresses: Option<ipnet::IpNet>,
     /// Threads serving traffic, each with its own listening sockets (default: one per CPU the
     /// process may use).
     #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]

@@ -164,6 +164,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 .workers
                 .map_or_else(gateway::workers::default_count, usize::from),
             client_timeouts: Default::default(),
+            gateway_addresses: args.gateway_addresses,
         },
         gateway_metrics,
         shutdown_signal(),
@@ -208,6 +209,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
             .workers
             .map_or_else(gateway::workers::default_count, usize::from),
         client_timeouts: Default::default(),
+        gateway_addresses: args.gateway_addresses,
     };
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}

@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod gateway;
+pub mod gateway_api;
 pub mod microservice;
 pub mod policy;
 

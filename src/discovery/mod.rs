@@ -8,6 +8,7 @@
 pub mod endpoint;
 pub mod metrics;
 pub mod registry;
+pub mod slices;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

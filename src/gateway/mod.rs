@@ -24,6 +24,7 @@ pub mod status;
 pub mod table;
 pub mod tls;
 pub mod upstream;
+pub mod watches;
 pub mod workers;
 
 use std::{
@@ -45,7 +46,7 @@ use tokio::sync::Notify;
 pub use metrics::GatewayMetrics;
 
 use crate::{
-    api::{Gateway, Microservice},
+    api::{self, Gateway, Microservice},
     discovery::{Registry, ServiceKey},
 };
 
@@ -62,6 +63,9 @@ pub struct Options {
     pub workers: usize,
     /// How long clients may take to send a request's head and to read a response.
     pub client_timeouts: listen::ClientTimeouts,
+    /// The range Gateway API Gateways take an address each from (see
+    /// [`compile::addresses`]); `None`: they all listen on `listen_address`.
+    pub gateway_addresses: Option<ipnet::IpNet>,
 }
 
 /// What a gateway's readiness waits for (see [`Options::on_programmed`]).
@@ -98,6 +102,14 @@ pub async fn run(
         ),
     };
     let status_client = client.clone();
+    // The Gateway API is a second front end, watched only where its CRDs are installed.
+    let (kube_stores, watch_gateway_api) = if watches::installed(&client).await {
+        let (stores, run) =
+            watches::GatewayApiWatches::start(client.clone(), namespace.as_deref(), changed.clone());
+        (Some(stores), run)
+    } else {
+        (None, futures::future::pending().boxed())
+    };
     let (gateway_api, microservice_api, secret_api) = api(client);
     let watch_gateways = {
         let changed = changed.clone();
@@ -155,7 +167,12 @@ pub async fn run(
     let program = async {
         tokio::pin!(shutdown);
         tokio::select! {
-            _ = async { tokio::join!(gateways.wait_until_ready(), secrets.wait_until_ready()) } => {}
+            _ = async {
+                let _ = tokio::join!(gateways.wait_until_ready(), secrets.wait_until_ready());
+                if let Some(stores) = &kube_stores {
+                    stores.wait_until_ready().await;
+                }
+            } => {}
             () = &mut shutdown => return,
         }
         loop {
@@ -173,20 +190,28 @@ pub async fn run(
                 .collect();
             let previous = table.load_full();
             let all_gateways = gateways.state();
+            let kube = kube_stores.as_ref().map(KubeSnapshot::take);
+            let kube_addresses = kube
+                .as_ref()
+                .map(|k| k.addresses(options.gateway_addresses, options.listen_address))
+                .unwrap_or_default();
+            let kube_resources = kube.as_ref().map(|k| k.resources(&kube_addresses));
+            let mut wanted = compile::microgate::certificate_refs(&all_gateways);
+            if let Some(resources) = &kube_resources {
+                wanted.extend(compile::gateway_api::certificate_refs(resources));
+            }
             certificates.refresh(
-                compile::microgate::certificate_refs(&all_gateways),
+                wanted,
                 |key| secrets.get(&ObjectRef::new(&key.name).within(&key.namespace)),
                 std::time::SystemTime::now(),
             );
-            let compiled = compile::microgate::compile(
-                &all_gateways,
-                options.listen_address,
-                &services,
-                &registry,
-                &metrics,
-                &certificates,
-                Some(&previous),
-            );
+            let mut builder =
+                compile::TableBuilder::new(&services, &registry, &metrics, &certificates, Some(&previous));
+            compile::microgate::add(&mut builder, &all_gateways, options.listen_address);
+            let kube_report = kube_resources
+                .as_ref()
+                .map(|resources| compile::gateway_api::compile(&mut builder, resources));
+            let compiled = builder.finish();
             let addresses: Vec<SocketAddr> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));
             listeners.set_addresses(addresses.into_iter()).await;
@@ -198,7 +223,7 @@ pub async fn run(
             }
             let served = table.load();
             for gateway in &all_gateways {
-                status::report(
+                status::microgate::report(
                     &status_client,
                     gateway,
                     options.listen_address,
@@ -207,6 +232,9 @@ pub async fn run(
                     &certificates,
                 )
                 .await;
+            }
+            if let Some(report) = &kube_report {
+                status::gateway_api::report(&status_client, report, &listeners).await;
             }
             tokio::select! {
                 () = changed.notified() => {}
@@ -223,6 +251,7 @@ pub async fn run(
         () = watch_gateways => {}
         () = watch_microservices => {}
         () = watch_secrets => {}
+        () = watch_gateway_api => {}
         () = program => {}
     }
     Ok(())
@@ -244,3 +273,65 @@ async fn close_expired_idle_connections(table: Arc<ArcSwap<table::RouteTable>>) 
 
 /// The field manager of the data plane's status writes (the controller's is `microgate`).
 pub const STATUS_FIELD_MANAGER: &str = "microgate-gateway";
+
+/// The Gateway API's resources as the stores hold them at one compile.
+struct KubeSnapshot {
+    classes: Vec<Arc<api::gateway_api::GatewayClass>>,
+    gateways: Vec<Arc<api::gateway_api::KubeGateway>>,
+    routes: Vec<Arc<api::gateway_api::HTTPRoute>>,
+    grants: Vec<Arc<api::gateway_api::ReferenceGrant>>,
+    services: Vec<Arc<k8s_openapi::api::core::v1::Service>>,
+    slices: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
+}
+
+impl KubeSnapshot {
+    fn take(stores: &watches::GatewayApiWatches) -> Self {
+        Self {
+            classes: stores.classes.state(),
+            gateways: stores.gateways.state(),
+            routes: stores.routes.state(),
+            grants: stores.grants.state(),
+            services: stores.services.state(),
+            slices: stores.slices.state(),
+            namespaces: stores.namespaces.state(),
+        }
+    }
+
+    /// Where each of microgate's Gateways listens.
+    fn addresses(
+        &self,
+        range: Option<ipnet::IpNet>,
+        listen_address: IpAddr,
+    ) -> std::collections::BTreeMap<compile::gateway_api::ObjectKey, IpAddr> {
+        let ours: std::collections::BTreeSet<String> = self
+            .classes
+            .iter()
+            .filter(|c| c.spec.controller_name == api::gateway_api::CONTROLLER_NAME)
+            .map(|c| c.name_any())
+            .collect();
+        let mut gateways: Vec<_> = self
+            .gateways
+            .iter()
+            .filter(|g| ours.contains(&g.spec.gateway_class_name))
+            .collect();
+        gateways.sort_by_key(|g| (g.creation_timestamp(), g.namespace(), g.name_any()));
+        compile::addresses::allocate(&gateways, range, listen_address)
+    }
+
+    fn resources<'a>(
+        &'a self,
+        addresses: &'a std::collections::BTreeMap<compile::gateway_api::ObjectKey, IpAddr>,
+    ) -> compile::gateway_api::Resources<'a> {
+        compile::gateway_api::Resources {
+            classes: &self.classes,
+            gateways: &self.gateways,
+            routes: &self.routes,
+            grants: &self.grants,
+            services: &self.services,
+            slices: &self.slices,
+            namespaces: &self.namespaces,
+            addresses,
+        }
+    }
+}

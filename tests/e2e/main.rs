@@ -119,6 +119,7 @@ impl Platform {
                 on_programmed: None,
                 workers,
                 client_timeouts,
+                gateway_addresses: None,
             },
             metrics,
             shutdown,

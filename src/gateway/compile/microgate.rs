@@ -74,12 +74,17 @@ pub fn compile(
     previous: Option<&RouteTable>,
 ) -> RouteTable {
     let mut builder = TableBuilder::new(services, registry, metrics, certificates, previous);
+    add(&mut builder, gateways, address);
+    builder.finish()
+}
+
+/// Adds `gateways`, whose listeners all listen on `address`, to the table being built.
+pub fn add(builder: &mut TableBuilder<'_>, gateways: &[Arc<Gateway>], address: IpAddr) {
     let mut gateways: Vec<_> = gateways.iter().collect();
     gateways.sort_by_key(|g| (g.namespace(), g.name_any()));
     for gateway in gateways {
-        add_gateway(&mut builder, gateway, address);
+        add_gateway(builder, gateway, address);
     }
-    builder.finish()
 }
 
 fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAddr) {
@@ -122,7 +127,7 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAdd
             .iter()
             .filter(|b| b.weight > 0)
             .map(|b| Backend {
-                upstream: builder.upstream(&ServiceKey::new(&namespace, &b.microservice)),
+                upstream: Some(builder.upstream(&ServiceKey::new(&namespace, &b.microservice))),
                 weight: u32::try_from(b.weight).unwrap_or(0),
             })
             .collect();
@@ -130,6 +135,7 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAdd
             scheme: r.scheme,
             hostname: r.hostname.clone(),
             port: r.port.and_then(|p| u16::try_from(p).ok()),
+            path: None,
             status: u16::try_from(r.status_code)
                 .ok()
                 .and_then(|code| http::StatusCode::from_u16(code).ok())
@@ -150,6 +156,10 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAdd
                 .map(|d| d.get()),
             retry,
             budget,
+            no_backend: http::StatusCode::SERVICE_UNAVAILABLE,
+            request_headers: None,
+            response_headers: None,
+            rewrite: None,
         });
         for (listener_id, local, listener) in &served {
             if !route.listeners.is_empty() && !route.listeners.contains(&listener.name) {

@@ -4,6 +4,8 @@
 //! building each backend's upstream from the registry, and carrying live state over from the
 //! previous table. The request path never sees a front end, only the table.
 
+pub mod addresses;
+pub mod gateway_api;
 pub mod microgate;
 
 use std::{
@@ -19,7 +21,7 @@ use super::{
     metrics::{GatewayMetrics, RouteMetrics},
     policy::{client_ip::TrustedProxies, path::PathPolicy},
     retry::RetryBudget,
-    table::{Attached, DEFAULT_MAX_CONNECTIONS, HashOn, HostPattern, RouteTable, Upstream},
+    table::{Attached, DEFAULT_MAX_CONNECTIONS, HashOn, HostPattern, RouteTable, Upstream, UpstreamKey},
     tls::{self, CertificateStore, SecretKey, TlsListener, TlsPort},
     upstream::CircuitBreaker,
 };
@@ -29,7 +31,7 @@ use crate::{
         microservice::Protocol,
         policy::{LoadBalancerPolicy, RetryPolicy, TrafficPolicy},
     },
-    discovery::{Registry, ServiceKey},
+    discovery::{Endpoint, Registry, ServiceKey},
 };
 
 /// TLS sessions each HTTPS listener remembers for resumption.
@@ -228,6 +230,11 @@ impl<'a> TableBuilder<'a> {
         budget
     }
 
+    /// The certificates the listeners may use.
+    pub fn certificates(&self) -> &CertificateStore {
+        self.certificates
+    }
+
     /// The metrics of route `id`.
     pub fn route_metrics(&self, id: &str) -> RouteMetrics {
         self.metrics.route(id)
@@ -235,21 +242,58 @@ impl<'a> TableBuilder<'a> {
 
     /// The upstream of the Microservice `key`, one per table however many routes send to it.
     pub fn upstream(&mut self, key: &ServiceKey) -> Arc<Upstream> {
-        if let Some(upstream) = self.table.upstreams.get(key) {
+        let upstream_key = UpstreamKey::Microservice(key.clone());
+        if let Some(upstream) = self.table.upstreams.get(&upstream_key) {
             return upstream.clone();
         }
-        let upstream = Arc::new(self.build_upstream(key));
-        self.table.upstreams.insert(key.clone(), upstream.clone());
+        let defaults = ServiceSettings::default();
+        let settings = self.services.get(key).unwrap_or(&defaults).clone();
+        let snapshot = self.registry.snapshot(key);
+        let ready: Vec<_> = snapshot.ready().cloned().collect();
+        self.insert_upstream(upstream_key, key, &settings, &ready)
+    }
+
+    /// The upstream of port `port` of the Kubernetes Service `key`, over `endpoints` (read off
+    /// its EndpointSlices), with the default traffic policy.
+    pub fn service_upstream(
+        &mut self,
+        key: &ServiceKey,
+        port: u16,
+        endpoints: &[Endpoint],
+        protocol: Protocol,
+    ) -> Arc<Upstream> {
+        let upstream_key = UpstreamKey::ServicePort(key.clone(), port);
+        if let Some(upstream) = self.table.upstreams.get(&upstream_key) {
+            return upstream.clone();
+        }
+        let settings = ServiceSettings {
+            protocol,
+            ..ServiceSettings::default()
+        };
+        self.insert_upstream(upstream_key, key, &settings, endpoints)
+    }
+
+    fn insert_upstream(
+        &mut self,
+        upstream_key: UpstreamKey,
+        service: &ServiceKey,
+        settings: &ServiceSettings,
+        ready: &[Endpoint],
+    ) -> Arc<Upstream> {
+        let upstream = Arc::new(self.build_upstream(&upstream_key, service, settings, ready));
+        self.table.upstreams.insert(upstream_key, upstream.clone());
         upstream
     }
 
-    fn build_upstream(&self, key: &ServiceKey) -> Upstream {
-        let defaults = ServiceSettings::default();
-        let settings = self.services.get(key).unwrap_or(&defaults);
+    fn build_upstream(
+        &self,
+        key: &UpstreamKey,
+        service: &ServiceKey,
+        settings: &ServiceSettings,
+        ready: &[Endpoint],
+    ) -> Upstream {
         let policy = &settings.traffic;
         let http2 = matches!(settings.protocol, Protocol::Http2 | Protocol::Grpc);
-        let snapshot = self.registry.snapshot(key);
-        let ready: Vec<_> = snapshot.ready().cloned().collect();
         let previous = self.previous.and_then(|p| p.upstreams.get(key));
         let hash_on = match (
             &policy.load_balancer.policy,
@@ -272,10 +316,10 @@ impl<'a> TableBuilder<'a> {
         };
         let limits = previous.map(|u| u.limits.clone()).unwrap_or_default();
         Upstream {
-            service: key.clone(),
+            service: service.clone(),
             pool: Pool::new(
                 policy.load_balancer.policy,
-                &ready,
+                ready,
                 previous.map(|u| &u.pool),
                 &limits,
             ),

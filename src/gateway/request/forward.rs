@@ -33,24 +33,35 @@ use crate::{
         policy::client_ip::ClientIp,
         random::random_below,
         retry::{self, Failure},
-        table::{HashOn, Route, Upstream},
+        table::{Backend, HashOn, Rewrite, Route, Upstream},
         upstream::{self, Limits, UpstreamBody, UpstreamError},
     },
 };
 
 impl Proxy {
     /// Forwards `request` along `route` (which has backends), within the route's timeout
-    /// counted from `started`, retrying as its policy and budget allow.
+    /// counted from `started`, retrying as its policy and budget allow. `matched_prefix`: what
+    /// the entry's `PathPrefix` match matched, for a rewrite that replaces it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn forward<B: ClientBody>(
         &self,
         route: &Route,
+        matched_prefix: Option<&str>,
         client: &Client,
         origin: ClientIp,
         host: Option<&str>,
         started: Instant,
         request: Request<B>,
     ) -> Response<ResponseBody> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        if let Some(edit) = &route.request_headers {
+            edit.apply(&mut parts.headers);
+        }
+        if let Some(rewrite) = &route.rewrite
+            && let Some(refused) = apply_rewrite(rewrite, matched_prefix, &mut parts)
+        {
+            return refused;
+        }
         let Ok(body) = RequestBody::read(body).await else {
             return local(
                 StatusCode::BAD_REQUEST,
@@ -63,11 +74,18 @@ impl Proxy {
         if policy.is_some() {
             route.budget.deposit();
         }
-        let Some(upstream) = pick_backend(route) else {
+        let Some(backend) = pick_backend(route) else {
             return local(
-                StatusCode::SERVICE_UNAVAILABLE,
+                route.no_backend,
                 "no-backend",
                 "the route has no backend with weight",
+            );
+        };
+        let Some(upstream) = &backend.upstream else {
+            return local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backend-not-found",
+                "the backend the route picked does not resolve (see the route's status)",
             );
         };
         let Some(_admitted) = Admission::enter(&upstream.limits, upstream.breaker.max_requests) else {
@@ -421,18 +439,54 @@ impl From<Result<Response<UpstreamBody>, UpstreamError>> for Attempt {
 }
 
 /// One of the route's backends, chosen by weight.
-fn pick_backend(route: &Route) -> Option<&Arc<Upstream>> {
+fn pick_backend(route: &Route) -> Option<&Backend> {
     if route.total_weight == 0 {
         return None;
     }
     let mut ticket = random_below(route.total_weight as usize) as u32;
     for backend in &route.backends {
         if ticket < backend.weight {
-            return Some(&backend.upstream);
+            return Some(backend);
         }
         ticket -= backend.weight;
     }
-    route.backends.last().map(|b| &b.upstream)
+    route.backends.last()
+}
+
+/// Applies a route's URL rewrite: the Host header, and the path (the query stays). The answer
+/// to give instead, if the rewritten path is not a valid URI.
+fn apply_rewrite(
+    rewrite: &Rewrite,
+    matched_prefix: Option<&str>,
+    parts: &mut Parts,
+) -> Option<Response<ResponseBody>> {
+    if let Some(hostname) = &rewrite.hostname {
+        parts.headers.insert(header::HOST, hostname.clone());
+        if parts.uri.authority().is_some() {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.scheme = None;
+            uri.authority = None;
+            parts.uri = Uri::from_parts(uri).unwrap_or_default();
+        }
+    }
+    if let Some(path) = &rewrite.path {
+        let rewritten = path.apply(parts.uri.path(), matched_prefix);
+        let target = match parts.uri.query() {
+            Some(query) => format!("{rewritten}?{query}"),
+            None => rewritten,
+        };
+        let Ok(target) = PathAndQuery::try_from(target) else {
+            return Some(local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bad-rewrite",
+                "the rewritten path is not a valid URI",
+            ));
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(target);
+        parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    }
+    None
 }
 
 /// The consistent-hash key of a request, as the upstream's policy takes it.

@@ -18,8 +18,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header, uri::Authority};
 
-use respond::redirect_response;
 pub use respond::{ResponseBody, local, take_wire_headers};
+use respond::{edit_response_headers, redirect_response};
 use route::{find_route, normalize_target, same_host};
 
 use super::{
@@ -117,11 +117,30 @@ impl Proxy {
                                     .and_then(|h| Authority::try_from(h.as_bytes()).ok())
                                     .and_then(|a| a.port_u16())
                             });
-                            redirect_response(redirect, client, host.as_deref(), named_port, request.uri())
+                            redirect_response(
+                                redirect,
+                                client,
+                                host.as_deref(),
+                                named_port,
+                                request.uri(),
+                                attached
+                                    .request_match()
+                                    .and_then(|m| m.path.as_ref())
+                                    .and_then(|p| p.prefix()),
+                            )
                         }
                         None => {
-                            self.forward(route, client, origin, host.as_deref(), started, request)
-                                .await
+                            let prefix = attached
+                                .request_match()
+                                .and_then(|m| m.path.as_ref())
+                                .and_then(|p| p.prefix());
+                            let mut response = self
+                                .forward(route, prefix, client, origin, host.as_deref(), started, request)
+                                .await;
+                            if let Some(edit) = &route.response_headers {
+                                edit_response_headers(&mut response, edit);
+                            }
+                            response
                         }
                     };
                     (route.id.as_str(), &route.metrics, response)

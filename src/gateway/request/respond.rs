@@ -1,6 +1,8 @@
 //! The respond phase: what the client gets back, whether an endpoint answered or the gateway
 //! answers itself (an error, a redirect).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, Uri, header};
 use http_body_util::Either;
@@ -9,7 +11,7 @@ use crate::{
     api::gateway::RedirectScheme,
     gateway::{
         http::{body::Whole, client::Client, forwarding::strip_hop_by_hop, wire::WireHeaders},
-        table::Redirect,
+        table::{HeaderEdit, Redirect},
         upstream::UpstreamBody,
     },
 };
@@ -33,6 +35,7 @@ pub(super) fn redirect_response(
     host: Option<&str>,
     named_port: Option<u16>,
     uri: &Uri,
+    matched_prefix: Option<&str>,
 ) -> Response<ResponseBody> {
     let scheme = match redirect.scheme {
         Some(RedirectScheme::Https) => "https",
@@ -55,7 +58,16 @@ pub(super) fn redirect_response(
         None => named_port,
     };
     let port = port.filter(|p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = match &redirect.path {
+        Some(rewrite) => {
+            let path = rewrite.apply(uri.path(), matched_prefix);
+            match uri.query() {
+                Some(query) => Cow::Owned(format!("{path}?{query}")),
+                None => Cow::Owned(path),
+            }
+        }
+        None => Cow::Borrowed(uri.path_and_query().map_or("/", |p| p.as_str())),
+    };
     let location = match port {
         Some(port) => format!("{scheme}://{hostname}:{port}{path}"),
         None => format!("{scheme}://{hostname}{path}"),
@@ -71,6 +83,16 @@ pub(super) fn redirect_response(
     *response.status_mut() = redirect.status;
     response.headers_mut().insert(header::LOCATION, location);
     response
+}
+
+/// Applies a route's response header filter. An HTTP/1.1 endpoint's headers travel in wire
+/// form beside the body (see [`WireHeaders`]); they move into the map first, so that the edit
+/// sees them all.
+pub(super) fn edit_response_headers(response: &mut Response<ResponseBody>, edit: &HeaderEdit) {
+    if let Some(wire) = take_wire_headers(response.body_mut()) {
+        wire.append_to(response.headers_mut());
+    }
+    edit.apply(response.headers_mut());
 }
 
 /// An endpoint's answer as the client gets it: without the endpoint's hop-by-hop headers.
@@ -103,6 +125,7 @@ mod tests {
             scheme,
             hostname: hostname.map(str::to_owned),
             port,
+            path: None,
             status: StatusCode::MOVED_PERMANENTLY,
         }
     }
@@ -114,7 +137,7 @@ mod tests {
         named_port: Option<u16>,
     ) -> (StatusCode, String) {
         let uri: Uri = "/a/b?c=1".parse().expect("a path");
-        let response = redirect_response(redirect, client, host, named_port, &uri);
+        let response = redirect_response(redirect, client, host, named_port, &uri, None);
         let location = response
             .headers()
             .get(header::LOCATION)

@@ -17,6 +17,14 @@ pub enum PathMatcher {
 }
 
 impl PathMatcher {
+    /// The prefix of a `PathPrefix` match.
+    pub fn prefix(&self) -> Option<&str> {
+        match self {
+            PathMatcher::Prefix(prefix) => Some(prefix),
+            _ => None,
+        }
+    }
+
     /// The matcher for a route's path match; an invalid regular expression is an error.
     pub fn compile(kind: PathMatchType, value: &str) -> Result<Self, regex::Error> {
         Ok(match kind {

@@ -44,9 +44,18 @@ pub enum HashOn {
     SourceIp,
 }
 
-/// One Microservice as routes send to it: its endpoints' pool and its hash key.
+/// What an upstream is made of: a Microservice's endpoints, or those of one port of a
+/// Kubernetes Service (the Gateway API's backends).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamKey {
+    Microservice(ServiceKey),
+    ServicePort(ServiceKey, u16),
+}
+
+/// One Microservice (or Service port) as routes send to it: its endpoints' pool and its hash key.
 #[derive(Debug)]
 pub struct Upstream {
+    /// The Microservice or Service, for messages and metrics.
     pub service: ServiceKey,
     pub pool: Pool,
     pub hash_on: Option<HashOn>,
@@ -61,7 +70,8 @@ pub struct Upstream {
 
 #[derive(Debug)]
 pub struct Backend {
-    pub upstream: Arc<Upstream>,
+    /// `None`: a reference that does not resolve; its share of requests is answered 500.
+    pub upstream: Option<Arc<Upstream>>,
     pub weight: u32,
 }
 
@@ -71,7 +81,64 @@ pub struct Redirect {
     pub scheme: Option<RedirectScheme>,
     pub hostname: Option<String>,
     pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
     pub status: http::StatusCode,
+}
+
+/// How a filter replaces a request's path.
+#[derive(Clone, Debug)]
+pub enum PathRewrite {
+    Full(String),
+    /// The part the entry's `PathPrefix` match matched is replaced.
+    Prefix(String),
+}
+
+impl PathRewrite {
+    /// `path` with the replacement: the whole of it, or the part `matched_prefix` matched.
+    pub fn apply(&self, path: &str, matched_prefix: Option<&str>) -> String {
+        match self {
+            PathRewrite::Full(replacement) => replacement.clone(),
+            PathRewrite::Prefix(replacement) => {
+                let prefix = matched_prefix.unwrap_or("/").trim_end_matches('/');
+                let rest = path.get(prefix.len()..).unwrap_or("");
+                let replacement = replacement.trim_end_matches('/');
+                match (replacement.is_empty(), rest.is_empty()) {
+                    (true, true) => "/".to_owned(),
+                    (true, false) => rest.to_owned(),
+                    (false, _) => format!("{replacement}{rest}"),
+                }
+            }
+        }
+    }
+}
+
+/// What a route changes of a request before sending it on.
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    pub hostname: Option<http::HeaderValue>,
+    pub path: Option<PathRewrite>,
+}
+
+/// Headers a filter sets (replacing), adds (beside the ones there) and removes.
+#[derive(Debug, Default)]
+pub struct HeaderEdit {
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderEdit {
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -88,6 +155,12 @@ pub struct Route {
     pub retry: Option<RetryPolicy>,
     pub budget: Arc<RetryBudget>,
     pub metrics: RouteMetrics,
+    /// The answer when no backend has weight: 503 for a microgate.dev route, 500 for an
+    /// HTTPRoute, as the Gateway API asks.
+    pub no_backend: http::StatusCode,
+    pub request_headers: Option<HeaderEdit>,
+    pub response_headers: Option<HeaderEdit>,
+    pub rewrite: Option<Rewrite>,
 }
 
 /// One of a route's matches as one listener serves it: the listener's hostnames must match too.
@@ -153,17 +226,13 @@ pub struct RouteTable {
     pub max_connections: BTreeMap<SocketAddr, usize>,
     /// The listeners whose path normalization is not the default, by port, with their ids.
     pub(crate) path_policies: BTreeMap<SocketAddr, Vec<(Arc<str>, PathPolicy)>>,
-    pub(crate) upstreams: HashMap<ServiceKey, Arc<Upstream>>,
+    pub(crate) upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
     pub(crate) budgets: HashMap<String, Arc<RetryBudget>>,
     /// Each HTTPS listener's session cache, kept across tables so that sessions stay resumable.
     pub(crate) tls_sessions: HashMap<Arc<str>, Arc<dyn StoresServerSessions>>,
 }
 
 impl RouteTable {
-    pub fn upstream(&self, key: &ServiceKey) -> Option<&Arc<Upstream>> {
-        self.upstreams.get(key)
-    }
-
     /// Every endpoint of every Microservice the table routes to.
     pub fn endpoints(&self) -> impl Iterator<Item = &Arc<EndpointState>> {
         self.upstreams

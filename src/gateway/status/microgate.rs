@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 use kube::{Api, Client, ResourceExt};
 
-use super::{
+use crate::gateway::{
     STATUS_FIELD_MANAGER,
     compile::microgate::listener_id,
     listen::Listeners,
@@ -127,7 +127,7 @@ pub async fn report(
 
 /// Whether `conditions` holds `condition` as it is (transition time aside: it only moves when
 /// the status does).
-fn same_condition(conditions: &[Condition], condition: &Condition) -> bool {
+pub(super) fn same_condition(conditions: &[Condition], condition: &Condition) -> bool {
     conditions.iter().any(|c| {
         c.type_ == condition.type_
             && c.status == condition.status

@@ -1,0 +1,1025 @@
+//! The Kubernetes Gateway API front end: GatewayClasses whose controller is microgate's, their
+//! Gateways, the HTTPRoutes attached to them and the ReferenceGrants that let references cross
+//! namespaces, with Services (through their EndpointSlices) as backends. Besides adding to the
+//! table, it decides every condition the specification defines, in a [`Report`] the status
+//! writer publishes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::ResourceExt;
+
+use super::{ListenerSettings, ListenerTls, TableBuilder};
+use crate::{
+    api::{
+        gateway::{PathMatchType, TlsVersion},
+        gateway_api::{
+            CONTROLLER_NAME, GROUP, GatewayClass, HTTPRoute, HeaderModifier, HttpRouteFilter, HttpRouteMatch,
+            HttpRouteRule, KubeGateway, Listener, ObjectReference, ParentReference, PathModifier,
+            ReferenceGrant, RouteGroupKind,
+        },
+        microservice::Protocol,
+        policy::RetryPolicy,
+    },
+    controller::conditions::Desired,
+    discovery::{ServiceKey, slices},
+    gateway::{
+        policy::path::PathPolicy,
+        table::{
+            Attached, Backend, HeaderEdit, HostPattern, PathRewrite, Redirect, Rewrite, Route,
+            matching::{PathMatcher, RequestMatch},
+        },
+        tls::SecretKey,
+    },
+};
+
+/// The features microgate claims in each GatewayClass's `status.supportedFeatures`: those the
+/// conformance suite passes (see `conformance/`).
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "HTTPRoute",
+    "ReferenceGrant",
+    "GatewayPort8080",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "HTTPRouteBackendTimeout",
+];
+
+/// Condition types and reasons, as the Gateway API spells them.
+pub mod reason {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const PROGRAMMED: &str = "Programmed";
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    pub const CONFLICTED: &str = "Conflicted";
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+    pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
+    pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+    pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
+    pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
+    pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
+    pub const NO_CONFLICTS: &str = "NoConflicts";
+    pub const INVALID: &str = "Invalid";
+    pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
+    pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
+    pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
+    pub const INVALID_KIND: &str = "InvalidKind";
+    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
+    pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
+}
+
+/// A namespaced object's namespace and name.
+pub type ObjectKey = (String, String);
+
+/// The Gateway API's resources as the watches hold them, and each Gateway's address.
+pub struct Resources<'a> {
+    pub classes: &'a [Arc<GatewayClass>],
+    pub gateways: &'a [Arc<KubeGateway>],
+    pub routes: &'a [Arc<HTTPRoute>],
+    pub grants: &'a [Arc<ReferenceGrant>],
+    pub services: &'a [Arc<Service>],
+    pub slices: &'a [Arc<EndpointSlice>],
+    pub namespaces: &'a [Arc<Namespace>],
+    /// Where each Gateway listens (see `gateway::addresses`); one without is not programmed.
+    pub addresses: &'a BTreeMap<ObjectKey, IpAddr>,
+}
+
+/// Every condition the front end decided, for the status writer.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The GatewayClasses microgate serves.
+    pub classes: Vec<Arc<GatewayClass>>,
+    pub gateways: Vec<GatewayReport>,
+    pub routes: Vec<RouteReport>,
+}
+
+#[derive(Debug)]
+pub struct GatewayReport {
+    pub gateway: Arc<KubeGateway>,
+    pub address: Option<IpAddr>,
+    pub accepted: Desired,
+    pub listeners: Vec<ListenerReport>,
+}
+
+#[derive(Debug)]
+pub struct ListenerReport {
+    pub name: String,
+    /// Where it listens, when it is served.
+    pub local: Option<SocketAddr>,
+    pub supported_kinds: Vec<RouteGroupKind>,
+    pub attached_routes: i32,
+    /// Accepted, ResolvedRefs and Conflicted; the writer adds Programmed once it knows whether
+    /// the address was bound.
+    pub conditions: Vec<Desired>,
+    /// Why the table does not serve it, if it does not.
+    pub not_served: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct RouteReport {
+    pub route: Arc<HTTPRoute>,
+    /// Per parent of microgate's that the route names: its conditions.
+    pub parents: Vec<(ParentReference, Vec<Desired>)>,
+}
+
+/// The Secrets the served Gateways' HTTPS listeners may use (those a ReferenceGrant lets them).
+pub fn certificate_refs(resources: &Resources<'_>) -> Vec<SecretKey> {
+    let classes = our_classes(resources.classes);
+    let mut refs = Vec::new();
+    for gateway in resources.gateways {
+        if !classes.contains(gateway.spec.gateway_class_name.as_str()) {
+            continue;
+        }
+        let namespace = gateway.namespace().unwrap_or_default();
+        for listener in &gateway.spec.listeners {
+            for reference in listener.tls.iter().flat_map(|t| &t.certificate_refs) {
+                if let Ok(key) = secret_key(reference, &namespace, resources.grants) {
+                    refs.push(key);
+                }
+            }
+        }
+    }
+    refs
+}
+
+/// How the table names a Gateway API listener: apart from microgate.dev's by the group.
+pub fn listener_id(gateway: &KubeGateway, listener: &Listener) -> Arc<str> {
+    format!(
+        "{GROUP}/{}/{}/{}",
+        gateway.namespace().unwrap_or_default(),
+        gateway.name_any(),
+        listener.name
+    )
+    .into()
+}
+
+fn our_classes(classes: &[Arc<GatewayClass>]) -> BTreeSet<String> {
+    classes
+        .iter()
+        .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
+        .map(|c| c.name_any())
+        .collect()
+}
+
+/// Adds the Gateway API's Gateways and routes to `builder`, and says what became of each.
+pub fn compile(builder: &mut TableBuilder<'_>, resources: &Resources<'_>) -> Report {
+    let classes = our_classes(resources.classes);
+    let mut report = Report {
+        classes: resources
+            .classes
+            .iter()
+            .filter(|c| classes.contains(&c.name_any()))
+            .cloned()
+            .collect(),
+        ..Report::default()
+    };
+    let mut gateways: Vec<&Arc<KubeGateway>> = resources
+        .gateways
+        .iter()
+        .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
+        .collect();
+    gateways.sort_by_key(|g| (g.creation_timestamp(), g.namespace(), g.name_any()));
+    for gateway in gateways {
+        report.gateways.push(add_gateway(builder, gateway, resources));
+    }
+    let mut routes: Vec<&Arc<HTTPRoute>> = resources.routes.iter().collect();
+    // The Gateway API's tie-break between equally specific rules: the oldest route, then by
+    // namespace and name.
+    routes.sort_by_key(|r| (r.creation_timestamp(), r.namespace(), r.name_any()));
+    for route in routes {
+        if let Some(route_report) = add_route(builder, route, resources, &mut report.gateways) {
+            report.routes.push(route_report);
+        }
+    }
+    report
+}
+
+fn add_gateway(
+    builder: &mut TableBuilder<'_>,
+    gateway: &Arc<KubeGateway>,
+    resources: &Resources<'_>,
+) -> GatewayReport {
+    let namespace = gateway.namespace().unwrap_or_default();
+    let name = gateway.name_any();
+    let address = resources
+        .addresses
+        .get(&(namespace.clone(), name.clone()))
+        .copied();
+    let mut report = GatewayReport {
+        gateway: gateway.clone(),
+        address,
+        accepted: Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted"),
+        listeners: Vec::new(),
+    };
+    if let Some(parameters) = gateway
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    {
+        report.accepted = Desired::new(
+            reason::ACCEPTED,
+            false,
+            reason::INVALID_PARAMETERS,
+            format!(
+                "infrastructure.parametersRef {}/{} {}: microgate takes no parameters",
+                parameters.group, parameters.kind, parameters.name
+            ),
+        );
+        return report;
+    }
+    let conflicts = conflicts(&gateway.spec.listeners);
+    for listener in &gateway.spec.listeners {
+        let id = listener_id(gateway, listener);
+        let mut listener_report = ListenerReport {
+            name: listener.name.clone(),
+            local: None,
+            supported_kinds: Vec::new(),
+            attached_routes: 0,
+            conditions: Vec::new(),
+            not_served: None,
+        };
+        let https = match listener.protocol.as_str() {
+            "HTTP" => false,
+            "HTTPS" => true,
+            other => {
+                listener_report.conditions.push(Desired::new(
+                    reason::ACCEPTED,
+                    false,
+                    reason::UNSUPPORTED_PROTOCOL,
+                    format!("protocol {other} is not supported: HTTP and HTTPS are"),
+                ));
+                listener_report.not_served = Some(format!("protocol {other} is not supported"));
+                report.listeners.push(listener_report);
+                continue;
+            }
+        };
+        let (kinds, invalid_kinds) = route_kinds(listener);
+        listener_report.supported_kinds = kinds;
+        let mut resolved = if invalid_kinds.is_empty() {
+            Desired::new(
+                reason::RESOLVED_REFS,
+                true,
+                reason::RESOLVED_REFS,
+                "every reference resolved",
+            )
+        } else {
+            Desired::new(
+                reason::RESOLVED_REFS,
+                false,
+                reason::INVALID_ROUTE_KINDS,
+                format!("route kinds not supported: {}", invalid_kinds.join(", ")),
+            )
+        };
+        let mut tls = None;
+        if https {
+            match listener_certificates(listener, &namespace, resources.grants, builder) {
+                Ok(certificates) => {
+                    tls = Some(ListenerTls {
+                        certificates,
+                        min_version: TlsVersion::default(),
+                    })
+                }
+                Err((why_reason, message)) => {
+                    resolved = Desired::new(reason::RESOLVED_REFS, false, why_reason, message.clone());
+                    listener_report.not_served = Some(message);
+                }
+            }
+        }
+        let conflict = conflicts.get(listener.name.as_str()).copied();
+        listener_report
+            .conditions
+            .push(Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted"));
+        listener_report.conditions.push(resolved);
+        listener_report.conditions.push(match conflict {
+            None => Desired::new(reason::CONFLICTED, false, reason::NO_CONFLICTS, "no conflicts"),
+            Some(why) => Desired::new(
+                reason::CONFLICTED,
+                true,
+                why,
+                "another listener of this Gateway holds the port",
+            ),
+        });
+        if conflict.is_some() {
+            listener_report.not_served = Some("conflicts with another listener".to_owned());
+        }
+        let (Some(address), None, Ok(port)) =
+            (address, &listener_report.not_served, u16::try_from(listener.port))
+        else {
+            if address.is_none() && listener_report.not_served.is_none() {
+                listener_report.not_served = Some("the Gateway has no address yet".to_owned());
+            }
+            report.listeners.push(listener_report);
+            continue;
+        };
+        if https && tls.is_none() {
+            report.listeners.push(listener_report);
+            continue;
+        }
+        let local = SocketAddr::new(address, port);
+        let hostnames: Vec<String> = listener.hostname.iter().cloned().collect();
+        let settings = ListenerSettings {
+            id: id.clone(),
+            local,
+            hostnames: &hostnames,
+            tls,
+            trusted_proxies: None,
+            path_policy: PathPolicy::default(),
+            max_connections: None,
+        };
+        match builder.listener(settings) {
+            Ok(()) => listener_report.local = Some(local),
+            Err(why) => listener_report.not_served = Some(why),
+        }
+        report.listeners.push(listener_report);
+    }
+    let valid = report
+        .listeners
+        .iter()
+        .filter(|l| {
+            l.conditions
+                .iter()
+                .all(|c| c.type_ != reason::ACCEPTED || c.status)
+        })
+        .count();
+    if valid < report.listeners.len() {
+        report.accepted = Desired::new(
+            reason::ACCEPTED,
+            valid > 0,
+            reason::LISTENERS_NOT_VALID,
+            format!(
+                "{} of {} listeners are not valid",
+                report.listeners.len() - valid,
+                report.listeners.len()
+            ),
+        );
+    }
+    report
+}
+
+/// The listeners of one Gateway that conflict, by name, with the reason: two protocols on one
+/// port, or one port, protocol and hostname twice.
+fn conflicts(listeners: &[Listener]) -> HashMap<&str, &'static str> {
+    let mut found = HashMap::new();
+    for (i, a) in listeners.iter().enumerate() {
+        for (j, b) in listeners.iter().enumerate() {
+            if i == j || a.port != b.port {
+                continue;
+            }
+            if a.protocol != b.protocol {
+                found.insert(a.name.as_str(), reason::PROTOCOL_CONFLICT);
+            } else if a.hostname == b.hostname {
+                found.entry(a.name.as_str()).or_insert(reason::HOSTNAME_CONFLICT);
+            }
+        }
+    }
+    found
+}
+
+/// The route kinds a listener takes (only HTTPRoute is supported), and those it names that are
+/// not supported.
+fn route_kinds(listener: &Listener) -> (Vec<RouteGroupKind>, Vec<String>) {
+    let http_route = RouteGroupKind {
+        group: Some(GROUP.to_owned()),
+        kind: "HTTPRoute".to_owned(),
+    };
+    let Some(kinds) = listener.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) else {
+        return (vec![http_route], Vec::new());
+    };
+    let mut supported = Vec::new();
+    let mut invalid = Vec::new();
+    for kind in kinds {
+        let group = kind.group.as_deref().unwrap_or(GROUP);
+        if group == GROUP && kind.kind == "HTTPRoute" {
+            if !supported.contains(&http_route) {
+                supported.push(http_route.clone());
+            }
+        } else {
+            invalid.push(format!("{group}/{}", kind.kind));
+        }
+    }
+    (supported, invalid)
+}
+
+/// The Secret a certificate reference names, if the reference may be followed.
+fn secret_key(
+    reference: &ObjectReference,
+    gateway_namespace: &str,
+    grants: &[Arc<ReferenceGrant>],
+) -> Result<SecretKey, (&'static str, String)> {
+    let group = reference.group.as_deref().unwrap_or("");
+    let kind = reference.kind.as_deref().unwrap_or("Secret");
+    if !group.is_empty() || kind != "Secret" {
+        return Err((
+            reason::INVALID_CERTIFICATE_REF,
+            format!("certificateRefs name a {group}/{kind}: only core Secrets hold certificates"),
+        ));
+    }
+    let namespace = reference.namespace.as_deref().unwrap_or(gateway_namespace);
+    if namespace != gateway_namespace
+        && !permitted(
+            grants,
+            GROUP,
+            "Gateway",
+            gateway_namespace,
+            "",
+            "Secret",
+            namespace,
+            &reference.name,
+        )
+    {
+        return Err((
+            reason::REF_NOT_PERMITTED,
+            format!(
+                "no ReferenceGrant in {namespace} lets Gateways of {gateway_namespace} use Secret {}",
+                reference.name
+            ),
+        ));
+    }
+    Ok(SecretKey {
+        namespace: namespace.to_owned(),
+        name: reference.name.clone(),
+    })
+}
+
+/// The certificate Secrets of an HTTPS listener, each valid, or why the listener's references
+/// do not resolve.
+fn listener_certificates(
+    listener: &Listener,
+    namespace: &str,
+    grants: &[Arc<ReferenceGrant>],
+    builder: &TableBuilder<'_>,
+) -> Result<Vec<SecretKey>, (&'static str, String)> {
+    let tls = listener.tls.as_ref().ok_or((
+        reason::INVALID_CERTIFICATE_REF,
+        "an HTTPS listener needs tls.certificateRefs".to_owned(),
+    ))?;
+    if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
+        return Err((
+            reason::INVALID_CERTIFICATE_REF,
+            "tls.mode Passthrough is not supported".to_owned(),
+        ));
+    }
+    if tls.certificate_refs.is_empty() {
+        return Err((
+            reason::INVALID_CERTIFICATE_REF,
+            "an HTTPS listener needs tls.certificateRefs".to_owned(),
+        ));
+    }
+    let mut keys = Vec::new();
+    for reference in &tls.certificate_refs {
+        let key = secret_key(reference, namespace, grants)?;
+        if let Some(problem) = builder.certificates().problem(&key) {
+            return Err((
+                reason::INVALID_CERTIFICATE_REF,
+                format!("Secret {}/{} {problem}", key.namespace, key.name),
+            ));
+        }
+        if builder.certificates().certificate(&key).is_none() {
+            return Err((
+                reason::INVALID_CERTIFICATE_REF,
+                format!("Secret {}/{} holds no valid certificate", key.namespace, key.name),
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// Whether a ReferenceGrant in `to_namespace` lets `from_kind`s of `from_namespace` refer to
+/// the `to_kind` `to_name`.
+#[allow(clippy::too_many_arguments)]
+fn permitted(
+    grants: &[Arc<ReferenceGrant>],
+    from_group: &str,
+    from_kind: &str,
+    from_namespace: &str,
+    to_group: &str,
+    to_kind: &str,
+    to_namespace: &str,
+    to_name: &str,
+) -> bool {
+    grants.iter().any(|grant| {
+        grant.namespace().as_deref() == Some(to_namespace)
+            && grant
+                .spec
+                .from
+                .iter()
+                .any(|f| f.group == from_group && f.kind == from_kind && f.namespace == from_namespace)
+            && grant.spec.to.iter().any(|t| {
+                t.group == to_group && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name)
+            })
+    })
+}
+
+fn add_route(
+    builder: &mut TableBuilder<'_>,
+    route: &Arc<HTTPRoute>,
+    resources: &Resources<'_>,
+    gateways: &mut [GatewayReport],
+) -> Option<RouteReport> {
+    let namespace = route.namespace().unwrap_or_default();
+    let mut report = RouteReport {
+        route: route.clone(),
+        parents: Vec::new(),
+    };
+    // Compiled once, attached under each parent that accepts the route.
+    let (rules, resolved) = compile_rules(builder, route, resources);
+    for parent in &route.spec.parent_refs {
+        let group = parent.group.as_deref().unwrap_or(GROUP);
+        let kind = parent.kind.as_deref().unwrap_or("Gateway");
+        if group != GROUP || kind != "Gateway" {
+            continue;
+        }
+        let parent_namespace = parent.namespace.clone().unwrap_or_else(|| namespace.clone());
+        let Some(gateway_report) = gateways.iter_mut().find(|g| {
+            g.gateway.namespace().as_deref() == Some(parent_namespace.as_str())
+                && g.gateway.name_any() == parent.name
+        }) else {
+            // Not a Gateway of microgate's: its own controller reports.
+            continue;
+        };
+        let accepted = attach(
+            builder,
+            route,
+            &namespace,
+            parent,
+            gateway_report,
+            resources.namespaces,
+            &rules,
+        );
+        report
+            .parents
+            .push((parent.clone(), vec![accepted, resolved.clone()]));
+    }
+    (!report.parents.is_empty()).then_some(report)
+}
+
+/// Attaches the route's compiled rules to the listeners of `gateway` that `parent` names and
+/// that take the route; its Accepted condition under that parent.
+fn attach(
+    builder: &mut TableBuilder<'_>,
+    route: &HTTPRoute,
+    route_namespace: &str,
+    parent: &ParentReference,
+    gateway: &mut GatewayReport,
+    namespaces: &[Arc<Namespace>],
+    rules: &[Arc<Route>],
+) -> Desired {
+    if !gateway.accepted.status {
+        return Desired::new(
+            reason::ACCEPTED,
+            false,
+            reason::NO_MATCHING_PARENT,
+            "the Gateway is not accepted",
+        );
+    }
+    let gateway_namespace = gateway.gateway.namespace().unwrap_or_default();
+    let named: Vec<usize> = gateway
+        .gateway
+        .spec
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|(_, l)| parent.port.is_none_or(|p| p == l.port))
+        .map(|(i, _)| i)
+        .collect();
+    if named.is_empty() {
+        return Desired::new(
+            reason::ACCEPTED,
+            false,
+            reason::NO_MATCHING_PARENT,
+            "no listener of the Gateway has the sectionName and port the parentRef names",
+        );
+    }
+    let allowed: Vec<usize> = named
+        .into_iter()
+        .filter(|i| {
+            let listener = &gateway.gateway.spec.listeners[*i];
+            let kinds_ok = gateway.listeners[*i]
+                .supported_kinds
+                .iter()
+                .any(|k| k.kind == "HTTPRoute");
+            kinds_ok && namespace_allowed(listener, &gateway_namespace, route_namespace, namespaces)
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Desired::new(
+            reason::ACCEPTED,
+            false,
+            reason::NOT_ALLOWED_BY_LISTENERS,
+            "the listeners' allowedRoutes do not take this route",
+        );
+    }
+    let matching: Vec<usize> = allowed
+        .into_iter()
+        .filter(|i| {
+            let listener = &gateway.gateway.spec.listeners[*i];
+            hostnames_intersect(listener.hostname.as_deref(), &route.spec.hostnames)
+        })
+        .collect();
+    if matching.is_empty() {
+        return Desired::new(
+            reason::ACCEPTED,
+            false,
+            reason::NO_MATCHING_LISTENER_HOSTNAME,
+            "no listener's hostname intersects the route's hostnames",
+        );
+    }
+    for i in matching {
+        let listener_report = &mut gateway.listeners[i];
+        listener_report.attached_routes += 1;
+        let Some(local) = listener_report.local else {
+            continue;
+        };
+        let listener = &gateway.gateway.spec.listeners[i];
+        let id = listener_id(&gateway.gateway, listener);
+        let listener_hostnames: Vec<HostPattern> =
+            listener.hostname.iter().map(|h| HostPattern::parse(h)).collect();
+        for rule in rules {
+            let matchers: Vec<Option<usize>> = if rule.matches.is_empty() {
+                vec![None]
+            } else {
+                (0..rule.matches.len()).map(Some).collect()
+            };
+            for matcher in matchers {
+                builder.attach(
+                    local,
+                    Attached {
+                        listener: id.clone(),
+                        listener_hostnames: listener_hostnames.clone(),
+                        route: rule.clone(),
+                        matcher,
+                    },
+                );
+            }
+        }
+    }
+    Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted")
+}
+
+/// Whether a listener's `allowedRoutes.namespaces` takes routes of `route_namespace`.
+fn namespace_allowed(
+    listener: &Listener,
+    gateway_namespace: &str,
+    route_namespace: &str,
+    namespaces: &[Arc<Namespace>],
+) -> bool {
+    let from = listener
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    match from.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+        "All" => true,
+        "Selector" => {
+            let Some(selector) = from.and_then(|n| n.selector.as_ref()) else {
+                return false;
+            };
+            let labels = namespaces
+                .iter()
+                .find(|n| n.name_any() == route_namespace)
+                .map(|n| n.labels().clone())
+                .unwrap_or_default();
+            selector_matches(selector, &labels)
+        }
+        _ => route_namespace == gateway_namespace,
+    }
+}
+
+fn selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+/// Whether a listener's hostname and a route's hostnames have a host in common (no hostname on
+/// either side: any host).
+fn hostnames_intersect(listener: Option<&str>, route: &[String]) -> bool {
+    let Some(listener) = listener else {
+        return true;
+    };
+    if route.is_empty() {
+        return true;
+    }
+    let listener = listener.to_ascii_lowercase();
+    route.iter().any(|hostname| {
+        let hostname = hostname.to_ascii_lowercase();
+        hostname == listener
+            || HostPattern::parse(&listener).matches(&hostname)
+            || HostPattern::parse(&hostname).matches(&listener)
+            || (listener.starts_with("*.") && hostname.starts_with("*.") && {
+                let (a, b) = (&listener[1..], &hostname[1..]);
+                a.ends_with(b) || b.ends_with(a)
+            })
+    })
+}
+
+/// The route's rules in the table's terms (one table route per rule), and its ResolvedRefs
+/// condition: the first reference that does not resolve decides it.
+fn compile_rules(
+    builder: &mut TableBuilder<'_>,
+    route: &HTTPRoute,
+    resources: &Resources<'_>,
+) -> (Vec<Arc<Route>>, Desired) {
+    let namespace = route.namespace().unwrap_or_default();
+    let name = route.name_any();
+    let mut resolved = Desired::new(
+        reason::RESOLVED_REFS,
+        true,
+        reason::RESOLVED_REFS,
+        "every reference resolved",
+    );
+    let mut compiled = Vec::with_capacity(route.spec.rules.len());
+    for (index, rule) in route.spec.rules.iter().enumerate() {
+        let id = format!("gateway.networking.k8s.io/{namespace}/{name}/{index}");
+        let Some(matches) = rule_matches(rule) else {
+            tracing::warn!(route = %id, "rule not served: a match does not compile");
+            continue;
+        };
+        let mut backends = Vec::with_capacity(rule.backend_refs.len());
+        for backend in &rule.backend_refs {
+            let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
+            let upstream = match resolve_backend(builder, &backend.target, &namespace, resources) {
+                Ok(upstream) => Some(upstream),
+                Err((why, message)) => {
+                    if resolved.status {
+                        resolved = Desired::new(reason::RESOLVED_REFS, false, why, message);
+                    }
+                    None
+                }
+            };
+            if weight > 0 {
+                backends.push(Backend { upstream, weight });
+            }
+        }
+        let mut compiled_rule = Route {
+            metrics: builder.route_metrics(&id),
+            budget: builder.budget(&id, None),
+            id,
+            redirect: None,
+            hostnames: route
+                .spec
+                .hostnames
+                .iter()
+                .map(|h| HostPattern::parse(h))
+                .collect(),
+            matches,
+            total_weight: backends.iter().map(|b| b.weight).sum(),
+            backends,
+            timeout: rule.timeouts.as_ref().and_then(|t| t.request).map(|d| d.get()),
+            retry: rule
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.backend_request)
+                .map(|per_try| RetryPolicy {
+                    attempts: 0,
+                    per_try_timeout: Some(per_try),
+                    ..RetryPolicy::default()
+                }),
+            no_backend: StatusCode::INTERNAL_SERVER_ERROR,
+            request_headers: None,
+            response_headers: None,
+            rewrite: None,
+        };
+        for filter in &rule.filters {
+            apply_filter(&mut compiled_rule, filter);
+        }
+        compiled.push(Arc::new(compiled_rule));
+    }
+    (compiled, resolved)
+}
+
+/// A rule's matches in the table's terms; an empty list is one match of every path.
+fn rule_matches(rule: &HttpRouteRule) -> Option<Vec<RequestMatch>> {
+    if rule.matches.is_empty() {
+        return Some(vec![RequestMatch {
+            path: Some(PathMatcher::Prefix("/".to_owned())),
+            ..RequestMatch::default()
+        }]);
+    }
+    rule.matches.iter().map(request_match).collect()
+}
+
+fn request_match(m: &HttpRouteMatch) -> Option<RequestMatch> {
+    let path = match &m.path {
+        None => PathMatcher::Prefix("/".to_owned()),
+        Some(p) => {
+            let kind = match p.type_.as_deref().unwrap_or("PathPrefix") {
+                "Exact" => PathMatchType::Exact,
+                "RegularExpression" => PathMatchType::RegularExpression,
+                _ => PathMatchType::PathPrefix,
+            };
+            PathMatcher::compile(kind, p.value.as_deref().unwrap_or("/")).ok()?
+        }
+    };
+    Some(RequestMatch {
+        path: Some(path),
+        query: m
+            .query_params
+            .iter()
+            .filter(|q| q.type_.as_deref().unwrap_or("Exact") == "Exact")
+            .map(|q| (q.name.clone(), q.value.clone()))
+            .collect(),
+        method: m
+            .method
+            .as_deref()
+            .and_then(|v| http::Method::from_bytes(v.as_bytes()).ok()),
+        headers: m
+            .headers
+            .iter()
+            .filter(|h| h.type_.as_deref().unwrap_or("Exact") == "Exact")
+            .filter_map(|h| {
+                Some((
+                    HeaderName::try_from(h.name.to_ascii_lowercase()).ok()?,
+                    h.value.clone(),
+                ))
+            })
+            .collect(),
+    })
+}
+
+/// The upstream of a backendRef, or why it does not resolve.
+fn resolve_backend(
+    builder: &mut TableBuilder<'_>,
+    target: &ObjectReference,
+    route_namespace: &str,
+    resources: &Resources<'_>,
+) -> Result<Arc<crate::gateway::table::Upstream>, (&'static str, String)> {
+    let group = target.group.as_deref().unwrap_or("");
+    let kind = target.kind.as_deref().unwrap_or("Service");
+    if !group.is_empty() || kind != "Service" {
+        return Err((
+            reason::INVALID_KIND,
+            format!(
+                "backendRef {group}/{kind} {}: only Services are supported",
+                target.name
+            ),
+        ));
+    }
+    let namespace = target.namespace.as_deref().unwrap_or(route_namespace);
+    if namespace != route_namespace
+        && !permitted(
+            resources.grants,
+            GROUP,
+            "HTTPRoute",
+            route_namespace,
+            "",
+            "Service",
+            namespace,
+            &target.name,
+        )
+    {
+        return Err((
+            reason::REF_NOT_PERMITTED,
+            format!(
+                "no ReferenceGrant in {namespace} lets HTTPRoutes of {route_namespace} use Service {}",
+                target.name
+            ),
+        ));
+    }
+    let Some(service) = resources
+        .services
+        .iter()
+        .find(|s| s.namespace().as_deref() == Some(namespace) && s.name_any() == target.name)
+    else {
+        return Err((
+            reason::BACKEND_NOT_FOUND,
+            format!("Service {namespace}/{} not found", target.name),
+        ));
+    };
+    let Some(port) = target.port else {
+        return Err((
+            reason::UNSUPPORTED_VALUE,
+            format!("backendRef Service {namespace}/{} names no port", target.name),
+        ));
+    };
+    let Some(service_port) = slices::service_port(service, port, resources.slices.iter().map(|s| &**s))
+    else {
+        return Err((
+            reason::BACKEND_NOT_FOUND,
+            format!("Service {namespace}/{} has no port {port}", target.name),
+        ));
+    };
+    let protocol = match service_port.app_protocol.as_deref() {
+        Some("kubernetes.io/h2c") => Protocol::Http2,
+        _ => Protocol::Http,
+    };
+    let port = u16::try_from(port).unwrap_or(0);
+    Ok(builder.service_upstream(
+        &ServiceKey::new(namespace, &target.name),
+        port,
+        &service_port.endpoints,
+        protocol,
+    ))
+}
+
+/// Applies one of a rule's filters to its table route; filters microgate does not implement
+/// leave the route as it is.
+fn apply_filter(route: &mut Route, filter: &HttpRouteFilter) {
+    match filter.type_.as_str() {
+        "RequestHeaderModifier" => {
+            route.request_headers = filter.request_header_modifier.as_ref().map(header_edit)
+        }
+        "ResponseHeaderModifier" => {
+            route.response_headers = filter.response_header_modifier.as_ref().map(header_edit)
+        }
+        "RequestRedirect" => {
+            if let Some(redirect) = &filter.request_redirect {
+                route.redirect = Some(Redirect {
+                    scheme: match redirect.scheme.as_deref() {
+                        Some("https") => Some(crate::api::gateway::RedirectScheme::Https),
+                        Some("http") => Some(crate::api::gateway::RedirectScheme::Http),
+                        _ => None,
+                    },
+                    hostname: redirect.hostname.clone(),
+                    port: redirect.port.and_then(|p| u16::try_from(p).ok()),
+                    path: redirect.path.as_ref().and_then(path_rewrite),
+                    status: redirect
+                        .status_code
+                        .and_then(|c| u16::try_from(c).ok())
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                        .filter(StatusCode::is_redirection)
+                        .unwrap_or(StatusCode::FOUND),
+                });
+            }
+        }
+        "URLRewrite" => {
+            if let Some(rewrite) = &filter.url_rewrite {
+                route.rewrite = Some(Rewrite {
+                    hostname: rewrite
+                        .hostname
+                        .as_deref()
+                        .and_then(|h| HeaderValue::try_from(h).ok()),
+                    path: rewrite.path.as_ref().and_then(path_rewrite),
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+fn header_edit(modifier: &HeaderModifier) -> HeaderEdit {
+    let pairs = |values: &[crate::api::gateway_api::HeaderValue]| {
+        values
+            .iter()
+            .filter_map(|h| {
+                Some((
+                    HeaderName::try_from(h.name.to_ascii_lowercase()).ok()?,
+                    HeaderValue::try_from(h.value.as_str()).ok()?,
+                ))
+            })
+            .collect()
+    };
+    HeaderEdit {
+        set: pairs(&modifier.set),
+        add: pairs(&modifier.add),
+        remove: modifier
+            .remove
+            .iter()
+            .filter_map(|n| HeaderName::try_from(n.to_ascii_lowercase()).ok())
+            .collect(),
+    }
+}
+
+fn path_rewrite(modifier: &PathModifier) -> Option<PathRewrite> {
+    match modifier.type_.as_str() {
+        "ReplaceFullPath" => modifier.replace_full_path.clone().map(PathRewrite::Full),
+        "ReplacePrefixMatch" => modifier.replace_prefix_match.clone().map(PathRewrite::Prefix),
+        _ => None,
+    }
+}

@@ -1,0 +1,6 @@
+//! What the data plane reports on the resources it serves, once their table is in place and its
+//! listeners are bound: [`microgate`] for microgate.dev Gateways, [`gateway_api`] for the
+//! Kubernetes Gateway API's GatewayClasses, Gateways and HTTPRoutes.
+
+pub mod gateway_api;
+pub mod microgate;

@@ -1,0 +1,129 @@
+//! The Gateway API resources the gateway compiles from, each kind watched once into a store:
+//! GatewayClasses, Gateways, HTTPRoutes, ReferenceGrants, and the Services, EndpointSlices and
+//! Namespaces their references and rules read. Watched only where the Gateway API's CRDs are
+//! installed (checked at start: install them, then restart the gateway).
+
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource,
+    api::ListParams,
+    runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway, ReferenceGrant};
+
+/// The stores, filled by the watches [`GatewayApiWatches::start`] returns.
+pub struct GatewayApiWatches {
+    pub classes: Store<GatewayClass>,
+    pub gateways: Store<KubeGateway>,
+    pub routes: Store<HTTPRoute>,
+    pub grants: Store<ReferenceGrant>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    /// Filled only when the gateway serves every namespace (for `allowedRoutes` selectors).
+    pub namespaces: Store<Namespace>,
+}
+
+/// Whether the Gateway API's CRDs are installed (a GatewayClass list answers).
+pub async fn installed(client: &Client) -> bool {
+    let api: Api<GatewayClass> = Api::all(client.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::info!(%error, "Gateway API resources not served: their CRDs are not installed (or not readable)");
+            false
+        }
+    }
+}
+
+impl GatewayApiWatches {
+    /// Starts watching, in `namespace` (or all); each change notifies `changed`. Returns the
+    /// stores and the future that runs the watches.
+    pub fn start(
+        client: Client,
+        namespace: Option<&str>,
+        changed: Arc<Notify>,
+    ) -> (Self, BoxFuture<'static, ()>) {
+        let (classes, classes_watch) = watch(Api::all(client.clone()), changed.clone());
+        let (gateways, gateways_watch) = watch(scoped(&client, namespace), changed.clone());
+        let (routes, routes_watch) = watch(scoped(&client, namespace), changed.clone());
+        let (grants, grants_watch) = watch(scoped(&client, namespace), changed.clone());
+        let (services, services_watch) = watch(scoped(&client, namespace), changed.clone());
+        let (slices, slices_watch) = watch(scoped(&client, namespace), changed.clone());
+        let (namespaces, namespaces_watch) = match namespace {
+            None => watch(Api::all(client), changed),
+            Some(_) => {
+                let (store, _writer) = reflector::store();
+                (store, futures::future::ready(()).boxed())
+            }
+        };
+        let run = async move {
+            tokio::join!(
+                classes_watch,
+                gateways_watch,
+                routes_watch,
+                grants_watch,
+                services_watch,
+                slices_watch,
+                namespaces_watch
+            );
+        };
+        let watches = Self {
+            classes,
+            gateways,
+            routes,
+            grants,
+            services,
+            slices,
+            namespaces,
+        };
+        (watches, run.boxed())
+    }
+
+    /// Waits until every store holds its first complete list.
+    pub async fn wait_until_ready(&self) {
+        let _ = tokio::join!(
+            self.classes.wait_until_ready(),
+            self.gateways.wait_until_ready(),
+            self.routes.wait_until_ready(),
+            self.grants.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.slices.wait_until_ready(),
+        );
+    }
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, BoxFuture<'static, ()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let run = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .for_each(move |_| {
+            changed.notify_one();
+            async {}
+        });
+    (store, run.boxed())
+}

@@ -77,7 +77,8 @@ impl TestCa {
         }
     }
 
-    fn roots(&self) -> RootCertStore {
+    /// A root store holding only this authority.
+    pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots
             .add(self.issuer.der().clone())

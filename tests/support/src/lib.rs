@@ -4,8 +4,10 @@
 //! - [`cluster`]: start or reuse the control plane of `tests/cluster/`; a kube client for it.
 //! - [`namespace`]: [`with_namespace`] gives each test its own namespace and kubelet.
 //! - [`kubelet`]: binds Pods to a fake Node, runs their backends, reports their status.
+//! - [`kubelet_logs`]: the kubelet's HTTPS log endpoint, behind `kubectl logs`.
 //! - [`backend`]: the HTTP server behind each Pod, scriptable (status, delay, failures).
 //! - [`echo_basic`]: the Gateway API conformance suite's backend, emulated byte for byte.
+//! - [`pod_env`]: a container's environment and Secret files, as a kubelet resolves them.
 //! - [`pod_ips`]: where Pod addresses come from (`127.0.0.0/8`, or a private namespace's range).
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
 //! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
@@ -27,7 +29,9 @@ pub mod h2spec;
 pub mod h2wire;
 pub mod hostile;
 pub mod kubelet;
+pub mod kubelet_logs;
 pub mod namespace;
+pub mod pod_env;
 pub mod pod_ips;
 pub mod probe;
 pub mod proxy;

@@ -540,7 +540,7 @@ impl Shared {
             return Ok(None);
         }
         let pod_name = || format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-        let files = pod_env::secret_files(&self.client, pod, container)
+        let files = pod_env::volume_files(&self.client, pod, container)
             .await
             .map_err(|source| KubeletError::Waiting {
                 pod: pod_name(),

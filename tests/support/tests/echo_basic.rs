@@ -18,9 +18,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use microgate_test_support::{
     echo_basic::{EchoConfig, PodLog, RunningEcho},
     gwapi_conformance,
-    tls::TestCa,
+    tls::{ServerCert, TestCa},
 };
-use rustls::{ClientConfig, pki_types::ServerName};
+use rustls::{
+    ClientConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
+};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -65,9 +68,10 @@ async fn start() -> Pair {
     let cert = ca.issue(&[HOST]);
     let dir = TempDir(std::env::temp_dir().join(format!("microgate-echo-basic-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).expect("a temporary folder");
-    let (cert_path, key_path) = (dir.0.join("crt"), dir.0.join("key"));
+    let (cert_path, key_path, ca_path) = (dir.0.join("crt"), dir.0.join("key"), dir.0.join("ca"));
     std::fs::write(&cert_path, &cert.cert_pem).expect("write the certificate");
     std::fs::write(&key_path, &cert.key_pem).expect("write the key");
+    std::fs::write(&ca_path, ca.cert_pem()).expect("write the CA");
 
     let ports = [free_port(), free_port(), free_port()];
     let mut env: HashMap<String, String> = [
@@ -75,6 +79,7 @@ async fn start() -> Pair {
         ("NAMESPACE", "gateway-conformance-infra"),
         ("TLS_SERVER_CERT", cert_path.to_str().unwrap_or_default()),
         ("TLS_SERVER_PRIVKEY", key_path.to_str().unwrap_or_default()),
+        ("TLS_CLIENT_CACERTS", ca_path.to_str().unwrap_or_default()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -185,24 +190,37 @@ async fn plain(addr: SocketAddr, request: &[u8]) -> Exchange {
 }
 
 fn tls_connector(ca: &TestCa, alpn: &[u8]) -> TlsConnector {
+    tls_connector_with(ca, alpn, None)
+}
+
+/// A client that presents `client` (a certificate of the test CA) when asked.
+fn tls_connector_with(ca: &TestCa, alpn: &[u8], client: Option<&ServerCert>) -> TlsConnector {
     // One cipher suite, so that both servers must pick the same one.
     let mut provider = rustls::crypto::ring::default_provider();
     provider
         .cipher_suites
         .retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+    let builder = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
-        .with_root_certificates(ca.roots())
-        .with_no_client_auth();
+        .with_root_certificates(ca.roots());
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(cert) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from(cert.der.clone())],
+                PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("the client key"),
+            )
+            .expect("a client certificate"),
+    };
     config.alpn_protocols = vec![alpn.to_vec()];
     TlsConnector::from(Arc::new(config))
 }
 
-async fn over_tls(ca: &TestCa, addr: SocketAddr, request: &[u8]) -> Exchange {
+async fn over_tls(ca: &TestCa, client: Option<&ServerCert>, addr: SocketAddr, request: &[u8]) -> Exchange {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let name = ServerName::try_from(HOST).expect("a server name");
-    let stream = tls_connector(ca, b"http/1.1")
+    let stream = tls_connector_with(ca, b"http/1.1", client)
         .connect(name, stream)
         .await
         .expect("a TLS handshake");
@@ -426,10 +444,17 @@ async fn emulation_answers_as_the_real_echo_basic_does() {
             format!("GET /status/503 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").into_bytes(),
         ),
     ];
-    for (name, request) in tls_requests {
-        let real = over_tls(&pair.ca, pair.real[2], &request).await;
-        let emulated = over_tls(&pair.ca, pair.emulated[2], &request).await;
+    for (name, request) in &tls_requests {
+        let real = over_tls(&pair.ca, None, pair.real[2], request).await;
+        let emulated = over_tls(&pair.ca, None, pair.emulated[2], request).await;
         cases.push((format!("https: {name}"), real, emulated));
+    }
+    // With a client certificate, echo-basic reports it (peerCertificates, PEM).
+    let client = pair.ca.issue(&["client.example"]);
+    for (name, request) in &tls_requests {
+        let real = over_tls(&pair.ca, Some(&client), pair.real[2], request).await;
+        let emulated = over_tls(&pair.ca, Some(&client), pair.emulated[2], request).await;
+        cases.push((format!("https with a client certificate: {name}"), real, emulated));
     }
 
     // HTTP/2: h2c with prior knowledge, and h2 over TLS.
@@ -525,6 +550,13 @@ async fn emulation_answers_as_the_real_echo_basic_does() {
     assert!(
         websocket.contains("101 Switching Protocols") && websocket.contains("hello"),
         "{websocket}"
+    );
+    let Exchange::Answer(with_client_cert) = answer("https with a client certificate: GET over TLS") else {
+        panic!("echo-basic reset a TLS request with a client certificate");
+    };
+    assert!(
+        with_client_cert.contains("\"peerCertificates\": [\n   \"-----BEGIN CERTIFICATE-----\\n"),
+        "{with_client_cert}"
     );
 
     let differences = differences(&cases);

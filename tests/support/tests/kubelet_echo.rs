@@ -1,6 +1,6 @@
 //! The fake kubelet with the Gateway API suite's Pods, on the real control plane: a Pod of the
 //! echo-basic image gets the emulation on its IP (HTTP, h2c, and HTTPS from a Secret it mounts,
-//! waiting until that Secret exists, as a kubelet would), and its log reaches the API server's
+//! with a client CA from a ConfigMap, waiting until both exist, as a kubelet would), and its log reaches the API server's
 //! `pods/log` through the kubelet's log endpoint.
 
 use std::{net::SocketAddr, time::Duration};
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{LogParams, PostParams};
 use microgate_test_support::{
     TestNamespace,
@@ -31,19 +31,29 @@ fn echo_pod(name: &str) -> Pod {
             "containers": [{
                 "name": "tls-backend",
                 "image": "registry.k8s.io/gateway-api/echo-basic:v1.5.1",
-                "volumeMounts": [{"name": "secret-volume", "mountPath": "/etc/secret-volume"}],
+                "volumeMounts": [
+                    {"name": "secret-volume", "mountPath": "/etc/secret-volume"},
+                    {"name": "configmap-volume", "mountPath": "/etc/configmap-volume"},
+                ],
                 "env": [
                     {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                     {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                     {"name": "SERVICE_NAME", "value": "tls-backend"},
                     {"name": "TLS_SERVER_CERT", "value": "/etc/secret-volume/crt"},
                     {"name": "TLS_SERVER_PRIVKEY", "value": "/etc/secret-volume/key"},
+                    {"name": "TLS_CLIENT_CACERTS", "value": "/etc/configmap-volume/ca"},
                 ],
             }],
-            "volumes": [{"name": "secret-volume", "secret": {
-                "secretName": "echo-certificate",
-                "items": [{"key": "tls.crt", "path": "crt"}, {"key": "tls.key", "path": "key"}],
-            }}],
+            "volumes": [
+                {"name": "secret-volume", "secret": {
+                    "secretName": "echo-certificate",
+                    "items": [{"key": "tls.crt", "path": "crt"}, {"key": "tls.key", "path": "key"}],
+                }},
+                {"name": "configmap-volume", "configMap": {
+                    "name": "echo-client-ca",
+                    "items": [{"key": "ca.crt", "path": "ca"}],
+                }},
+            ],
         },
     }))
     .expect("a valid pod")
@@ -80,7 +90,7 @@ async fn echo_basic_pods_answer_on_their_ip_and_log_to_the_api_server() {
         pods.create(&PostParams::default(), &echo_pod("echo-0"))
             .await
             .expect("create the pod");
-        // Its Secret does not exist yet: a kubelet keeps such a Pod waiting.
+        // Its Secret and ConfigMap do not exist yet: a kubelet keeps such a Pod waiting.
         tokio::time::sleep(Duration::from_millis(800)).await;
         let waiting = pods.get("echo-0").await.expect("the pod");
         assert!(
@@ -94,6 +104,27 @@ async fn echo_basic_pods_answer_on_their_ip_and_log_to_the_api_server() {
             .create(&PostParams::default(), &cert.secret("echo-certificate"))
             .await
             .expect("create the secret");
+        // The CA that client certificates are checked against (echo-basic fails to start on an
+        // unreadable one, so a Ready Pod proves the ConfigMap's file reached it).
+        let client_ca: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "echo-client-ca"},
+            "data": {"ca.crt": TestCa::new().cert_pem()},
+        }))
+        .expect("a valid config map");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let still_waiting = pods.get("echo-0").await.expect("the pod");
+        assert!(
+            still_waiting
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_ref())
+                .is_none(),
+            "the pod ran before its ConfigMap existed"
+        );
+        ns.api::<ConfigMap>()
+            .create(&PostParams::default(), &client_ca)
+            .await
+            .expect("create the config map");
         let ip = ready_ip(&ns, "echo-0").await;
 
         let answer = probe::get(SocketAddr::new(ip, 3000), "/hello?x=1")

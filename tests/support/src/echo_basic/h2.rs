@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
     go_compat,
-    handler::{Answer, EchoRequest, Handler, TlsInfo},
+    handler::{Answer, EchoRequest, Handler},
     http1::Connection,
 };
 
@@ -148,27 +148,4 @@ fn empty() -> Body {
 fn reset() -> HyperResponse<Body> {
     let frames = futures::stream::iter([Err::<Frame<Bytes>, _>(std::io::Error::other("stream reset"))]);
     HyperResponse::new(BodyExt::boxed(StreamBody::new(frames)))
-}
-
-/// The TLS facts of a rustls connection, named as Go's crypto/tls names them.
-pub fn tls_info(connection: &rustls::ServerConnection) -> TlsInfo {
-    let version = match connection.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-        _ => "",
-    };
-    let cipher_suite = connection
-        .negotiated_cipher_suite()
-        .and_then(|suite| suite.suite().as_str())
-        .map(|name| name.replace("TLS13_", "TLS_"))
-        .unwrap_or_default();
-    TlsInfo {
-        version,
-        server_name: connection.server_name().unwrap_or_default().to_owned(),
-        negotiated_protocol: connection
-            .alpn_protocol()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default(),
-        cipher_suite,
-    }
 }

@@ -27,6 +27,8 @@ pub struct EchoRequest {
 #[derive(Clone, Debug)]
 pub struct TlsInfo {
     pub version: &'static str,
+    /// The client's certificates, PEM, as Go's `pem.Encode` writes them.
+    pub peer_certificates: Vec<String>,
     pub server_name: String,
     pub negotiated_protocol: String,
     pub cipher_suite: String,
@@ -238,6 +240,19 @@ impl Handler {
                 field(&mut out, "pod", context.pod.as_bytes());
                 out.push_str(" \"tls\": {\n  \"version\": ");
                 go_compat::json_string(&mut out, tls.version.as_bytes());
+                if !tls.peer_certificates.is_empty() {
+                    out.push_str(",\n  \"peerCertificates\": [\n");
+                    for (i, pem) in tls.peer_certificates.iter().enumerate() {
+                        out.push_str("   ");
+                        go_compat::json_string(&mut out, pem.as_bytes());
+                        out.push_str(if i + 1 < tls.peer_certificates.len() {
+                            ",\n"
+                        } else {
+                            "\n"
+                        });
+                    }
+                    out.push_str("  ]");
+                }
                 out.push_str(",\n  \"serverName\": ");
                 go_compat::json_string(&mut out, tls.server_name.as_bytes());
                 if !tls.negotiated_protocol.is_empty() {

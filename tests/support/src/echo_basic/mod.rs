@@ -1,7 +1,8 @@
 //! An emulation of the Gateway API conformance suite's backend, `echo-basic`, for Pods whose
 //! image is [`ECHO_BASIC_IMAGE`]: the same listeners (`HTTP_PORT`/3000 HTTP/1.1,
 //! `H2C_PORT`/3001 h2c, `HTTPS_PORT`/8443 when `TLS_SERVER_CERT` and `TLS_SERVER_PRIVKEY` are
-//! set), the same handlers and the same bytes on the wire, and its stdout kept as the Pod's log
+//! set, verifying client certificates against `TLS_CLIENT_CACERTS` when one is given), the same
+//! handlers and the same bytes on the wire, and its stdout kept as the Pod's log
 //! (`Echoing back request made to <URI> to client (<addr>)`, which the mirror tests read).
 //!
 //! The suite trusts an answer only if it parses as echo-basic's JSON, so the emulation copies
@@ -13,6 +14,7 @@ mod go_compat;
 mod h2;
 mod handler;
 mod http1;
+mod tls;
 mod websocket;
 
 use std::{
@@ -23,7 +25,6 @@ use std::{
 };
 
 use k8s_openapi::jiff::Timestamp;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
@@ -61,6 +62,9 @@ pub struct EchoConfig {
     pub https_port: u16,
     /// PEM certificate chain and key for the HTTPS listener.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// PEM CA certificates that client certificates must chain to (optional: a client without
+    /// one is served too, as Go's `VerifyClientCertIfGiven`).
+    pub client_ca: Option<Vec<u8>>,
 }
 
 /// Why the emulation could not start.
@@ -80,8 +84,9 @@ pub enum EchoError {
 
 impl EchoConfig {
     /// The configuration echo-basic would read from `env` (the container's environment).
-    /// `read_file` resolves the certificate paths `TLS_SERVER_CERT` and `TLS_SERVER_PRIVKEY`
-    /// name (in a Pod, files of a mounted Secret); `None` means the file does not exist.
+    /// `read_file` resolves the paths `TLS_SERVER_CERT`, `TLS_SERVER_PRIVKEY` and
+    /// `TLS_CLIENT_CACERTS` name (in a Pod, files of a mounted Secret or ConfigMap); `None` means
+    /// the file does not exist.
     pub fn from_env(
         env: &HashMap<String, String>,
         read_file: impl Fn(&str) -> Option<Vec<u8>>,
@@ -101,12 +106,16 @@ impl EchoConfig {
         let (_, h2c_port) = port("H2C_PORT", "3001")?;
         let (_, https_port) = port("HTTPS_PORT", "8443")?;
         let (cert, key) = (var("TLS_SERVER_CERT"), var("TLS_SERVER_PRIVKEY"));
+        let read =
+            |path: &str| read_file(path).ok_or_else(|| EchoError::Tls(format!("{path} does not exist")));
         let tls = if cert.is_empty() || key.is_empty() {
             None
         } else {
-            let read =
-                |path: &str| read_file(path).ok_or_else(|| EchoError::Tls(format!("{path} does not exist")));
             Some((read(&cert)?, read(&key)?))
+        };
+        let client_ca = match var("TLS_CLIENT_CACERTS") {
+            path if path.is_empty() || tls.is_none() => None,
+            path => Some(read(&path)?),
         };
         Ok(Self {
             context: EchoContext {
@@ -120,6 +129,7 @@ impl EchoConfig {
             h2c_port,
             https_port,
             tls,
+            client_ca,
         })
     }
 
@@ -184,7 +194,7 @@ impl RunningEcho {
         log: Arc<PodLog>,
     ) -> Result<Self, EchoError> {
         let tls = match &config.tls {
-            Some((cert, key)) => Some(acceptor(cert, key)?),
+            Some((cert, key)) => Some(tls::acceptor(cert, key, config.client_ca.as_deref())?),
             None => None,
         };
         let handler = Arc::new(Handler::new(config.context.clone(), log.clone()));
@@ -237,23 +247,6 @@ impl Kind {
             Kind::Https => "https",
         }
     }
-}
-
-fn acceptor(cert: &[u8], key: &[u8]) -> Result<TlsAcceptor, EchoError> {
-    let chain = CertificateDer::pem_slice_iter(cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| EchoError::Tls(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| EchoError::Tls(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| EchoError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| EchoError::Tls(e.to_string()))?;
-    // Go's default for a server with HTTP/2 enabled.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn accept_loop(listener: TcpListener, kind: Kind, handler: Arc<Handler>, tls: Option<TlsAcceptor>) {
@@ -316,7 +309,7 @@ async fn serve_tls(stream: TcpStream, remote: SocketAddr, handler: Arc<Handler>,
         return;
     };
     let (_, session) = stream.get_ref();
-    let info = h2::tls_info(session);
+    let info = tls::tls_info(session);
     let is_h2 = session.alpn_protocol() == Some(b"h2");
     let connection = Connection {
         remote,

@@ -4,7 +4,7 @@ SHELL := bash
 CLUSTER := tests/cluster/cluster.sh
 HELM := target/cluster/bin/helm
 
-.PHONY: help demo demo-down build crds manifests test test-netns lint fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery hostile fuzz
+.PHONY: help demo demo-down build crds manifests test test-netns lint fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery hostile fuzz conformance
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,12 +35,14 @@ manifests: ## render the Helm chart with default values into manifests/ (a test 
 test: lint ## everything: format, lints, unit and control-plane tests, then the same in a private network namespace
 	cargo test --workspace --no-run
 	bash tests/h2spec/build.sh >/dev/null
+	bash tests/gwapi-conformance/build.sh >/dev/null
 	bash tests/cluster/with-cluster.sh cargo test --workspace
 	$(MAKE) --no-print-directory test-netns
 
 test-netns: ## the whole test suite inside a private network namespace (10.200.0.0/16 pod IPs; root)
 	cargo test --workspace --no-run
 	bash tests/h2spec/build.sh >/dev/null  # the namespace has no network to fetch its modules
+	bash tests/gwapi-conformance/build.sh >/dev/null
 	bash tests/cluster/netns.sh bash tests/cluster/with-cluster.sh cargo test --workspace --offline
 
 lint: ## rustfmt and clippy, warnings as errors
@@ -73,6 +75,9 @@ bench-tls: ## only the TLS measurements of make bench (new connections, keep-ali
 
 hostile: ## the hostile-input corpus through microgate, nginx and HAProxy to a strict backend; writes target/hostile/report.md
 	bash tests/hostile/run.sh
+
+conformance: ## the Gateway API conformance suite (GATEWAY-HTTP) against microgate in a private network namespace (root); writes conformance/
+	bash tests/gwapi-conformance/run.sh
 
 fuzz: ## fuzz the HTTP/1.1 readers (nightly, cargo-fuzz) for FUZZ_SECONDS in all (default 600), seeded from the hostile corpus
 	bash fuzz/run.sh

@@ -12,6 +12,9 @@
 #
 # MICROGATE_ADVERTISE_ADDRESS (default 127.0.0.1) is the address the API server advertises; inside
 # a private network namespace it is 10.200.0.1 (see netns.sh).
+# MICROGATE_EXTRA_CONTROLLERS (e.g. endpointslice-controller) adds controllers of the controller
+# manager; the Gateway API conformance run needs EndpointSlices, which only the private network
+# namespace's addresses can carry (the API server refuses loopback ones).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,6 +25,7 @@ advertise=${MICROGATE_ADVERTISE_ADDRESS:-127.0.0.1}
 components=(etcd kube-apiserver kube-controller-manager)
 impersonator=microgate-impersonator
 controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller
+controllers+=${MICROGATE_EXTRA_CONTROLLERS:+,$MICROGATE_EXTRA_CONTROLLERS}
 
 say() { echo "cluster: $*" >&2; }
 
@@ -209,7 +213,8 @@ EOF
   # default reconciler would keep trying to write one. ServiceAccount admission is off so Pods need
   # no token and no service-account controller. OwnerReferencesPermissionEnforcement is on, as on
   # OpenShift: an owner reference that blocks its owner's deletion needs the right to update the
-  # owner's finalizers, which the least-privilege test then proves the install grants.
+  # owner's finalizers, which the least-privilege test then proves the install grants. The fake
+  # Node's Hostname resolves nowhere, so `pods/log` goes to the kubelet at its InternalIP.
   start kube-apiserver --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address=127.0.0.1 --secure-port="$api_port" --advertise-address="$advertise" \
     --endpoint-reconciler-type=none --cert-dir="$c" \
@@ -219,6 +224,7 @@ EOF
     --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount \
     --enable-admission-plugins=OwnerReferencesPermissionEnforcement --allow-privileged=true \
     --max-requests-inflight=1000 --max-mutating-requests-inflight=500 --v=1 \
+    --kubelet-preferred-address-types=InternalIP \
     --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$audit_log" --audit-log-format=json
   wait_healthy kube-apiserver "https://127.0.0.1:$api_port/readyz" 90 \
     --cacert "$c/ca.crt" --cert "$c/admin.crt" --key "$c/admin.key"

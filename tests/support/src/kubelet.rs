@@ -37,7 +37,10 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
     backend::{Backend, RunningBackend},
+    echo_basic::{ECHO_BASIC_IMAGE, EchoConfig, EchoError, PodLog, RunningEcho},
     hostile::{Recorder, RunningRecorder},
+    kubelet_logs::{KubeletLogServer, LogServerError},
+    pod_env::{self, PodEnvError},
     pod_ips::{PodIpError, PodIpPool},
 };
 
@@ -64,6 +67,20 @@ pub enum KubeletError {
     NodeIp(String),
     #[error("pod {0} is not running on this kubelet")]
     UnknownPod(String),
+    #[error("pod {pod} cannot start yet: {source}")]
+    Waiting {
+        pod: String,
+        #[source]
+        source: Box<PodEnvError>,
+    },
+    #[error("pod {pod}'s echo-basic: {source}")]
+    Echo {
+        pod: String,
+        #[source]
+        source: EchoError,
+    },
+    #[error(transparent)]
+    LogServer(#[from] LogServerError),
 }
 
 fn kube_error(context: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeletError {
@@ -75,6 +92,10 @@ fn kube_error(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Kubelet
 #[derive(Clone, Debug, Default)]
 pub struct KubeletConfig {
     pub namespace: Option<String>,
+    /// Serve the Pods' logs over HTTPS at the Node's address, as a kubelet's
+    /// `/containerLogs/...` (so `kubectl logs` works), and publish that port in the Node's
+    /// status. One kubelet per cluster may do it: the Node has one port.
+    pub serve_logs: bool,
 }
 
 /// A running fake kubelet. Cheap to clone; [`Kubelet::stop`] ends it.
@@ -82,18 +103,19 @@ pub struct KubeletConfig {
 pub struct Kubelet {
     shared: Arc<Shared>,
     watch: Arc<Mutex<Option<JoinHandle<()>>>>,
+    log_server: Arc<Mutex<Option<KubeletLogServer>>>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     client: Client,
     node_ip: Ipv4Addr,
     pods: Mutex<HashMap<PodKey, RunningPod>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct PodKey {
-    namespace: String,
-    name: String,
+pub(crate) struct PodKey {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
 }
 
 struct RunningPod {
@@ -104,6 +126,24 @@ struct RunningPod {
     recorders: Vec<RunningRecorder>,
     /// The scripting annotations last applied (status, delay).
     scripted: Option<(Option<String>, Option<String>)>,
+    /// The echo-basic emulation, for a Pod whose image is [`ECHO_BASIC_IMAGE`].
+    echo: Option<RunningEcho>,
+    /// What the Pod's container wrote to stdout (echo-basic's lines; empty for other Pods).
+    log: Arc<PodLog>,
+}
+
+impl RunningPod {
+    async fn stop(self) {
+        for backend in self.backends {
+            backend.stop().await;
+        }
+        for recorder in self.recorders {
+            recorder.stop().await;
+        }
+        if let Some(echo) = self.echo {
+            echo.stop().await;
+        }
+    }
 }
 
 /// One pool per process, so that kubelets of concurrent tests never hand out the same address.
@@ -133,6 +173,13 @@ impl Kubelet {
             Some(namespace) => Api::namespaced(client, namespace),
             None => Api::all(client),
         };
+        let log_server = if config.serve_logs {
+            let server = KubeletLogServer::start(node_ip, shared.clone()).await?;
+            publish_kubelet_port(&shared.client, server.port()).await?;
+            Some(server)
+        } else {
+            None
+        };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let watch = tokio::spawn(watch_pods(shared.clone(), pods, ready_tx));
         // Only return once the initial list is in, so no Pod created after `start` is missed.
@@ -140,7 +187,13 @@ impl Kubelet {
         Ok(Self {
             shared,
             watch: Arc::new(Mutex::new(Some(watch))),
+            log_server: Arc::new(Mutex::new(log_server)),
         })
+    }
+
+    /// What `pod`'s container has written so far (echo-basic's log lines), once the Pod runs.
+    pub fn pod_log(&self, namespace: &str, pod: &str) -> Option<Arc<PodLog>> {
+        self.shared.pod_log(namespace, pod)
     }
 
     /// The backend serving `pod`'s first container port, once the Pod runs.
@@ -207,22 +260,21 @@ impl Kubelet {
             watch.abort();
             let _ = watch.await;
         }
+        let log_server = lock(&self.log_server).take();
+        if let Some(server) = log_server {
+            server.stop().await;
+        }
         let pods: Vec<_> = lock(&self.shared.pods)
             .drain()
             .map(|(_, running)| running)
             .collect();
         for running in pods {
-            for backend in running.backends {
-                backend.stop().await;
-            }
-            for recorder in running.recorders {
-                recorder.stop().await;
-            }
+            running.stop().await;
         }
     }
 }
 
-fn key(namespace: &str, name: &str) -> PodKey {
+pub(crate) fn key(namespace: &str, name: &str) -> PodKey {
     PodKey {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -266,6 +318,20 @@ async fn ensure_node(client: &Client, node_ip: Ipv4Addr) -> Result<(), KubeletEr
     Ok(())
 }
 
+/// Tells the API server where this kubelet serves (`pods/log` is proxied there).
+async fn publish_kubelet_port(client: &Client, port: u16) -> Result<(), KubeletError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let status = json!({"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}});
+    nodes
+        .patch_status(NODE_NAME, &PatchParams::default(), &Patch::Strategic(status))
+        .await
+        .map_err(kube_error("publish the fake node's kubelet port"))?;
+    Ok(())
+}
+
+/// How long a Pod waiting for something (a Secret to mount) waits before the next try.
+const RETRY_WAITING_POD: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn watch_pods(shared: Arc<Shared>, pods: Api<Pod>, ready: tokio::sync::oneshot::Sender<()>) {
     let mut ready = Some(ready);
     let mut events = watcher(pods.clone(), watcher::Config::default())
@@ -282,8 +348,14 @@ async fn watch_pods(shared: Arc<Shared>, pods: Api<Pod>, ready: tokio::sync::one
         };
         match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                if let Err(error) = shared.sync_pod(&pod).await {
-                    tracing::warn!(pod = %pod.name_any(), %error, "could not play kubelet for the pod");
+                match shared.sync_pod(&pod).await {
+                    Ok(()) => {}
+                    Err(KubeletError::Waiting { .. }) => {
+                        tokio::spawn(shared.clone().retry_waiting(pod));
+                    }
+                    Err(error) => {
+                        tracing::warn!(pod = %pod.name_any(), %error, "could not play kubelet for the pod");
+                    }
                 }
             }
             watcher::Event::Delete(pod) => shared.forget(&pod).await,
@@ -298,6 +370,41 @@ async fn watch_pods(shared: Arc<Shared>, pods: Api<Pod>, ready: tokio::sync::one
 }
 
 impl Shared {
+    pub(crate) fn pod_log(&self, namespace: &str, pod: &str) -> Option<Arc<PodLog>> {
+        lock(&self.pods)
+            .get(&key(namespace, pod))
+            .map(|running| running.log.clone())
+    }
+
+    /// Tries a waiting Pod again (a kubelet retries mounting a missing Secret) until it runs, is
+    /// gone, or fails for another reason. The Pod is read afresh each time.
+    async fn retry_waiting(self: Arc<Self>, pod: Pod) {
+        let namespace = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        loop {
+            tokio::time::sleep(RETRY_WAITING_POD).await;
+            let current = match api.get_opt(&name).await {
+                Ok(Some(current)) if current.uid() == pod.uid() => current,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::debug!(pod = %name, %error, "could not read a waiting pod; retrying");
+                    continue;
+                }
+            };
+            match self.sync_pod(&current).await {
+                Ok(()) => return,
+                Err(KubeletError::Waiting { source, .. }) => {
+                    tracing::debug!(pod = %name, error = %source, "pod still waiting");
+                }
+                Err(error) => {
+                    tracing::warn!(pod = %name, %error, "could not play kubelet for the pod");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Moves one Pod one step towards what a kubelet would have made of it. Every step is
     /// idempotent: the watch may deliver the same Pod again (relists, our own status writes).
     async fn sync_pod(&self, pod: &Pod) -> Result<(), KubeletError> {
@@ -344,10 +451,10 @@ impl Shared {
         running.apply_annotations(pod);
         let ip = running.ip;
         let patch = running_status_patch(pod, self.node_ip, ip, Timestamp::now());
-        if let Some(replaced) = lock(&self.pods).insert(pod_key, running) {
+        let replaced = lock(&self.pods).insert(pod_key, running);
+        if let Some(replaced) = replaced {
             // A Pod of the same name but another uid (a StatefulSet-like recreate): the old one is gone.
-            drop(replaced.backends);
-            drop(replaced.recorders);
+            replaced.stop().await;
         }
         api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
             .await
@@ -382,10 +489,16 @@ impl Shared {
         }
     }
 
-    /// Gives the Pod an address and starts a backend on each of its container ports.
+    /// Gives the Pod an address and starts a backend on each of its container ports (or, for
+    /// echo-basic, the emulation on its ports).
     async fn run(&self, pod: &Pod) -> Result<RunningPod, KubeletError> {
         let name = pod.name_any();
-        let ports = container_ports(pod);
+        let echo = self.echo_config(pod).await?;
+        let ports = match &echo {
+            Some(config) => config.ports(),
+            None if is_echo_basic(pod) => Vec::new(),
+            None => container_ports(pod),
+        };
         let previous_ip = pod
             .status
             .as_ref()
@@ -396,21 +509,77 @@ impl Shared {
         if let Some(ip) = previous_ip
             && let Ok(listeners) = bind_all(ip, &ports).await
         {
-            return Ok(self.serve(pod, ip, listeners));
+            return self.serve(pod, ip, listeners, echo);
         }
         let pool = pod_ips()?;
         loop {
             let ip = pool.allocate()?;
             match bind_all(ip, &ports).await {
-                Ok(listeners) => return Ok(self.serve(pod, ip, listeners)),
+                Ok(listeners) => return self.serve(pod, ip, listeners, echo),
                 // Taken by another process's kubelet: try the next address.
                 Err(error) => tracing::debug!(pod = %name, %ip, %error, "address in use; trying the next"),
             }
         }
     }
 
-    fn serve(&self, pod: &Pod, ip: Ipv4Addr, listeners: Vec<TcpListener>) -> RunningPod {
+    /// What echo-basic would read from its environment and mounted Secret, for a Pod of its
+    /// image that runs the HTTP server (not its gRPC, TCP or UDP modes, which only have to be
+    /// Ready for the HTTP tests).
+    async fn echo_config(&self, pod: &Pod) -> Result<Option<EchoConfig>, KubeletError> {
+        let Some(container) = pod.spec.iter().flat_map(|spec| spec.containers.first()).next() else {
+            return Ok(None);
+        };
+        if !is_echo_basic(pod) {
+            return Ok(None);
+        }
+        let env = pod_env::environment(pod, container, "", &self.node_ip.to_string());
+        let other_mode = ["GRPC_ECHO_SERVER", "TCP_ECHO_SERVER", "UDP_ECHO_SERVER"]
+            .iter()
+            .any(|mode| env.get(*mode).is_some_and(|v| !v.is_empty()));
+        if other_mode {
+            return Ok(None);
+        }
+        let pod_name = || format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        let files = pod_env::volume_files(&self.client, pod, container)
+            .await
+            .map_err(|source| KubeletError::Waiting {
+                pod: pod_name(),
+                source: Box::new(source),
+            })?;
+        let config = EchoConfig::from_env(&env, |path| files.get(path).cloned()).map_err(|source| {
+            KubeletError::Echo {
+                pod: pod_name(),
+                source,
+            }
+        })?;
+        Ok(Some(config))
+    }
+
+    fn serve(
+        &self,
+        pod: &Pod,
+        ip: Ipv4Addr,
+        listeners: Vec<TcpListener>,
+        echo: Option<EchoConfig>,
+    ) -> Result<RunningPod, KubeletError> {
         let name = pod.name_any();
+        let log = Arc::new(PodLog::default());
+        if let Some(config) = echo {
+            let echo =
+                RunningEcho::serve(listeners, config, log.clone()).map_err(|source| KubeletError::Echo {
+                    pod: format!("{}/{name}", pod.namespace().unwrap_or_default()),
+                    source,
+                })?;
+            return Ok(RunningPod {
+                uid: pod.uid().unwrap_or_default(),
+                ip,
+                backends: Vec::new(),
+                recorders: Vec::new(),
+                scripted: None,
+                echo: Some(echo),
+                log,
+            });
+        }
         let recording = pod
             .spec
             .iter()
@@ -429,13 +598,15 @@ impl Shared {
                 .collect();
             (backends, Vec::new())
         };
-        RunningPod {
+        Ok(RunningPod {
             uid: pod.uid().unwrap_or_default(),
             ip,
             backends,
             recorders,
             scripted: None,
-        }
+            echo: None,
+            log,
+        })
     }
 
     /// Stops the Pod's backends, if this kubelet runs it.
@@ -449,12 +620,7 @@ impl Shared {
             }
         };
         if let Some(running) = removed {
-            for backend in running.backends {
-                backend.stop().await;
-            }
-            for recorder in running.recorders {
-                recorder.stop().await;
-            }
+            running.stop().await;
         }
     }
 }
@@ -497,6 +663,19 @@ impl RunningPod {
         }
         self.scripted = Some(scripted);
     }
+}
+
+/// Whether the Pod's first container runs the Gateway API suite's echo-basic image.
+fn is_echo_basic(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.containers.first())
+        .any(|container| {
+            container
+                .image
+                .as_deref()
+                .is_some_and(|image| image.contains(ECHO_BASIC_IMAGE))
+        })
 }
 
 fn container_ports(pod: &Pod) -> Vec<u16> {

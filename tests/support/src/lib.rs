@@ -4,13 +4,17 @@
 //! - [`cluster`]: start or reuse the control plane of `tests/cluster/`; a kube client for it.
 //! - [`namespace`]: [`with_namespace`] gives each test its own namespace and kubelet.
 //! - [`kubelet`]: binds Pods to a fake Node, runs their backends, reports their status.
+//! - [`kubelet_logs`]: the kubelet's HTTPS log endpoint, behind `kubectl logs`.
 //! - [`backend`]: the HTTP server behind each Pod, scriptable (status, delay, failures).
+//! - [`echo_basic`]: the Gateway API conformance suite's backend, emulated byte for byte.
+//! - [`pod_env`]: a container's environment and Secret files, as a kubelet resolves them.
 //! - [`pod_ips`]: where Pod addresses come from (`127.0.0.0/8`, or a private namespace's range).
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
 //! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
 //! - [`tls`]: a test certificate authority, `kubernetes.io/tls` Secrets, and TLS clients.
 //! - [`h2wire`]: raw HTTP/2 frames and HPACK, for tests that play a hostile client.
 //! - [`h2spec`]: the HTTP/2 conformance suite, built from a pinned module and run on a listener.
+//! - [`gwapi_conformance`]: the Gateway API conformance suite and echo-basic, built from a pinned module.
 //! - [`usage`]: CPU time and memory of a process or a thread, from `/proc`.
 //! - [`hostile`]: the hostile-input suite: raw-byte cases, a strict recording backend (what a
 //!   Pod whose image is [`kubelet::RECORDER_IMAGE`] serves), and the verdicts.
@@ -19,11 +23,15 @@
 
 pub mod backend;
 pub mod cluster;
+pub mod echo_basic;
+pub mod gwapi_conformance;
 pub mod h2spec;
 pub mod h2wire;
 pub mod hostile;
 pub mod kubelet;
+pub mod kubelet_logs;
 pub mod namespace;
+pub mod pod_env;
 pub mod pod_ips;
 pub mod probe;
 pub mod proxy;

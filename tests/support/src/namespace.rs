@@ -98,6 +98,7 @@ impl TestNamespace {
             client.clone(),
             KubeletConfig {
                 namespace: Some(name.clone()),
+                serve_logs: false,
             },
         )
         .await?;

@@ -5,6 +5,10 @@
 //! when `MICROGATE_NETNS=1` says the process runs inside a network namespace of its own: those
 //! addresses must never be bound in the host's namespace.
 //!
+//! The last /24 of a range larger than one /24 is never handed out ([`PodIpPool::reserved`]): in
+//! the private network namespace (`10.200.255.0/24`) it is left for addresses that are not
+//! Pods', such as the Gateways' own addresses in the Gateway API conformance run.
+//!
 //! Addresses are handed out in increasing order and never reused within a process, so an address
 //! that a test saw die keeps refusing connections. Each process starts in its own /24 (derived
 //! from its pid), and the kubelet skips any address whose port is already bound, so two processes
@@ -64,11 +68,12 @@ impl PodIpPool {
         }
         let size = 1u32 << (32 - prefix);
         let network = u32::from(addr) & !(size - 1);
-        // Block 0 holds the well-known addresses (127.0.0.1, the namespace's 10.200.0.1); each
-        // process starts in another /24 so concurrent kubelets rarely meet.
+        // Block 0 holds the well-known addresses (127.0.0.1, the namespace's 10.200.0.1) and the
+        // last block is reserved; each process starts in another /24 so concurrent kubelets
+        // rarely meet.
         let blocks = size / 256;
-        let start = if blocks > 1 {
-            (1 + seed % (blocks - 1)) * 256
+        let start = if blocks > 2 {
+            (1 + seed % (blocks - 2)) * 256
         } else {
             0
         };
@@ -84,7 +89,7 @@ impl PodIpPool {
     pub fn allocate(&self) -> Result<Ipv4Addr, PodIpError> {
         loop {
             let offset = self.next.fetch_add(1, Ordering::Relaxed);
-            if offset >= self.size {
+            if offset >= self.pod_size() {
                 return Err(PodIpError::Exhausted(self.cidr.clone()));
             }
             if matches!(offset % 256, 0 | 1 | 255) {
@@ -94,9 +99,23 @@ impl PodIpPool {
         }
     }
 
-    /// Whether `ip` lies in this range (a pod's IP from an earlier run may be reused).
+    /// Whether `ip` is a Pod address of this range (a pod's IP from an earlier run may be reused).
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip).wrapping_sub(self.network) < self.size
+        u32::from(ip).wrapping_sub(self.network) < self.pod_size()
+    }
+
+    /// The /24 at the end of the range that is never given to a Pod (none in a single /24).
+    pub fn reserved(&self) -> Option<(Ipv4Addr, u8)> {
+        (self.size > 256).then(|| (Ipv4Addr::from(self.network + self.size - 256), 24))
+    }
+
+    /// How many addresses from the start of the range may go to Pods.
+    fn pod_size(&self) -> u32 {
+        if self.size > 256 {
+            self.size - 256
+        } else {
+            self.size
+        }
     }
 }
 
@@ -123,6 +142,19 @@ mod tests {
         assert_eq!(all.first(), Some(&Ipv4Addr::new(127, 0, 0, 2)));
         assert_eq!(all.last(), Some(&Ipv4Addr::new(127, 0, 0, 254)));
         assert!(matches!(pool.allocate(), Err(PodIpError::Exhausted(_))));
+    }
+
+    #[test]
+    fn the_last_block_of_a_range_is_never_handed_out() {
+        let pool = PodIpPool::new("10.200.0.0/16", true, 253).expect("valid range");
+        assert_eq!(pool.reserved(), Some((Ipv4Addr::new(10, 200, 255, 0), 24)));
+        // Seed 253 starts in the last block a Pod may use; the reserved one follows it.
+        assert_eq!(pool.allocate().expect("address"), Ipv4Addr::new(10, 200, 254, 2));
+        let rest: Vec<_> = std::iter::from_fn(|| pool.allocate().ok()).collect();
+        assert_eq!(rest.last(), Some(&Ipv4Addr::new(10, 200, 254, 254)));
+        assert!(!pool.contains(Ipv4Addr::new(10, 200, 255, 7)));
+        let small = PodIpPool::new("127.0.0.0/24", false, 0).expect("valid range");
+        assert_eq!(small.reserved(), None);
     }
 
     #[test]

@@ -77,7 +77,13 @@ impl TestCa {
         }
     }
 
-    fn roots(&self) -> RootCertStore {
+    /// This authority's certificate, PEM (for a CA bundle file or ConfigMap).
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A root store holding only this authority.
+    pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots
             .add(self.issuer.der().clone())

@@ -1,6 +1,8 @@
-//! Plays kubelet for the local cluster outside `cargo test` (the demo uses it): binds Pods to the
-//! fake Node, starts a real HTTP backend on each Pod's IP and container ports, and reports the
-//! Pods Running and Ready. Stops on Ctrl-C or SIGTERM, taking its backends down with it.
+//! Plays kubelet for the local cluster outside `cargo test` (the demo and `make conformance` use
+//! it): binds Pods to the fake Node, starts a real HTTP backend on each Pod's IP and container
+//! ports (echo-basic's emulation for the Gateway API suite's Pods), and reports the Pods Running
+//! and Ready; with `--serve-logs`, `kubectl logs` reads their logs from it. Stops on Ctrl-C or
+//! SIGTERM, taking its backends down with it.
 
 use clap::Parser;
 use microgate_test_support::{
@@ -20,6 +22,9 @@ struct Args {
     /// Only play kubelet for Pods in this namespace (default: all namespaces).
     #[arg(long, short)]
     namespace: Option<String>,
+    /// Serve the Pods' logs at the Node's address (the API server's `pods/log` reads them).
+    #[arg(long)]
+    serve_logs: bool,
 }
 
 #[tokio::main]
@@ -33,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client,
         KubeletConfig {
             namespace: args.namespace.clone(),
+            serve_logs: args.serve_logs,
         },
     )
     .await?;

@@ -334,11 +334,14 @@ fn add_gateway(
             continue;
         }
         let local = SocketAddr::new(address, port);
-        let hostnames: Vec<String> = listener.hostname.iter().cloned().collect();
         let settings = ListenerSettings {
             id: id.clone(),
             local,
-            hostnames: &hostnames,
+            hostnames: listener
+                .hostname
+                .iter()
+                .map(|h| HostPattern::parse_any_depth(h))
+                .collect(),
             tls,
             trusted_proxies: None,
             path_policy: PathPolicy::default(),
@@ -652,8 +655,11 @@ fn attach(
         };
         let listener = &gateway.gateway.spec.listeners[i];
         let id = listener_id(&gateway.gateway, listener);
-        let listener_hostnames: Vec<HostPattern> =
-            listener.hostname.iter().map(|h| HostPattern::parse(h)).collect();
+        let listener_hostnames: Vec<HostPattern> = listener
+            .hostname
+            .iter()
+            .map(|h| HostPattern::parse_any_depth(h))
+            .collect();
         for rule in rules {
             let matchers: Vec<Option<usize>> = if rule.matches.is_empty() {
                 vec![None]
@@ -740,8 +746,8 @@ fn hostnames_intersect(listener: Option<&str>, route: &[String]) -> bool {
     route.iter().any(|hostname| {
         let hostname = hostname.to_ascii_lowercase();
         hostname == listener
-            || HostPattern::parse(&listener).matches(&hostname)
-            || HostPattern::parse(&hostname).matches(&listener)
+            || HostPattern::parse_any_depth(&listener).matches(&hostname)
+            || HostPattern::parse_any_depth(&hostname).matches(&listener)
             || (listener.starts_with("*.") && hostname.starts_with("*.") && {
                 let (a, b) = (&listener[1..], &hostname[1..]);
                 a.ends_with(b) || b.ends_with(a)
@@ -796,7 +802,7 @@ fn compile_rules(
                 .spec
                 .hostnames
                 .iter()
-                .map(|h| HostPattern::parse(h))
+                .map(|h| HostPattern::parse_any_depth(h))
                 .collect(),
             matches,
             total_weight: backends.iter().map(|b| b.weight).sum(),

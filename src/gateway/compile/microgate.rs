@@ -190,12 +190,12 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAdd
 }
 
 /// A listener in the table's terms, or why it cannot be served.
-fn listener_settings<'l>(
+fn listener_settings(
     id: &Arc<str>,
     namespace: &str,
     address: IpAddr,
-    listener: &'l Listener,
-) -> Result<ListenerSettings<'l>, String> {
+    listener: &Listener,
+) -> Result<ListenerSettings, String> {
     let trusted_proxies = listener
         .client_ip_detection
         .as_ref()
@@ -227,7 +227,7 @@ fn listener_settings<'l>(
     Ok(ListenerSettings {
         id: id.clone(),
         local: SocketAddr::new(address, port),
-        hostnames: &listener.hostnames,
+        hostnames: listener.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
         tls,
         trusted_proxies,
         path_policy: listener

@@ -45,12 +45,12 @@ pub struct ServiceSettings {
 }
 
 /// One listener as a front end declares it, in the table's terms.
-pub struct ListenerSettings<'a> {
+pub struct ListenerSettings {
     /// How the table, connections and status name the listener (unique per table).
     pub id: Arc<str>,
     /// Where it listens: an address and a port.
     pub local: SocketAddr,
-    pub hostnames: &'a [String],
+    pub hostnames: Vec<HostPattern>,
     /// Set for an HTTPS listener: its certificates and lowest TLS version.
     pub tls: Option<ListenerTls>,
     pub trusted_proxies: Option<TrustedProxies>,
@@ -107,7 +107,7 @@ impl<'a> TableBuilder<'a> {
     /// Serves `listener` on its port, or records why it cannot be served (a port another
     /// protocol holds, hostnames another HTTPS listener of the port holds, no valid certificate)
     /// and returns that reason. Listeners placed earlier keep a contested port.
-    pub fn listener(&mut self, listener: ListenerSettings<'_>) -> Result<(), String> {
+    pub fn listener(&mut self, listener: ListenerSettings) -> Result<(), String> {
         let placed = self.place(&listener);
         if let Err(why) = &placed {
             tracing::warn!(listener = %listener.id, %why, "listener not served");
@@ -147,7 +147,7 @@ impl<'a> TableBuilder<'a> {
 
     /// Places the listener on its port: a plain-HTTP port, or one HTTPS listener among those of
     /// its port. Fails with the reason the listener cannot be served.
-    fn place(&mut self, listener: &ListenerSettings<'_>) -> Result<(), String> {
+    fn place(&mut self, listener: &ListenerSettings) -> Result<(), String> {
         let (id, local) = (&listener.id, listener.local);
         let port = local.port();
         let Some(tls) = &listener.tls else {
@@ -170,7 +170,7 @@ impl<'a> TableBuilder<'a> {
         if keys.is_empty() {
             return Err("none of its certificate Secrets has held a valid certificate".to_owned());
         }
-        let hostnames: Vec<HostPattern> = listener.hostnames.iter().map(|h| HostPattern::parse(h)).collect();
+        let hostnames = listener.hostnames.clone();
         let port_listeners = self.ports.tls.entry(local).or_default();
         if let Some(taken) = port_listeners.listeners.iter().find(|other| {
             (other.hostnames.is_empty() && hostnames.is_empty())

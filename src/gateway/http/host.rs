@@ -3,12 +3,16 @@
 
 use std::borrow::Cow;
 
-/// A host name pattern: an exact name, or `*.suffix` matching exactly one more label in front.
+/// A host name pattern: an exact name, or `*.suffix` matching one more label in front (as a
+/// microgate.dev Gateway and a certificate mean it) or any number of them (as the Gateway API
+/// means it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostPattern {
     Exact(String),
     /// The suffix including its leading dot: `*.example.com` holds `.example.com`.
     Wildcard(String),
+    /// The suffix including its leading dot; matches one label or more in front of it.
+    Subdomains(String),
 }
 
 impl HostPattern {
@@ -19,6 +23,22 @@ impl HostPattern {
         }
     }
 
+    /// A pattern as the Gateway API writes it: its wildcard takes any number of labels.
+    pub fn parse_any_depth(pattern: &str) -> Self {
+        match pattern.strip_prefix('*') {
+            Some(suffix) => HostPattern::Subdomains(suffix.to_ascii_lowercase()),
+            None => HostPattern::Exact(pattern.to_ascii_lowercase()),
+        }
+    }
+
+    /// The suffix a wildcard pattern matches (`None` for an exact name).
+    pub fn wildcard_suffix(&self) -> Option<&str> {
+        match self {
+            HostPattern::Exact(_) => None,
+            HostPattern::Wildcard(suffix) | HostPattern::Subdomains(suffix) => Some(suffix),
+        }
+    }
+
     /// `host` must already be lowercase and without a port.
     pub fn matches(&self, host: &str) -> bool {
         match self {
@@ -26,6 +46,9 @@ impl HostPattern {
             HostPattern::Wildcard(suffix) => host
                 .strip_suffix(suffix.as_str())
                 .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+            HostPattern::Subdomains(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|labels| !labels.is_empty()),
         }
     }
 }
@@ -68,6 +91,10 @@ mod tests {
         assert!(!wildcard.matches("example.com"));
         assert!(!wildcard.matches("a.b.example.com"));
         assert!(HostPattern::parse("Shop.Example.com").matches("shop.example.com"));
+        let any_depth = HostPattern::parse_any_depth("*.example.com");
+        assert!(any_depth.matches("shop.example.com"));
+        assert!(any_depth.matches("a.b.example.com"));
+        assert!(!any_depth.matches("example.com"));
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl Attached {
                 .iter()
                 .map(|p| match p {
                     HostPattern::Exact(_) => 2,
-                    HostPattern::Wildcard(_) => 1,
+                    HostPattern::Wildcard(_) | HostPattern::Subdomains(_) => 1,
                 })
                 .max()
                 .unwrap_or(0)

@@ -72,8 +72,8 @@ impl TlsPort {
         let wildcard_length = |l: &TlsListener| {
             l.hostnames
                 .iter()
-                .filter_map(|p| match p {
-                    HostPattern::Wildcard(suffix) if name.is_some_and(|n| p.matches(n)) => Some(suffix.len()),
+                .filter_map(|p| match p.wildcard_suffix() {
+                    Some(suffix) if name.is_some_and(|n| p.matches(n)) => Some(suffix.len()),
                     _ => None,
                 })
                 .max()

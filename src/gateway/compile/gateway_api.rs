@@ -789,8 +789,18 @@ fn compile_rules(
                     None
                 }
             };
+            let request_headers = backend
+                .filters
+                .iter()
+                .find(|f| f.type_ == "RequestHeaderModifier")
+                .and_then(|f| f.request_header_modifier.as_ref())
+                .map(header_edit);
             if weight > 0 {
-                backends.push(Backend { upstream, weight });
+                backends.push(Backend {
+                    upstream,
+                    weight,
+                    request_headers,
+                });
             }
         }
         let mut compiled_rule = Route {
@@ -807,11 +817,18 @@ fn compile_rules(
             matches,
             total_weight: backends.iter().map(|b| b.weight).sum(),
             backends,
-            timeout: rule.timeouts.as_ref().and_then(|t| t.request).map(|d| d.get()),
+            // A zero timeout is no timeout, as the Gateway API says.
+            timeout: rule
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.request)
+                .map(|d| d.get())
+                .filter(|d| !d.is_zero()),
             retry: rule
                 .timeouts
                 .as_ref()
                 .and_then(|t| t.backend_request)
+                .filter(|d| !d.get().is_zero())
                 .map(|per_try| RetryPolicy {
                     attempts: 0,
                     per_try_timeout: Some(per_try),

@@ -129,6 +129,7 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAdd
             .map(|b| Backend {
                 upstream: Some(builder.upstream(&ServiceKey::new(&namespace, &b.microservice))),
                 weight: u32::try_from(b.weight).unwrap_or(0),
+                request_headers: None,
             })
             .collect();
         let redirect = route.redirect.as_ref().map(|r| Redirect {

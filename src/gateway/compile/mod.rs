@@ -69,6 +69,8 @@ pub struct ListenerTls {
 #[derive(Default)]
 struct Ports {
     plain: BTreeSet<SocketAddr>,
+    /// The hostnames of each plain-HTTP listener, by address.
+    plain_hostnames: BTreeMap<SocketAddr, Vec<Vec<HostPattern>>>,
     tls: BTreeMap<SocketAddr, TlsPort>,
 }
 
@@ -155,6 +157,11 @@ impl<'a> TableBuilder<'a> {
                 return Err(format!("port {port} already serves HTTPS for another listener"));
             }
             self.ports.plain.insert(local);
+            self.ports
+                .plain_hostnames
+                .entry(local)
+                .or_default()
+                .push(listener.hostnames.clone());
             return Ok(());
         };
         if self.ports.plain.contains(&local) {
@@ -338,6 +345,10 @@ impl<'a> TableBuilder<'a> {
 
     /// The table, each port's entries ordered most specific first.
     pub fn finish(mut self) -> RouteTable {
+        self.table.isolated = std::mem::take(&mut self.ports.plain_hostnames)
+            .into_iter()
+            .filter(|(_, hostnames)| hostnames.iter().any(|h| *h != hostnames[0]))
+            .collect();
         self.table.tls = self
             .ports
             .tls

@@ -53,6 +53,21 @@ impl HostPattern {
     }
 }
 
+/// How closely `patterns` (a listener's hostnames) take `host`: an exact name above any
+/// wildcard, a longer wildcard above a shorter, and no hostnames (any host) lowest; `None` when
+/// they do not take it. The Gateway API gives a request to the listener that ranks highest.
+pub fn rank(patterns: &[HostPattern], host: Option<&str>) -> Option<usize> {
+    if patterns.is_empty() {
+        return Some(0);
+    }
+    let host = host?;
+    patterns
+        .iter()
+        .filter(|p| p.matches(host))
+        .map(|p| p.wildcard_suffix().map_or(usize::MAX, |suffix| suffix.len() + 1))
+        .max()
+}
+
 /// The request's host, lowercase, without a port: from the URI's authority (HTTP/2, or an
 /// absolute-form request) or the Host header.
 pub fn request_host<'a>(

@@ -81,6 +81,9 @@ impl Proxy {
                 "the route has no backend with weight",
             );
         };
+        if let Some(edit) = &backend.request_headers {
+            edit.apply(&mut parts.headers);
+        }
         let Some(upstream) = &backend.upstream else {
             return local(
                 StatusCode::INTERNAL_SERVER_ERROR,

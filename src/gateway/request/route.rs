@@ -12,13 +12,17 @@ use http_body_util::Either;
 
 use super::respond::{ResponseBody, local};
 use crate::gateway::{
-    http::{body::Whole, host::HostPattern},
+    http::{
+        body::Whole,
+        host::{HostPattern, rank},
+    },
     policy::path::{self, PathPolicy},
     table::{Attached, RouteTable},
 };
 
 /// The route entry `request` takes at `local`; on a TLS connection (`listener` set), only among
-/// the routes of the listener its handshake picked.
+/// the routes of the listener its handshake picked; on plain HTTP where listeners of different
+/// hostnames share the address, only among those of the listeners that take its host best.
 pub(super) fn find_route<'t, B>(
     table: &'t RouteTable,
     local: SocketAddr,
@@ -30,9 +34,17 @@ pub(super) fn find_route<'t, B>(
     let host_ok = |patterns: &[HostPattern]| {
         patterns.is_empty() || host.is_some_and(|h| patterns.iter().any(|p| p.matches(h)))
     };
+    let best = match listener {
+        None => table
+            .isolated
+            .get(&local)
+            .and_then(|listeners| listeners.iter().filter_map(|h| rank(h, host)).max()),
+        Some(_) => None,
+    };
     // Entries are sorted most specific first: the first that fits wins.
     routes.iter().find(|attached| {
         listener.is_none_or(|id| *attached.listener == *id)
+            && best.is_none_or(|best| rank(&attached.listener_hostnames, host) == Some(best))
             && host_ok(&attached.listener_hostnames)
             && host_ok(&attached.route.hostnames)
             && attached

@@ -73,6 +73,8 @@ pub struct Backend {
     /// `None`: a reference that does not resolve; its share of requests is answered 500.
     pub upstream: Option<Arc<Upstream>>,
     pub weight: u32,
+    /// Headers changed for requests this backend takes (a Gateway API backendRef's filter).
+    pub request_headers: Option<HeaderEdit>,
 }
 
 /// A redirect the gateway answers itself, as a route declares it.
@@ -224,6 +226,10 @@ pub struct RouteTable {
     pub(crate) trusted_proxies: BTreeMap<SocketAddr, Vec<(Arc<str>, TrustedProxies)>>,
     /// The most client connections each port holds open at once: the sum of its listeners'.
     pub max_connections: BTreeMap<SocketAddr, usize>,
+    /// The hostnames of the plain-HTTP listeners of each address that has listeners with
+    /// different hostnames: a request there takes only the routes of the listeners whose
+    /// hostnames take its host best (the Gateway API's listener isolation).
+    pub isolated: BTreeMap<SocketAddr, Vec<Vec<HostPattern>>>,
     /// The listeners whose path normalization is not the default, by port, with their ids.
     pub(crate) path_policies: BTreeMap<SocketAddr, Vec<(Arc<str>, PathPolicy)>>,
     pub(crate) upstreams: HashMap<UpstreamKey, Arc<Upstream>>,

@@ -18,6 +18,8 @@
 #                                     goes to target/conformance/ instead of conformance/
 #   CONFORMANCE_CHANNEL=experimental  install the experimental CRDs (default: standard)
 #   CONFORMANCE_DEBUG=1               the suite logs every request and response
+#   CONFORMANCE_VERBOSE=1             print all of the suite's output (always in suite.log); by
+#                                     default only its setup steps, errors and test verdicts
 #   CONFORMANCE_ARGS="..."            more flags for the suite, e.g. -skip-tests=A,B or
 #                                     -timeout-config-overrides=MaxTimeToConsistency:60 (seconds)
 #   MICROGATE_BIN=path                the microgate binary (default: target/debug/microgate, built)
@@ -127,7 +129,12 @@ set +e
   -report-output="$report" \
   -organization="${CONFORMANCE_ORGANIZATION:-microgate}" -project=microgate \
   -url="${CONFORMANCE_URL:-https://microgate.dev}" -version="$CONFORMANCE_VERSION" \
-  -contact="${CONFORMANCE_CONTACT:-microgate}") 2>&1 | tee "$out/suite.log"
+  -contact="${CONFORMANCE_CONTACT:-microgate}") 2>&1 | tee "$out/suite.log" |
+  if [ -n "${CONFORMANCE_VERBOSE:-}" ]; then cat; else
+    # The suite polls every 100 ms and says so each time: keep the steps, errors and verdicts.
+    grep --line-buffered -E -e '--- (PASS|FAIL)' -e 'suite.go:[0-9]+: .*Test Setup' \
+      -e '(Error|Messages):' -e '^(FAIL|PASS|ok)' || true
+  fi
 status=${PIPESTATUS[0]}
 set -e
 say "the suite ran for $(( $(date +%s) - start )) s and exited with $status"

@@ -300,6 +300,14 @@ fn http_requests() -> Vec<(&'static str, Vec<u8>)> {
             "response headers from X-Echo-Set-Header",
             suite_like("/set", "X-Echo-Set-Header: X-Foo: bar, x-lower:baz,X-Foo:again\r\n"),
         ),
+        (
+            "header values with obs-text, tabs and padding",
+            [
+                suite_like("/bytes", "X-Bytes: caf\u{e9} \r\nX-Tab: a\tb  \r\n").as_slice(),
+            ]
+            .concat()
+            .replacen("caf\u{e9}".as_bytes(), b"caf\xe9", 1),
+        ),
         ("set header overriding Content-Type", suite_like("/", "X-Echo-Set-Header: Content-Type:text/html\r\n")),
         ("status 404", suite_like("/status/404", "")),
         ("status 204", suite_like("/status/204", "")),

@@ -52,7 +52,7 @@ if [ "${1:-}" != --inside ]; then
   CONFORMANCE_CRD_DIR=$module_dir/config/crd/$channel
   [ -d "$CONFORMANCE_CRD_DIR" ] || { say "no CRDs of channel '$channel' in $module_dir/config/crd"; exit 1; }
   CONFORMANCE_VERSION=$(git describe --tags --always --dirty 2>/dev/null || echo unknown)
-  CONFORMANCE_CONTACT=${CONFORMANCE_CONTACT:-$(git config user.email 2>/dev/null || true)}
+  CONFORMANCE_CONTACT=${CONFORMANCE_CONTACT:-https://microgate.dev}
   export CONFORMANCE_SUITE_DIR CONFORMANCE_CRD_DIR CONFORMANCE_VERSION CONFORMANCE_CONTACT
   export MICROGATE_CLUSTER_DIR=$repo/target/cluster-conformance
   export MICROGATE_EXTRA_CONTROLLERS=endpointslice-controller

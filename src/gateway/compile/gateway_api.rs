@@ -41,23 +41,32 @@ use crate::{
     },
 };
 
-/// The features microgate claims in each GatewayClass's `status.supportedFeatures`: those the
-/// conformance suite passes (see `conformance/`).
+/// The features microgate claims in each GatewayClass's `status.supportedFeatures`: those whose
+/// conformance tests pass. The same list, one per line, is what `make conformance` claims
+/// (tests/gwapi-conformance/supported-features.txt; a unit test holds the two together).
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
     "HTTPRoute",
     "ReferenceGrant",
     "GatewayPort8080",
-    "HTTPRouteHostRewrite",
-    "HTTPRouteMethodMatching",
-    "HTTPRoutePathRedirect",
-    "HTTPRoutePathRewrite",
-    "HTTPRoutePortRedirect",
+    "GatewayHTTPListenerIsolation",
     "HTTPRouteQueryParamMatching",
-    "HTTPRouteRequestTimeout",
+    "HTTPRouteMethodMatching",
     "HTTPRouteResponseHeaderModification",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRoutePortRedirect",
     "HTTPRouteSchemeRedirect",
+    "HTTPRoutePathRedirect",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteHostRewrite",
+    "HTTPRoutePathRewrite",
+    "HTTPRouteRequestTimeout",
     "HTTPRouteBackendTimeout",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteNamedRouteRule",
+    "HTTPRouteParentRefPort",
 ];
 
 /// Condition types and reasons, as the Gateway API spells them.
@@ -1044,5 +1053,32 @@ fn path_rewrite(modifier: &PathModifier) -> Option<PathRewrite> {
         "ReplaceFullPath" => modifier.replace_full_path.clone().map(PathRewrite::Full),
         "ReplacePrefixMatch" => modifier.replace_prefix_match.clone().map(PathRewrite::Prefix),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_class_claims_exactly_what_make_conformance_claims() {
+        let claimed: Vec<&str> = include_str!("../../../tests/gwapi-conformance/supported-features.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert_eq!(claimed, SUPPORTED_FEATURES);
+    }
+
+    #[test]
+    fn hostnames_intersect_as_the_gateway_api_says() {
+        let route = |hosts: &[&str]| hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        assert!(hostnames_intersect(None, &route(&["a.example.com"])));
+        assert!(hostnames_intersect(Some("*.example.com"), &[]));
+        assert!(hostnames_intersect(Some("*.example.com"), &route(&["a.b.example.com"])));
+        assert!(hostnames_intersect(Some("a.example.com"), &route(&["*.example.com"])));
+        assert!(hostnames_intersect(Some("*.example.com"), &route(&["*.b.example.com"])));
+        assert!(!hostnames_intersect(Some("*.example.com"), &route(&["example.com"])));
+        assert!(!hostnames_intersect(Some("a.example.com"), &route(&["b.example.com"])));
     }
 }

@@ -340,8 +340,20 @@ pub struct PathModifier {
 #[serde(rename_all = "camelCase")]
 pub struct RequestMirror {
     pub backend_ref: ObjectReference,
+    /// The share of requests mirrored, 0 to 100; neither this nor `fraction`: all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<Fraction>,
+}
+
+/// A share as numerator out of denominator (the denominator defaults to 100).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fraction {
+    pub numerator: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -24,7 +24,7 @@ use crate::{
         gateway_api::{
             CONTROLLER_NAME, GROUP, GatewayClass, HTTPRoute, HeaderModifier, HttpRouteFilter, HttpRouteMatch,
             HttpRouteRule, KubeGateway, Listener, ObjectReference, ParentReference, PathModifier,
-            ReferenceGrant, RouteGroupKind,
+            ReferenceGrant, RequestMirror, RouteGroupKind,
         },
         microservice::Protocol,
         policy::RetryPolicy,
@@ -34,7 +34,7 @@ use crate::{
     gateway::{
         policy::path::PathPolicy,
         table::{
-            Attached, Backend, HeaderEdit, HostPattern, PathRewrite, Redirect, Rewrite, Route,
+            Attached, Backend, HeaderEdit, HostPattern, Mirror, PathRewrite, Redirect, Rewrite, Route,
             matching::{PathMatcher, RequestMatch},
         },
         tls::SecretKey,
@@ -67,6 +67,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
 ];
 
 /// Condition types and reasons, as the Gateway API spells them.
@@ -847,9 +850,28 @@ fn compile_rules(
             request_headers: None,
             response_headers: None,
             rewrite: None,
+            mirrors: Vec::new(),
         };
         for filter in &rule.filters {
             apply_filter(&mut compiled_rule, filter);
+        }
+        for mirror in rule.filters.iter().filter_map(|f| f.request_mirror.as_ref()) {
+            // A mirror that does not resolve is left out, and says so, like a backendRef.
+            match resolve_backend(builder, &mirror.backend_ref, &namespace, resources) {
+                Ok(upstream) => {
+                    let (numerator, denominator) = mirror_share(mirror);
+                    compiled_rule.mirrors.push(Mirror {
+                        upstream,
+                        numerator,
+                        denominator,
+                    });
+                }
+                Err((why, message)) => {
+                    if resolved.status {
+                        resolved = Desired::new(reason::RESOLVED_REFS, false, why, message);
+                    }
+                }
+            }
         }
         compiled.push(Arc::new(compiled_rule));
     }
@@ -1025,6 +1047,20 @@ fn apply_filter(route: &mut Route, filter: &HttpRouteFilter) {
     }
 }
 
+/// The share of requests a mirror takes, as numerator and (non-zero) denominator: `percent`,
+/// else `fraction`, else all of them.
+fn mirror_share(mirror: &RequestMirror) -> (u32, u32) {
+    let clamp = |n: i32| u32::try_from(n).unwrap_or(0);
+    match (mirror.percent, &mirror.fraction) {
+        (Some(percent), _) => (clamp(percent).min(100), 100),
+        (None, Some(fraction)) => {
+            let denominator = fraction.denominator.map_or(100, clamp).max(1);
+            (clamp(fraction.numerator).min(denominator), denominator)
+        }
+        (None, None) => (1, 1),
+    }
+}
+
 fn header_edit(modifier: &HeaderModifier) -> HeaderEdit {
     let pairs = |values: &[crate::api::gateway_api::HeaderValue]| {
         values
@@ -1075,10 +1111,25 @@ mod tests {
         let route = |hosts: &[&str]| hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
         assert!(hostnames_intersect(None, &route(&["a.example.com"])));
         assert!(hostnames_intersect(Some("*.example.com"), &[]));
-        assert!(hostnames_intersect(Some("*.example.com"), &route(&["a.b.example.com"])));
-        assert!(hostnames_intersect(Some("a.example.com"), &route(&["*.example.com"])));
-        assert!(hostnames_intersect(Some("*.example.com"), &route(&["*.b.example.com"])));
-        assert!(!hostnames_intersect(Some("*.example.com"), &route(&["example.com"])));
-        assert!(!hostnames_intersect(Some("a.example.com"), &route(&["b.example.com"])));
+        assert!(hostnames_intersect(
+            Some("*.example.com"),
+            &route(&["a.b.example.com"])
+        ));
+        assert!(hostnames_intersect(
+            Some("a.example.com"),
+            &route(&["*.example.com"])
+        ));
+        assert!(hostnames_intersect(
+            Some("*.example.com"),
+            &route(&["*.b.example.com"])
+        ));
+        assert!(!hostnames_intersect(
+            Some("*.example.com"),
+            &route(&["example.com"])
+        ));
+        assert!(!hostnames_intersect(
+            Some("a.example.com"),
+            &route(&["b.example.com"])
+        ));
     }
 }

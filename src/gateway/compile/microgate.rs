@@ -161,6 +161,7 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAdd
             request_headers: None,
             response_headers: None,
             rewrite: None,
+            mirrors: Vec::new(),
         });
         for (listener_id, local, listener) in &served {
             if !route.listeners.is_empty() && !route.listeners.contains(&listener.name) {

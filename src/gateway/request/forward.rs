@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Either, StreamBody};
 use hyper::body::Frame;
 
 use super::{
-    ClientBody, MAX_BUFFERED_BODY, Proxy,
+    ClientBody, MAX_BUFFERED_BODY, Proxy, mirror,
     respond::{ResponseBody, downstream, local},
 };
 use crate::{
@@ -69,6 +69,13 @@ impl Proxy {
                 "could not read the request body",
             );
         };
+        if !route.mirrors.is_empty() {
+            let buffered = match &body {
+                RequestBody::Buffered(bytes) => Some(bytes),
+                RequestBody::Streaming(_) => None,
+            };
+            mirror::send_copies(&route.mirrors, &parts, buffered, client, origin, host);
+        }
         let policy = route.retry.as_ref();
         // Only routes that retry spend from a budget; the others need not count their requests.
         if policy.is_some() {

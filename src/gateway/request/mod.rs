@@ -1,14 +1,16 @@
 //! The phases of one proxied request, in the order they run (Cloudflare's pingora is the model):
 //!
 //! 1. [`route`]: check the target (one host, a normal path) and find the table entry that takes it;
-//! 2. the route's own answer, if it has one (a redirect), else [`forward`]: read the body, pick a
-//!    backend and an endpoint, send, judge the answer, retry within policy and budget;
+//! 2. the route's own answer, if it has one (a redirect), else [`forward`]: read the body, send
+//!    copies to the route's [`mirror`]s, pick a backend and an endpoint, send, judge the answer,
+//!    retry within policy and budget;
 //! 3. [`respond`]: the client's answer, an endpoint's or the gateway's own;
 //! 4. account: metrics and the access log.
 //!
 //! The route table is loaded once per request, without a lock.
 
 mod forward;
+mod mirror;
 mod respond;
 mod route;
 

@@ -163,6 +163,17 @@ pub struct Route {
     pub request_headers: Option<HeaderEdit>,
     pub response_headers: Option<HeaderEdit>,
     pub rewrite: Option<Rewrite>,
+    /// Backends that get a copy of the route's requests (their answers are dropped).
+    pub mirrors: Vec<Mirror>,
+}
+
+/// A backend that gets a copy of a share of a route's requests: `numerator` in `denominator`.
+#[derive(Debug)]
+pub struct Mirror {
+    pub upstream: Arc<Upstream>,
+    pub numerator: u32,
+    /// Never 0.
+    pub denominator: u32,
 }
 
 /// One of a route's matches as one listener serves it: the listener's hostnames must match too.

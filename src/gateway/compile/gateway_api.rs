@@ -32,7 +32,7 @@ use crate::{
     controller::conditions::Desired,
     discovery::{ServiceKey, slices},
     gateway::{
-        policy::path::PathPolicy,
+        policy::{cors::Cors, path::PathPolicy},
         table::{
             Attached, Backend, HeaderEdit, HostPattern, Mirror, PathRewrite, Redirect, Rewrite, Route,
             matching::{PathMatcher, RequestMatch},
@@ -70,6 +70,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRequestMirror",
     "HTTPRouteRequestMultipleMirrors",
     "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteCORS",
 ];
 
 /// Condition types and reasons, as the Gateway API spells them.
@@ -851,6 +852,7 @@ fn compile_rules(
             response_headers: None,
             rewrite: None,
             mirrors: Vec::new(),
+            cors: None,
         };
         for filter in &rule.filters {
             apply_filter(&mut compiled_rule, filter);
@@ -1030,6 +1032,18 @@ fn apply_filter(route: &mut Route, filter: &HttpRouteFilter) {
                         .filter(StatusCode::is_redirection)
                         .unwrap_or(StatusCode::FOUND),
                 });
+            }
+        }
+        "CORS" => {
+            if let Some(cors) = &filter.cors {
+                route.cors = Some(Cors::new(
+                    &cors.allow_origins,
+                    cors.allow_credentials.unwrap_or(false),
+                    &cors.allow_methods,
+                    &cors.allow_headers,
+                    &cors.expose_headers,
+                    cors.max_age,
+                ));
             }
         }
         "URLRewrite" => {

@@ -162,6 +162,7 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAdd
             response_headers: None,
             rewrite: None,
             mirrors: Vec::new(),
+            cors: None,
         });
         for (listener_id, local, listener) in &served {
             if !route.listeners.is_empty() && !route.listeners.contains(&listener.name) {

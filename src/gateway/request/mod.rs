@@ -1,9 +1,9 @@
 //! The phases of one proxied request, in the order they run (Cloudflare's pingora is the model):
 //!
 //! 1. [`route`]: check the target (one host, a normal path) and find the table entry that takes it;
-//! 2. the route's own answer, if it has one (a redirect), else [`forward`]: read the body, send
-//!    copies to the route's [`mirror`]s, pick a backend and an endpoint, send, judge the answer,
-//!    retry within policy and budget;
+//! 2. the route's own answer, if it has one (a CORS preflight, a redirect), else [`forward`]:
+//!    read the body, send copies to the route's [`mirror`]s, pick a backend and an endpoint, send,
+//!    judge the answer, retry within policy and budget;
 //! 3. [`respond`]: the client's answer, an endpoint's or the gateway's own;
 //! 4. account: metrics and the access log.
 //!
@@ -21,13 +21,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header, uri::Authority};
 
 pub use respond::{ResponseBody, local, take_wire_headers};
-use respond::{edit_response_headers, redirect_response};
+use respond::{edit_response_headers, mark_cors_answer, preflight_response, redirect_response};
 use route::{find_route, normalize_target, same_host};
 
 use super::{
     http::{body::BoxError, client::Client, host::request_host},
     metrics::{GatewayMetrics, RouteMetrics},
-    policy::client_ip,
+    policy::{client_ip, cors::Cors},
     table::{DEFAULT_MAX_CONNECTIONS, RouteTable},
     tls::TlsPort,
 };
@@ -111,8 +111,18 @@ impl Proxy {
             None => match find_route(&table, listen_at, listener, host.as_deref(), &request) {
                 Some(attached) => {
                     let route = &attached.route;
-                    let response = match &route.redirect {
-                        Some(redirect) => {
+                    let preflight = route
+                        .cors
+                        .as_ref()
+                        .filter(|_| Cors::is_preflight(request.method(), request.headers()));
+                    // Before the request moves on: the origin its answer is marked for.
+                    let cors_origin = route
+                        .cors
+                        .as_ref()
+                        .and_then(|cors| Some((cors, cors.allowed_origin(request.headers())?.clone())));
+                    let mut response = match (preflight, &route.redirect) {
+                        (Some(cors), _) => preflight_response(cors, request.headers()),
+                        (None, Some(redirect)) => {
                             let named_port = authority.as_ref().and_then(Authority::port_u16).or_else(|| {
                                 host_header
                                     .as_ref()
@@ -131,7 +141,7 @@ impl Proxy {
                                     .and_then(|p| p.prefix()),
                             )
                         }
-                        None => {
+                        (None, None) => {
                             let prefix = attached
                                 .request_match()
                                 .and_then(|m| m.path.as_ref())
@@ -145,6 +155,9 @@ impl Proxy {
                             response
                         }
                     };
+                    if let (None, Some((cors, origin))) = (preflight, cors_origin) {
+                        mark_cors_answer(&mut response, cors, origin);
+                    }
                     (route.id.as_str(), &route.metrics, response)
                 }
                 // A host another HTTPS listener of this address serves: this connection's certificate

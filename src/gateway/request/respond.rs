@@ -4,13 +4,14 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Uri, header};
 use http_body_util::Either;
 
 use crate::{
     api::gateway::RedirectScheme,
     gateway::{
         http::{body::Whole, client::Client, forwarding::strip_hop_by_hop, wire::WireHeaders},
+        policy::cors::Cors,
         table::{HeaderEdit, Redirect},
         upstream::UpstreamBody,
     },
@@ -93,6 +94,24 @@ pub(super) fn edit_response_headers(response: &mut Response<ResponseBody>, edit:
         wire.append_to(response.headers_mut());
     }
     edit.apply(response.headers_mut());
+}
+
+/// The gateway's answer to a CORS preflight: 204, with the CORS headers when its origin is
+/// allowed (without them the browser refuses the request it asked about).
+pub(super) fn preflight_response(cors: &Cors, request: &HeaderMap) -> Response<ResponseBody> {
+    let mut response = Response::new(Either::Right(Whole::empty()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    *response.headers_mut() = cors.preflight(request);
+    response
+}
+
+/// Adds the CORS headers for the allowed `origin` to an answer, replacing any the endpoint sent
+/// (an HTTP/1.1 endpoint's travel in wire form: they move into the map first).
+pub(super) fn mark_cors_answer(response: &mut Response<ResponseBody>, cors: &Cors, origin: HeaderValue) {
+    if let Some(wire) = take_wire_headers(response.body_mut()) {
+        wire.append_to(response.headers_mut());
+    }
+    cors.add_to_answer(origin, response.headers_mut());
 }
 
 /// An endpoint's answer as the client gets it: without the endpoint's hop-by-hop headers.

@@ -19,7 +19,7 @@ use rustls::server::StoresServerSessions;
 use super::{
     balance::{EndpointState, Pool, outlier::Ejection},
     metrics::RouteMetrics,
-    policy::{client_ip::TrustedProxies, path::PathPolicy},
+    policy::{client_ip::TrustedProxies, cors::Cors, path::PathPolicy},
     retry::RetryBudget,
     tls::{TlsListener, TlsPort},
     upstream::{CircuitBreaker, Limits},
@@ -165,6 +165,8 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     /// Backends that get a copy of the route's requests (their answers are dropped).
     pub mirrors: Vec<Mirror>,
+    /// Set: the gateway answers CORS preflights and marks answers to allowed origins.
+    pub cors: Option<Cors>,
 }
 
 /// A backend that gets a copy of a share of a route's requests: `numerator` in `denominator`.

@@ -184,6 +184,7 @@ pub async fn run(
                     let settings = compile::ServiceSettings {
                         traffic: ms.spec.traffic_policy.clone(),
                         protocol: ms.spec.protocol,
+                        websocket: false,
                     };
                     (key, settings)
                 })

@@ -71,6 +71,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRequestMultipleMirrors",
     "HTTPRouteRequestPercentageMirror",
     "HTTPRouteCORS",
+    "HTTPRouteBackendProtocolWebSocket",
 ];
 
 /// Condition types and reasons, as the Gateway API spells them.
@@ -995,12 +996,14 @@ fn resolve_backend(
         Some("kubernetes.io/h2c") => Protocol::Http2,
         _ => Protocol::Http,
     };
+    let websocket = service_port.app_protocol.as_deref() == Some("kubernetes.io/ws");
     let port = u16::try_from(port).unwrap_or(0);
     Ok(builder.service_upstream(
         &ServiceKey::new(namespace, &target.name),
         port,
         &service_port.endpoints,
         protocol,
+        websocket,
     ))
 }
 

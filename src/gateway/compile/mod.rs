@@ -42,6 +42,8 @@ const TLS_SESSIONS_PER_LISTENER: usize = 1024;
 pub struct ServiceSettings {
     pub traffic: TrafficPolicy,
     pub protocol: Protocol,
+    /// The endpoints take WebSocket upgrades.
+    pub websocket: bool,
 }
 
 /// One listener as a front end declares it, in the table's terms.
@@ -261,13 +263,15 @@ impl<'a> TableBuilder<'a> {
     }
 
     /// The upstream of port `port` of the Kubernetes Service `key`, over `endpoints` (read off
-    /// its EndpointSlices), with the default traffic policy.
+    /// its EndpointSlices), with the default traffic policy. `websocket`: the port takes
+    /// WebSocket upgrades.
     pub fn service_upstream(
         &mut self,
         key: &ServiceKey,
         port: u16,
         endpoints: &[Endpoint],
         protocol: Protocol,
+        websocket: bool,
     ) -> Arc<Upstream> {
         let upstream_key = UpstreamKey::ServicePort(key.clone(), port);
         if let Some(upstream) = self.table.upstreams.get(&upstream_key) {
@@ -275,6 +279,7 @@ impl<'a> TableBuilder<'a> {
         }
         let settings = ServiceSettings {
             protocol,
+            websocket,
             ..ServiceSettings::default()
         };
         self.insert_upstream(upstream_key, key, &settings, endpoints)
@@ -332,6 +337,7 @@ impl<'a> TableBuilder<'a> {
             ),
             hash_on,
             http2,
+            websocket: settings.websocket,
             ejection: Ejection::from(&policy.outlier_detection),
             breaker: CircuitBreaker::from(&policy.circuit_breaker),
             limits,

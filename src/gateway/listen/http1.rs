@@ -362,6 +362,13 @@ enum Parsed {
     NeedBody,
 }
 
+/// Whether a comma-separated header value lists `token` (any case).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// The bytes of `buf` up to its first line end.
 fn first_line(buf: &[u8]) -> &[u8] {
     let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
@@ -411,6 +418,8 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut transfer_encodings = 0u32;
     let mut expect = false;
+    // An `Upgrade: websocket` that `Connection` names: a request that may take the connection over.
+    let (mut upgrade_websocket, mut connection_upgrade) = (false, false);
     let mut host: Option<&[u8]> = None;
     let mut hosts = 0u32;
     let base = buf.as_ptr() as usize;
@@ -445,11 +454,16 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
                 transfer_encoding = Some(h.value);
             }
             6 if name.eq_ignore_ascii_case(b"expect") => expect = true,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                upgrade_websocket |= has_token(h.value, b"websocket");
+            }
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for token in h.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
                     if token.eq_ignore_ascii_case(b"close") {
                         keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        connection_upgrade = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
                         keep_alive = true;
                     }
@@ -479,8 +493,8 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
             return Parsed::Complete(Next::Reject(StatusCode::NOT_IMPLEMENTED));
         }
     }
-    // Interim answers are hyper's.
-    if expect {
+    // Interim answers are hyper's, and so are connections a request may take over (WebSocket).
+    if expect || (upgrade_websocket && connection_upgrade && version == 1) {
         return Parsed::Complete(Next::HandOver);
     }
     // A body is read whole here when it is small; a larger one is streamed by hyper.

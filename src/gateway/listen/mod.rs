@@ -267,7 +267,8 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static + NegotiatedProtocol,
 {
-    let (stream, builder) = if stream.is_h2() {
+    let alpn_h2 = stream.is_h2();
+    let (stream, builder) = if alpn_h2 {
         (http1::Rewind::fresh(stream), &builders.http2)
     } else {
         match http1::serve(stream, &client, &proxy, &mut draining, timeouts).await {
@@ -290,20 +291,34 @@ async fn serve_connection<S>(
             Ok::<_, Infallible>(response)
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = draining.changed() => {
-            // Finish what is in flight, refuse more (HTTP/1.1: close after; h2: GOAWAY).
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-        () = cancellations.too_many() => {
-            let (requests, cancelled) = cancellations.counts();
-            tracing::warn!(%peer, requests, cancelled, "closing a connection whose client cancels most of its requests");
-            return;
-        }
+    // The same for either kind of connection hyper serves (their types differ).
+    macro_rules! serve {
+        ($connection:expr) => {{
+            let connection = $connection;
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = draining.changed() => {
+                    // Finish what is in flight, refuse more (HTTP/1.1: close after; h2: GOAWAY).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+                () = cancellations.too_many() => {
+                    let (requests, cancelled) = cancellations.counts();
+                    tracing::warn!(%peer, requests, cancelled, "closing a connection whose client cancels most of its requests");
+                    return;
+                }
+            }
+        }};
+    }
+    let io = TokioIo::new(stream);
+    let result = if alpn_h2 {
+        // HTTP/2 only: bytes that are not its preface are an HTTP/2 error (hyper's upgradeable
+        // connection would take them for HTTP/1.1).
+        serve!(builder.serve_connection(io, service))
+    } else {
+        // A WebSocket request may take its connection over (see `request::tunnel`).
+        serve!(builder.serve_connection_with_upgrades(io, service))
     };
     if let Err(error) = result {
         tracing::debug!(%error, "client connection ended with an error");

@@ -20,6 +20,7 @@ use hyper::body::Frame;
 use super::{
     ClientBody, MAX_BUFFERED_BODY, Proxy, mirror,
     respond::{ResponseBody, downstream, local},
+    tunnel,
 };
 use crate::{
     api::policy::RetryPolicy,
@@ -105,6 +106,12 @@ impl Proxy {
             );
             return local(StatusCode::SERVICE_UNAVAILABLE, "circuit-open", &message);
         };
+        if upstream.websocket
+            && tunnel::wants_websocket(&parts)
+            && let Some(client_side) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        {
+            return tunnel::open(upstream, parts, client, origin, host, client_side).await;
+        }
         let mut exchange = Exchange::new(route, upstream, client, origin, host, started, parts, body);
         let mut failed: Option<Arc<EndpointState>> = None;
         let mut attempt = 0;

@@ -3,7 +3,8 @@
 //! 1. [`route`]: check the target (one host, a normal path) and find the table entry that takes it;
 //! 2. the route's own answer, if it has one (a CORS preflight, a redirect), else [`forward`]:
 //!    read the body, send copies to the route's [`mirror`]s, pick a backend and an endpoint, send,
-//!    judge the answer, retry within policy and budget;
+//!    judge the answer, retry within policy and budget; or, for a WebSocket upgrade, splice the
+//!    connection to one endpoint's ([`tunnel`]);
 //! 3. [`respond`]: the client's answer, an endpoint's or the gateway's own;
 //! 4. account: metrics and the access log.
 //!
@@ -13,6 +14,7 @@ mod forward;
 mod mirror;
 mod respond;
 mod route;
+mod tunnel;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 

@@ -61,6 +61,9 @@ pub struct Upstream {
     pub hash_on: Option<HashOn>,
     /// The Microservice speaks HTTP/2 (protocol HTTP2 or GRPC): cleartext, prior knowledge.
     pub http2: bool,
+    /// The endpoints take WebSocket upgrades (a Service port's `appProtocol:
+    /// kubernetes.io/ws`): only to them does a client's `Upgrade: websocket` pass.
+    pub websocket: bool,
     pub ejection: Ejection,
     pub breaker: CircuitBreaker,
     /// What is in flight and open to this Microservice, shared with the upstreams that replace

@@ -1124,6 +1124,26 @@ mod tests {
     }
 
     #[test]
+    fn a_mirror_takes_its_percent_else_its_fraction_else_everything() {
+        let mirror = |percent: Option<i32>, fraction: Option<(i32, Option<i32>)>| RequestMirror {
+            percent,
+            fraction: fraction.map(|(numerator, denominator)| crate::api::gateway_api::Fraction {
+                numerator,
+                denominator,
+            }),
+            ..RequestMirror::default()
+        };
+        assert_eq!(mirror_share(&mirror(None, None)), (1, 1));
+        assert_eq!(mirror_share(&mirror(Some(20), None)), (20, 100));
+        assert_eq!(mirror_share(&mirror(Some(150), None)), (100, 100));
+        assert_eq!(mirror_share(&mirror(None, Some((25, Some(50))))), (25, 50));
+        assert_eq!(mirror_share(&mirror(None, Some((7, None)))), (7, 100));
+        // Nonsense the CRD refuses still makes a share: never a zero denominator.
+        assert_eq!(mirror_share(&mirror(None, Some((3, Some(0))))), (1, 1));
+        assert_eq!(mirror_share(&mirror(Some(-5), None)), (0, 100));
+    }
+
+    #[test]
     fn hostnames_intersect_as_the_gateway_api_says() {
         let route = |hosts: &[&str]| hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
         assert!(hostnames_intersect(None, &route(&["a.example.com"])));

@@ -27,7 +27,7 @@ use crate::{
             ReferenceGrant, RouteGroupKind,
         },
         microservice::Protocol,
-        policy::RetryPolicy,
+        policy::{Backoff, RetryOn, RetryPolicy},
     },
     controller::conditions::Desired,
     discovery::{ServiceKey, slices},
@@ -67,6 +67,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
+    "GatewayHTTPSListenerDetectMisdirectedRequests",
+    "HTTPRouteDestinationPortMatching",
+    "HTTPRouteRetry",
 ];
 
 /// Condition types and reasons, as the Gateway API spells them.
@@ -812,9 +815,10 @@ fn compile_rules(
                 });
             }
         }
+        let retry = retry_policy(rule);
         let mut compiled_rule = Route {
             metrics: builder.route_metrics(&id),
-            budget: builder.budget(&id, None),
+            budget: builder.budget(&id, retry.as_ref()),
             id,
             redirect: None,
             hostnames: route
@@ -833,16 +837,7 @@ fn compile_rules(
                 .and_then(|t| t.request)
                 .map(|d| d.get())
                 .filter(|d| !d.is_zero()),
-            retry: rule
-                .timeouts
-                .as_ref()
-                .and_then(|t| t.backend_request)
-                .filter(|d| !d.get().is_zero())
-                .map(|per_try| RetryPolicy {
-                    attempts: 0,
-                    per_try_timeout: Some(per_try),
-                    ..RetryPolicy::default()
-                }),
+            retry,
             no_backend: StatusCode::INTERNAL_SERVER_ERROR,
             request_headers: None,
             response_headers: None,
@@ -854,6 +849,37 @@ fn compile_rules(
         compiled.push(Arc::new(compiled_rule));
     }
     (compiled, resolved)
+}
+
+/// A rule's `retry` (experimental channel) and `timeouts.backendRequest` as a retry policy: the
+/// listed status codes (and failed connections, which never reached the backend) are retried
+/// `attempts` times, each attempt within `backendRequest`.
+fn retry_policy(rule: &HttpRouteRule) -> Option<RetryPolicy> {
+    let per_try_timeout = rule
+        .timeouts
+        .as_ref()
+        .and_then(|t| t.backend_request)
+        .filter(|d| !d.get().is_zero());
+    let Some(retry) = &rule.retry else {
+        return per_try_timeout.map(|per_try| RetryPolicy {
+            attempts: 0,
+            per_try_timeout: Some(per_try),
+            ..RetryPolicy::default()
+        });
+    };
+    let mut backoff = Backoff::default();
+    if let Some(base) = retry.backoff.filter(|d| !d.get().is_zero()) {
+        backoff.base = base;
+        backoff.max = backoff.max.max(base);
+    }
+    Some(RetryPolicy {
+        attempts: retry.attempts.unwrap_or(1).clamp(0, 10),
+        per_try_timeout,
+        retry_on: vec![RetryOn::ConnectFailure, RetryOn::RetriableStatusCodes],
+        retriable_status_codes: retry.codes.clone(),
+        backoff,
+        ..RetryPolicy::default()
+    })
 }
 
 /// A rule's matches in the table's terms; an empty list is one match of every path.
@@ -1075,10 +1101,25 @@ mod tests {
         let route = |hosts: &[&str]| hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
         assert!(hostnames_intersect(None, &route(&["a.example.com"])));
         assert!(hostnames_intersect(Some("*.example.com"), &[]));
-        assert!(hostnames_intersect(Some("*.example.com"), &route(&["a.b.example.com"])));
-        assert!(hostnames_intersect(Some("a.example.com"), &route(&["*.example.com"])));
-        assert!(hostnames_intersect(Some("*.example.com"), &route(&["*.b.example.com"])));
-        assert!(!hostnames_intersect(Some("*.example.com"), &route(&["example.com"])));
-        assert!(!hostnames_intersect(Some("a.example.com"), &route(&["b.example.com"])));
+        assert!(hostnames_intersect(
+            Some("*.example.com"),
+            &route(&["a.b.example.com"])
+        ));
+        assert!(hostnames_intersect(
+            Some("a.example.com"),
+            &route(&["*.example.com"])
+        ));
+        assert!(hostnames_intersect(
+            Some("*.example.com"),
+            &route(&["*.b.example.com"])
+        ));
+        assert!(!hostnames_intersect(
+            Some("*.example.com"),
+            &route(&["example.com"])
+        ));
+        assert!(!hostnames_intersect(
+            Some("a.example.com"),
+            &route(&["b.example.com"])
+        ));
     }
 }

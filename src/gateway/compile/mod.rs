@@ -261,7 +261,7 @@ impl<'a> TableBuilder<'a> {
     }
 
     /// The upstream of port `port` of the Kubernetes Service `key`, over `endpoints` (read off
-    /// its EndpointSlices), with the default traffic policy.
+    /// its EndpointSlices), with the default traffic policy and no outlier detection.
     pub fn service_upstream(
         &mut self,
         key: &ServiceKey,
@@ -273,10 +273,14 @@ impl<'a> TableBuilder<'a> {
         if let Some(upstream) = self.table.upstreams.get(&upstream_key) {
             return upstream.clone();
         }
-        let settings = ServiceSettings {
+        let mut settings = ServiceSettings {
             protocol,
             ..ServiceSettings::default()
         };
+        // A Service declares no outlier detection (the Gateway API has no such policy yet):
+        // its endpoints are never ejected, so that a backend's own errors reach the client as
+        // it sent them.
+        settings.traffic.outlier_detection.consecutive_failures = 0;
         self.insert_upstream(upstream_key, key, &settings, endpoints)
     }
 

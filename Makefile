@@ -4,7 +4,7 @@ SHELL := bash
 CLUSTER := tests/cluster/cluster.sh
 HELM := target/cluster/bin/helm
 
-.PHONY: help demo demo-down build crds manifests test test-netns lint licenses lint-manifests fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery hostile fuzz
+.PHONY: help demo demo-down build crds manifests test test-netns lint licenses lint-manifests image image-test fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery hostile fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -52,6 +52,14 @@ licenses: ## every dependency's license against the allow list in deny.toml (car
 
 lint-manifests: ## checkov over manifests/ and the chart rendered in each mode; waivers, with reasons, in tests/lint/checkov.yaml
 	bash tests/lint/manifests.sh
+
+image: ## the OCI image archive and its SBOM in target/image/ (no daemon, nothing pulled; reproducible)
+	bash image/build.sh
+
+image-test: image ## run the image under runc as the chart's Pod spec asks, against a control plane (private network namespace; root)
+	bash tools/apt.sh runc:runc /usr/share/containers/seccomp.json:golang-github-containers-common
+	cargo test --test image --no-run
+	bash tests/cluster/netns.sh bash tests/cluster/with-cluster.sh cargo test --test image --offline
 
 fmt: ## format the code
 	cargo fmt --all

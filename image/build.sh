@@ -58,7 +58,10 @@ cargo_home=${CARGO_HOME:-$HOME/.cargo}
 say "building the release binary for $rust_target"
 # Paths of the checkout and of the crate sources end up in panic messages: remapped, they are the
 # same in every clone. RUSTFLAGS with --target leave build scripts and proc macros alone.
+# mimalloc's C prints when it was compiled (__DATE__, __TIME__): a fixed value instead, through
+# CFLAGS, which the cc crate watches, so a warm target folder recompiles what it changes.
 CC_x86_64_unknown_linux_musl=musl-gcc \
+  CFLAGS_x86_64_unknown_linux_musl='-Wno-builtin-macro-redefined -D__DATE__="reproducible" -D__TIME__="build"' \
   RUSTFLAGS="--remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$repo=/microgate" \
   cargo build --release --locked --target "$rust_target" --bin microgate >&2
 binary=target/$rust_target/release/microgate

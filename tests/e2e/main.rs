@@ -120,6 +120,7 @@ impl Platform {
                 workers,
                 client_timeouts,
                 gateway_addresses: None,
+                gateway_api: false,
             },
             metrics,
             shutdown,

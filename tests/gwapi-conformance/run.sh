@@ -65,7 +65,7 @@ mkdir -p "$out"
 bin=$repo/target/cluster/bin
 export KUBECONFIG=$MICROGATE_CLUSTER_DIR/kubeconfig
 kubectl() { "$bin/kubectl" "$@"; }
-export MICROGATE_GATEWAY_ADDRESSES=10.200.255.0/24
+export MICROGATE_GATEWAY_ADDRESSES=10.200.255.0/24 MICROGATE_GATEWAY_API=true
 
 pids=()
 cleanup() {

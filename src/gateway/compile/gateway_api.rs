@@ -931,6 +931,43 @@ fn request_match(m: &HttpRouteMatch) -> Option<RequestMatch> {
     })
 }
 
+/// A Microservice as a backendRef (`group: microgate.dev`): its endpoints from the registry and
+/// its own traffic policy (balancer, outlier detection, circuit breaker), as a microgate.dev
+/// Gateway's route would send to it.
+fn resolve_microservice(
+    builder: &mut TableBuilder<'_>,
+    target: &ObjectReference,
+    route_namespace: &str,
+    resources: &Resources<'_>,
+) -> Result<Arc<crate::gateway::table::Upstream>, (&'static str, String)> {
+    let namespace = target.namespace.as_deref().unwrap_or(route_namespace);
+    if namespace != route_namespace
+        && !permitted(
+            resources.grants,
+            GROUP,
+            "HTTPRoute",
+            route_namespace,
+            crate::api::GROUP,
+            "Microservice",
+            namespace,
+            &target.name,
+        )
+    {
+        return Err((
+            reason::REF_NOT_PERMITTED,
+            format!(
+                "no ReferenceGrant in {namespace} lets HTTPRoutes of {route_namespace} use Microservice {}",
+                target.name
+            ),
+        ));
+    }
+    let key = ServiceKey::new(namespace, &target.name);
+    if !builder.knows_microservice(&key) {
+        return Err((reason::BACKEND_NOT_FOUND, format!("Microservice {key} not found")));
+    }
+    Ok(builder.upstream(&key))
+}
+
 /// The upstream of a backendRef, or why it does not resolve.
 fn resolve_backend(
     builder: &mut TableBuilder<'_>,
@@ -940,6 +977,9 @@ fn resolve_backend(
 ) -> Result<Arc<crate::gateway::table::Upstream>, (&'static str, String)> {
     let group = target.group.as_deref().unwrap_or("");
     let kind = target.kind.as_deref().unwrap_or("Service");
+    if group == crate::api::GROUP && kind == "Microservice" {
+        return resolve_microservice(builder, target, route_namespace, resources);
+    }
     if !group.is_empty() || kind != "Service" {
         return Err((
             reason::INVALID_KIND,

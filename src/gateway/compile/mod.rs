@@ -247,6 +247,11 @@ impl<'a> TableBuilder<'a> {
         self.metrics.route(id)
     }
 
+    /// Whether the Microservice `key` exists (its spec is known).
+    pub fn knows_microservice(&self, key: &ServiceKey) -> bool {
+        self.services.contains_key(key)
+    }
+
     /// The upstream of the Microservice `key`, one per table however many routes send to it.
     pub fn upstream(&mut self, key: &ServiceKey) -> Arc<Upstream> {
         let upstream_key = UpstreamKey::Microservice(key.clone());

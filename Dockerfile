@@ -3,6 +3,11 @@
 #
 #   docker build -t <registry>/microgate:0.1.0 .
 #
+# A release ships the archive `make image` builds instead (image/build.sh: no daemon, nothing
+# pulled, reproducible). Keep the two alike: the binary at /usr/local/bin/microgate, USER
+# 65532:65532 (nonroot), the CA certificates at /etc/ssl/certs/ca-certificates.crt, the
+# entrypoint `microgate run`, ports 8080 and 9090.
+#
 # No OpenSSL anywhere: kube's TLS is rustls with ring (kube's default features), and the binary is
 # linked statically against musl (Alpine's Rust targets musl; musl-dev is for the C parts of ring
 # and of mimalloc, the allocator).

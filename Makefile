@@ -4,7 +4,7 @@ SHELL := bash
 CLUSTER := tests/cluster/cluster.sh
 HELM := target/cluster/bin/helm
 
-.PHONY: help demo demo-down build crds manifests test test-netns lint fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery hostile fuzz conformance
+.PHONY: help demo demo-down build crds manifests test test-netns lint licenses lint-manifests image image-test fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery hostile fuzz conformance
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ manifests: ## render the Helm chart with default values into manifests/ (a test 
 	  $(HELM) template microgate helm/microgate --namespace microgate-system --set gateway.mode=dedicated; } \
 	  > manifests/dedicated-gateway/microgate.yaml
 
-test: lint ## everything: format, lints, unit and control-plane tests, then the same in a private network namespace
+test: lint licenses lint-manifests ## everything: format, lints, licenses, manifest lint, unit and control-plane tests, then the same in a private network namespace
 	cargo test --workspace --no-run
 	bash tests/h2spec/build.sh >/dev/null
 	bash tests/gwapi-conformance/build.sh >/dev/null
@@ -48,6 +48,20 @@ test-netns: ## the whole test suite inside a private network namespace (10.200.0
 lint: ## rustfmt and clippy, warnings as errors
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+licenses: ## every dependency's license against the allow list in deny.toml (cargo-deny, offline)
+	bash tests/lint/licenses.sh
+
+lint-manifests: ## checkov over manifests/ and the chart rendered in each mode; waivers, with reasons, in tests/lint/checkov.yaml
+	bash tests/lint/manifests.sh
+
+image: ## the OCI image archive and its SBOM in target/image/ (no daemon, nothing pulled; reproducible)
+	bash image/build.sh
+
+image-test: image ## run the image under runc as the chart's Pod spec asks, against a control plane (private network namespace; root)
+	bash tools/apt.sh runc:runc /usr/share/containers/seccomp.json:golang-github-containers-common
+	cargo test --test image --no-run
+	bash tests/cluster/netns.sh bash tests/cluster/with-cluster.sh cargo test --test image --offline
 
 fmt: ## format the code
 	cargo fmt --all

@@ -49,6 +49,11 @@ pub struct GatewayArgs {
     /// it); without it, every Gateway listens on --listen-address.
     #[arg(long, env = "MICROGATE_GATEWAY_ADDRESSES")]
     pub gateway_addresses: Option<ipnet::IpNet>,
+    /// Serve the Kubernetes Gateway API (GatewayClasses whose controllerName is
+    /// microgate.dev/gateway-controller, their Gateways and HTTPRoutes) beside microgate's own
+    /// Gateways. Its CRDs must be installed.
+    #[arg(long, env = "MICROGATE_GATEWAY_API")]
+    pub gateway_api: bool,
     /// Threads serving traffic, each with its own listening sockets (default: one per CPU the
     /// process may use).
     #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -76,6 +81,11 @@ pub struct RunArgs {
     /// it); without it, every Gateway listens on --listen-address.
     #[arg(long, env = "MICROGATE_GATEWAY_ADDRESSES")]
     pub gateway_addresses: Option<ipnet::IpNet>,
+    /// Serve the Kubernetes Gateway API (GatewayClasses whose controllerName is
+    /// microgate.dev/gateway-controller, their Gateways and HTTPRoutes) beside microgate's own
+    /// Gateways. Its CRDs must be installed.
+    #[arg(long, env = "MICROGATE_GATEWAY_API")]
+    pub gateway_api: bool,
     /// Threads serving traffic, each with its own listening sockets (default: one per CPU the
     /// process may use).
     #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]

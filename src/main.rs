@@ -165,6 +165,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 .map_or_else(gateway::workers::default_count, usize::from),
             client_timeouts: Default::default(),
             gateway_addresses: args.gateway_addresses,
+            gateway_api: args.gateway_api,
         },
         gateway_metrics,
         shutdown_signal(),
@@ -210,6 +211,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
             .map_or_else(gateway::workers::default_count, usize::from),
         client_timeouts: Default::default(),
         gateway_addresses: args.gateway_addresses,
+        gateway_api: args.gateway_api,
     };
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}

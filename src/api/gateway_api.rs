@@ -230,6 +230,19 @@ pub struct HttpRouteRule {
     pub backend_refs: Vec<HttpBackendRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<HttpRouteTimeouts>,
+    /// Experimental channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<HttpRouteRetry>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct HttpRouteRetry {
+    #[serde(default)]
+    pub codes: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -63,6 +63,9 @@ pub struct Options {
     pub workers: usize,
     /// How long clients may take to send a request's head and to read a response.
     pub client_timeouts: listen::ClientTimeouts,
+    /// Serve the Kubernetes Gateway API too (its CRDs must be installed, and the gateway allowed
+    /// to read its resources).
+    pub gateway_api: bool,
     /// The range Gateway API Gateways take an address each from (see
     /// [`compile::addresses`]); `None`: they all listen on `listen_address`.
     pub gateway_addresses: Option<ipnet::IpNet>,
@@ -102,8 +105,9 @@ pub async fn run(
         ),
     };
     let status_client = client.clone();
-    // The Gateway API is a second front end, watched only where its CRDs are installed.
-    let (kube_stores, watch_gateway_api) = if watches::installed(&client).await {
+    // The Gateway API is a second front end, watched only when asked for and where its CRDs
+    // are installed.
+    let (kube_stores, watch_gateway_api) = if options.gateway_api && watches::installed(&client).await {
         let (stores, run) =
             watches::GatewayApiWatches::start(client.clone(), namespace.as_deref(), changed.clone());
         (Some(stores), run)

@@ -1,7 +1,7 @@
 //! The Gateway API resources the gateway compiles from, each kind watched once into a store:
 //! GatewayClasses, Gateways, HTTPRoutes, ReferenceGrants, and the Services, EndpointSlices and
-//! Namespaces their references and rules read. Watched only where the Gateway API's CRDs are
-//! installed (checked at start: install them, then restart the gateway).
+//! Namespaces their references and rules read. Watched only with `--gateway-api`, and where the
+//! Gateway API's CRDs are installed (checked at start: install them, then restart the gateway).
 
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ pub async fn installed(client: &Client) -> bool {
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => true,
         Err(error) => {
-            tracing::info!(%error, "Gateway API resources not served: their CRDs are not installed (or not readable)");
+            tracing::error!(%error, "Gateway API resources not served: their CRDs are not installed (or not readable)");
             false
         }
     }

@@ -31,6 +31,7 @@ use microgate_test_support::{
 use serde_json::json;
 
 mod client_ip;
+mod gateway_api;
 mod gateway_process;
 mod h2_hostile;
 mod hostile;
@@ -79,7 +80,13 @@ impl Platform {
         shutdown: impl Future<Output = ()> + Send + 'static,
         workers: usize,
     ) -> Self {
-        Self::start_configured(ns, shutdown, workers, Default::default()).await
+        Self::start_configured(ns, shutdown, workers, Default::default(), false).await
+    }
+
+    /// A platform whose gateway also serves the Kubernetes Gateway API (its CRDs installed).
+    async fn start_with_gateway_api(ns: &TestNamespace) -> Self {
+        microgate_test_support::gwapi_conformance::install_crds("standard");
+        Self::start_configured(ns, std::future::pending(), 1, Default::default(), true).await
     }
 
     /// A platform whose gateway gives clients `client_timeouts`.
@@ -88,6 +95,7 @@ impl Platform {
         shutdown: impl Future<Output = ()> + Send + 'static,
         workers: usize,
         client_timeouts: gateway::listen::ClientTimeouts,
+        gateway_api: bool,
     ) -> Self {
         microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         let registry = Registry::default();
@@ -120,6 +128,7 @@ impl Platform {
                 workers,
                 client_timeouts,
                 gateway_addresses: None,
+                gateway_api,
             },
             metrics,
             shutdown,

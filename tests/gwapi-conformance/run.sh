@@ -16,7 +16,7 @@
 # Environment:
 #   CONFORMANCE_RUN_TEST=<ShortName>  run one test (e.g. HTTPRouteSimpleSameNamespace); its report
 #                                     goes to target/conformance/ instead of conformance/
-#   CONFORMANCE_CHANNEL=experimental  install the experimental CRDs (default: standard)
+#   CONFORMANCE_CHANNEL=standard      install the standard CRDs (default: experimental, which the retry tests need)
 #   CONFORMANCE_DEBUG=1               the suite logs every request and response
 #   CONFORMANCE_VERBOSE=1             print all of the suite's output (always in suite.log); by
 #                                     default only its setup steps, errors and test verdicts
@@ -47,7 +47,7 @@ if [ "${1:-}" != --inside ]; then
   export FAKE_KUBELET_BIN=$repo/target/debug/fake-kubelet
   bash tests/cluster/build.sh >/dev/null
   CONFORMANCE_SUITE_DIR=$(bash "$here/build.sh")
-  channel=${CONFORMANCE_CHANNEL:-standard}
+  channel=${CONFORMANCE_CHANNEL:-experimental}
   module_dir=$(cd "$here" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
   CONFORMANCE_CRD_DIR=$module_dir/config/crd/$channel
   [ -d "$CONFORMANCE_CRD_DIR" ] || { say "no CRDs of channel '$channel' in $module_dir/config/crd"; exit 1; }
@@ -65,7 +65,7 @@ mkdir -p "$out"
 bin=$repo/target/cluster/bin
 export KUBECONFIG=$MICROGATE_CLUSTER_DIR/kubeconfig
 kubectl() { "$bin/kubectl" "$@"; }
-export MICROGATE_GATEWAY_ADDRESSES=10.200.255.0/24
+export MICROGATE_GATEWAY_ADDRESSES=10.200.255.0/24 MICROGATE_GATEWAY_API=true
 
 pids=()
 cleanup() {
@@ -111,7 +111,7 @@ if [ -n "${CONFORMANCE_RUN_TEST:-}" ]; then
   selection=(-run-test="$CONFORMANCE_RUN_TEST")
 else
   mkdir -p "$repo/conformance"
-  report=$repo/conformance/gateway-api-v1.6.3-${CONFORMANCE_CHANNEL:-standard}-report.yaml
+  report=$repo/conformance/gateway-api-v1.6.3-${CONFORMANCE_CHANNEL:-experimental}-report.yaml
   selection=()
 fi
 debug=()

@@ -245,6 +245,7 @@ fn the_values_schema_refuses_typos_and_privileged_listener_ports() {
     for (values, why) in [
         ("gateway.mod=dedicated", "additional properties 'mod' not allowed"),
         ("gateway.mode=sidecar", "gateway/mode"),
+        ("image.digest=0.1.0", "image/digest"),
         (
             "gateway.ports[0].name=http,gateway.ports[0].port=80,gateway.ports[0].containerPort=80",
             "containerPort",
@@ -254,5 +255,21 @@ fn the_values_schema_refuses_typos_and_privileged_listener_ports() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "--set {values} was accepted");
         assert!(stderr.contains(why), "--set {values}: {stderr}");
+    }
+}
+
+#[test]
+fn image_digest_pins_the_image_of_every_deployment() {
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let values =
+        format!("gateway.mode=dedicated,image.repository=registry.example/microgate,image.digest={digest}");
+    let objects = render("microgate", "microgate-system", &["--set", &values]);
+    for name in ["microgate", "microgate-gateway"] {
+        let deployment = object(&objects, "Deployment", name);
+        assert_eq!(
+            deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+            format!("registry.example/microgate@{digest}"),
+            "{name}"
+        );
     }
 }

@@ -13,11 +13,35 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "microgate.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
 {{- end }}
 
 {{- define "microgate.embedded" -}}
 {{- if eq .Values.gateway.mode "embedded" }}true{{ else if eq .Values.gateway.mode "dedicated" }}{{ else }}{{ fail (printf "gateway.mode must be embedded or dedicated, not %q" .Values.gateway.mode) }}{{ end }}
+{{- end }}
+
+{{/* What the gateway's Gateway API front end reads and writes (gatewayAPI.enabled). */}}
+{{- define "microgate.gatewayAPIRules" -}}
+{{- if .Values.gatewayAPI.enabled }}
+# The Gateway API's resources, and the status of those served.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gatewayclasses", "gateways", "httproutes", "referencegrants"]
+  verbs: ["list", "watch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gatewayclasses/status", "gateways/status", "httproutes/status"]
+  verbs: ["patch"]
+# Backends: Services and their EndpointSlices; Namespaces for allowedRoutes selectors.
+- apiGroups: [""]
+  resources: ["services", "namespaces"]
+  verbs: ["list", "watch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+{{- end }}
 {{- end }}
 
 {{/* Exactly the API calls the operator makes (microgate controller, or run in embedded mode). */}}
@@ -55,6 +79,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["list", "watch"]
+{{- include "microgate.gatewayAPIRules" . }}
 {{- end }}
 {{- end }}
 
@@ -74,6 +99,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["list", "watch"]
+{{- include "microgate.gatewayAPIRules" . }}
 {{- end }}
 
 {{/* The Pod security context: the restricted Pod Security Standard. */}}
@@ -117,6 +143,14 @@ capabilities:
   value: {{ .Values.gateway.accessLog | quote }}
 - name: MICROGATE_WORKERS
   value: {{ .Values.gateway.workers | quote }}
+{{- if .Values.gatewayAPI.enabled }}
+- name: MICROGATE_GATEWAY_API
+  value: "true"
+{{- end }}
+{{- if .Values.gatewayAPI.addresses }}
+- name: MICROGATE_GATEWAY_ADDRESSES
+  value: {{ .Values.gatewayAPI.addresses | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "microgate.probes" -}}

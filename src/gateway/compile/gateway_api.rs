@@ -27,7 +27,7 @@ use crate::{
             ReferenceGrant, RequestMirror, RouteGroupKind,
         },
         microservice::Protocol,
-        policy::RetryPolicy,
+        policy::{Backoff, RetryOn, RetryPolicy},
     },
     controller::conditions::Desired,
     discovery::{ServiceKey, slices},
@@ -67,6 +67,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
+    "GatewayHTTPSListenerDetectMisdirectedRequests",
+    "HTTPRouteDestinationPortMatching",
+    "HTTPRouteRetry",
     "HTTPRouteRequestMirror",
     "HTTPRouteRequestMultipleMirrors",
     "HTTPRouteRequestPercentageMirror",
@@ -817,9 +820,10 @@ fn compile_rules(
                 });
             }
         }
+        let retry = retry_policy(rule);
         let mut compiled_rule = Route {
             metrics: builder.route_metrics(&id),
-            budget: builder.budget(&id, None),
+            budget: builder.budget(&id, retry.as_ref()),
             id,
             redirect: None,
             hostnames: route
@@ -838,16 +842,7 @@ fn compile_rules(
                 .and_then(|t| t.request)
                 .map(|d| d.get())
                 .filter(|d| !d.is_zero()),
-            retry: rule
-                .timeouts
-                .as_ref()
-                .and_then(|t| t.backend_request)
-                .filter(|d| !d.get().is_zero())
-                .map(|per_try| RetryPolicy {
-                    attempts: 0,
-                    per_try_timeout: Some(per_try),
-                    ..RetryPolicy::default()
-                }),
+            retry,
             no_backend: StatusCode::INTERNAL_SERVER_ERROR,
             request_headers: None,
             response_headers: None,
@@ -879,6 +874,37 @@ fn compile_rules(
         compiled.push(Arc::new(compiled_rule));
     }
     (compiled, resolved)
+}
+
+/// A rule's `retry` (experimental channel) and `timeouts.backendRequest` as a retry policy: the
+/// listed status codes (and failed connections, which never reached the backend) are retried
+/// `attempts` times, each attempt within `backendRequest`.
+fn retry_policy(rule: &HttpRouteRule) -> Option<RetryPolicy> {
+    let per_try_timeout = rule
+        .timeouts
+        .as_ref()
+        .and_then(|t| t.backend_request)
+        .filter(|d| !d.get().is_zero());
+    let Some(retry) = &rule.retry else {
+        return per_try_timeout.map(|per_try| RetryPolicy {
+            attempts: 0,
+            per_try_timeout: Some(per_try),
+            ..RetryPolicy::default()
+        });
+    };
+    let mut backoff = Backoff::default();
+    if let Some(base) = retry.backoff.filter(|d| !d.get().is_zero()) {
+        backoff.base = base;
+        backoff.max = backoff.max.max(base);
+    }
+    Some(RetryPolicy {
+        attempts: retry.attempts.unwrap_or(1).clamp(0, 10),
+        per_try_timeout,
+        retry_on: vec![RetryOn::ConnectFailure, RetryOn::RetriableStatusCodes],
+        retriable_status_codes: retry.codes.clone(),
+        backoff,
+        ..RetryPolicy::default()
+    })
 }
 
 /// A rule's matches in the table's terms; an empty list is one match of every path.
@@ -930,6 +956,43 @@ fn request_match(m: &HttpRouteMatch) -> Option<RequestMatch> {
     })
 }
 
+/// A Microservice as a backendRef (`group: microgate.dev`): its endpoints from the registry and
+/// its own traffic policy (balancer, outlier detection, circuit breaker), as a microgate.dev
+/// Gateway's route would send to it.
+fn resolve_microservice(
+    builder: &mut TableBuilder<'_>,
+    target: &ObjectReference,
+    route_namespace: &str,
+    resources: &Resources<'_>,
+) -> Result<Arc<crate::gateway::table::Upstream>, (&'static str, String)> {
+    let namespace = target.namespace.as_deref().unwrap_or(route_namespace);
+    if namespace != route_namespace
+        && !permitted(
+            resources.grants,
+            GROUP,
+            "HTTPRoute",
+            route_namespace,
+            crate::api::GROUP,
+            "Microservice",
+            namespace,
+            &target.name,
+        )
+    {
+        return Err((
+            reason::REF_NOT_PERMITTED,
+            format!(
+                "no ReferenceGrant in {namespace} lets HTTPRoutes of {route_namespace} use Microservice {}",
+                target.name
+            ),
+        ));
+    }
+    let key = ServiceKey::new(namespace, &target.name);
+    if !builder.knows_microservice(&key) {
+        return Err((reason::BACKEND_NOT_FOUND, format!("Microservice {key} not found")));
+    }
+    Ok(builder.upstream(&key))
+}
+
 /// The upstream of a backendRef, or why it does not resolve.
 fn resolve_backend(
     builder: &mut TableBuilder<'_>,
@@ -939,6 +1002,9 @@ fn resolve_backend(
 ) -> Result<Arc<crate::gateway::table::Upstream>, (&'static str, String)> {
     let group = target.group.as_deref().unwrap_or("");
     let kind = target.kind.as_deref().unwrap_or("Service");
+    if group == crate::api::GROUP && kind == "Microservice" {
+        return resolve_microservice(builder, target, route_namespace, resources);
+    }
     if !group.is_empty() || kind != "Service" {
         return Err((
             reason::INVALID_KIND,

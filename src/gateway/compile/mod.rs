@@ -249,6 +249,11 @@ impl<'a> TableBuilder<'a> {
         self.metrics.route(id)
     }
 
+    /// Whether the Microservice `key` exists (its spec is known).
+    pub fn knows_microservice(&self, key: &ServiceKey) -> bool {
+        self.services.contains_key(key)
+    }
+
     /// The upstream of the Microservice `key`, one per table however many routes send to it.
     pub fn upstream(&mut self, key: &ServiceKey) -> Arc<Upstream> {
         let upstream_key = UpstreamKey::Microservice(key.clone());
@@ -263,8 +268,8 @@ impl<'a> TableBuilder<'a> {
     }
 
     /// The upstream of port `port` of the Kubernetes Service `key`, over `endpoints` (read off
-    /// its EndpointSlices), with the default traffic policy. `websocket`: the port takes
-    /// WebSocket upgrades.
+    /// its EndpointSlices), with the default traffic policy and no outlier detection.
+    /// `websocket`: the port takes WebSocket upgrades.
     pub fn service_upstream(
         &mut self,
         key: &ServiceKey,
@@ -277,11 +282,15 @@ impl<'a> TableBuilder<'a> {
         if let Some(upstream) = self.table.upstreams.get(&upstream_key) {
             return upstream.clone();
         }
-        let settings = ServiceSettings {
+        let mut settings = ServiceSettings {
             protocol,
             websocket,
             ..ServiceSettings::default()
         };
+        // A Service declares no outlier detection (the Gateway API has no such policy yet):
+        // its endpoints are never ejected, so that a backend's own errors reach the client as
+        // it sent them.
+        settings.traffic.outlier_detection.consecutive_failures = 0;
         self.insert_upstream(upstream_key, key, &settings, endpoints)
     }
 

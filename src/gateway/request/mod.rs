@@ -24,7 +24,7 @@ use http::{Request, Response, StatusCode, header, uri::Authority};
 
 pub use respond::{ResponseBody, local, take_wire_headers};
 use respond::{edit_response_headers, mark_cors_answer, preflight_response, redirect_response};
-use route::{find_route, normalize_target, same_host};
+use route::{find_route, misdirected, normalize_target, same_host};
 
 use super::{
     http::{body::BoxError, client::Client, host::request_host},
@@ -97,6 +97,13 @@ impl Proxy {
                 "host-mismatch",
                 "the request target's authority and the Host header disagree",
             )),
+            // A host another HTTPS listener of this address serves, or none does: this
+            // connection's certificate was not chosen for it (RFC 9110 §15.5.20).
+            _ if misdirected(&table, listen_at, listener, host.as_deref()) => Some(local(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected",
+                "this connection's TLS server name is not for this host",
+            )),
             _ => normalize_target(request.uri_mut(), &table.path_policy(listen_at, listener)),
         };
         // Kept for the access log only when it is on.
@@ -161,21 +168,6 @@ impl Proxy {
                         mark_cors_answer(&mut response, cors, origin);
                     }
                     (route.id.as_str(), &route.metrics, response)
-                }
-                // A host another HTTPS listener of this address serves: this connection's certificate
-                // was not chosen for it (RFC 9110 §15.5.20).
-                None if listener.is_some()
-                    && find_route(&table, listen_at, None, host.as_deref(), &request).is_some() =>
-                {
-                    (
-                        "<none>",
-                        &self.unrouted,
-                        local(
-                            StatusCode::MISDIRECTED_REQUEST,
-                            "misdirected",
-                            "this connection's TLS server name is not for this host",
-                        ),
-                    )
                 }
                 None => (
                     "<none>",

@@ -53,6 +53,26 @@ pub(super) fn find_route<'t, B>(
     })
 }
 
+/// Whether a request on a TLS connection (`listener`: the HTTPS listener its server name
+/// picked) names a host its listener does not take: the listener the host would have picked as
+/// a server name is another one, or there is none.
+pub(super) fn misdirected(
+    table: &RouteTable,
+    local: SocketAddr,
+    listener: Option<&str>,
+    host: Option<&str>,
+) -> bool {
+    let (Some(listener), Some(host)) = (listener, host) else {
+        return false;
+    };
+    let picked = table
+        .tls
+        .get(&local)
+        .and_then(|port| port.select(Some(host)))
+        .map(|l| &*l.id);
+    picked != Some(listener)
+}
+
 /// Whether a request target's authority and its `Host` header name the same host and port.
 pub(super) fn same_host(authority: &Authority, host_header: &HeaderValue) -> bool {
     Authority::try_from(host_header.as_bytes()).is_ok_and(|host| {

@@ -1,0 +1,196 @@
+//! The Kubernetes Gateway API front end with Microservices as backends (`group: microgate.dev`):
+//! traffic through an HTTPRoute reaches the Microservice's Pods with its traffic policy, and the
+//! GatewayClass, Gateway and HTTPRoute say so in their status. (Service backends, resolved from
+//! EndpointSlices, are proven by the official suite: `make conformance`.)
+
+use std::collections::BTreeSet;
+
+use hyper::{HeaderMap, Method, StatusCode};
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use microgate::api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway};
+use microgate_test_support::{
+    backend::POD_NAME_HEADER,
+    probe,
+    wait::{self, Probe},
+    with_namespace,
+};
+use serde_json::{Value, json};
+
+use super::{Platform, WAIT, pods_of};
+
+/// The condition `type_` of `conditions`, as (status, reason).
+fn condition(conditions: &Value, type_: &str) -> Option<(String, String)> {
+    conditions
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+fn pair(status: &str, reason: &str) -> Option<(String, String)> {
+    Some((status.to_owned(), reason.to_owned()))
+}
+
+#[tokio::test]
+async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened() {
+    with_namespace("e2e-gwapi", |ns| async move {
+        let platform = Platform::start_with_gateway_api(&ns).await;
+        platform.microservice(&ns, "echo", 2, json!({})).await;
+        let apply = PatchParams::apply("e2e").force();
+        // GatewayClasses are cluster-wide: one per test namespace.
+        let class_name = format!("microgate-{}", ns.name);
+        let classes: Api<GatewayClass> = Api::all(ns.client.clone());
+        classes
+            .patch(
+                &class_name,
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                    "metadata": {"name": class_name},
+                    "spec": {"controllerName": "microgate.dev/gateway-controller"},
+                })),
+            )
+            .await
+            .expect("create the GatewayClass");
+        let port = platform.listener.port();
+        ns.api::<KubeGateway>()
+            .patch(
+                "shop",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "shop"},
+                    "spec": {"gatewayClassName": class_name, "listeners": [
+                        {"name": "http", "port": port, "protocol": "HTTP", "hostname": "*.example.com"},
+                        {"name": "udp", "port": port + 1, "protocol": "UDP"},
+                    ]},
+                })),
+            )
+            .await
+            .expect("create the Gateway");
+        ns.api::<HTTPRoute>()
+            .patch(
+                "shop",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "shop"},
+                    "spec": {
+                        "parentRefs": [{"name": "shop", "sectionName": "http"}],
+                        "hostnames": ["shop.example.com"],
+                        "rules": [
+                            {"matches": [{"path": {"type": "PathPrefix", "value": "/gone"}}],
+                             "backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "missing"}]},
+                            {"backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]},
+                        ],
+                    },
+                })),
+            )
+            .await
+            .expect("create the HTTPRoute");
+
+        // Traffic: both Pods of the Microservice answer, for the route's host only.
+        let mut host = HeaderMap::new();
+        host.insert("host", "shop.example.com".parse().expect("a header value"));
+        let pods: BTreeSet<String> = pods_of(&ns, "echo").await.into_iter().collect();
+        let seen = wait::until("requests through the HTTPRoute to reach both Pods", WAIT, || async {
+            let mut seen = BTreeSet::new();
+            for _ in 0..20 {
+                match probe::request_with(platform.listener, Method::GET, "/orders", host.clone(), "").await {
+                    Ok(answer) if answer.status == StatusCode::OK => {
+                        if let Some(pod) = answer.headers.get(POD_NAME_HEADER).and_then(|v| v.to_str().ok()) {
+                            seen.insert(pod.to_owned());
+                        }
+                    }
+                    Ok(answer) => return Probe::NotYet(format!("{} {}", answer.status, answer.body.trim())),
+                    Err(error) => return Probe::NotYet(error.to_string()),
+                }
+            }
+            if seen == pods {
+                Probe::Done(seen)
+            } else {
+                Probe::NotYet(format!("reached {seen:?} of {pods:?}"))
+            }
+        })
+        .await
+        .expect("traffic reaches the Microservice");
+        assert_eq!(seen, pods);
+        let gone = probe::request_with(platform.listener, Method::GET, "/gone", host.clone(), "")
+            .await
+            .expect("an answer");
+        assert_eq!(gone.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", gone.body);
+        let mut other = HeaderMap::new();
+        other.insert("host", "other.example.com".parse().expect("a header value"));
+        let unrouted = probe::request_with(platform.listener, Method::GET, "/orders", other, "")
+            .await
+            .expect("an answer");
+        assert_eq!(unrouted.status, StatusCode::NOT_FOUND, "{}", unrouted.body);
+
+        // Status: what each resource shows.
+        let statuses = wait::until("the Gateway API statuses", WAIT, || async {
+            let class = serde_json::to_value(classes.get(&class_name).await.expect("the class")).expect("JSON");
+            let gateway = serde_json::to_value(ns.api::<KubeGateway>().get("shop").await.expect("the Gateway"))
+                .expect("JSON");
+            let route = serde_json::to_value(ns.api::<HTTPRoute>().get("shop").await.expect("the route"))
+                .expect("JSON");
+            let parent = &route["status"]["parents"][0];
+            let ready = condition(&class["status"]["conditions"], "Accepted") == pair("True", "Accepted")
+                && condition(&gateway["status"]["conditions"], "Programmed") == pair("True", "Programmed")
+                && condition(&parent["conditions"], "ResolvedRefs").is_some();
+            if ready {
+                Probe::Done((class, gateway, route))
+            } else {
+                Probe::NotYet(format!("{}", json!({"class": class["status"], "gateway": gateway["status"], "route": route["status"]})))
+            }
+        })
+        .await
+        .expect("the statuses are written");
+        let (class, gateway, route) = statuses;
+        assert!(
+            class["status"]["supportedFeatures"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["name"] == "HTTPRoute")),
+            "{}",
+            class["status"]
+        );
+        let gateway_status = &gateway["status"];
+        assert_eq!(gateway_status["addresses"][0]["value"], "127.0.0.1", "{gateway_status}");
+        // One listener of two is valid: accepted, and says which is not.
+        assert_eq!(
+            condition(&gateway_status["conditions"], "Accepted"),
+            pair("True", "ListenersNotValid"),
+            "{gateway_status}"
+        );
+        let listeners = gateway_status["listeners"].as_array().expect("listener statuses");
+        let http = listeners.iter().find(|l| l["name"] == "http").expect("the http listener");
+        assert_eq!(http["attachedRoutes"], 1);
+        assert_eq!(condition(&http["conditions"], "Programmed"), pair("True", "Programmed"));
+        let udp = listeners.iter().find(|l| l["name"] == "udp").expect("the udp listener");
+        assert_eq!(
+            condition(&udp["conditions"], "Accepted"),
+            pair("False", "UnsupportedProtocol")
+        );
+        let parent = &route["status"]["parents"][0];
+        assert_eq!(parent["controllerName"], "microgate.dev/gateway-controller");
+        assert_eq!(condition(&parent["conditions"], "Accepted"), pair("True", "Accepted"));
+        assert_eq!(
+            condition(&parent["conditions"], "ResolvedRefs"),
+            pair("False", "BackendNotFound"),
+            "{parent}"
+        );
+
+        classes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .expect("delete the GatewayClass");
+    })
+    .await;
+}

@@ -316,8 +316,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.stream.shutdown().await?;
         // Closing a socket with unread bytes in it sends a reset, which can overtake the answer
         // and destroy it at the client: read what the client already sent first (a lingering
-        // close, as nginx does), for a bounded time and amount.
-        let mut sink = [0u8; 4096];
+        // close, as nginx does), for a bounded time and amount. On the heap: an array here would
+        // be part of every connection's task, idle ones included.
+        let mut sink = vec![0u8; 4096];
         let linger = async {
             let mut drained = 0;
             while drained < LINGER_BYTES {

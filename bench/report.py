@@ -734,8 +734,9 @@ if results["scale"]:
         "The steady load is `wrk -t2 -c" + str(settings.get("connections", "?")) + f" -d{settings.get('seconds', '?')}s` on "
         "the same kind of listener (plain for h2c), once without the idle connections and once beside them. Every "
         "proxy keeps idle keep-alive connections for 300 s (nginx `keepalive_timeout`, HAProxy `timeout "
-        "http-keep-alive`, microgate `--client-header-timeout`) and may hold them all (nginx `worker_connections`, "
-        "HAProxy `maxconn`, microgate `maxConnections`).\n")
+        "http-keep-alive` and `timeout client`, microgate `--client-header-timeout`) and may hold them all (nginx "
+        "`worker_connections`, HAProxy `maxconn`, microgate `maxConnections`); the three are restarted before each kind "
+        "of connection, so that none reuses memory the previous kind freed.\n")
     wanted, held = settings.get("scale_idle_wanted"), settings.get("scale_idle")
     if wanted and held and held < wanted:
         md.append(f"**{wanted} idle connections were asked for; {held} were held**: the open-files hard limit of this "

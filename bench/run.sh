@@ -801,6 +801,14 @@ for workers in $workers_list; do
   if [ "$workers" = 1 ] && scenario_on scale; then
     for kind in plain tls h2; do
       scenario_on "scale-$kind" || continue
+      # Fresh proxies for each kind: memory freed by the previous kind's connections would
+      # otherwise be reused by this one's and hide what they cost.
+      for name in microgate haproxy nginx-b nginx; do stop_process "$name"; done
+      start_nginx nginx 1 $nginx_h1 $nginx_h2 $nginx_retry $nginx_tls_ecdsa $nginx_tls_rsa
+      start_haproxy 1
+      start_microgate 1
+      for target in nginx haproxy microgate; do wait_http "${url[$target]}" 60 "${owner[$target]}"; done
+      for target in nginx haproxy microgate; do wait_http "https://127.0.0.1:${tlsport[$target-ecdsa]}/" 60 "${owner[$target]}"; done
       n=$scale_idle
       [ "$kind" != h2 ] || n=$scale_h2
       say "scale ($kind): $n idle connections from $scale_sources source addresses against each of 3 targets, wrk ${seconds}s without and beside them"

@@ -146,14 +146,15 @@ tls_new = load("tls_new.jsonl")
 tls_keepalive = load("tls_keepalive.jsonl")
 tls_h2 = load("tls_h2.jsonl")
 tls_idle = load("tls_idle.jsonl")
+scale = load("scale.jsonl")
 settings = machine.get("settings", {})
-ALL_SCENARIOS = {"throughput", "latency", "h2c", "retries", "callgrind", "tls"}
+ALL_SCENARIOS = {"throughput", "latency", "h2c", "retries", "callgrind", "tls", "scale"}
 # A run of some scenarios only (BENCH_SCENARIOS) writes its own results, not the published ones.
 partial = set(settings.get("scenarios", ALL_SCENARIOS)) != ALL_SCENARIOS
 versions = machine.get("versions", {})
 results = {"machine": machine, "preflight": preflight, "throughput": {}, "latency": {}, "h2": {},
            "retry": {}, "callgrind": {}, "spread": spreads, "idle": idle, "targets": [],
-           "tls": {"new": {}, "keepalive": {}, "h2": {}, "idle": {}}}
+           "tls": {"new": {}, "keepalive": {}, "h2": {}, "idle": {}}, "scale": {}}
 md = []
 
 # ---- throughput
@@ -324,6 +325,9 @@ if tls_h2:
 for r in tls_idle:
     results["tls"]["idle"][r["target"]] = r
 
+for r in scale:
+    results["scale"].setdefault(r["kind"], {})[r["target"]] = r
+
 # ---- retries
 for t in ["direct", "nginx", "haproxy", "microgate"]:
     tr = [r for r in retry if r["target"] == t]
@@ -445,6 +449,21 @@ if tls_mem.get("microgate") is not None and all(tls_mem.get(p) is not None for p
     bar.append(("memory per idle TLS connection < nginx's and HAProxy's",
                 f"{m / 1024:.1f} KiB vs " + ", ".join(f"{tls_mem[p] / 1024:.1f} KiB ({NAMES[p]})" for p in PEERS),
                 verdict(all(m < tls_mem[p] for p in PEERS))))
+for kind, label in [("plain", "plain HTTP/1.1"), ("tls", "TLS"), ("h2", "h2c")]:
+    sc = results["scale"].get(kind, {})
+    mem = {t: (e.get("bytes_per_connection") if e.get("still_open") else None) for t, e in sc.items()}
+    if mem.get("microgate") is not None and all(mem.get(p) is not None for p in PEERS):
+        m = mem["microgate"]
+        n_ = sc["microgate"]["still_open"]
+        bar.append((f"memory per idle {label} connection ({n_} held) < nginx's and HAProxy's",
+                    f"{m / 1024:.2f} KiB vs " + ", ".join(f"{mem[p] / 1024:.2f} KiB ({NAMES[p]})" for p in PEERS),
+                    verdict(all(m < mem[p] for p in PEERS))))
+    e = sc.get("microgate")
+    if e and kind != "h2" and e.get("load_without") and e.get("load_beside"):
+        w, b = e["load_without"]["rps"], e["load_beside"]["rps"]
+        bar.append((f"throughput beside {e['still_open']} idle {label} connections within 10 % of without",
+                    f"{b / 1000:.1f} k vs {w / 1000:.1f} k req/s ({b / w:.2f}×)" if w else "—",
+                    verdict(bool(w) and b >= 0.9 * w)))
 results["targets"] = bar
 
 with open(os.path.join(OUT, "results.json"), "w") as f:
@@ -702,6 +721,42 @@ if tls_new or tls_keepalive or tls_h2 or tls_idle:
                       f"{mib(e['rss_before_kib'])} | {mib(e['rss_after_kib'])} | {per} | "
                       f"{failed_}{(' (' + e['first_failure'][:120] + ')') if e.get('first_failure') else ''} |")
         md.append("")
+
+if results["scale"]:
+    md.append("### Idle connections at scale, 1 worker\n")
+    md.append(
+        "`bench/tls-client hold` opens the idle connections (256 at a time) from "
+        f"{next(iter(next(iter(results['scale'].values())).values()))['sources']} loopback source addresses "
+        "(127.1.0.1 and up), makes one keep-alive request on each (plain HTTP/1.1 on the plain listener, HTTP/1.1 over "
+        "TLS 1.3 on the ECDSA listener, HTTP/2 with prior knowledge on the h2c listener) and leaves them idle; it keeps "
+        "only the TCP connection, so the proxy's side is what is measured. Memory per connection is the proxy's RSS "
+        "once all are open minus its RSS just before, divided by the connections it still held when the client checked. "
+        "The steady load is `wrk -t2 -c" + str(settings.get("connections", "?")) + f" -d{settings.get('seconds', '?')}s` on "
+        "the same kind of listener (plain for h2c), once without the idle connections and once beside them. Every "
+        "proxy keeps idle keep-alive connections for 300 s (nginx `keepalive_timeout`, HAProxy `timeout "
+        "http-keep-alive` and `timeout client`, microgate `--client-header-timeout`) and may hold them all (nginx "
+        "`worker_connections`, HAProxy `maxconn`, microgate `maxConnections`); the three are restarted before each kind "
+        "of connection, so that none reuses memory the previous kind freed.\n")
+    wanted, held = settings.get("scale_idle_wanted"), settings.get("scale_idle")
+    if wanted and held and held < wanted:
+        md.append(f"**{wanted} idle connections were asked for; {held} were held**: the open-files hard limit of this "
+                  f"machine is {settings.get('open_files_hard')} per process (raising it needs CAP_SYS_RESOURCE, which "
+                  "the bench's container lacks), and each proxy holds every connection in one process.\n")
+    md.append("| connections | proxy | held / opened / wanted | time to open | RSS before | RSS with them open | per connection | load without: req/s, p99 | beside them: req/s, p99 | failed to open |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|")
+    for kind, label in [("plain", "plain HTTP/1.1"), ("tls", "TLS 1.3"), ("h2", "h2c")]:
+        for t in TLS_TARGETS:
+            e = results["scale"].get(kind, {}).get(t)
+            if not e:
+                continue
+            per = "—" if not e.get("still_open") else f"**{e['bytes_per_connection'] / 1024:.2f} KiB**"
+            lw, lb = e.get("load_without") or {}, e.get("load_beside") or {}
+            load_ = lambda l: f"{l['rps'] / 1000:.1f} k, {l.get('p99', '?')}" if l else "—"
+            failed_ = sum(e["failed"].values()) if e["failed"] else 0
+            md.append(f"| {label} | {NAMES[t]} | {e['still_open']} / {e['opened']} / {e['wanted']} | {e['open_seconds']:.1f} s | "
+                      f"{mib(e['rss_before_kib'])} | {mib(e['rss_after_kib'])} | {per} | {load_(lw)} | {load_(lb)} | "
+                      f"{failed_}{(' (' + e['first_failure'][:120] + ')') if e.get('first_failure') else ''} |")
+    md.append("")
 
 if results["retry"]:
     md.append("### One failing backend (20 % 503), retries on, 1 worker\n")

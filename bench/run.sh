@@ -13,6 +13,10 @@
 # second, each a full TLS 1.3 handshake and one request (bench/tls-client: wrk and h2load resume
 # sessions, so they cannot measure this), keep-alive requests over TLS (wrk), h2 over TLS
 # (h2load), and the memory each idle TLS connection costs (10 000 held open by bench/tls-client).
+# The scale scenario holds 100 000 idle keep-alive connections (plain, then TLS) against each
+# proxy, spread over 64 loopback source addresses, and 10 000 idle h2c ones: memory per
+# connection, and throughput and p99 of a steady load (wrk) beside them against the same load
+# without them.
 #
 # Raw results: target/bench/raw/*.jsonl; the report: target/bench/results.{json,md}, the chart
 # bench/chart.png and the gateway section of BENCHMARKS.md (bench/report.py writes them).
@@ -27,12 +31,18 @@
 #   BENCH_PORT         first of the loopback ports used (default 18080: below the range the
 #                      local control plane picks its ports from, and the ephemeral range)
 #   BENCH_TLS_IDLE     idle TLS connections held open for the memory measurement (default 10000)
+#   BENCH_SCALE_IDLE   idle connections of the scale scenario, plain and TLS (default 100000; fewer
+#                      if the open-files hard limit cannot hold them, which the report says)
+#   BENCH_SCALE_H2     idle h2c connections of the scale scenario (default 10000)
 #   BENCH_SCENARIOS    which measurements to run (default all): any of throughput, latency, h2c,
-#                      retries, callgrind, tls (all of tls-new, tls-keepalive, tls-h2, tls-idle)
+#                      retries, callgrind, tls (all of tls-new, tls-keepalive, tls-h2, tls-idle),
+#                      scale (all of scale-plain, scale-tls, scale-h2)
+#   BENCH_MICROGATE    a microgate binary to measure instead of this checkout's release build (e.g.
+#                      an earlier commit's, for a before/after comparison)
 #   BENCH_PERF=1       also record where microgate's CPU goes during the new-TLS-connection rounds
 #                      (perf record, cpu-clock samples; target/bench/perf/*.txt)
 #   BENCH_QUICK=1      a quick smoke run: 2 rounds of 2 s, 1 worker, 2000 callgrind requests,
-#                      2000 idle TLS connections
+#                      2000 idle TLS connections, 4000 (and 2000 h2c) in the scale scenario
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,6 +53,7 @@ raw=$out/raw
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
   : "${BENCH_ROUNDS:=2}" "${BENCH_SECONDS:=2}" "${BENCH_WORKERS:=1}" "${BENCH_CALLGRIND_N:=2000}" "${BENCH_TLS_IDLE:=2000}"
+  : "${BENCH_SCALE_IDLE:=4000}" "${BENCH_SCALE_H2:=2000}"
 fi
 rounds=${BENCH_ROUNDS:-5}
 seconds=${BENCH_SECONDS:-5}
@@ -52,7 +63,11 @@ connections=${BENCH_CONNECTIONS:-64}
 callgrind_n=${BENCH_CALLGRIND_N:-20000}
 port=${BENCH_PORT:-18080}
 tls_idle_connections=${BENCH_TLS_IDLE:-10000}
-scenarios=${BENCH_SCENARIOS:-throughput latency h2c retries callgrind tls}
+scale_idle_wanted=${BENCH_SCALE_IDLE:-100000}
+scale_h2_wanted=${BENCH_SCALE_H2:-10000}
+# Loopback source addresses the scale scenario's connections come from (127.1.0.1 and up).
+scale_sources=64
+scenarios=${BENCH_SCENARIOS:-throughput latency h2c retries callgrind tls scale}
 # Whether a measurement is selected: by its own name, or by its group's (tls-new by tls).
 scenario_on() {
   local s
@@ -82,7 +97,7 @@ nginx_b_tls_ecdsa=$((port + 31)) nginx_b_tls_rsa=$((port + 32))
 namespace="microgate-bench"
 kubeconfig=$repo/target/cluster/kubeconfig
 kubectl=$repo/target/cluster/bin/kubectl
-microgate=$repo/target/release/microgate
+microgate=${BENCH_MICROGATE:-$repo/target/release/microgate}
 tls_client=$repo/target/release/tls-client
 
 started=$(date +%s)
@@ -184,12 +199,24 @@ oha=$(bash "$here/tools.sh")
 export PATH=$PATH:/usr/sbin
 
 say "building microgate and the TLS client (release)"
-(cd "$repo" && cargo build --release --bin microgate --quiet && cargo build --release -p microgate-bench-tls --quiet)
+(cd "$repo" && { [ -n "${BENCH_MICROGATE:-}" ] || cargo build --release --bin microgate --quiet; } &&
+  cargo build --release -p microgate-bench-tls --quiet)
+# How long microgate keeps an idle keep-alive connection: as long as the peers (300 s), where the
+# binary has the setting (an earlier one measured with BENCH_MICROGATE may not).
+microgate_idle_flags=()
+if "$microgate" gateway --help 2>/dev/null | grep -q -- --client-header-timeout; then
+  microgate_idle_flags=(--client-header-timeout 300s)
+fi
 
-# The idle-connection measurement holds thousands of sockets in the client and in each proxy,
-# which all inherit this limit: raised as far as the machine lets.
+# The idle-connection measurements hold many sockets in the client and in each proxy, which all
+# inherit this limit: raised as far as the machine lets (root may raise the hard limit, unless the
+# process lacks CAP_SYS_RESOURCE, as in some containers).
 open_files_wanted=$(( 2 * tls_idle_connections + 4096 ))
+scenario_on scale && open_files_wanted=$(( scale_idle_wanted + 8192 > open_files_wanted ? scale_idle_wanted + 8192 : open_files_wanted ))
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$open_files_wanted" ]; then
+  if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$open_files_wanted" ]; then
+    ulimit -Hn "$open_files_wanted" 2>/dev/null || true
+  fi
   ulimit -n "$open_files_wanted" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fi
 open_files=$(ulimit -n)
@@ -197,6 +224,16 @@ if [ "$open_files" != unlimited ] && [ "$open_files" -lt $(( tls_idle_connection
   tls_idle_connections=$(( open_files - 1024 ))
   say "warning: open files are limited to $open_files: holding $tls_idle_connections idle TLS connections"
 fi
+# Each proxy holds the scale scenario's connections in one process (and the client in another):
+# what the limit leaves, after room for the listeners and the upstream side.
+scale_idle=$scale_idle_wanted scale_h2=$scale_h2_wanted
+if [ "$open_files" != unlimited ] && [ "$open_files" -lt $(( scale_idle + 1024 )) ]; then
+  scale_idle=$(( open_files - 1024 ))
+  say "warning: open files are limited to $open_files (hard limit $(ulimit -Hn)): the scale scenario holds $scale_idle idle connections, not $scale_idle_wanted"
+fi
+[ "$scale_h2" -le "$scale_idle" ] || scale_h2=$scale_idle
+# The most connections each proxy is configured to hold: room for every idle measurement.
+max_idle=$(( tls_idle_connections > scale_idle ? tls_idle_connections : scale_idle ))
 
 if bash "$repo/tests/cluster/cluster.sh" status >/dev/null 2>&1; then
   bash "$repo/tests/cluster/cluster.sh" up
@@ -257,7 +294,7 @@ machine_info() {
     "$(crate_version tokio)" "$(crate_version hyper)" "$(crate_version hyper-util)" \
     "$(crate_version rustls)" "$(openssl version | awk '{print $2}')" \
     "$rounds" "$seconds" "$workers_list" "$rate" "$connections" "$callgrind_n" "$extra_rounds" "$(loadavg)" \
-    "$tls_idle_connections" "$scenarios"
+    "$tls_idle_connections" "$scenarios" "$scale_idle" "$scale_idle_wanted" "$scale_h2" "$open_files" "$(ulimit -Hn)"
 import json, sys
 a = sys.argv[1:]
 keys = ["microgate", "nginx", "haproxy", "wrk", "oha", "h2load", "valgrind", "rustc", "tokio", "hyper", "hyper-util",
@@ -267,7 +304,9 @@ print(json.dumps({
     "versions": dict(zip(keys, a[6:19])),
     "settings": {"rounds": int(a[19]), "seconds": int(a[20]), "workers": a[21], "rate": int(a[22]),
                  "connections": int(a[23]), "callgrind_requests": int(a[24]), "extra_rounds": int(a[25]),
-                 "tls_idle_connections": int(a[27]), "scenarios": a[28].split()},
+                 "tls_idle_connections": int(a[27]), "scenarios": a[28].split(),
+                 "scale_idle": int(a[29]), "scale_idle_wanted": int(a[30]), "scale_h2": int(a[31]),
+                 "open_files": a[32], "open_files_hard": a[33]},
     "loadavg_before": a[26],
 }, indent=1))
 EOF
@@ -294,7 +333,7 @@ for name in ecdsa rsa; do
     --dry-run=client -o yaml | k apply -f - >/dev/null
 done
 render "$here/microgate.yaml" "$run/microgate.yaml" PORT="$port" PORT_H1="$mg_h1" PORT_RETRY="$mg_retry" \
-  PORT_TLS_ECDSA="$mg_tls_ecdsa" PORT_TLS_RSA="$mg_tls_rsa"
+  PORT_TLS_ECDSA="$mg_tls_ecdsa" PORT_TLS_RSA="$mg_tls_rsa" MAX_CONNECTIONS="$(( max_idle + 2000 ))"
 k apply -n "$namespace" -f "$run/microgate.yaml" >/dev/null
 # Pods as a kubelet would report them: Running, Ready, with the backend's address as pod IP.
 k delete pods -n "$namespace" --all --grace-period=0 --force --wait=true >/dev/null 2>&1 || true
@@ -337,7 +376,7 @@ start_nginx() { # name workers h1 h2 retry tls-ecdsa tls-rsa [valgrind...]
   shift 7
   render "$here/peers/nginx.conf" "$run/$name.conf" NAME="$name" RUN="$run" WORKERS="$workers" \
     B1="$b1:$port" B2="$b2:$port" B3="$b3:$port" BF="$bf:$port" PORT_H1="$h1" PORT_H2="$h2" PORT_RETRY="$retry" \
-    PORT_TLS_ECDSA="$tls_ecdsa" PORT_TLS_RSA="$tls_rsa" TLS="$run/tls"
+    PORT_TLS_ECDSA="$tls_ecdsa" PORT_TLS_RSA="$tls_rsa" TLS="$run/tls" WORKER_CONNECTIONS="$(( max_idle + 4096 ))"
   if [ "$#" -gt 0 ]; then
     # Under valgrind: one process, no master, so every request runs in the measured process.
     spawn "$name" "$@" nginx -p "$run" -e "$run/$name.error.log" -c "$run/$name.conf" -g 'master_process off;'
@@ -352,7 +391,7 @@ start_haproxy() { # workers [valgrind...]
     B1="$b1:$port" B2="$b2:$port" B3="$b3:$port" BF="$bf:$port" \
     PORT_H1="$haproxy_h1" PORT_H2="$haproxy_h2" PORT_RETRY="$haproxy_retry" \
     PORT_TLS_ECDSA="$haproxy_tls_ecdsa" PORT_TLS_RSA="$haproxy_tls_rsa" TLS="$run/tls" \
-    MAXCONN="$(( tls_idle_connections + 2000 ))"
+    MAXCONN="$(( max_idle + 2000 ))"
   spawn haproxy "$@" haproxy -db -f "$run/haproxy.cfg"
 }
 start_microgate() { # workers [valgrind...]
@@ -362,7 +401,7 @@ start_microgate() { # workers [valgrind...]
   # watches run on one more runtime thread of their own (the equal of nginx's master process).
   spawn microgate env TOKIO_WORKER_THREADS=1 KUBECONFIG="$kubeconfig" RUST_LOG=warn \
     "$@" "$microgate" gateway --workers "$workers" --namespace "$namespace" --listen-address 127.0.0.1 \
-    --admin-addr "127.0.0.1:$mg_admin"
+    --admin-addr "127.0.0.1:$mg_admin" "${microgate_idle_flags[@]}"
 }
 
 # Requests through each proxy land on each backend in turn: checked and recorded.
@@ -395,6 +434,9 @@ declare -A tlsport=(
   [haproxy-ecdsa]=$haproxy_tls_ecdsa [haproxy-rsa]=$haproxy_tls_rsa
   [microgate-ecdsa]=$mg_tls_ecdsa [microgate-rsa]=$mg_tls_rsa
 )
+# Plain HTTP/1.1 and h2c (prior knowledge) ports, by target: microgate serves both on one.
+declare -A h1port=([nginx]=$nginx_h1 [haproxy]=$haproxy_h1 [microgate]=$mg_h1)
+declare -A h2port=([nginx]=$nginx_h2 [haproxy]=$haproxy_h2 [microgate]=$mg_h1)
 # The process whose CPU and memory count for a target ("direct": the backend itself).
 declare -A owner=([direct]=backend-1 [nginx]=nginx [nginx-b]=nginx-b [haproxy]=haproxy [microgate]=microgate)
 
@@ -592,6 +634,63 @@ print(json.dumps({
 EOF_PY
 }
 
+# The scale scenario for one proxy and one kind of connection (plain, tls, h2): a steady load
+# (wrk, as the throughput rows) without idle connections; then N idle keep-alive connections
+# opened by bench/tls-client hold from $scale_sources source addresses, one request each, the
+# proxy's RSS before and after; the same load again beside them; and how many the proxy still
+# held at the end.
+scale_round() { # target kind connections
+  local target=$1 kind=$2 n=$3 procs before after pid deadline load_url address flags=()
+  local fifo=$run/scale-hold.in json=$run/logs/scale-hold-$1-$2.jsonl loads=$run/logs/scale-load-$1-$2.jsonl
+  mapfile -t procs < <(process_tree "${owner[$target]}")
+  case $kind in
+    plain) load_url=${url[$target]} address=127.0.0.1:${h1port[$target]} flags=(--plain) ;;
+    tls) load_url=https://127.0.0.1:${tlsport[$target-ecdsa]}/ address=127.0.0.1:${tlsport[$target-ecdsa]} ;;
+    h2) load_url=${url[$target]} address=127.0.0.1:${h2port[$target]} flags=(--plain --http2) ;;
+  esac
+  rm -f "$loads"
+  throughput_round "$loads" 1 0 "$target" "$load_url"
+  before=$(memory_kib "${procs[@]}")
+  rm -f "$fifo" "$json"
+  mkfifo "$fifo"
+  "$tls_client" hold --address "$address" --connections "$n" --sources "$scale_sources" "${flags[@]}" \
+    <"$fifo" >"$json" 2>"$run/logs/scale-hold-$target-$kind.err" &
+  pid=$!
+  pids[scale-hold]=$pid
+  exec 7>"$fifo"
+  deadline=$(( $(date +%s) + 900 ))
+  until [ -s "$json" ]; do
+    kill -0 "$pid" 2>/dev/null || { exec 7>&-; die "tls-client hold ($kind) against $target exited: $(cat "$run/logs/scale-hold-$target-$kind.err")"; }
+    [ "$(date +%s)" -lt "$deadline" ] || { exec 7>&-; die "tls-client hold ($kind) against $target: not open after 900 s"; }
+    sleep 0.1
+  done
+  after=$(memory_kib "${procs[@]}")
+  throughput_round "$loads" 1 1 "$target" "$load_url"
+  echo measured >&7
+  exec 7>&-
+  for _ in $(seq 1 400); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  stop_process scale-hold
+  python3 - "$json" "$loads" "$target" "$kind" "$before" "$after" "$n" "$scale_sources" "$(loadavg)" >>"$raw/scale.jsonl" <<'EOF_PY'
+import json, sys
+path, loads, target, kind, before, after, wanted, sources, load = sys.argv[1:]
+lines = [json.loads(l) for l in open(path) if l.strip()]
+opened, check = lines[0], (lines[1] if len(lines) > 1 else {})
+rounds = [json.loads(l) for l in open(loads) if l.strip()]
+without = next((r for r in rounds if r["round"] == 0), None)
+beside = next((r for r in rounds if r["round"] == 1), None)
+b, a = [int(x) for x in before.split()], [int(x) for x in after.split()]
+held = check.get("still_open")
+print(json.dumps({
+    "target": target, "kind": kind, "wanted": int(wanted), "sources": int(sources),
+    "opened": opened["open"], "open_seconds": opened["seconds"], "failed": opened["failed"],
+    "first_failure": opened["first_failure"], "still_open": held,
+    "rss_before_kib": b[0], "rss_after_kib": a[0], "hwm_after_kib": a[1],
+    "bytes_per_connection": (a[0] - b[0]) * 1024 / held if held else None,
+    "load_without": without, "load_beside": beside, "loadavg": load,
+}))
+EOF_PY
+}
+
 warm_up() { wrk -t2 -c"$connections" -d1s "$1" >/dev/null 2>&1; }
 
 for workers in $workers_list; do
@@ -697,6 +796,24 @@ for workers in $workers_list; do
       say "idle TLS connections: $tls_idle_connections held open against each of 3 targets"
       for target in "${tls_targets[@]}"; do tls_idle_round "$raw/tls_idle.jsonl" "$target"; done
     fi
+  fi
+
+  if [ "$workers" = 1 ] && scenario_on scale; then
+    for kind in plain tls h2; do
+      scenario_on "scale-$kind" || continue
+      # Fresh proxies for each kind: memory freed by the previous kind's connections would
+      # otherwise be reused by this one's and hide what they cost.
+      for name in microgate haproxy nginx-b nginx; do stop_process "$name"; done
+      start_nginx nginx 1 $nginx_h1 $nginx_h2 $nginx_retry $nginx_tls_ecdsa $nginx_tls_rsa
+      start_haproxy 1
+      start_microgate 1
+      for target in nginx haproxy microgate; do wait_http "${url[$target]}" 60 "${owner[$target]}"; done
+      for target in nginx haproxy microgate; do wait_http "https://127.0.0.1:${tlsport[$target-ecdsa]}/" 60 "${owner[$target]}"; done
+      n=$scale_idle
+      [ "$kind" != h2 ] || n=$scale_h2
+      say "scale ($kind): $n idle connections from $scale_sources source addresses against each of 3 targets, wrk ${seconds}s without and beside them"
+      for target in nginx haproxy microgate; do scale_round "$target" "$kind" "$n"; done
+    done
   fi
 
   for name in microgate haproxy nginx-b nginx; do stop_process "$name"; done

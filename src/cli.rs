@@ -58,6 +58,10 @@ pub struct GatewayArgs {
     /// process may use).
     #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+    /// How long a client may take to send a request's head, counted from when its connection is
+    /// ready for one: so also how long an idle keep-alive connection stays open.
+    #[arg(long, env = "MICROGATE_CLIENT_HEADER_TIMEOUT", default_value = "10s")]
+    pub client_header_timeout: Duration,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
@@ -90,6 +94,10 @@ pub struct RunArgs {
     /// process may use).
     #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+    /// How long a client may take to send a request's head, counted from when its connection is
+    /// ready for one: so also how long an idle keep-alive connection stays open.
+    #[arg(long, env = "MICROGATE_CLIENT_HEADER_TIMEOUT", default_value = "10s")]
+    pub client_header_timeout: Duration,
 }
 
 /// Options of `microgate controller`.

@@ -163,7 +163,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
             workers: args
                 .workers
                 .map_or_else(gateway::workers::default_count, usize::from),
-            client_timeouts: Default::default(),
+            client_timeouts: gateway::listen::ClientTimeouts {
+                header_read: args.client_header_timeout.get(),
+                ..Default::default()
+            },
             gateway_addresses: args.gateway_addresses,
             gateway_api: args.gateway_api,
         },
@@ -209,7 +212,10 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         workers: args
             .workers
             .map_or_else(gateway::workers::default_count, usize::from),
-        client_timeouts: Default::default(),
+        client_timeouts: gateway::listen::ClientTimeouts {
+            header_read: args.client_header_timeout.get(),
+            ..Default::default()
+        },
         gateway_addresses: args.gateway_addresses,
         gateway_api: args.gateway_api,
     };

@@ -1,15 +1,15 @@
 //! The gateway's metrics: requests by route and status class, retries, and retries refused by
-//! the budget.
+//! the budget; client connections' buffers, and accepting paused for want of descriptors.
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use crate::discovery::ServiceLabels;
+use crate::{discovery::ServiceLabels, gateway::buffers::BufferCounts};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
     metrics::{MetricType, TypedMetric, counter::Counter, family::Family},
@@ -34,6 +34,8 @@ pub struct GatewayMetrics {
     budget_exhausted: Family<RouteLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
     latency: Family<RouteLabels, LatencyHistogram>,
+    buffers: WorkerBuffers,
+    accept_paused: Counter,
 }
 
 impl GatewayMetrics {
@@ -44,6 +46,8 @@ impl GatewayMetrics {
             budget_exhausted: Family::default(),
             ejections: Family::default(),
             latency: Family::default(),
+            buffers: WorkerBuffers::default(),
+            accept_paused: Counter::default(),
         };
         registry.register(
             "microgate_gateway_request_duration_seconds",
@@ -70,7 +74,40 @@ impl GatewayMetrics {
             "Endpoints taken out of rotation by outlier detection",
             metrics.ejections.clone(),
         );
+        registry.register(
+            "microgate_gateway_client_buffers_lent",
+            "Buffers held by client connections now, each while bytes are in flight (an idle connection holds none)",
+            BufferGauge {
+                workers: metrics.buffers.clone(),
+                read: BufferCounts::lent,
+            },
+        );
+        registry.register(
+            "microgate_gateway_client_buffers_pooled",
+            "Free client connection buffers the workers keep for reuse",
+            BufferGauge {
+                workers: metrics.buffers.clone(),
+                read: BufferCounts::pooled,
+            },
+        );
+        registry.register(
+            "microgate_gateway_accept_paused",
+            "Times a listener stopped accepting for a moment because the process or the system was out of file descriptors",
+            metrics.accept_paused.clone(),
+        );
         metrics
+    }
+
+    /// Counts the buffers of these workers (the gateway's, once started).
+    pub fn count_buffers(&self, workers: impl IntoIterator<Item = Arc<BufferCounts>>) {
+        if let Ok(mut counted) = self.buffers.0.lock() {
+            counted.extend(workers);
+        }
+    }
+
+    /// A listener paused accepting: no file descriptor was left for a new connection.
+    pub fn accept_paused(&self) {
+        self.accept_paused.inc();
     }
 
     pub fn ejection(&self, service: &crate::discovery::ServiceKey) {
@@ -126,6 +163,37 @@ impl RouteMetrics {
 
     pub fn budget_exhausted(&self) {
         self.budget_exhausted.inc();
+    }
+}
+
+/// The buffer counts of the gateway's workers.
+#[derive(Clone, Debug, Default)]
+struct WorkerBuffers(Arc<Mutex<Vec<Arc<BufferCounts>>>>);
+
+/// One figure of the workers' buffers, summed over them when scraped.
+#[derive(Debug)]
+struct BufferGauge {
+    workers: WorkerBuffers,
+    read: fn(&BufferCounts) -> usize,
+}
+
+impl TypedMetric for BufferGauge {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for BufferGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let total: usize = self
+            .workers
+            .0
+            .lock()
+            .map(|workers| workers.iter().map(|w| (self.read)(w)).sum())
+            .unwrap_or(0);
+        encoder.encode_gauge(&(total as i64))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 

@@ -10,10 +10,12 @@
 // path reads; each layer imports only those listed before it (`listen` and `status`, which
 // serve and report, come last).
 pub mod balance;
+pub mod buffers;
 pub mod compile;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod policy;
@@ -161,11 +163,18 @@ pub async fn run(
         metrics.clone(),
         options.access_log,
     ));
+    limits::raise_open_files();
     let workers = workers::Workers::start(options.workers)?;
+    metrics.count_buffers(workers.buffer_counts());
     for worker in workers.handles() {
         worker.spawn(close_expired_idle_connections(table.clone()));
     }
-    let mut listeners = listen::Listeners::new(proxy, workers.handles().to_vec(), options.client_timeouts);
+    let mut listeners = listen::Listeners::new(
+        proxy,
+        workers.handles().to_vec(),
+        options.client_timeouts,
+        metrics.clone(),
+    );
     let mut registry_changes = registry.subscribe();
     let mut on_programmed = options.on_programmed;
     let program = async {

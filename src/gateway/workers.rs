@@ -9,11 +9,16 @@
 use std::{
     cell::Cell,
     io,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread,
 };
 
 use tokio::{runtime::Handle, sync::oneshot};
+
+use super::buffers::{self, BufferCounts};
 
 thread_local! {
     /// The index of the worker this thread is, if it is one.
@@ -38,6 +43,7 @@ pub fn count() -> usize {
 pub struct Workers {
     handles: Vec<Handle>,
     stop: Vec<oneshot::Sender<()>>,
+    buffers: Vec<Arc<BufferCounts>>,
 }
 
 impl Workers {
@@ -47,6 +53,7 @@ impl Workers {
         COUNT.fetch_max(count, Ordering::Relaxed);
         let mut handles = Vec::with_capacity(count);
         let mut stop = Vec::with_capacity(count);
+        let mut buffer_counts = Vec::with_capacity(count);
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -54,19 +61,31 @@ impl Workers {
             handles.push(runtime.handle().clone());
             let (stop_sender, stopped) = oneshot::channel::<()>();
             stop.push(stop_sender);
+            let counts = Arc::new(BufferCounts::default());
+            buffer_counts.push(counts.clone());
             thread::Builder::new()
                 .name(format!("microgate-worker-{index}"))
                 .spawn(move || {
                     WORKER.set(Some(index));
+                    buffers::count_on_this_thread(counts);
                     // Runs the tasks spawned onto it until told to stop; the rest are dropped.
                     let _ = runtime.block_on(stopped);
                 })?;
         }
-        Ok(Self { handles, stop })
+        Ok(Self {
+            handles,
+            stop,
+            buffers: buffer_counts,
+        })
     }
 
     pub fn handles(&self) -> &[Handle] {
         &self.handles
+    }
+
+    /// Each worker's client connection buffers (see [`buffers`]).
+    pub fn buffer_counts(&self) -> impl Iterator<Item = Arc<BufferCounts>> + '_ {
+        self.buffers.iter().cloned()
     }
 }
 

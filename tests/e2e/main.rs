@@ -35,6 +35,7 @@ mod gateway_api;
 mod gateway_process;
 mod h2_hostile;
 mod hostile;
+mod idle;
 mod leader;
 mod paths;
 mod slow_clients;
@@ -46,6 +47,8 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Platform {
     registry: Registry,
     listener: SocketAddr,
+    /// Where the metrics (the controller's and the gateway's) are served.
+    admin: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -117,6 +120,7 @@ impl Platform {
         )
         .await
         .expect("start the controller");
+        let admin = running.admin_addr;
         let gateway = gateway::run(
             ns.client.clone(),
             Some(ns.name.clone()),
@@ -138,6 +142,7 @@ impl Platform {
         Self {
             registry,
             listener: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin,
             tasks,
         }
     }

@@ -35,9 +35,9 @@ const TIMEOUTS: ClientTimeouts = ClientTimeouts {
 const TRICKLERS: usize = 1000;
 /// How often a trickler sends its next byte.
 const TRICKLE_EVERY: Duration = Duration::from_millis(200);
-const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n";
+pub(super) const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n";
 
-async fn platform_with_echo(
+pub(super) async fn platform_with_echo(
     ns: &microgate_test_support::TestNamespace,
     timeouts: ClientTimeouts,
 ) -> Platform {
@@ -53,7 +53,7 @@ async fn platform_with_echo(
 }
 
 /// Reads one response with a Content-Length off `stream`: its status.
-async fn read_response(stream: &mut TcpStream) -> Result<u16, String> {
+pub(super) async fn read_response(stream: &mut TcpStream) -> Result<u16, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -4,7 +4,7 @@ use std::{io, net::SocketAddr, time::Duration};
 
 use rustls::{HandshakeKind, pki_types::ServerName};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
@@ -70,11 +70,42 @@ pub async fn open(
     address: SocketAddr,
     server_name: &ServerName<'static>,
 ) -> Result<(Stream, Negotiated), ExchangeError> {
-    let tcp = TcpStream::connect(address)
-        .await
-        .map_err(ExchangeError::Connect)?;
+    let tcp = connect(address, None).await?;
+    handshake(connector, tcp, server_name).await
+}
+
+/// Connects, from `source` (any port) if given.
+pub async fn connect(
+    address: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> Result<TcpStream, ExchangeError> {
+    let tcp = match source {
+        None => TcpStream::connect(address).await,
+        Some(source) => {
+            let socket = if source.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(ExchangeError::Connect)?;
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(ExchangeError::Connect)?;
+            socket.connect(address).await
+        }
+    }
+    .map_err(ExchangeError::Connect)?;
     // Requests are one small write each: no reason to hold them back.
     tcp.set_nodelay(true).map_err(ExchangeError::Connect)?;
+    Ok(tcp)
+}
+
+/// Completes the TLS handshake on `tcp`.
+pub async fn handshake(
+    connector: &TlsConnector,
+    tcp: TcpStream,
+    server_name: &ServerName<'static>,
+) -> Result<(Stream, Negotiated), ExchangeError> {
     let stream = connector
         .connect(server_name.clone(), tcp)
         .await
@@ -130,7 +161,7 @@ pub async fn request(stream: &mut Stream, host: &str, close: bool) -> Result<Opt
 const MAX_HEAD: usize = 16 * 1024;
 
 /// Reads one answer: its head, then a body framed by Content-Length or chunked encoding.
-async fn read_answer(stream: &mut Stream) -> Result<(), ExchangeError> {
+pub async fn read_answer<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(), ExchangeError> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let (head_length, status, framing) = loop {

@@ -14,10 +14,10 @@ use rustls::{
 use tokio_rustls::TlsConnector;
 
 /// A connector whose every connection makes a full handshake: no session is stored, so none is
-/// offered. ALPN offers only http/1.1. The servers under test have self-signed certificates made
+/// offered. ALPN offers only `alpn` (http/1.1 or h2). The servers under test have self-signed certificates made
 /// for the run, and what is measured is their work: the client checks neither the chain nor the
 /// handshake signature, which keeps its own share of the shared CPUs small.
-pub fn connector() -> Result<TlsConnector, rustls::Error> {
+pub fn connector(alpn: &[u8]) -> Result<TlsConnector, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(AcceptAnyCertificate {
         provider: provider.clone(),
@@ -28,7 +28,7 @@ pub fn connector() -> Result<TlsConnector, rustls::Error> {
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.resumption = Resumption::disabled();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

@@ -24,6 +24,7 @@ use tokio::{
 
 use super::ClientTimeouts;
 use crate::gateway::{
+    buffers::{self, READ_BUFFER, ReadBuffer, WriteBuffer},
     http::{
         body::Whole,
         client::Client,
@@ -77,8 +78,10 @@ enum Next {
 
 struct Connection<S> {
     stream: S,
-    read: BytesMut,
-    write: Vec<u8>,
+    /// The bytes read and not yet parsed, in a buffer lent by the worker's pool; `None` while
+    /// there are none, so that an idle connection holds no buffer. (A response is written from a
+    /// buffer lent for its writing only.)
+    read: Option<ReadBuffer>,
     /// The header-read deadline.
     timer: Pin<Box<Sleep>>,
     timeouts: ClientTimeouts,
@@ -95,8 +98,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Served<S> {
     let mut connection = Connection {
         stream,
-        read: BytesMut::with_capacity(8 * 1024),
-        write: Vec::with_capacity(8 * 1024),
+        read: None,
         timer: Box::pin(tokio::time::sleep(timeouts.header_read)),
         timeouts,
     };
@@ -105,12 +107,18 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Next::Request { request, keep_alive } => {
                 let head_request = request.method() == Method::HEAD;
                 let http10 = request.version() == Version::HTTP_10;
-                let response = proxy.handle(client, request).await;
-                let keep_alive = keep_alive && !*draining.borrow();
-                match connection
-                    .respond(response, head_request, http10, keep_alive)
-                    .await
-                {
+                // Boxed for the request's time only: the state of an answer in the making (the
+                // endpoint's connection, retries, the response's body) is most of a
+                // connection's, and an idle connection should not carry room for it.
+                let answered = Box::pin(async {
+                    let response = proxy.handle(client, request).await;
+                    let keep_alive = keep_alive && !*draining.borrow();
+                    connection
+                        .respond(response, head_request, http10, keep_alive)
+                        .await
+                })
+                .await;
+                match answered {
                     Ok(true) => {}
                     Ok(false) => {
                         // An orderly end: over TLS this sends close_notify (RFC 8446 §6.1), so
@@ -125,7 +133,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Next::HandOver => {
                 return Served::HandOver(Rewind {
-                    prefix: connection.read.freeze(),
+                    prefix: connection
+                        .read
+                        .map(|read| read.into_inner().freeze())
+                        .unwrap_or_default(),
                     stream: connection.stream,
                 });
             }
@@ -147,23 +158,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // The deadline is for the head: a body (at most MAX_BUFFERED_BODY) may take longer.
         let mut reading_body = false;
         loop {
-            if !self.read.is_empty() {
-                match parse_request(&mut self.read) {
+            match &mut self.read {
+                Some(read) if !read.is_empty() => match parse_request(read.bytes()) {
                     Parsed::Complete(next) => return next,
-                    Parsed::NeedMore if self.read.len() >= MAX_HEAD => {
+                    Parsed::NeedMore if read.bytes().len() >= MAX_HEAD => {
                         return Next::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
                     }
                     Parsed::NeedMore => {}
                     Parsed::NeedBody => reading_body = true,
+                },
+                // Nothing left to parse: the buffer goes back to the pool until bytes come.
+                _ => {
+                    self.read = None;
+                    if *draining.borrow() {
+                        return Next::Closed;
+                    }
                 }
-            } else if *draining.borrow() {
-                return Next::Closed;
             }
-            self.read.reserve(8 * 1024);
-            let idle = self.read.is_empty();
+            let idle = self.read.is_none();
             let read = tokio::select! {
                 biased;
-                read = self.stream.read_buf(&mut self.read) => read,
+                read = read_more(&mut self.stream, &mut self.read) => read,
                 // Only an idle connection stops at once: a request half read is finished.
                 _ = draining.changed(), if idle => return Next::Closed,
                 () = &mut self.timer, if !reading_body => return Next::Closed,
@@ -190,8 +205,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let length = body.size_hint().exact();
-        let out = &mut self.write;
-        out.clear();
+        let mut lent = WriteBuffer::take();
+        let out = lent.bytes();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.as_str().as_bytes());
         out.push(b' ');
@@ -236,9 +251,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             write_header(out, b"connection", b"keep-alive");
         }
         out.extend_from_slice(b"\r\n");
+        let limit = self.timeouts.write;
+        let stream = &mut self.stream;
         if bodiless {
             drop(body);
-            write_all_within(&mut self.stream, &self.write, self.timeouts.write).await?;
+            write_all_within(stream, out, limit).await?;
             return Ok(keep_alive);
         }
         let mut sent = 0u64;
@@ -248,7 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let frame = match polled {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    self.flush().await?;
+                    flush(stream, out, limit).await?;
                     std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
                 }
             };
@@ -261,41 +278,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     sent += data.len() as u64;
                     if chunked {
-                        self.write
-                            .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
                     }
-                    if self.write.len() + data.len() > WRITE_BATCH {
-                        self.flush().await?;
-                        write_all_within(&mut self.stream, &data, self.timeouts.write).await?;
+                    if out.len() + data.len() > WRITE_BATCH {
+                        flush(stream, out, limit).await?;
+                        write_all_within(stream, &data, limit).await?;
                     } else {
-                        self.write.extend_from_slice(&data);
+                        out.extend_from_slice(&data);
                     }
                     if chunked {
-                        self.write.extend_from_slice(b"\r\n");
+                        out.extend_from_slice(b"\r\n");
                     }
                 }
                 // The endpoint broke off: so does this answer, which the client sees cut short.
                 Some(Err(error)) => {
-                    self.flush().await?;
+                    flush(stream, out, limit).await?;
                     tracing::debug!(%error, "response body broke off");
                     return Ok(false);
                 }
             }
         }
         if chunked {
-            self.write.extend_from_slice(b"0\r\n\r\n");
+            out.extend_from_slice(b"0\r\n\r\n");
         }
-        self.flush().await?;
+        flush(stream, out, limit).await?;
         // A body shorter than its announced length leaves the client waiting: close to end it.
         Ok(keep_alive && length.is_none_or(|n| n == sent))
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        if !self.write.is_empty() {
-            write_all_within(&mut self.stream, &self.write, self.timeouts.write).await?;
-            self.write.clear();
-        }
-        Ok(())
     }
 
     async fn reject(&mut self, status: StatusCode) -> io::Result<()> {
@@ -308,8 +316,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.stream.shutdown().await?;
         // Closing a socket with unread bytes in it sends a reset, which can overtake the answer
         // and destroy it at the client: read what the client already sent first (a lingering
-        // close, as nginx does), for a bounded time and amount.
-        let mut sink = [0u8; 4096];
+        // close, as nginx does), for a bounded time and amount. On the heap: an array here would
+        // be part of every connection's task, idle ones included.
+        let mut sink = vec![0u8; 4096];
         let linger = async {
             let mut drained = 0;
             while drained < LINGER_BYTES {
@@ -322,6 +331,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let _ = tokio::time::timeout(LINGER_TIME, linger).await;
         Ok(())
     }
+}
+
+/// Reads more of a request: into the buffer already holding its first bytes, or, for a
+/// connection that holds none, into one lent once the client's bytes are there.
+async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, read: &mut Option<ReadBuffer>) -> io::Result<usize> {
+    match read {
+        Some(buf) => {
+            buf.bytes().reserve(READ_BUFFER);
+            stream.read_buf(buf.bytes()).await
+        }
+        None => {
+            let (buf, n) = buffers::read_when_ready(stream).await?;
+            *read = Some(buf);
+            Ok(n)
+        }
+    }
+}
+
+/// Writes out the bytes gathered in `out` and empties it.
+async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>, limit: Duration) -> io::Result<()> {
+    if !out.is_empty() {
+        write_all_within(stream, out, limit).await?;
+        out.clear();
+    }
+    Ok(())
 }
 
 /// Writes all of `bytes`, failing if the client takes longer than `limit` to accept them.

@@ -33,6 +33,7 @@ use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
 use self::cancellations::Cancellations;
 use super::{
+    GatewayMetrics,
     http::client::Client,
     request::{Proxy, take_wire_headers},
     tls::{self, TlsPort},
@@ -40,6 +41,10 @@ use super::{
 
 /// Connections waiting to be accepted, per socket.
 const BACKLOG: u32 = 1024;
+
+/// The longest a listener stops accepting when no file descriptor is left: it resumes sooner
+/// once one of its connections closes.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 
 /// How long clients may keep the gateway waiting.
 #[derive(Clone, Copy, Debug)]
@@ -114,12 +119,19 @@ pub struct Listeners {
     failed: BTreeMap<SocketAddr, String>,
     /// Turns true when the gateway stops: every listener drains.
     draining: watch::Sender<bool>,
+    metrics: GatewayMetrics,
 }
 
 impl Listeners {
-    pub fn new(proxy: Arc<Proxy>, workers: Vec<Handle>, timeouts: ClientTimeouts) -> Self {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        workers: Vec<Handle>,
+        timeouts: ClientTimeouts,
+        metrics: GatewayMetrics,
+    ) -> Self {
         Self {
             proxy,
+            metrics,
             workers,
             running: BTreeMap::new(),
             timeouts,
@@ -148,12 +160,18 @@ impl Listeners {
                 // The socket is made on the worker, so that its own runtime drives it.
                 let (told, result) = oneshot::channel();
                 let (proxy, draining, open) = (self.proxy.clone(), self.draining.subscribe(), open.clone());
+                let metrics = self.metrics.clone();
                 tasks.spawn_on(
                     async move {
                         match bind(addr, shared) {
                             Ok(listener) => {
                                 let _ = told.send(Ok(()));
-                                accept(listener, addr, proxy, draining, open, timeouts).await;
+                                let limits = AcceptLimits {
+                                    open,
+                                    timeouts,
+                                    metrics,
+                                };
+                                accept(listener, addr, proxy, draining, limits).await;
                             }
                             Err(error) => {
                                 let _ = told.send(Err(error));
@@ -267,15 +285,32 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static + NegotiatedProtocol,
 {
-    let alpn_h2 = stream.is_h2();
-    let (stream, builder) = if alpn_h2 {
-        (http1::Rewind::fresh(stream), &builders.http2)
+    let (stream, h2) = if stream.is_h2() {
+        (http1::Rewind::fresh(stream), true)
     } else {
         match http1::serve(stream, &client, &proxy, &mut draining, timeouts).await {
             http1::Served::Closed => return,
-            http1::Served::HandOver(rewind) => (rewind, &builders.detecting),
+            http1::Served::HandOver(rewind) => (rewind, false),
         }
     };
+    // Boxed: hyper's connection state is large, and only connections it serves should carry it
+    // (an async function's state is as large as its largest await).
+    Box::pin(serve_with_hyper(stream, h2, client, proxy, builders, draining)).await;
+}
+
+/// Serves the rest of a connection with hyper's server: HTTP/2 (`h2`: settled by ALPN), or what
+/// the gateway's own HTTP/1.1 handed over.
+async fn serve_with_hyper<S>(
+    stream: http1::Rewind<S>,
+    h2: bool,
+    client: Arc<Client>,
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    mut draining: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = if h2 { &builders.http2 } else { &builders.detecting };
     let peer = client.addr;
     let cancellations = Arc::new(Cancellations::default());
     let tracked = cancellations.clone();
@@ -312,7 +347,7 @@ async fn serve_connection<S>(
         }};
     }
     let io = TokioIo::new(stream);
-    let result = if alpn_h2 {
+    let result = if h2 {
         // HTTP/2 only: bytes that are not its preface are an HTTP/2 error (hyper's upgradeable
         // connection would take them for HTTP/1.1).
         serve!(builder.serve_connection(io, service))
@@ -382,18 +417,41 @@ fn http2_settings<E>(http2: &mut auto::Http2Builder<'_, E>) {
         .keep_alive_timeout(Duration::from_secs(10));
 }
 
+/// What bounds a listener's connections.
+struct AcceptLimits {
+    /// The port's open connections over all workers: past the port's limit a new one is refused
+    /// at once.
+    open: Arc<AtomicUsize>,
+    timeouts: ClientTimeouts,
+    /// Counts the pauses for want of file descriptors.
+    metrics: GatewayMetrics,
+}
+
+/// Whether accepting failed for want of a file descriptor (the process's or the system's), or of
+/// the memory a socket needs: a condition that lasts until connections close, so the listener
+/// pauses rather than trying again at once.
+fn out_of_descriptors(error: &std::io::Error) -> bool {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    matches!(error.raw_os_error(), Some(ENFILE | EMFILE | ENOBUFS | ENOMEM))
+}
+
 /// Accepts connections on `listener` until `draining` turns true; then stops accepting, asks every
 /// open connection to finish its in-flight requests and close, and returns when they have.
-/// `open` counts the port's connections over all workers; past the port's limit a new one is
-/// refused at once.
 async fn accept(
     listener: TcpListener,
     local: SocketAddr,
     proxy: Arc<Proxy>,
     mut draining: watch::Receiver<bool>,
-    open: Arc<AtomicUsize>,
-    timeouts: ClientTimeouts,
+    limits: AcceptLimits,
 ) {
+    let AcceptLimits {
+        open,
+        timeouts,
+        metrics,
+    } = limits;
     let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -407,17 +465,31 @@ async fn accept(
         detecting: builder,
     });
     loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = draining.changed() => break,
+        };
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
+            // The connection waits in the kernel's queue meanwhile; retrying at once would spin,
+            // since the socket stays readable.
+            Err(error) if out_of_descriptors(&error) => {
+                metrics.accept_paused();
+                tracing::warn!(%local, %error, pause = ?ACCEPT_PAUSE, open = connections.len(),
+                    "out of file descriptors: accepting paused until a connection closes");
+                tokio::select! {
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                    () = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                    _ = draining.changed() => break,
+                }
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%local, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let tls_port = proxy.tls_port(local);
@@ -427,22 +499,22 @@ async fn accept(
             continue;
         };
         let (proxy, builder, draining) = (proxy.clone(), builder.clone(), draining.clone());
-        connections.spawn(async move {
-            let _slot = slot;
-            match tls_port {
-                None => {
-                    let client = Arc::new(Client::new(local, client));
-                    serve_connection(stream, client, proxy, builder, draining, timeouts).await;
-                }
-                Some(tls_port) => {
-                    let Some((stream, listener)) = handshake(stream, &tls_port).await else {
-                        return;
-                    };
-                    let client = Arc::new(Client::over_tls(local, client, listener));
-                    serve_connection(stream, client, proxy, builder, draining, timeouts).await;
-                }
-            }
-        });
+        // Two kinds of task, so that a plain connection's is not sized for a TLS session.
+        match tls_port {
+            None => connections.spawn(async move {
+                let _slot = slot;
+                let client = Arc::new(Client::new(local, client));
+                serve_connection(stream, client, proxy, builder, draining, timeouts).await;
+            }),
+            Some(tls_port) => connections.spawn(async move {
+                let _slot = slot;
+                let Some((stream, listener)) = handshake(stream, &tls_port).await else {
+                    return;
+                };
+                let client = Arc::new(Client::over_tls(local, client, listener));
+                serve_connection(stream, client, proxy, builder, draining, timeouts).await;
+            }),
+        };
     }
     drop(listener);
     while connections.join_next().await.is_some() {}

@@ -1,0 +1,90 @@
+//! Idle keep-alive connections hold no buffer: the gateway's buffer metrics show none lent while
+//! hundreds of answered connections sit idle, one lent while a head is half sent.
+
+use std::{net::SocketAddr, time::Duration};
+
+use microgate::gateway::listen::ClientTimeouts;
+use microgate_test_support::{
+    probe,
+    wait::{self, Probe},
+    with_namespace,
+};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use crate::{
+    WAIT,
+    slow_clients::{REQUEST, platform_with_echo, read_response},
+};
+
+/// Answered connections left idle at once.
+const IDLE: usize = 300;
+
+/// Long enough that no idle connection is closed while the test looks at them.
+const TIMEOUTS: ClientTimeouts = ClientTimeouts {
+    header_read: Duration::from_secs(120),
+    write: Duration::from_secs(10),
+};
+
+/// A gauge of the gateway's from its /metrics.
+async fn gauge(admin: SocketAddr, name: &str) -> Result<u64, String> {
+    let answer = probe::get(admin, "/metrics").await.map_err(|e| e.to_string())?;
+    answer
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| format!("no {name} in /metrics"))
+}
+
+/// Waits until the buffers lent are `expected`.
+async fn lent_becomes(admin: SocketAddr, expected: u64) {
+    wait::until(format!("{expected} client buffers lent"), WAIT, || async {
+        match gauge(admin, "microgate_gateway_client_buffers_lent").await {
+            Ok(lent) if lent == expected => Probe::Done(()),
+            Ok(lent) => Probe::NotYet(format!("{lent} lent")),
+            Err(error) => Probe::NotYet(error),
+        }
+    })
+    .await
+    .expect("the buffers lent settle");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_hold_no_buffer() {
+    with_namespace("e2e-idle-buffers", |ns| async move {
+        let platform = platform_with_echo(&ns, TIMEOUTS).await;
+        let addr = platform.listener;
+        let mut idle = Vec::with_capacity(IDLE);
+        for _ in 0..IDLE {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(REQUEST).await.expect("send");
+            assert_eq!(read_response(&mut stream).await, Ok(200));
+            idle.push(stream);
+        }
+        // Every connection was answered and is open, waiting for its next request: none holds
+        // a buffer, and the pool keeps only a few for reuse.
+        lent_becomes(platform.admin, 0).await;
+        let pooled = gauge(platform.admin, "microgate_gateway_client_buffers_pooled")
+            .await
+            .expect("the pool's gauge");
+        assert!(
+            (1..=128).contains(&pooled),
+            "{pooled} buffers pooled for {IDLE} idle connections"
+        );
+
+        // A head half sent holds its read buffer until the rest comes and is answered.
+        let mut half = TcpStream::connect(addr).await.expect("connect");
+        half.write_all(&REQUEST[..10]).await.expect("send");
+        lent_becomes(platform.admin, 1).await;
+        half.write_all(&REQUEST[10..]).await.expect("send the rest");
+        assert_eq!(read_response(&mut half).await, Ok(200));
+        lent_becomes(platform.admin, 0).await;
+
+        // The idle connections still serve: their next requests take a buffer again.
+        for stream in idle.iter_mut().take(10) {
+            stream.write_all(REQUEST).await.expect("send");
+            assert_eq!(read_response(stream).await, Ok(200));
+        }
+        lent_becomes(platform.admin, 0).await;
+    })
+    .await;
+}

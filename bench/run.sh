@@ -212,7 +212,8 @@ fi
 # inherit this limit: raised as far as the machine lets (root may raise the hard limit, unless the
 # process lacks CAP_SYS_RESOURCE, as in some containers).
 open_files_wanted=$(( 2 * tls_idle_connections + 4096 ))
-scenario_on scale && open_files_wanted=$(( scale_idle_wanted + 8192 > open_files_wanted ? scale_idle_wanted + 8192 : open_files_wanted ))
+scale_on() { scenario_on scale-plain || scenario_on scale-tls || scenario_on scale-h2; }
+scale_on && open_files_wanted=$(( scale_idle_wanted + 8192 > open_files_wanted ? scale_idle_wanted + 8192 : open_files_wanted ))
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$open_files_wanted" ]; then
   if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$open_files_wanted" ]; then
     ulimit -Hn "$open_files_wanted" 2>/dev/null || true
@@ -798,7 +799,7 @@ for workers in $workers_list; do
     fi
   fi
 
-  if [ "$workers" = 1 ] && scenario_on scale; then
+  if [ "$workers" = 1 ] && scale_on; then
     for kind in plain tls h2; do
       scenario_on "scale-$kind" || continue
       # Fresh proxies for each kind: memory freed by the previous kind's connections would

@@ -5,10 +5,17 @@
 //! snapshots into a [`table::RouteTable`] on every change, swaps it in atomically, and keeps one
 //! listener per port the table names ([`listen`]). Requests flow through [`request::Proxy`]:
 //! route → forward (pick, send, judge, retry) → respond, over [`balance`] and [`upstream`].
+//!
+//! The modules are layers, listed here in the order data flows through them; each imports only
+//! those before it:
+//!
+//! 1. plumbing: [`random`], [`http`] (HTTP vocabulary), [`buffers`], [`workers`], [`limits`],
+//!    [`metrics`];
+//! 2. sending to endpoints and choosing them: [`upstream`], [`balance`], [`retry`];
+//! 3. policies and TLS: [`policy`], [`tls`];
+//! 4. the compiled route table and what builds it: [`table`], [`compile`], [`watches`];
+//! 5. serving and reporting: [`request`], [`listen`], [`status`].
 
-// In the order data flows through them: resources are compiled into a table, which the request
-// path reads; each layer imports only those listed before it (`listen` and `status`, which
-// serve and report, come last).
 pub mod balance;
 pub mod buffers;
 pub mod compile;

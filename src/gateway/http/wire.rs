@@ -4,7 +4,7 @@
 //! Making them into a `HeaderMap` (a name lookup, a value check and a hashed insert per header)
 //! cost more than any other step of a proxied request, and the gateway's own HTTP/1.1 server
 //! would only write them back out. So an HTTP/1.1 endpoint's headers travel in wire form with the
-//! response body ([`super::upstream::UpstreamBody`]) and become a map only where one is needed:
+//! response body ([`crate::gateway::upstream::UpstreamBody`]) and become a map only where one is needed:
 //! for hyper's server (HTTP/2 clients) and for the retry policy's look at `Retry-After`.
 
 use bytes::{Bytes, BytesMut};

@@ -325,18 +325,7 @@ impl KubeSnapshot {
         range: Option<ipnet::IpNet>,
         listen_address: IpAddr,
     ) -> std::collections::BTreeMap<compile::gateway_api::ObjectKey, IpAddr> {
-        let ours: std::collections::BTreeSet<String> = self
-            .classes
-            .iter()
-            .filter(|c| c.spec.controller_name == api::gateway_api::CONTROLLER_NAME)
-            .map(|c| c.name_any())
-            .collect();
-        let mut gateways: Vec<_> = self
-            .gateways
-            .iter()
-            .filter(|g| ours.contains(&g.spec.gateway_class_name))
-            .collect();
-        gateways.sort_by_key(|g| (g.creation_timestamp(), g.namespace(), g.name_any()));
+        let gateways = compile::gateway_api::served_gateways(&self.classes, &self.gateways);
         compile::addresses::allocate(&gateways, range, listen_address)
     }
 

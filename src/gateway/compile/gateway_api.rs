@@ -187,6 +187,21 @@ pub fn listener_id(gateway: &KubeGateway, listener: &Listener) -> Arc<str> {
     .into()
 }
 
+/// The Gateways of microgate's classes, oldest first (the order addresses and contested ports
+/// are given in).
+pub fn served_gateways<'g>(
+    classes: &[Arc<GatewayClass>],
+    gateways: &'g [Arc<KubeGateway>],
+) -> Vec<&'g Arc<KubeGateway>> {
+    let ours = our_classes(classes);
+    let mut served: Vec<_> = gateways
+        .iter()
+        .filter(|g| ours.contains(g.spec.gateway_class_name.as_str()))
+        .collect();
+    served.sort_by_key(|g| (g.creation_timestamp(), g.namespace(), g.name_any()));
+    served
+}
+
 fn our_classes(classes: &[Arc<GatewayClass>]) -> BTreeSet<String> {
     classes
         .iter()
@@ -207,13 +222,7 @@ pub fn compile(builder: &mut TableBuilder<'_>, resources: &Resources<'_>) -> Rep
             .collect(),
         ..Report::default()
     };
-    let mut gateways: Vec<&Arc<KubeGateway>> = resources
-        .gateways
-        .iter()
-        .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
-        .collect();
-    gateways.sort_by_key(|g| (g.creation_timestamp(), g.namespace(), g.name_any()));
-    for gateway in gateways {
+    for gateway in served_gateways(resources.classes, resources.gateways) {
         report.gateways.push(add_gateway(builder, gateway, resources));
     }
     let mut routes: Vec<&Arc<HTTPRoute>> = resources.routes.iter().collect();

@@ -62,7 +62,15 @@ impl TlsPort {
     /// The listener for a ClientHello naming `server_name`: an exact hostname, else the
     /// longest wildcard that matches, else the listener without hostnames.
     pub fn select(&self, server_name: Option<&str>) -> Option<&TlsListener> {
-        let name = server_name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+        // A request's host is lowercase already (see `request_host`): copied only when not.
+        let name = server_name.map(|n| {
+            let n = n.trim_end_matches('.');
+            if n.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(n.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(n)
+            }
+        });
         let name = name.as_deref();
         let exact = |l: &&TlsListener| {
             l.hostnames

@@ -30,6 +30,7 @@ use microgate_test_support::{
 };
 use serde_json::json;
 
+mod access;
 mod client_ip;
 mod gateway_api;
 mod gateway_process;

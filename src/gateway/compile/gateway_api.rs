@@ -858,6 +858,7 @@ fn compile_rules(
             rewrite: None,
             mirrors: Vec::new(),
             cors: None,
+            access: None,
         };
         for filter in &rule.filters {
             apply_filter(&mut compiled_rule, filter);

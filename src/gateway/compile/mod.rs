@@ -147,6 +147,13 @@ impl<'a> TableBuilder<'a> {
         (RouteAccess { control, metrics }, cors)
     }
 
+    /// An access check for route `route` that refuses every request, saying `why`.
+    pub fn refusing_access(&mut self, route: &str, why: String) -> (RouteAccess, Option<Cors>) {
+        let control = Arc::new(AccessControl::refusing(route.into(), why));
+        let metrics = AccessMetrics::new(self.metrics, route);
+        (RouteAccess { control, metrics }, None)
+    }
+
     /// Serves `listener` on its port, or records why it cannot be served (a port another
     /// protocol holds, hostnames another HTTPS listener of the port holds, no valid certificate)
     /// and returns that reason. Listeners placed earlier keep a contested port.

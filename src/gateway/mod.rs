@@ -45,7 +45,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{WatchStreamExt, predicates, reflector, reflector::ObjectRef, watcher},
@@ -101,15 +101,18 @@ pub async fn run(
     let (microservices, microservices_writer) = reflector::store::<Microservice>();
     let (secrets, secrets_writer) = reflector::store::<Secret>();
     let (access_policies, access_policies_writer) = reflector::store::<AccessPolicy>();
+    let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
     let changed = Arc::new(Notify::new());
     let api = |client: Client| match &namespace {
         Some(ns) => (
             Api::<Gateway>::namespaced(client.clone(), ns),
             Api::<Microservice>::namespaced(client.clone(), ns),
             Api::<Secret>::namespaced(client.clone(), ns),
-            Api::<AccessPolicy>::namespaced(client, ns),
+            Api::<AccessPolicy>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client, ns),
         ),
         None => (
+            Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
@@ -126,7 +129,7 @@ pub async fn run(
     } else {
         (None, futures::future::pending().boxed())
     };
-    let (gateway_api, microservice_api, secret_api, access_policy_api) = api(client);
+    let (gateway_api, microservice_api, secret_api, access_policy_api, config_map_api) = api(client);
     let watch_gateways = {
         let changed = changed.clone();
         reflector(gateways_writer, watcher(gateway_api, watcher::Config::default()))
@@ -163,6 +166,20 @@ pub async fn run(
         .touched_objects()
         // Status is the gateway's own writing: only spec changes matter.
         .predicate_filter(predicates::generation, Default::default())
+        .for_each(move |_| {
+            changed.notify_one();
+            async {}
+        })
+    };
+    // JSON Web Key Sets that AccessPolicies read from ConfigMaps.
+    let watch_config_maps = {
+        let changed = changed.clone();
+        reflector(
+            config_maps_writer,
+            watcher(config_map_api, watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects()
         .for_each(move |_| {
             changed.notify_one();
             async {}
@@ -213,6 +230,7 @@ pub async fn run(
                     gateways.wait_until_ready(),
                     secrets.wait_until_ready(),
                     access_policies.wait_until_ready(),
+                    config_maps.wait_until_ready(),
                 );
                 if let Some(stores) = &kube_stores {
                     stores.wait_until_ready().await;
@@ -252,9 +270,13 @@ pub async fn run(
                 std::time::SystemTime::now(),
             );
             let all_policies = access_policies.state();
-            compiled_policies.refresh(&all_policies, |namespace, name| {
-                secrets.get(&ObjectRef::new(name).within(namespace))
-            });
+            compiled_policies.refresh(
+                &all_policies,
+                &compile::access::Lookups {
+                    secret: &|namespace, name| secrets.get(&ObjectRef::new(name).within(namespace)),
+                    config_map: &|namespace, name| config_maps.get(&ObjectRef::new(name).within(namespace)),
+                },
+            );
             let mut builder =
                 compile::TableBuilder::new(&services, &registry, &metrics, &certificates, Some(&previous))
                     .with_access_policies(&compiled_policies);
@@ -306,6 +328,7 @@ pub async fn run(
         () = watch_microservices => {}
         () = watch_secrets => {}
         () = watch_access_policies => {}
+        () = watch_config_maps => {}
         () = watch_gateway_api => {}
         () = program => {}
     }

@@ -82,9 +82,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["accesspolicies/status"]
   verbs: ["patch"]
 # HTTPS listeners' certificates, AccessPolicies' API keys, htpasswd files and key sets (a field
-# selector leaves out Helm's release records and service-account tokens).
+# selector leaves out Helm's release records and service-account tokens); key sets in ConfigMaps.
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["secrets", "configmaps"]
   verbs: ["list", "watch"]
 {{- include "microgate.gatewayAPIRules" . }}
 {{- end }}
@@ -103,9 +103,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["pods"]
   verbs: ["list", "watch"]
 # HTTPS listeners' certificates, AccessPolicies' API keys, htpasswd files and key sets (a field
-# selector leaves out Helm's release records and service-account tokens).
+# selector leaves out Helm's release records and service-account tokens); key sets in ConfigMaps.
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["secrets", "configmaps"]
   verbs: ["list", "watch"]
 {{- include "microgate.gatewayAPIRules" . }}
 {{- end }}

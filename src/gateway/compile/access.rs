@@ -1,14 +1,14 @@
-//! AccessPolicies into [`AccessControl`]s, with the Secrets they name.
+//! AccessPolicies into [`AccessControl`]s, with the Secrets and ConfigMaps they name.
 //!
 //! A policy is compiled again only when it or an object it reads changes (its generation, the
-//! resource versions of its Secrets): route tables are rebuilt on every endpoint change, and a
+//! resource versions of its Secrets and ConfigMaps): route tables are rebuilt on every endpoint change, and a
 //! recompiled policy would lose its caches (verified passwords and tokens) and its buckets.
 //! A policy that cannot be enforced compiles into one that refuses every request, and says why
 //! in its status.
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Resource, ResourceExt};
 
 use super::super::{
@@ -23,6 +23,12 @@ use super::super::{
 use crate::api::access_policy::{
     AccessPolicy, AccessPolicySpec, ApiKeys as ApiKeysSpec, AuthorizationAction, BasicAuth as BasicAuthSpec,
 };
+
+/// How a compile reads the objects policies name, by namespace and name.
+pub struct Lookups<'a> {
+    pub secret: &'a dyn Fn(&str, &str) -> Option<Arc<Secret>>,
+    pub config_map: &'a dyn Fn(&str, &str) -> Option<Arc<ConfigMap>>,
+}
 
 /// A policy by namespace and name.
 pub type PolicyKey = (String, String);
@@ -60,28 +66,28 @@ pub struct AccessPolicies {
 }
 
 impl AccessPolicies {
-    /// Compiles what changed of `policies`; `secret(namespace, name)` reads the Secrets store.
-    pub fn refresh(
-        &mut self,
-        policies: &[Arc<AccessPolicy>],
-        secret: impl Fn(&str, &str) -> Option<Arc<Secret>>,
-    ) {
+    /// Compiles what changed of `policies`, reading what they name through `lookups`.
+    pub fn refresh(&mut self, policies: &[Arc<AccessPolicy>], lookups: &Lookups<'_>) {
         let mut compiled = HashMap::with_capacity(policies.len());
         for policy in policies {
             let namespace = policy.namespace().unwrap_or_default();
             let key = (namespace.clone(), policy.name_any());
-            let reads = secrets_read(&policy.spec);
             let mut fingerprint = vec![policy.uid(), policy.meta().generation.map(|g| g.to_string())];
             fingerprint.extend(
-                reads
+                secrets_read(&policy.spec)
                     .iter()
-                    .map(|name| secret(&namespace, name).and_then(|s| s.resource_version())),
+                    .map(|name| (lookups.secret)(&namespace, name).and_then(|s| s.resource_version())),
+            );
+            fingerprint.extend(
+                config_maps_read(&policy.spec)
+                    .iter()
+                    .map(|name| (lookups.config_map)(&namespace, name).and_then(|c| c.resource_version())),
             );
             let entry = match self.compiled.remove(&key) {
                 Some(entry) if entry.fingerprint == fingerprint => entry,
                 _ => {
                     let id: Arc<str> = format!("{}/{}", key.0, key.1).into();
-                    let control = compile(&id, &namespace, &policy.spec, &secret).unwrap_or_else(|why| {
+                    let control = compile(&id, &namespace, &policy.spec, lookups).unwrap_or_else(|why| {
                         tracing::warn!(policy = %id, %why, "access policy cannot be enforced: routes naming it refuse every request");
                         AccessControl::refusing(id.clone(), why)
                     });
@@ -117,7 +123,22 @@ fn secrets_read(spec: &AccessPolicySpec) -> Vec<&str> {
         .basic_auth
         .iter()
         .map(|b| b.secret_ref.name.as_str());
-    api_keys.chain(basic).collect()
+    let jwks = authentication
+        .jwt
+        .iter()
+        .filter_map(|p| p.jwks.secret_ref.as_ref())
+        .map(|r| r.name.as_str());
+    api_keys.chain(basic).chain(jwks).collect()
+}
+
+/// The ConfigMaps a policy reads, by name (in its namespace).
+fn config_maps_read(spec: &AccessPolicySpec) -> Vec<&str> {
+    spec.authentication
+        .iter()
+        .flat_map(|a| &a.jwt)
+        .filter_map(|p| p.jwks.config_map_ref.as_ref())
+        .map(|r| r.name.as_str())
+        .collect()
 }
 
 /// One policy, or why it cannot be enforced.
@@ -125,8 +146,9 @@ fn compile(
     id: &str,
     namespace: &str,
     spec: &AccessPolicySpec,
-    secret: &impl Fn(&str, &str) -> Option<Arc<Secret>>,
+    lookups: &Lookups<'_>,
 ) -> Result<AccessControl, String> {
+    let secret = lookups.secret;
     let mut authentication = Vec::new();
     if let Some(spec) = &spec.authentication {
         if let Some(keys) = &spec.api_keys {
@@ -149,7 +171,7 @@ fn compile(
 fn secret_data(
     namespace: &str,
     name: &str,
-    secret: &impl Fn(&str, &str) -> Option<Arc<Secret>>,
+    secret: &dyn Fn(&str, &str) -> Option<Arc<Secret>>,
 ) -> Result<Arc<Secret>, String> {
     secret(namespace, name).ok_or_else(|| format!("Secret {namespace}/{name} does not exist"))
 }
@@ -157,7 +179,7 @@ fn secret_data(
 fn api_keys(
     namespace: &str,
     spec: &ApiKeysSpec,
-    secret: &impl Fn(&str, &str) -> Option<Arc<Secret>>,
+    secret: &dyn Fn(&str, &str) -> Option<Arc<Secret>>,
 ) -> Result<ApiKeys, String> {
     let name = &spec.secret_ref.name;
     let found = secret_data(namespace, name, secret)?;
@@ -176,7 +198,7 @@ fn api_keys(
 fn basic_auth(
     namespace: &str,
     spec: &BasicAuthSpec,
-    secret: &impl Fn(&str, &str) -> Option<Arc<Secret>>,
+    secret: &dyn Fn(&str, &str) -> Option<Arc<Secret>>,
 ) -> Result<BasicAuth, String> {
     let name = &spec.secret_ref.name;
     let found = secret_data(namespace, name, secret)?;

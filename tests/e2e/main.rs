@@ -33,6 +33,7 @@ use serde_json::json;
 mod client_ip;
 mod gateway_api;
 mod gateway_process;
+mod global_rate_limit;
 mod h2_hostile;
 mod hostile;
 mod idle;

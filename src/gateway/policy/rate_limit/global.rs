@@ -373,7 +373,13 @@ impl Health {
         }
     }
 
+    /// Notes a failure and sets the next probe's time. Checks that were in flight when Redis went
+    /// away fail together: only the first of them, and later the probes, count, so that a burst
+    /// of them does not stretch the backoff to its ceiling at once.
     fn failed(&self, error: &str) {
+        if self.failures.load(Ordering::Acquire) > 0 && self.now() < self.retry_at.load(Ordering::Acquire) {
+            return;
+        }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         let doubled = BACKOFF_FIRST.saturating_mul(1 << failures.min(16).saturating_sub(1));
         let ceiling = u64::try_from(doubled.min(BACKOFF_MAX).as_nanos()).unwrap_or(u64::MAX);
@@ -396,6 +402,8 @@ mod tests {
         let health = Health::new();
         let mut waits = vec![];
         for _ in 0..8 {
+            // Each failure is a probe's, made once the previous backoff has passed.
+            health.retry_at.store(0, Ordering::Relaxed);
             let before = health.now();
             health.failed("test");
             waits.push(Duration::from_nanos(
@@ -410,6 +418,17 @@ mod tests {
                 failure + 1
             );
         }
+    }
+
+    #[test]
+    fn checks_failing_together_count_as_one_failure() {
+        let health = Health::new();
+        health.failed("test");
+        let retry_at = health.retry_at.load(Ordering::Relaxed);
+        health.failed("test");
+        health.failed("test");
+        assert_eq!(health.failures.load(Ordering::Relaxed), 1);
+        assert_eq!(health.retry_at.load(Ordering::Relaxed), retry_at);
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub struct LocalRateLimit<C = MonotonicClock> {
     forgotten_in_debt: AtomicU64,
 }
 
-impl std::fmt::Debug for LocalRateLimit<MonotonicClock> {
+impl<C> std::fmt::Debug for LocalRateLimit<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalRateLimit")
             .field("gcra", &self.gcra)
@@ -165,7 +165,8 @@ impl<C: Clock> LocalRateLimit<C> {
         decision
     }
 
-    /// How many buckets the limit holds now.
+    /// How many buckets the limit holds now (it takes every shard's lock: for tests and metrics,
+    /// not for the request path).
     pub fn len(&self) -> usize {
         self.shards
             .iter()

@@ -34,6 +34,7 @@ mod access;
 mod client_ip;
 mod gateway_api;
 mod gateway_process;
+mod global_rate_limit;
 mod h2_hostile;
 mod hostile;
 mod idle;

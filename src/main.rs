@@ -169,6 +169,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             },
             gateway_addresses: args.gateway_addresses,
             gateway_api: args.gateway_api,
+            redis_url: args.redis_url,
         },
         gateway_metrics,
         shutdown_signal(),
@@ -218,6 +219,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         },
         gateway_addresses: args.gateway_addresses,
         gateway_api: args.gateway_api,
+        redis_url: args.redis_url,
     };
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}

@@ -78,6 +78,9 @@ pub struct Options {
     /// The range Gateway API Gateways take an address each from (see
     /// [`compile::addresses`]); `None`: they all listen on `listen_address`.
     pub gateway_addresses: Option<ipnet::IpNet>,
+    /// Where Global rate limits keep their buckets (`redis://…`); `None`: policies with one
+    /// cannot be enforced.
+    pub redis_url: Option<String>,
 }
 
 /// What a gateway's readiness waits for (see [`Options::on_programmed`]).
@@ -200,7 +203,13 @@ pub async fn run(
             })
     };
     let mut certificates = tls::CertificateStore::default();
-    let mut compiled_policies = compile::access::AccessPolicies::default();
+    let redis = options.redis_url.as_deref().and_then(|url| {
+        policy::rate_limit::RedisLimiter::new(url)
+            .inspect_err(|error| tracing::error!(%error, "--redis-url is not usable: Global rate limits cannot be enforced"))
+            .ok()
+            .map(Arc::new)
+    });
+    let mut compiled_policies = compile::access::AccessPolicies::new(redis);
 
     let table = Arc::new(ArcSwap::from_pointee(table::RouteTable::default()));
     let proxy = Arc::new(request::Proxy::new(

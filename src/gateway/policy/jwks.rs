@@ -38,6 +38,10 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest JWKS document accepted: real ones are a few KiB.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
+/// The shortest spacing of fetches of one URL, whatever `min_refetch` says: a failing URL is
+/// never tried in a tight loop.
+pub const MIN_FETCH_SPACING: Duration = Duration::from_millis(100);
+
 /// The smallest RSA modulus accepted, in bits (RFC 7518 §3.3 asks for 2048 at least).
 const MIN_RSA_BITS: usize = 2048;
 
@@ -486,6 +490,7 @@ impl KeySet {
         refresh: Duration,
         min_refetch: Duration,
     ) -> (Arc<KeySet>, impl Future<Output = ()> + Send + 'static) {
+        let min_refetch = min_refetch.max(MIN_FETCH_SPACING);
         let refetch = Refetch {
             notify: Arc::new(tokio::sync::Notify::new()),
             min_refetch,

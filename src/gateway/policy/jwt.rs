@@ -7,9 +7,9 @@
 //! type (and name it, if the key names one). `none` and HMAC are never accepted, so no public key
 //! can be used as an HMAC secret.
 //!
-//! Verified claims are cached by a SHA-256 digest of the whole token until the token expires (or
-//! its keys change), in a cache of fixed capacity: a token seen before costs a hash and a lookup,
-//! not a signature check. A token never appears in a log, an error or a header we write.
+//! Verified claims are cached until the token expires (or its keys change), in a cache of fixed
+//! capacity that compares whole tokens: a token seen before costs a hash, a lookup and a
+//! comparison, not a signature check. A token never appears in a log, an error or a header we write.
 
 mod cache;
 
@@ -166,21 +166,17 @@ pub struct Claims {
     payload: Map<String, Value>,
     expires: Option<SystemTime>,
     not_before: Option<SystemTime>,
+    /// The claim headers of the provider that verified them, made once per token rather than
+    /// once per request (`provider` names that provider).
+    headers: Vec<(HeaderName, HeaderValue)>,
+    provider: u64,
 }
 
 impl Claims {
     /// The claim named `path`: a top-level name first (names may hold dots, as URIs do), else a
     /// dotted path through nested objects (`realm.role`).
     pub fn get(&self, path: &str) -> Option<&Value> {
-        if let Some(value) = self.payload.get(path) {
-            return Some(value);
-        }
-        let mut parts = path.split('.');
-        let mut value = self.payload.get(parts.next()?)?;
-        for part in parts {
-            value = value.as_object()?.get(part)?;
-        }
-        Some(value)
+        claim_at(&self.payload, path)
     }
 
     /// Whether the claim at `path` holds `value`: equal to it as a string, an element of it as
@@ -229,6 +225,8 @@ pub struct JwtProvider {
     verifications: AtomicU64,
     /// `Bearer realm="…"`, the start of every challenge.
     realm: String,
+    /// Tells this provider's claims from another's.
+    id: u64,
 }
 
 impl JwtProvider {
@@ -266,6 +264,10 @@ impl JwtProvider {
             cache: VerifiedCache::new(DEFAULT_CACHE_CAPACITY),
             verifications: AtomicU64::new(0),
             realm,
+            id: {
+                static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+                NEXT_ID.fetch_add(1, Ordering::Relaxed)
+            },
         })
     }
 
@@ -306,9 +308,8 @@ impl JwtProvider {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(JwtError::Malformed("longer than accepted"));
         }
-        let digest = cache::digest(token);
         let generation = self.keys.generation();
-        if let Some(claims) = self.cache.get(&digest, now, generation) {
+        if let Some(claims) = self.cache.get(token, now, generation) {
             return Ok(Some(claims));
         }
         let claims = Arc::new(self.verify(token, now)?);
@@ -318,7 +319,7 @@ impl JwtProvider {
         };
         if let Some(valid_until) = valid_until {
             self.cache
-                .insert(digest, claims.clone(), now, valid_until, generation);
+                .insert(token, claims.clone(), now, valid_until, generation);
         }
         Ok(Some(claims))
     }
@@ -327,8 +328,25 @@ impl JwtProvider {
     /// claim that is absent, or whose value cannot be a header value, leaves its header unset.
     pub fn set_claim_headers(&self, claims: &Claims, headers: &mut HeaderMap) {
         self.strip_claim_headers(headers);
+        if claims.provider == self.id {
+            for (name, value) in &claims.headers {
+                headers.append(name.clone(), value.clone());
+            }
+        } else {
+            for (name, value) in self.claim_headers(&claims.payload) {
+                headers.append(name, value);
+            }
+        }
+    }
+
+    /// The claim headers for a payload: strings as they are, arrays of strings joined with
+    /// commas, other values as JSON.
+    fn claim_headers(&self, payload: &Map<String, Value>) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(self.config.claims_to_headers.len());
         for (claim, name) in &self.config.claims_to_headers {
-            let Some(value) = claims.get(claim) else { continue };
+            let Some(value) = claim_at(payload, claim) else {
+                continue;
+            };
             let text = match value {
                 Value::String(s) => s.clone(),
                 Value::Array(items) if items.iter().all(Value::is_string) => items
@@ -340,14 +358,13 @@ impl JwtProvider {
                 other => other.to_string(),
             };
             match HeaderValue::try_from(text) {
-                Ok(value) => {
-                    headers.append(name.clone(), value);
-                }
+                Ok(value) => out.push((name.clone(), value)),
                 Err(_) => {
                     tracing::debug!(provider = %self.config.name, claim = %claim, "claim not representable as a header value");
                 }
             }
         }
+        out
     }
 
     /// Removes every header that [`set_claim_headers`](Self::set_claim_headers) sets, so that a
@@ -471,6 +488,8 @@ impl JwtProvider {
         let claims = Claims {
             expires: numeric_date(&payload, "exp")?,
             not_before: numeric_date(&payload, "nbf")?,
+            headers: self.claim_headers(&payload),
+            provider: self.id,
             payload,
         };
         self.check_claims(&claims, now)?;
@@ -508,6 +527,19 @@ impl JwtProvider {
         }
         Ok(())
     }
+}
+
+/// The claim named `path` in `payload` (see [`Claims::get`]).
+fn claim_at<'p>(payload: &'p Map<String, Value>, path: &str) -> Option<&'p Value> {
+    if let Some(value) = payload.get(path) {
+        return Some(value);
+    }
+    let mut parts = path.split('.');
+    let mut value = payload.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_object()?.get(part)?;
+    }
+    Some(value)
 }
 
 /// The token of an `Authorization` value with the `Bearer` scheme (any case).

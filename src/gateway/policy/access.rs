@@ -164,7 +164,8 @@ pub struct Denial {
 /// A request let through.
 #[derive(Debug, Default)]
 pub struct Granted {
-    /// Who called (the API key's or basic-auth user's name), for the access log.
+    /// Who called (the API key's name, the basic-auth user, or the token's subject), for the
+    /// access log.
     pub caller: Option<Arc<str>>,
     /// Headers the answer carries (the rate limits' state).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,

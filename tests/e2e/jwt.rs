@@ -424,3 +424,55 @@ async fn a_remote_key_set_is_rotated_on_an_unknown_kid_and_outlives_its_server()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_key_set_that_never_loads_refuses_tokens_and_says_so_in_status() {
+    with_namespace("e2e-jwt-unreachable", |ns| async move {
+        let platform = Platform::start(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        // A port nothing listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        create_policy(
+            &ns,
+            "unreachable",
+            json!({"authentication": {"jwt": [{
+                "name": "idp", "issuer": ISSUER,
+                "jwks": {"remote": {"url": format!("http://{closed}/jwks.json")}},
+            }]}}),
+        )
+        .await;
+        platform
+            .gateway(&ns, json!([{"name": "all", "backends": [{"microservice": "echo"}], "accessPolicy": "unreachable"}]))
+            .await;
+        let token = Key::ec("k").token(&claims("ada", ""));
+        let answer = wait::until("a token to be refused for want of keys", WAIT, || async {
+            let answer = send(platform.listener, Method::GET, "/", &[bearer(&token)]).await;
+            if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+                Probe::Done(answer)
+            } else {
+                Probe::NotYet(format!("{} {}", answer.status, header(&answer, "x-microgate-reason")))
+            }
+        })
+        .await
+        .expect("fails closed");
+        assert_eq!(header(&answer, "x-microgate-reason"), "jwt-keys-unavailable");
+        let ready = wait::until("the policy to say why", WAIT, || async {
+            let policy = ns.api::<AccessPolicy>().get("unreachable").await;
+            let ready = policy
+                .ok()
+                .and_then(|p| p.status)
+                .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+            match ready {
+                Some(ready) if ready.status == "False" => Probe::Done(ready),
+                other => Probe::NotYet(format!("{other:?}")),
+            }
+        })
+        .await
+        .expect("a Ready condition");
+        assert_eq!(ready.reason, "KeysNotLoaded");
+        assert!(ready.message.contains("jwt provider idp"), "{}", ready.message);
+    })
+    .await;
+}

@@ -1,5 +1,5 @@
 //! AccessPolicies end to end: API keys and basic auth from Secrets (rotated by editing the
-//! Secret), authorization rules, the identity the service is told, a policy that cannot be
+//! Secret), CORS preflights answered by the gateway, authorization rules, the identity the service is told, a policy that cannot be
 //! enforced failing closed and saying why in its status, and the decisions in /metrics.
 
 use std::net::SocketAddr;
@@ -138,6 +138,8 @@ async fn api_keys_basic_auth_and_rules_decide_who_reaches_the_service() {
                     "apiKeys": {"secretRef": {"name": "api-keys"}},
                     "basicAuth": {"secretRef": {"name": "users"}, "realm": "shop"},
                 },
+                "cors": {"allowOrigins": ["https://*.shop.example"], "allowMethods": ["GET", "POST"],
+                         "allowHeaders": ["x-api-key"], "maxAge": 600},
                 "authorization": {
                     "rules": [
                         {"name": "no-deletes", "action": "Deny", "methods": ["DELETE"]},
@@ -172,6 +174,51 @@ async fn api_keys_basic_auth_and_rules_decide_who_reaches_the_service() {
             ]
         );
         assert_eq!(header(&answer, "x-microgate-reason"), "credentials-missing");
+
+        // A CORS preflight is answered by the gateway, without credentials, never reaching the
+        // service; the answers to an allowed origin are marked, the refusals too.
+        let preflight = probe::request_with(
+            addr,
+            Method::OPTIONS,
+            "/orders",
+            headers(&[
+                ("origin", "https://app.shop.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "x-api-key"),
+            ]),
+            "",
+        )
+        .await
+        .expect("an answer");
+        assert!(
+            preflight.status.is_success(),
+            "{}: {}",
+            preflight.status,
+            preflight.body
+        );
+        assert_eq!(
+            header(&preflight, "access-control-allow-origin"),
+            "https://app.shop.example"
+        );
+        assert_eq!(header(&preflight, "access-control-max-age"), "600");
+        assert!(
+            preflight.headers.get("x-pod-name").is_none(),
+            "the preflight reached the service"
+        );
+        let refused = send(addr, Method::GET, &[("origin", "https://app.shop.example")]).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            header(&refused, "access-control-allow-origin"),
+            "https://app.shop.example"
+        );
+        let other = send(
+            addr,
+            Method::GET,
+            &[("origin", "https://evil.example"), ("x-api-key", "k-123")],
+        )
+        .await;
+        assert_eq!(other.status, StatusCode::OK);
+        assert!(other.headers.get("access-control-allow-origin").is_none());
 
         // A valid key: the service is told which client called, whatever the client claimed.
         let answer = send(
@@ -211,6 +258,22 @@ async fn api_keys_basic_auth_and_rules_decide_who_reaches_the_service() {
         await_status(addr, &[("x-api-key", "k-123")], StatusCode::UNAUTHORIZED).await;
         let answer = await_status(addr, &[("x-api-key", "k-456")], StatusCode::OK).await;
         assert_eq!(header(&answer, "x-seen-x-microgate-client"), "billing");
+
+        // Basic auth rotated the same way: a new password file, no restart.
+        let hash = bcrypt::hash("n3w-secret", 4).expect("a bcrypt hash");
+        apply_secret(&ns, "users", &[(".htpasswd", &format!("alice:{hash}\n"))]).await;
+        await_status(
+            addr,
+            &[("authorization", &basic("alice", "s3cret"))],
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+        await_status(
+            addr,
+            &[("authorization", &basic("alice", "n3w-secret"))],
+            StatusCode::OK,
+        )
+        .await;
 
         let (reason, message, routes) = await_ready(&ns, "shop", "True").await;
         assert_eq!(reason, "Enforced", "{message}");

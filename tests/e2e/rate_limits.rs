@@ -1,5 +1,6 @@
 //! AccessPolicies' rate limits end to end: a local limit answers 429 with `Retry-After` and the
-//! IETF `RateLimit` headers once a client's bucket is empty, per key; a Global limit is shared
+//! IETF `RateLimit` headers once a client's bucket is empty, per key, and holds its rate for
+//! each of several client addresses across worker threads; a Global limit is shared
 //! by two gateway processes through a real Redis, and when Redis stops each limit does what its
 //! `whenUnreachable` says.
 
@@ -90,6 +91,113 @@ async fn a_local_limit_answers_429_with_retry_after_and_ratelimit_headers_per_ke
         assert_eq!(get(addr, "/api/orders", Some("bob")).await.status, StatusCode::OK);
         assert_eq!(get(addr, "/", Some("ada")).await.status, StatusCode::OK);
         assert!(get(addr, "/", Some("ada")).await.headers.get("ratelimit").is_none());
+    })
+    .await;
+}
+
+/// Sends keep-alive GETs of `path` from `source` (a loopback address of its own) to `gateway`
+/// until `deadline`, one at a time: how many were answered 200 and how many 429, when the first
+/// was sent and when the last was answered.
+async fn hammer(
+    source: [u8; 4],
+    gateway: SocketAddr,
+    path: &str,
+    deadline: Instant,
+) -> (u32, u32, Instant, Instant) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("a loopback source address");
+    let stream = socket.connect(gateway).await.expect("connect to the gateway");
+    let mut stream = BufReader::new(stream);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: limits.test\r\n\r\n");
+    let (mut allowed, mut refused) = (0, 0);
+    let first = Instant::now();
+    while Instant::now() < deadline {
+        stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("send");
+        let mut status_line = String::new();
+        stream.read_line(&mut status_line).await.expect("a status line");
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.expect("a header line");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().expect("a length");
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.expect("the body");
+        match status_line.split(' ').nth(1) {
+            Some("200") => allowed += 1,
+            Some("429") => refused += 1,
+            other => panic!("unexpected status {other:?}: {status_line}"),
+        }
+    }
+    (allowed, refused, first, Instant::now())
+}
+
+#[tokio::test]
+async fn a_local_limit_holds_its_rate_per_client_ip_across_worker_threads() {
+    with_namespace("e2e-ratelimit-accuracy", |ns| async move {
+        let platform = Platform::start_with(&ns, std::future::pending(), 2).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        create_policy(
+            &ns,
+            "per-ip",
+            // A burst of a second's worth: a client the loaded machine holds back for less than
+            // a second loses no tokens, so what is allowed measures the limit, not the machine.
+            json!({"rateLimits": [{"name": "per-ip", "requests": 100, "per": "1s", "burst": 100}]}),
+        )
+        .await;
+        platform
+            .gateway(&ns, json!([{"name": "all", "backends": [{"microservice": "echo"}], "accessPolicy": "per-ip"}]))
+            .await;
+        // Four client addresses, two connections each (the two workers take connections in turn).
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        let mut clients = Vec::new();
+        for ip in 11..15u8 {
+            for _ in 0..2 {
+                let client = tokio::spawn(hammer([127, 0, 0, ip], platform.listener, "/x", deadline));
+                clients.push((ip, client));
+            }
+        }
+        let mut per_ip = std::collections::BTreeMap::<u8, (u32, u32, Option<Instant>, Option<Instant>)>::new();
+        for (ip, client) in clients {
+            let (allowed, refused, first, last) = client.await.expect("a client");
+            let entry = per_ip.entry(ip).or_default();
+            entry.0 += allowed;
+            entry.1 += refused;
+            entry.2 = Some(entry.2.map_or(first, |f| f.min(first)));
+            entry.3 = Some(entry.3.map_or(last, |l| l.max(last)));
+        }
+        for (ip, (allowed, refused, first, last)) in per_ip {
+            // From this address's first request to its last answer.
+            let window = match (first, last) {
+                (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+                _ => panic!("127.0.0.{ip} sent nothing"),
+            };
+            let bucket_allows = 100.0 + 100.0 * window;
+            let share = f64::from(allowed) / bucket_allows;
+            println!(
+                "127.0.0.{ip}: {allowed} allowed, {refused} refused in {window:.2} s; the bucket allows {bucket_allows:.1} ({:.1} %)",
+                share * 100.0
+            );
+            assert!(refused > 0, "127.0.0.{ip} never reached the limit");
+            assert!(
+                (0.95..=1.0 + 1.0 / bucket_allows).contains(&share),
+                "127.0.0.{ip}: allowed {allowed} against {bucket_allows:.1}"
+            );
+        }
     })
     .await;
 }

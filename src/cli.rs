@@ -66,7 +66,19 @@ pub struct GatewayArgs {
     #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
     #[command(flatten)]
+    pub admin_access: AdminAccessArgs,
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Who may read the registry and debug endpoints of the admin port.
+#[derive(Debug, Args)]
+pub struct AdminAccessArgs {
+    /// A file holding a bearer token: clients presenting it (`Authorization: Bearer <token>`)
+    /// may read /registry and /debug/* from anywhere. Without it, only clients on the gateway's
+    /// loopback (127.0.0.1, ::1; kubectl port-forward arrives there) may.
+    #[arg(long, env = "MICROGATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 /// Options of `microgate run`.
@@ -98,6 +110,8 @@ pub struct RunArgs {
     /// ready for one: so also how long an idle keep-alive connection stays open.
     #[arg(long, env = "MICROGATE_CLIENT_HEADER_TIMEOUT", default_value = "10s")]
     pub client_header_timeout: Duration,
+    #[command(flatten)]
+    pub admin_access: AdminAccessArgs,
 }
 
 /// Options of `microgate controller`.

@@ -2,10 +2,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use microgate::{
-    cli::{Cli, Command, ControllerArgs, GatewayArgs, LeaderElectionArgs, RunArgs},
+    cli::{AdminAccessArgs, Cli, Command, ControllerArgs, GatewayArgs, LeaderElectionArgs, RunArgs},
     controller::{self, Prometheus, Scope},
     discovery::{self, DiscoveryMetrics, Registry},
-    gateway::{self, GatewayMetrics},
+    gateway::{
+        self, GatewayMetrics,
+        inspect::{self, access::AdminAccess},
+    },
     leader, telemetry,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -122,8 +125,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let controller_args = args.controller;
     telemetry::init_logging(controller_args.log.log_json);
     let election = leader_election(&controller_args.leader_election)?;
+    let access = admin_access(&args.admin_access)?;
     let client = kube_client().await?;
     let registry = Registry::default();
+    let live = inspect::Live::new(registry.clone());
     let mut prometheus = Prometheus::default();
     let gateway_metrics = GatewayMetrics::register(&mut prometheus);
     let namespace = controller_args.namespace.clone();
@@ -147,6 +152,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
     // Ready when both halves are: a Pod that is Ready before its gateway can route would take
     // traffic only to answer 404.
     running.admin.wait_for(gateway::ROUTES_PROGRAMMED);
+    running
+        .admin
+        .serve_also(inspect::admin::router(live.clone(), access));
     let ready = running.admin.clone();
     // Both halves stop on the signal; the gateway drains its requests in flight first.
     let gateway = gateway::run(
@@ -169,6 +177,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             },
             gateway_addresses: args.gateway_addresses,
             gateway_api: args.gateway_api,
+            inspect: Some(live),
         },
         gateway_metrics,
         shutdown_signal(),
@@ -189,12 +198,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
 
 async fn gateway(args: GatewayArgs) -> Result<(), String> {
     telemetry::init_logging(args.log.log_json);
+    let access = admin_access(&args.admin_access)?;
     let client = kube_client().await?;
     let registry = Registry::default();
     let mut prometheus = Prometheus::default();
     let gateway_metrics = GatewayMetrics::register(&mut prometheus);
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
     let admin = telemetry::Admin::new(prometheus, &[gateway::ROUTES_PROGRAMMED]);
+    let live = inspect::Live::new(registry.clone());
+    admin.serve_also(inspect::admin::router(live.clone(), access));
     let (admin_addr, serve_admin) = admin
         .bind(args.admin_addr)
         .await
@@ -218,6 +230,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         },
         gateway_addresses: args.gateway_addresses,
         gateway_api: args.gateway_api,
+        inspect: Some(live),
     };
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
@@ -228,6 +241,18 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Who may read the registry and debug endpoints, as the flags say.
+fn admin_access(args: &AdminAccessArgs) -> Result<AdminAccess, String> {
+    match &args.admin_token_file {
+        Some(path) => {
+            let access = AdminAccess::with_token_file(path).map_err(|e| e.to_string())?;
+            tracing::info!(file = %path.display(), "registry and debug endpoints: loopback, and remote clients with the token");
+            Ok(access)
+        }
+        None => Ok(AdminAccess::loopback_only()),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends a Pod that should stop).

@@ -22,6 +22,7 @@ pub mod compile;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod inspect;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
@@ -78,6 +79,9 @@ pub struct Options {
     /// The range Gateway API Gateways take an address each from (see
     /// [`compile::addresses`]); `None`: they all listen on `listen_address`.
     pub gateway_addresses: Option<ipnet::IpNet>,
+    /// Shares the live table and its changes with the admin endpoints ([`inspect`]); `None`:
+    /// with nobody.
+    pub inspect: Option<inspect::Live>,
 }
 
 /// What a gateway's readiness waits for (see [`Options::on_programmed`]).
@@ -93,7 +97,7 @@ pub async fn run(
     client: Client,
     namespace: Option<String>,
     registry: Registry,
-    options: Options,
+    mut options: Options,
     metrics: GatewayMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -164,7 +168,11 @@ pub async fn run(
     };
     let mut certificates = tls::CertificateStore::default();
 
-    let table = Arc::new(ArcSwap::from_pointee(table::RouteTable::default()));
+    let live = options
+        .inspect
+        .take()
+        .unwrap_or_else(|| inspect::Live::new(registry.clone()));
+    let table = live.table().clone();
     let proxy = Arc::new(request::Proxy::new(
         table.clone(),
         metrics.clone(),
@@ -228,6 +236,7 @@ pub async fn run(
             );
             let mut builder =
                 compile::TableBuilder::new(&services, &registry, &metrics, &certificates, Some(&previous));
+            builder.signal_ejections(live.ejections());
             compile::microgate::add(&mut builder, &all_gateways, options.listen_address);
             let kube_report = kube_resources
                 .as_ref()
@@ -235,6 +244,7 @@ pub async fn run(
             let compiled = builder.finish();
             let addresses: Vec<SocketAddr> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));
+            live.swapped();
             listeners.set_addresses(addresses.into_iter()).await;
             // Ready once the table was compiled from complete endpoint lists, not before.
             if registry.synced().now_or_never().is_some()
@@ -273,6 +283,7 @@ pub async fn run(
         () = watch_microservices => {}
         () = watch_secrets => {}
         () = watch_gateway_api => {}
+        () = live.follow() => {}
         () = program => {}
     }
     Ok(())

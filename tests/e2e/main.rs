@@ -19,7 +19,10 @@ use microgate::{
     api::{Gateway, Microservice},
     controller::{self, Prometheus, Scope},
     discovery::{Registry, ServiceKey},
-    gateway::{self, GatewayMetrics},
+    gateway::{
+        self, GatewayMetrics,
+        inspect::{self, access::AdminAccess},
+    },
 };
 use microgate_test_support::{
     TestNamespace,
@@ -38,6 +41,7 @@ mod hostile;
 mod idle;
 mod leader;
 mod paths;
+mod registry;
 mod slow_clients;
 mod tls;
 
@@ -58,6 +62,17 @@ impl Drop for Platform {
             task.abort();
         }
     }
+}
+
+/// The bearer token that admits remote clients to every platform's registry and debug
+/// endpoints.
+const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+/// The access rule of every platform: loopback, and [`ADMIN_TOKEN`] from a token file.
+fn admin_access() -> AdminAccess {
+    let file = std::env::temp_dir().join(format!("microgate-e2e-admin-token-{}", std::process::id()));
+    std::fs::write(&file, format!("{ADMIN_TOKEN}\n")).expect("write the admin token file");
+    AdminAccess::with_token_file(&file).expect("the admin token file")
 }
 
 fn free_port() -> u16 {
@@ -121,6 +136,10 @@ impl Platform {
         .await
         .expect("start the controller");
         let admin = running.admin_addr;
+        let live = inspect::Live::new(registry.clone());
+        running
+            .admin
+            .serve_also(inspect::admin::router(live.clone(), admin_access()));
         let gateway = gateway::run(
             ns.client.clone(),
             Some(ns.name.clone()),
@@ -133,6 +152,7 @@ impl Platform {
                 client_timeouts,
                 gateway_addresses: None,
                 gateway_api,
+                inspect: Some(live),
             },
             metrics,
             shutdown,

@@ -85,6 +85,7 @@ pub struct TableBuilder<'a> {
     metrics: &'a GatewayMetrics,
     certificates: &'a CertificateStore,
     previous: Option<&'a RouteTable>,
+    ejections: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -105,7 +106,13 @@ impl<'a> TableBuilder<'a> {
             metrics,
             certificates,
             previous,
+            ejections: None,
         }
+    }
+
+    /// Every upstream's pool tells `notify` of its ejections (see [`Pool::signal_ejections`]).
+    pub fn signal_ejections(&mut self, notify: Arc<tokio::sync::Notify>) {
+        self.ejections = Some(notify);
     }
 
     /// Serves `listener` on its port, or records why it cannot be served (a port another
@@ -343,7 +350,8 @@ impl<'a> TableBuilder<'a> {
                 ready,
                 previous.map(|u| &u.pool),
                 &limits,
-            ),
+            )
+            .signal_ejections(self.ejections.clone()),
             hash_on,
             http2,
             websocket: settings.websocket,

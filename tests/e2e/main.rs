@@ -34,6 +34,7 @@ use microgate_test_support::{
 use serde_json::json;
 
 mod client_ip;
+mod explain;
 mod gateway_api;
 mod gateway_process;
 mod h2_hostile;

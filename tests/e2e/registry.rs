@@ -291,7 +291,12 @@ async fn only_loopback_clients_or_those_with_the_token_may_read_the_registry() {
         // A client whose address is not the gateway's loopback (127.0.0.1): as a remote one.
         let elsewhere: IpAddr = [127, 0, 0, 2].into();
         let local: IpAddr = [127, 0, 0, 1].into();
-        for path in ["/registry", "/registry/events"] {
+        for path in [
+            "/registry",
+            "/registry/events",
+            "/debug/config",
+            "/debug/explain?url=http://a/",
+        ] {
             let (status, body) = get_from(elsewhere, admin, path, None).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
             assert!(body.contains("bearer token"), "{body}");

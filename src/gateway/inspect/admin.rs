@@ -7,6 +7,10 @@
 //! - `GET /registry/events`: Server-Sent Events, `event: registry`, `id:` the version, `data:`
 //!   the whole registry; the first at once, then one per new version (changes that land
 //!   together come as one).
+//! - `GET /debug/config`: the whole live route table ([`config::ConfigView`]).
+//! - `GET /debug/explain?method=GET&url=https://shop.example.com/api/orders&header=x-user:42`:
+//!   which listener and route take the request and why ([`explain::Explanation`]); `header`
+//!   repeats; `format=text` answers in words instead of JSON.
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -23,7 +27,7 @@ use axum::{
 };
 use futures::Stream;
 
-use super::{Live, access::AdminAccess, registry};
+use super::{Live, access::AdminAccess, config, explain, registry};
 
 /// The longest a blocking query waits, and how long it waits when it does not say.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -37,6 +41,8 @@ pub fn router(live: Live, access: AdminAccess) -> Router {
     Router::new()
         .route("/registry", get(registry))
         .route("/registry/events", get(events))
+        .route("/debug/config", get(debug_config))
+        .route("/debug/explain", get(debug_explain))
         .layer(middleware::from_fn_with_state(access, admit))
         .with_state(live)
 }
@@ -122,4 +128,42 @@ async fn events(State(live): State<Live>) -> Sse<impl Stream<Item = Result<Event
         Some((Ok(event), (live, changes, false)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn debug_config(State(live): State<Live>) -> Response {
+    let version = live.version();
+    json(&config::view(&live.table().load(), version))
+}
+
+async fn debug_explain(State(live): State<Live>, uri: Uri) -> Response {
+    let mut method = "GET".to_owned();
+    let mut url = None;
+    let mut headers = Vec::new();
+    let mut text = false;
+    for (name, value) in parameters(&uri) {
+        match name.as_str() {
+            "method" => method = value,
+            "url" => url = Some(value),
+            "header" => headers.push(value),
+            "format" => text = value == "text",
+            _ => {}
+        }
+    }
+    let Some(url) = url else {
+        return bad_request("url=... is required: the absolute URL of the request to explain".to_owned());
+    };
+    let request = match explain::ExplainRequest::parse(&method, &url, &headers) {
+        Ok(request) => request,
+        Err(error) => return bad_request(error.to_string()),
+    };
+    let explanation = explain::explain(&live.table().load(), live.registry(), &request, true);
+    if text {
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            explanation.text(),
+        )
+            .into_response()
+    } else {
+        json(&explanation)
+    }
 }

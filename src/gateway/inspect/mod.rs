@@ -10,6 +10,8 @@
 
 pub mod access;
 pub mod admin;
+pub mod config;
+pub mod explain;
 pub mod registry;
 
 use std::{sync::Arc, time::Duration};

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::Live;
 use crate::{
     api::policy::LoadBalancerPolicy,
-    discovery::{Endpoint, ServiceKey},
+    discovery::{Endpoint, Registry, ServiceKey, Snapshot},
     gateway::{
         balance::{EndpointState, clock_us},
         table::{RouteTable, Upstream, UpstreamKey},
@@ -130,20 +130,7 @@ pub fn view(live: &Live, version: u64) -> RegistryView {
         let entry = upstreams
             .entry((0, key.clone(), 0))
             .or_insert_with(|| unrouted(&key));
-        for endpoint in &snapshot.endpoints {
-            let address = SocketAddr::new(endpoint.ip, endpoint.port);
-            match entry
-                .endpoints
-                .iter_mut()
-                .find(|e| e.pod == *endpoint.pod && e.address == address)
-            {
-                Some(balanced) => {
-                    balanced.ready = endpoint.ready;
-                    balanced.node = endpoint.node.as_deref().map(str::to_owned);
-                }
-                None => entry.endpoints.push(EndpointView::known(endpoint)),
-            }
-        }
+        merge(&mut entry.endpoints, &snapshot);
     }
     let mut upstreams: Vec<UpstreamView> = upstreams
         .into_values()
@@ -199,13 +186,38 @@ fn unrouted(key: &ServiceKey) -> UpstreamView {
     }
 }
 
-/// The endpoints of `upstream`'s pool as the balancer sees them now.
-pub fn endpoints_of(upstream: &Upstream) -> Vec<EndpointView> {
+/// What the registry says of a Microservice's endpoints, merged into what its pool says: the
+/// registry's readiness is newer than the table's (the table is rebuilt from it), and it knows
+/// the endpoints that are not ready, which no pool holds.
+fn merge(endpoints: &mut Vec<EndpointView>, snapshot: &Snapshot) {
+    for endpoint in &snapshot.endpoints {
+        let address = SocketAddr::new(endpoint.ip, endpoint.port);
+        match endpoints
+            .iter_mut()
+            .find(|e| e.pod == *endpoint.pod && e.address == address)
+        {
+            Some(balanced) => {
+                balanced.ready = endpoint.ready;
+                balanced.node = endpoint.node.as_deref().map(str::to_owned);
+            }
+            None => endpoints.push(EndpointView::known(endpoint)),
+        }
+    }
+}
+
+/// The endpoints of `upstream` (keyed `key` in its table) as the balancer sees them now, with
+/// the registry's word on a Microservice's.
+pub fn endpoints_of(key: &UpstreamKey, upstream: &Upstream, registry: &Registry) -> Vec<EndpointView> {
     let now = clock_us();
-    upstream
+    let mut endpoints: Vec<EndpointView> = upstream
         .pool
         .endpoints()
         .iter()
         .map(|e| EndpointView::balanced(e, now))
-        .collect()
+        .collect();
+    if let UpstreamKey::Microservice(service) = key {
+        merge(&mut endpoints, &registry.snapshot(service));
+    }
+    endpoints.sort_by(|a, b| (&a.pod, a.address).cmp(&(&b.pod, b.address)));
+    endpoints
 }

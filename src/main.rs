@@ -2,7 +2,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use microgate::{
-    cli::{AdminAccessArgs, Cli, Command, ControllerArgs, GatewayArgs, LeaderElectionArgs, RunArgs},
+    cli::{
+        AdminAccessArgs, Cli, Command, ControllerArgs, ExplainArgs, ExplainOutput, GatewayArgs,
+        LeaderElectionArgs, RunArgs,
+    },
     controller::{self, Prometheus, Scope},
     discovery::{self, DiscoveryMetrics, Registry},
     gateway::{
@@ -34,7 +37,69 @@ fn main() -> ExitCode {
         Command::Controller(args) => run_async(controller(args)),
         Command::Gateway(args) => run_async(gateway(args)),
         Command::Run(args) => run_async(run(args)),
+        Command::Explain(args) => explain(args),
     }
+}
+
+/// `microgate explain`: 0 when a route takes the request, 1 when none does, 2 when it cannot
+/// tell.
+fn explain(args: ExplainArgs) -> ExitCode {
+    let cannot = |error: String| {
+        eprintln!("microgate explain: {error}");
+        ExitCode::from(2)
+    };
+    let request = match inspect::explain::ExplainRequest::parse(&args.method, &args.url, &args.headers) {
+        Ok(request) => request,
+        Err(error) => return cannot(error.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return cannot(format!("could not start the async runtime: {error}")),
+    };
+    let built = runtime.block_on(async {
+        let client = match &args.kubeconfig {
+            Some(path) => client_from(path).await?,
+            None => kube_client().await?,
+        };
+        inspect::offline::build(
+            client,
+            args.namespace.as_deref(),
+            args.gateway_api,
+            args.listen_address,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    });
+    let offline = match built {
+        Ok(offline) => offline,
+        Err(error) => return cannot(error),
+    };
+    for note in &offline.notes {
+        eprintln!("microgate explain: {note}");
+    }
+    let explanation = inspect::explain::explain(&offline.table, &offline.registry, &request, false);
+    match args.output {
+        ExplainOutput::Text => print!("{}", explanation.text()),
+        ExplainOutput::Json => match serde_json::to_string_pretty(&explanation) {
+            Ok(json) => println!("{json}"),
+            Err(error) => return cannot(format!("could not encode the explanation: {error}")),
+        },
+    }
+    if explanation.routed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A client from the kubeconfig at `path` (its current context).
+async fn client_from(path: &std::path::Path) -> Result<kube::Client, String> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| format!("cannot use the kubeconfig {}: {e}", path.display()))?;
+    kube::Client::try_from(config).map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
 }
 
 fn run_async(task: impl Future<Output = Result<(), String>>) -> ExitCode {

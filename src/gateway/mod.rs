@@ -209,12 +209,7 @@ pub async fn run(
                 .iter()
                 .map(|ms| {
                     let key = ServiceKey::new(&ms.namespace().unwrap_or_default(), &ms.name_any());
-                    let settings = compile::ServiceSettings {
-                        traffic: ms.spec.traffic_policy.clone(),
-                        protocol: ms.spec.protocol,
-                        websocket: false,
-                    };
-                    (key, settings)
+                    (key, compile::ServiceSettings::of(ms))
                 })
                 .collect();
             let previous = table.load_full();

@@ -46,6 +46,17 @@ pub struct ServiceSettings {
     pub websocket: bool,
 }
 
+impl ServiceSettings {
+    /// What the gateway takes from `microservice`'s spec.
+    pub fn of(microservice: &crate::api::Microservice) -> Self {
+        Self {
+            traffic: microservice.spec.traffic_policy.clone(),
+            protocol: microservice.spec.protocol,
+            websocket: false,
+        }
+    }
+}
+
 /// One listener as a front end declares it, in the table's terms.
 pub struct ListenerSettings {
     /// How the table, connections and status name the listener (unique per table).

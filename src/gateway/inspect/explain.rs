@@ -549,7 +549,7 @@ impl Taken {
                     retry.attempts,
                     retry
                         .per_try_timeout
-                        .map_or(String::new(), |t| format!(", {t} each")),
+                        .map_or(String::new(), |t| format!(", {t} per try")),
                     on.join(", "),
                     if retry.retriable_status_codes.is_empty() {
                         String::new()

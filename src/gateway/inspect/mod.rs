@@ -12,6 +12,7 @@ pub mod access;
 pub mod admin;
 pub mod config;
 pub mod explain;
+pub mod offline;
 pub mod registry;
 
 use std::{sync::Arc, time::Duration};

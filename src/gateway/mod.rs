@@ -14,7 +14,8 @@
 //! 2. sending to endpoints and choosing them: [`upstream`], [`balance`], [`retry`];
 //! 3. policies and TLS: [`policy`], [`tls`];
 //! 4. the compiled route table and what builds it: [`table`], [`compile`], [`watches`];
-//! 5. serving and reporting: [`request`], [`listen`], [`status`].
+//! 5. serving and reporting: [`request`], [`listen`], [`status`], [`inspect`] (what the admin
+//!    port shows: the registry API, `/debug/config`, `/debug/explain`).
 
 pub mod balance;
 pub mod buffers;

@@ -195,6 +195,7 @@ async fn microgate_explain(
 #[tokio::test]
 async fn microgate_explain_on_the_demo_s_resources() {
     with_namespace("e2e-explain-cli", |ns| async move {
+        microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         // Only the controller (which runs the Microservices' Pods): no gateway binds the
         // example's ports here; explain compiles the table from the resources alone.
         let registry = microgate::discovery::Registry::default();
@@ -213,7 +214,6 @@ async fn microgate_explain_on_the_demo_s_resources() {
         .await
         .expect("start the controller");
         let controller = tokio::spawn(running.serve);
-        microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         apply_example(&ns, "shop.yaml").await;
         let orders = microgate::discovery::ServiceKey::new(&ns.name, "orders");
         microgate_test_support::wait::until("three ready orders endpoints", super::WAIT, || async {

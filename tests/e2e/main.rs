@@ -71,9 +71,14 @@ const ADMIN_TOKEN: &str = "e2e-admin-token";
 
 /// The access rule of every platform: loopback, and [`ADMIN_TOKEN`] from a token file.
 fn admin_access() -> AdminAccess {
-    let file = std::env::temp_dir().join(format!("microgate-e2e-admin-token-{}", std::process::id()));
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("microgate-e2e-admin-token-{}-{n}", std::process::id()));
     std::fs::write(&file, format!("{ADMIN_TOKEN}\n")).expect("write the admin token file");
-    AdminAccess::with_token_file(&file).expect("the admin token file")
+    let access = AdminAccess::with_token_file(&file).expect("the admin token file");
+    // Read once, at start: nothing needs the file afterwards.
+    let _ = std::fs::remove_file(&file);
+    access
 }
 
 fn free_port() -> u16 {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use microgate_test_support::{TestNamespace, with_namespace};
+use microgate_test_support::{TestNamespace, probe, with_namespace};
 use serde_json::{Value, json};
 use tokio::{net::TcpSocket, sync::watch};
 
@@ -311,6 +311,155 @@ async fn only_loopback_clients_or_those_with_the_token_may_read_the_registry() {
         // The rest of the admin port is as open as before.
         let (status, _) = get_from(elsewhere, admin, "/metrics", None).await;
         assert_eq!(status, StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_service_port_of_the_gateway_api_is_listed_with_its_zone_and_node() {
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use kube::{
+        Api,
+        api::{Patch, PatchParams},
+    };
+    use microgate::api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway};
+    with_namespace("e2e-registry-service", |ns| async move {
+        let platform = Platform::start_with_gateway_api(&ns).await;
+        let apply = PatchParams::apply("e2e").force();
+        let class_name = format!("microgate-{}", ns.name);
+        Api::<GatewayClass>::all(ns.client.clone())
+            .patch(
+                &class_name,
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                    "metadata": {"name": class_name},
+                    "spec": {"controllerName": "microgate.dev/gateway-controller"},
+                })),
+            )
+            .await
+            .expect("create the GatewayClass");
+        let port = platform.listener.port();
+        ns.api::<KubeGateway>()
+            .patch(
+                "web",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "web"},
+                    "spec": {"gatewayClassName": class_name, "listeners": [
+                        {"name": "http", "port": port, "protocol": "HTTP"}]},
+                })),
+            )
+            .await
+            .expect("create the Gateway");
+        // A selector-less Service whose slice someone else writes; the address is never sent
+        // to here (documentation range, accepted by the API server unlike loopback).
+        ns.api::<Service>()
+            .patch(
+                "site",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "Service", "metadata": {"name": "site"},
+                    "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+                })),
+            )
+            .await
+            .expect("create the Service");
+        ns.api::<EndpointSlice>()
+            .patch(
+                "site-1",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": "site-1", "labels": {"kubernetes.io/service-name": "site"}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": 8080}],
+                    "endpoints": [
+                        {"addresses": ["192.0.2.10"], "conditions": {"ready": true},
+                         "nodeName": "node-a", "zone": "zone-a",
+                         "targetRef": {"kind": "Pod", "name": "site-0"}},
+                        {"addresses": ["192.0.2.11"], "conditions": {"ready": false}, "zone": "zone-b"},
+                    ],
+                })),
+            )
+            .await
+            .expect("create the EndpointSlice");
+        ns.api::<HTTPRoute>()
+            .patch(
+                "site",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "site"},
+                    "spec": {"parentRefs": [{"name": "web"}],
+                             "rules": [{"backendRefs": [{"name": "site", "port": 80}]}]},
+                })),
+            )
+            .await
+            .expect("create the HTTPRoute");
+
+        let upstream =
+            microgate_test_support::wait::until("the Service port in the registry", WAIT, || async {
+                let answer = registry(platform.admin, "").await;
+                let found = answer["upstreams"].as_array().and_then(|u| {
+                    u.iter()
+                        .find(|u| {
+                            u["kind"] == "Service"
+                                && u["namespace"] == ns.name.as_str()
+                                && u["name"] == "site"
+                        })
+                        .cloned()
+                });
+                match found {
+                    Some(upstream) if upstream["endpoints"].as_array().is_some_and(|e| !e.is_empty()) => {
+                        microgate_test_support::wait::Probe::Done(upstream)
+                    }
+                    _ => microgate_test_support::wait::Probe::NotYet(answer.to_string()),
+                }
+            })
+            .await
+            .expect("the Service port is listed");
+        assert_eq!(upstream["port"], 80, "{upstream:#}");
+        assert_eq!(upstream["routed"], true);
+        // Only the ready endpoint: the gateway reads no others from a slice.
+        let endpoints = upstream["endpoints"].as_array().expect("endpoints");
+        assert_eq!(endpoints.len(), 1, "{upstream:#}");
+        let e = &endpoints[0];
+        assert_eq!(
+            (
+                &e["pod"],
+                &e["address"],
+                &e["node"],
+                &e["zone"],
+                &e["ready"],
+                &e["inRotation"]
+            ),
+            (
+                &json!("site-0"),
+                &json!("192.0.2.10:8080"),
+                &json!("node-a"),
+                &json!("zone-a"),
+                &json!(true),
+                &json!(true)
+            ),
+            "{e}"
+        );
+        let explained = probe::get(
+            platform.admin,
+            &format!("/debug/explain?url=http://any.example.com:{port}/&format=text"),
+        )
+        .await
+        .expect("an answer");
+        assert!(
+            explained.body.contains(&format!(
+                "backend   Service {}/site:80  weight 1 (100 %)",
+                ns.name
+            )),
+            "{}",
+            explained.body
+        );
+        assert!(explained.body.contains("192.0.2.10:8080"), "{}", explained.body);
     })
     .await;
 }

@@ -463,3 +463,67 @@ async fn a_service_port_of_the_gateway_api_is_listed_with_its_zone_and_node() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_ejection_and_its_end_each_answer_a_blocking_query() {
+    with_namespace("e2e-registry-ejection", |ns| async move {
+        let policy = json!({"outlierDetection": {"consecutiveFailures": 2, "baseEjectionTime": "1s", "maxEjectionPercent": 50}});
+        let platform = Platform::with_echo(&ns, 2, policy).await;
+        let pods = pods_of(&ns, "echo").await;
+        let failing = &pods[0];
+        let version = registry(platform.admin, "").await["version"]
+            .as_u64()
+            .expect("a version");
+        // Wait for the change in the background while the endpoint fails.
+        let admin = platform.admin;
+        let waiting = tokio::spawn(async move {
+            let mut known = version;
+            loop {
+                let answer = registry(admin, &format!("?version={known}&wait=30s")).await;
+                known = answer["version"].as_u64().expect("a version");
+                let ejected = answer["upstreams"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|u| u["endpoints"].as_array().into_iter().flatten())
+                    .find(|e| e["ejected"] == true)
+                    .cloned();
+                if let Some(ejected) = ejected {
+                    return (known, ejected, Instant::now());
+                }
+            }
+        });
+        ns.backend(failing)
+            .expect("backend")
+            .respond_with_status(StatusCode::SERVICE_UNAVAILABLE);
+        // Round-robin: every other request meets the failing endpoint.
+        for _ in 0..6 {
+            let _ = microgate_test_support::probe::get(platform.listener, "/").await;
+        }
+        let (version, ejected, ejected_at) = tokio::time::timeout(WAIT, waiting)
+            .await
+            .expect("the blocking query hears of the ejection")
+            .expect("the query task");
+        assert_eq!(ejected["pod"], failing.as_str(), "{ejected}");
+        assert_eq!(ejected["ejections"], 1, "{ejected}");
+        assert!(ejected["ejectedUntil"].is_string(), "{ejected}");
+        ns.backend(failing).expect("backend").reset();
+
+        // No request comes: once other changes have been heard, only the timer set for the
+        // ejection's end can answer (else the wait would run out, with the same version).
+        let mut known = version;
+        let ended = loop {
+            let answer = registry(admin, &format!("?version={known}&wait=30s")).await;
+            let next = answer["version"].as_u64().expect("a version");
+            assert_ne!(next, known, "the wait ran out: the ejection's end moved no version");
+            let endpoint = endpoint(&answer, &ns, "echo", failing).expect("the endpoint");
+            if endpoint["ejected"] == false {
+                break Instant::now();
+            }
+            known = next;
+        };
+        let lasted = ended.duration_since(ejected_at);
+        eprintln!("the ejection's end answered a blocking query {:.0} ms after its start was heard", lasted.as_secs_f64() * 1000.0);
+    })
+    .await;
+}

@@ -3,8 +3,10 @@
 SHELL := bash
 CLUSTER := tests/cluster/cluster.sh
 HELM := target/cluster/bin/helm
+# Debian packages the tests run (COMMAND:PACKAGE for tools/apt.sh): Redis for global rate limits.
+TEST_APT := redis-server:redis-server
 
-.PHONY: help demo demo-down build crds manifests test test-netns lint licenses lint-manifests image image-test fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery hostile fuzz conformance
+.PHONY: help demo demo-down build crds manifests test test-netns lint licenses lint-manifests image image-test fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery bench-rate-limit hostile fuzz conformance
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -33,6 +35,7 @@ manifests: ## render the Helm chart with default values into manifests/ (a test 
 	  > manifests/dedicated-gateway/microgate.yaml
 
 test: lint licenses lint-manifests ## everything: format, lints, licenses, manifest lint, unit and control-plane tests, then the same in a private network namespace
+	bash tools/apt.sh $(TEST_APT)
 	cargo test --workspace --no-run
 	bash tests/h2spec/build.sh >/dev/null
 	bash tests/gwapi-conformance/build.sh >/dev/null
@@ -40,6 +43,7 @@ test: lint licenses lint-manifests ## everything: format, lints, licenses, manif
 	$(MAKE) --no-print-directory test-netns
 
 test-netns: ## the whole test suite inside a private network namespace (10.200.0.0/16 pod IPs; root)
+	bash tools/apt.sh $(TEST_APT)
 	cargo test --workspace --no-run
 	bash tests/h2spec/build.sh >/dev/null  # the namespace has no network to fetch its modules
 	bash tests/gwapi-conformance/build.sh >/dev/null
@@ -95,6 +99,10 @@ conformance: ## the Gateway API conformance suite (GATEWAY-HTTP) against microga
 
 fuzz: ## fuzz the HTTP/1.1 readers (nightly, cargo-fuzz) for FUZZ_SECONDS in all (default 600), seeded from the hostile corpus
 	bash fuzz/run.sh
+
+bench-rate-limit: ## rate limits: nanoseconds per local check (1 and 2 threads, a flood of keys), Redis round trips, shared-limit accuracy
+	bash tools/apt.sh $(TEST_APT)
+	cargo bench --bench rate_limit
 
 bench-discovery: ## discovery: readiness → registry propagation percentiles; memory and writes at 1000 Microservices / 10 000 Pods
 	cargo build --release --bin microgate

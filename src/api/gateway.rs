@@ -78,7 +78,7 @@ pub struct GatewaySpec {
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub routes: Vec<Route>,
-    /// Timeout and retry policy of routes that do not set their own.
+    /// Timeout, retry and access policy of routes that do not set their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<RoutePolicy>,
 }
@@ -316,6 +316,14 @@ pub struct Route {
     /// Retry policy; without it the Gateway's `defaults.retry` applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// The AccessPolicy (in the Gateway's namespace) that says who may call this route and how
+    /// often; without it the Gateway's `defaults.accessPolicy` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub access_policy: Option<String>,
 }
 
 /// A redirect answered by the gateway itself: the request's URL with the parts given here
@@ -455,7 +463,7 @@ fn default_weight() -> i32 {
     1
 }
 
-/// Timeout and retry policy, as routes set it.
+/// Timeout, retry and access policy, as a Gateway's defaults set them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.timeout) || !has(self.retry) || !has(self.retry.perTryTimeout) || duration(self.retry.perTryTimeout) <= duration(self.timeout)")
@@ -469,6 +477,13 @@ pub struct RoutePolicy {
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// The AccessPolicy (in the Gateway's namespace) of routes that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub access_policy: Option<String>,
 }
 
 /// What microgate last observed of a Gateway.

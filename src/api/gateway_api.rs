@@ -296,6 +296,19 @@ pub struct HttpRouteFilter {
     pub request_mirror: Option<RequestMirror>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsFilter>,
+    /// A filter of the implementation's: microgate's is an AccessPolicy (`group: microgate.dev,
+    /// kind: AccessPolicy`) in the route's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension_ref: Option<LocalObjectReference>,
+}
+
+/// An object of the referrer's namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct LocalObjectReference {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
 }
 
 /// Cross-origin resource sharing for a rule's requests.

@@ -1,6 +1,7 @@
-//! The API microgate serves: `Microservice` and `Gateway` in `microgate.dev/v1alpha1`, their
-//! shared policy types, and the names and labels microgate puts on what it creates.
+//! The API microgate serves: `Microservice`, `Gateway` and `AccessPolicy` in
+//! `microgate.dev/v1alpha1`, their shared policy types, and the names and labels microgate puts on what it creates.
 
+pub mod access_policy;
 pub mod duration;
 pub mod gateway;
 pub mod gateway_api;
@@ -12,6 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
+pub use access_policy::{AccessPolicy, AccessPolicySpec, AccessPolicyStatus};
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus};
 pub use microservice::{Microservice, MicroserviceSpec, MicroserviceStatus};
 
@@ -28,11 +30,11 @@ pub mod labels {
     pub const MICROSERVICE: &str = "microgate.dev/microservice";
 }
 
-/// The CustomResourceDefinitions of both kinds, as `microgate crd` prints them.
+/// The CustomResourceDefinitions of the kinds, as `microgate crd` prints them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut microservice = Microservice::crd();
     restrict_name_to_dns_label(&mut microservice);
-    vec![microservice, Gateway::crd()]
+    vec![microservice, Gateway::crd(), AccessPolicy::crd()]
 }
 
 /// A Microservice's name also names its Service, which must be a DNS-1035 label: say so in the

@@ -1,5 +1,5 @@
 //! The gateway's metrics: requests by route and status class, retries, and retries refused by
-//! the budget; client connections' buffers, and accepting paused for want of descriptors.
+//! the budget; access policies' decisions by route and outcome; client connections' buffers, and accepting paused for want of descriptors.
 
 use std::{
     sync::{
@@ -23,6 +23,12 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccessLabels {
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
 }
@@ -34,6 +40,7 @@ pub struct GatewayMetrics {
     budget_exhausted: Family<RouteLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
     latency: Family<RouteLabels, LatencyHistogram>,
+    access: Family<AccessLabels, Counter>,
     buffers: WorkerBuffers,
     accept_paused: Counter,
 }
@@ -46,6 +53,7 @@ impl GatewayMetrics {
             budget_exhausted: Family::default(),
             ejections: Family::default(),
             latency: Family::default(),
+            access: Family::default(),
             buffers: WorkerBuffers::default(),
             accept_paused: Counter::default(),
         };
@@ -68,6 +76,11 @@ impl GatewayMetrics {
             "microgate_gateway_retry_budget_exhausted",
             "Retries not sent because the route's retry budget was spent",
             metrics.budget_exhausted.clone(),
+        );
+        registry.register(
+            "microgate_gateway_access_decisions",
+            "Requests checked by a route's access policy, by route and outcome (allowed, unauthenticated, forbidden, limited, unenforceable)",
+            metrics.access.clone(),
         );
         registry.register(
             "microgate_gateway_ejections",
@@ -138,6 +151,16 @@ impl GatewayMetrics {
             retries: self.retries.get_or_create_owned(&labels),
             budget_exhausted: self.budget_exhausted.get_or_create_owned(&labels),
         }
+    }
+}
+
+impl GatewayMetrics {
+    /// The counter of `route`'s access decisions that ended in `outcome`.
+    pub fn access_decisions(&self, route: &str, outcome: &'static str) -> Counter {
+        self.access.get_or_create_owned(&AccessLabels {
+            route: route.to_owned(),
+            outcome,
+        })
     }
 }
 

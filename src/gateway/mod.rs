@@ -1,7 +1,7 @@
 //! The data plane: an L7 HTTP gateway configured by Gateway resources, balancing over the
 //! registry's endpoints.
 //!
-//! [`run`] watches Gateways and Microservices, compiles them ([`compile`]) with the registry's
+//! [`run`] watches Gateways, Microservices and AccessPolicies, compiles them ([`compile`]) with the registry's
 //! snapshots into a [`table::RouteTable`] on every change, swaps it in atomically, and keeps one
 //! listener per port the table names ([`listen`]). Requests flow through [`request::Proxy`]:
 //! route → forward (pick, send, judge, retry) → respond, over [`balance`] and [`upstream`].
@@ -47,7 +47,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{WatchStreamExt, predicates, reflector, reflector::ObjectRef, watcher},
@@ -57,7 +57,7 @@ use tokio::sync::Notify;
 pub use metrics::GatewayMetrics;
 
 use crate::{
-    api::{self, Gateway, Microservice},
+    api::{self, AccessPolicy, Gateway, Microservice},
     discovery::{Registry, ServiceKey},
 };
 
@@ -105,14 +105,20 @@ pub async fn run(
     let (gateways, gateways_writer) = reflector::store::<Gateway>();
     let (microservices, microservices_writer) = reflector::store::<Microservice>();
     let (secrets, secrets_writer) = reflector::store::<Secret>();
+    let (access_policies, access_policies_writer) = reflector::store::<AccessPolicy>();
+    let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
     let changed = Arc::new(Notify::new());
     let api = |client: Client| match &namespace {
         Some(ns) => (
             Api::<Gateway>::namespaced(client.clone(), ns),
             Api::<Microservice>::namespaced(client.clone(), ns),
-            Api::<Secret>::namespaced(client, ns),
+            Api::<Secret>::namespaced(client.clone(), ns),
+            Api::<AccessPolicy>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client, ns),
         ),
         None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client),
@@ -128,7 +134,7 @@ pub async fn run(
     } else {
         (None, futures::future::pending().boxed())
     };
-    let (gateway_api, microservice_api, secret_api) = api(client);
+    let (gateway_api, microservice_api, secret_api, access_policy_api, config_map_api) = api(client);
     let watch_gateways = {
         let changed = changed.clone();
         reflector(gateways_writer, watcher(gateway_api, watcher::Config::default()))
@@ -155,11 +161,42 @@ pub async fn run(
         })
     };
 
-    // Only TLS Secrets, the kind listeners can use: other Secrets are never read into memory.
+    let watch_access_policies = {
+        let changed = changed.clone();
+        reflector(
+            access_policies_writer,
+            watcher(access_policy_api, watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects()
+        // Status is the gateway's own writing: only spec changes matter.
+        .predicate_filter(predicates::generation, Default::default())
+        .for_each(move |_| {
+            changed.notify_one();
+            async {}
+        })
+    };
+    // JSON Web Key Sets that AccessPolicies read from ConfigMaps.
+    let watch_config_maps = {
+        let changed = changed.clone();
+        reflector(
+            config_maps_writer,
+            watcher(config_map_api, watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(move |_| {
+            changed.notify_one();
+            async {}
+        })
+    };
+    // Secrets of the kinds listeners (certificates) and access policies (API keys, htpasswd
+    // files, key sets) read. Helm's release records and service-account tokens are never read
+    // into memory.
     let watch_secrets = {
         let changed = changed.clone();
-        let only_tls = watcher::Config::default().fields(&format!("type={}", tls::TLS_SECRET_TYPE));
-        reflector(secrets_writer, watcher(secret_api, only_tls))
+        let readable = watcher::Config::default().fields(SECRET_TYPES_READ);
+        reflector(secrets_writer, watcher(secret_api, readable))
             .default_backoff()
             .touched_objects()
             .for_each(move |_| {
@@ -168,6 +205,7 @@ pub async fn run(
             })
     };
     let mut certificates = tls::CertificateStore::default();
+    let mut compiled_policies = compile::access::AccessPolicies::default();
 
     let live = options
         .inspect
@@ -197,7 +235,12 @@ pub async fn run(
         tokio::pin!(shutdown);
         tokio::select! {
             _ = async {
-                let _ = tokio::join!(gateways.wait_until_ready(), secrets.wait_until_ready());
+                let _ = tokio::join!(
+                    gateways.wait_until_ready(),
+                    secrets.wait_until_ready(),
+                    access_policies.wait_until_ready(),
+                    config_maps.wait_until_ready(),
+                );
                 if let Some(stores) = &kube_stores {
                     stores.wait_until_ready().await;
                 }
@@ -230,8 +273,17 @@ pub async fn run(
                 |key| secrets.get(&ObjectRef::new(&key.name).within(&key.namespace)),
                 std::time::SystemTime::now(),
             );
+            let all_policies = access_policies.state();
+            compiled_policies.refresh(
+                &all_policies,
+                &compile::access::Lookups {
+                    secret: &|namespace, name| secrets.get(&ObjectRef::new(name).within(namespace)),
+                    config_map: &|namespace, name| config_maps.get(&ObjectRef::new(name).within(namespace)),
+                },
+            );
             let mut builder =
-                compile::TableBuilder::new(&services, &registry, &metrics, &certificates, Some(&previous));
+                compile::TableBuilder::new(&services, &registry, &metrics, &certificates, Some(&previous))
+                    .with_access_policies(&compiled_policies);
             builder.signal_ejections(live.ejections());
             compile::microgate::add(&mut builder, &all_gateways, options.listen_address);
             let kube_report = kube_resources
@@ -260,6 +312,9 @@ pub async fn run(
                 )
                 .await;
             }
+            for policy in &all_policies {
+                status::access_policy::report(&status_client, policy, &compiled_policies, &served).await;
+            }
             if let Some(report) = &kube_report {
                 status::gateway_api::report(&status_client, report, &listeners).await;
             }
@@ -278,6 +333,8 @@ pub async fn run(
         () = watch_gateways => {}
         () = watch_microservices => {}
         () = watch_secrets => {}
+        () = watch_access_policies => {}
+        () = watch_config_maps => {}
         () = watch_gateway_api => {}
         () = live.follow() => {}
         () = program => {}
@@ -298,6 +355,10 @@ async fn close_expired_idle_connections(table: Arc<ArcSwap<table::RouteTable>>) 
         }
     }
 }
+
+/// The Secrets the gateway reads (a field selector): all but Helm's release records and
+/// service-account tokens, which are large or sensitive and never named by a listener or policy.
+pub const SECRET_TYPES_READ: &str = "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token";
 
 /// The field manager of the data plane's status writes (the controller's is `microgate`).
 pub const STATUS_FIELD_MANAGER: &str = "microgate-gateway";

@@ -312,6 +312,42 @@ async fn microgate_explain_on_the_demo_s_resources() {
         assert_eq!(code, 1, "{text}");
         assert!(text.contains("port 8443 terminates TLS"), "{text}");
 
+        // A route behind an AccessPolicy: explain names the policy and how it authenticates,
+        // never a key.
+        let keys = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "api-keys"},
+            "type": "Opaque", "stringData": {"billing": "k-123-secret"}});
+        ns.api::<k8s_openapi::api::core::v1::Secret>()
+            .create(&Default::default(), &serde_json::from_value(keys).expect("a Secret"))
+            .await
+            .expect("create the keys Secret");
+        let policy: microgate::api::AccessPolicy = serde_json::from_value(json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": "keys"},
+            "spec": {"authentication": {"apiKeys": {"secretRef": {"name": "api-keys"}, "header": "x-api-key"}}},
+        }))
+        .expect("an AccessPolicy");
+        ns.api::<microgate::api::AccessPolicy>()
+            .create(&Default::default(), &policy)
+            .await
+            .expect("create the AccessPolicy");
+        let internal: microgate::api::Gateway = serde_json::from_value(json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "internal"},
+            "spec": {"listeners": [{"name": "http", "port": 8090}],
+                     "routes": [{"name": "billing", "backends": [{"microservice": "orders"}], "accessPolicy": "keys"}]},
+        }))
+        .expect("a Gateway");
+        ns.api::<microgate::api::Gateway>()
+            .create(&Default::default(), &internal)
+            .await
+            .expect("create the Gateway");
+        let (code, text, errors) = microgate_explain(&ns, &["GET", "http://billing.internal:8090/"]).await;
+        assert_eq!(code, 0, "{text}{errors}");
+        assert!(
+            text.contains(&format!("policy    AccessPolicy {}/keys: ApiKeys in header x-api-key", ns.name)),
+            "{text}"
+        );
+        let (_, json, _) = microgate_explain(&ns, &["GET", "http://billing.internal:8090/", "-o", "json"]).await;
+        assert!(!text.contains("k-123") && !json.contains("k-123"), "no key is shown: {json}");
+
         // Arguments it cannot use: exit 2.
         let (code, _, errors) = microgate_explain(&ns, &["GET", "/relative"]).await;
         assert_eq!(code, 2, "{errors}");

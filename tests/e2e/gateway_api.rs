@@ -1,16 +1,21 @@
 //! The Kubernetes Gateway API front end with Microservices as backends (`group: microgate.dev`):
 //! traffic through an HTTPRoute reaches the Microservice's Pods with its traffic policy, and the
-//! GatewayClass, Gateway and HTTPRoute say so in their status. (Service backends, resolved from
+//! GatewayClass, Gateway and HTTPRoute say so in their status; a rule's `ExtensionRef` filter
+//! applies an AccessPolicy. (Service backends, resolved from
 //! EndpointSlices, are proven by the official suite: `make conformance`.)
 
 use std::collections::BTreeSet;
 
 use hyper::{HeaderMap, Method, StatusCode};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams},
 };
-use microgate::api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway};
+use microgate::api::{
+    AccessPolicy,
+    gateway_api::{GatewayClass, HTTPRoute, KubeGateway},
+};
 use microgate_test_support::{
     backend::POD_NAME_HEADER,
     probe,
@@ -60,6 +65,26 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
             )
             .await
             .expect("create the GatewayClass");
+        // An AccessPolicy that an HTTPRoute rule names in an ExtensionRef filter.
+        ns.api::<Secret>()
+            .patch(
+                "keys",
+                &apply,
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"},
+                    "stringData": {"ci": "k-1"}})),
+            )
+            .await
+            .expect("create the Secret");
+        ns.api::<AccessPolicy>()
+            .patch(
+                "keys",
+                &apply,
+                &Patch::Apply(json!({"apiVersion": "microgate.dev/v1alpha1", "kind": "AccessPolicy",
+                    "metadata": {"name": "keys"},
+                    "spec": {"authentication": {"apiKeys": {"secretRef": {"name": "keys"}}}}})),
+            )
+            .await
+            .expect("create the AccessPolicy");
         let port = platform.listener.port();
         ns.api::<KubeGateway>()
             .patch(
@@ -87,6 +112,10 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
                         "parentRefs": [{"name": "shop", "sectionName": "http"}],
                         "hostnames": ["shop.example.com"],
                         "rules": [
+                            {"matches": [{"path": {"type": "PathPrefix", "value": "/private"}}],
+                             "filters": [{"type": "ExtensionRef", "extensionRef":
+                                {"group": "microgate.dev", "kind": "AccessPolicy", "name": "keys"}}],
+                             "backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]},
                             {"matches": [{"path": {"type": "PathPrefix", "value": "/gone"}}],
                              "backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "missing"}]},
                             {"backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]},
@@ -127,6 +156,16 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
             .await
             .expect("an answer");
         assert_eq!(gone.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", gone.body);
+        let private = probe::request_with(platform.listener, Method::GET, "/private", host.clone(), "")
+            .await
+            .expect("an answer");
+        assert_eq!(private.status, StatusCode::UNAUTHORIZED, "{}", private.body);
+        let mut keyed = host.clone();
+        keyed.insert("x-api-key", "k-1".parse().expect("a header value"));
+        let private = probe::request_with(platform.listener, Method::GET, "/private", keyed, "")
+            .await
+            .expect("an answer");
+        assert_eq!(private.status, StatusCode::OK, "{}", private.body);
         let mut other = HeaderMap::new();
         other.insert("host", "other.example.com".parse().expect("a header value"));
         let unrouted = probe::request_with(platform.listener, Method::GET, "/orders", other, "")

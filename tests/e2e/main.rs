@@ -33,10 +33,12 @@ use microgate_test_support::{
 };
 use serde_json::json;
 
+mod access;
 mod client_ip;
 mod explain;
 mod gateway_api;
 mod gateway_process;
+mod global_rate_limit;
 mod h2_hostile;
 mod hostile;
 mod idle;

@@ -173,11 +173,11 @@ fn values_choose_the_mode_the_scope_and_leader_election() {
     );
     let selector = &object(&dedicated, "Service", "microgate-gateway")["spec"]["selector"];
     assert_eq!(selector["app.kubernetes.io/component"], "gateway");
-    // The dedicated gateway's service account may only read, and report Programmed.
+    // The dedicated gateway's service account may only read, and report Programmed and Ready.
     let rules = &object(&dedicated, "ClusterRole", "microgate-gateway")["rules"];
     for rule in rules.as_array().expect("rules") {
         for verb in rule["verbs"].as_array().expect("verbs") {
-            let status = rule["resources"] == serde_json::json!(["gateways/status"]);
+            let status = rule["resources"] == serde_json::json!(["gateways/status", "accesspolicies/status"]);
             assert!(
                 verb == "list" || verb == "watch" || (status && verb == "patch"),
                 "{rule}"

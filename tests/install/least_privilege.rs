@@ -18,7 +18,7 @@ use std::{
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, events::v1::Event as KubeEvent};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use microgate::api::{Gateway, Microservice};
+use microgate::api::{AccessPolicy, Gateway, Microservice};
 use microgate_test_support::{
     TestNamespace,
     backend::POD_NAME_HEADER,
@@ -341,11 +341,22 @@ async fn scenario(ns: &TestNamespace) {
     .await
     .expect("the Microservice runs");
 
+    // An AccessPolicy the route names: the gateway reports it Ready.
+    let policy: AccessPolicy = serde_json::from_value(json!({
+        "apiVersion": "microgate.dev/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": "open"},
+        "spec": {"cors": {"allowOrigins": ["https://shop.example.com"]}},
+    }))
+    .expect("an AccessPolicy");
+    let policies = ns.api::<AccessPolicy>();
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("create the AccessPolicy");
     let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let gateway: Gateway = serde_json::from_value(json!({
         "apiVersion": "microgate.dev/v1alpha1", "kind": "Gateway", "metadata": {"name": "gw"},
         "spec": {"listeners": [{"name": "http", "port": listener.port()}],
-                 "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}]},
+                 "routes": [{"name": "all", "backends": [{"microservice": "echo"}], "accessPolicy": "open"}]},
     }))
     .expect("a Gateway");
     let gateways = ns.api::<Gateway>();
@@ -370,6 +381,20 @@ async fn scenario(ns: &TestNamespace) {
     })
     .await
     .expect("the Gateway is programmed");
+    wait::until("the AccessPolicy to be Ready", WAIT, || async {
+        let conditions = match policies.get("open").await {
+            Ok(policy) => policy.status.map(|s| s.conditions).unwrap_or_default(),
+            Err(error) => return Probe::NotYet(error.to_string()),
+        };
+        let ready = condition(&conditions, "Ready");
+        if ready.starts_with("True/") {
+            Probe::Done(())
+        } else {
+            Probe::NotYet(ready)
+        }
+    })
+    .await
+    .expect("the AccessPolicy is ready");
     let served_by = wait::until("a request through the gateway", WAIT, || async {
         match probe::get(listener, "/hello").await {
             Ok(answer) if answer.status == 200 => Probe::Done(answer.headers.get(POD_NAME_HEADER).cloned()),

@@ -13,7 +13,7 @@ use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, PostParams},
 };
-use microgate::api::{Gateway, Microservice};
+use microgate::api::{AccessPolicy, Gateway, Microservice};
 use microgate_test_support::with_namespace;
 use serde_json::{Map, Value, json};
 
@@ -25,6 +25,7 @@ const IMAGE: &str = "registry.example/orders:1.4.2";
 enum Kind {
     Microservice,
     Gateway,
+    AccessPolicy,
 }
 
 impl Kind {
@@ -32,6 +33,7 @@ impl Kind {
         match object["kind"].as_str() {
             Some("Microservice") => Self::Microservice,
             Some("Gateway") => Self::Gateway,
+            Some("AccessPolicy") => Self::AccessPolicy,
             other => panic!("not a microgate object: kind {other:?}"),
         }
     }
@@ -40,6 +42,7 @@ impl Kind {
         match self {
             Self::Microservice => ApiResource::erase::<Microservice>(&()),
             Self::Gateway => ApiResource::erase::<Gateway>(&()),
+            Self::AccessPolicy => ApiResource::erase::<AccessPolicy>(&()),
         }
     }
 
@@ -52,6 +55,9 @@ impl Kind {
                 .validate_cel(),
             Self::Gateway => serde_json::from_value::<Gateway>(object.clone())
                 .map_err(|e| format!("does not deserialize into Gateway: {e}"))?
+                .validate_cel(),
+            Self::AccessPolicy => serde_json::from_value::<AccessPolicy>(object.clone())
+                .map_err(|e| format!("does not deserialize into AccessPolicy: {e}"))?
                 .validate_cel(),
         };
         Ok(verdict.map_err(|errors| errors.to_string()))
@@ -131,6 +137,26 @@ fn gateway_with_route(overrides: Value) -> Value {
 /// A valid Gateway whose one route has this `retry` policy.
 fn gateway_with_retry(retry: Value) -> Value {
     gateway_with_route(json!({"retry": retry}))
+}
+
+/// A valid AccessPolicy (`spec: {authentication: apiKeys}`), with `spec` merged over it.
+fn access_policy(spec: Value) -> Value {
+    let mut object = json!({
+        "apiVersion": API_VERSION,
+        "kind": "AccessPolicy",
+        "metadata": {},
+        "spec": {"authentication": {"apiKeys": {"secretRef": {"name": "keys"}}}},
+    });
+    merge(&mut object["spec"], spec);
+    object
+}
+
+/// A valid JWT provider named `name`, with `overrides` merged over it.
+fn jwt_provider(overrides: Value) -> Value {
+    let mut provider = json!({"name": "idp", "issuer": "https://idp.example",
+        "jwks": {"remote": {"url": "https://idp.example/jwks.json"}}});
+    merge(&mut provider, overrides);
+    provider
 }
 
 /// One object the API server must refuse.
@@ -590,6 +616,101 @@ fn invalid_objects() -> Vec<Invalid> {
             "spec.routes[0].retry.retriableStatusCodes[0]",
             "less than or equal to 599",
         ),
+        // AccessPolicy
+        cel(
+            "an empty AccessPolicy",
+            access_policy(json!({"authentication": null})),
+            "spec",
+            "declares at least one of authentication, authorization, rateLimits and cors",
+        ),
+        cel(
+            "authentication with no method",
+            access_policy(json!({"authentication": {"apiKeys": null}})),
+            "spec.authentication",
+            "at least one of jwt, apiKeys and basicAuth",
+        ),
+        openapi(
+            "a JWT algorithm of none",
+            access_policy(
+                json!({"authentication": {"jwt": [jwt_provider(json!({"algorithms": ["none"]}))]}}),
+            ),
+            "spec.authentication.jwt[0].algorithms[0]",
+            "Unsupported value: \"none\"",
+        ),
+        openapi(
+            "an HMAC JWT algorithm",
+            access_policy(
+                json!({"authentication": {"jwt": [jwt_provider(json!({"algorithms": ["HS256"]}))]}}),
+            ),
+            "spec.authentication.jwt[0].algorithms[0]",
+            "Unsupported value: \"HS256\"",
+        ),
+        cel(
+            "a key set from two places",
+            access_policy(
+                json!({"authentication": {"jwt": [jwt_provider(json!({"jwks": {"secretRef": {"name": "k"}}}))]}}),
+            ),
+            "spec.authentication.jwt[0].jwks",
+            "jwks names exactly one of secretRef, configMapRef and remote",
+        ),
+        openapi(
+            "a key set URL that is not http(s)",
+            access_policy(
+                json!({"authentication": {"jwt": [jwt_provider(json!({"jwks": {"remote": {"url": "ftp://idp/jwks"}}}))]}}),
+            ),
+            "spec.authentication.jwt[0].jwks.remote.url",
+            "should match",
+        ),
+        cel(
+            "a clock skew of an hour",
+            access_policy(json!({"authentication": {"jwt": [jwt_provider(json!({"clockSkew": "1h"}))]}})),
+            "spec.authentication.jwt[0].clockSkew",
+            "clockSkew must be between 0s and 5m",
+        ),
+        cel(
+            "an authorization rule with a bad CIDR",
+            access_policy(
+                json!({"authorization": {"rules": [{"action": "Deny", "clientCIDRs": ["10.0.0.0/33"]}]}}),
+            ),
+            "spec.authorization.rules[0].clientCIDRs",
+            "every entry of clientCIDRs must be a CIDR",
+        ),
+        cel(
+            "a claim rule without JWT",
+            access_policy(
+                json!({"authorization": {"rules": [{"action": "Allow", "claims": [{"name": "scope", "values": ["a"]}]}]}}),
+            ),
+            "spec.authorization.rules",
+            "an authorization rule on claims needs authentication.jwt",
+        ),
+        openapi(
+            "a rate limit of zero requests",
+            access_policy(json!({"rateLimits": [{"name": "r", "requests": 0, "per": "1s"}]})),
+            "spec.rateLimits[0].requests",
+            "greater than or equal to 1",
+        ),
+        cel(
+            "a rate limit keyed by two things",
+            access_policy(
+                json!({"rateLimits": [{"name": "r", "requests": 5, "per": "1s", "key": {"clientIP": true, "header": "x-user"}}]}),
+            ),
+            "spec.rateLimits[0].key",
+            "key names exactly one of clientIP: true, header and claim",
+        ),
+        cel(
+            "a rate limit keyed by a claim without JWT",
+            access_policy(
+                json!({"rateLimits": [{"name": "r", "requests": 5, "per": "1s", "key": {"claim": "sub"}}]}),
+            ),
+            "spec.rateLimits",
+            "a rate limit keyed by a claim needs authentication.jwt",
+        ),
+        cel(
+            "CORS with any origin and credentials",
+            access_policy(json!({"cors": {"allowOrigins": ["*"], "allowCredentials": true}})),
+            "spec.cors.allowOrigins",
+            "allowOrigins must not be '*' when allowCredentials is true",
+        ),
     ]
 }
 
@@ -711,7 +832,24 @@ async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
         }));
         proxied["metadata"]["name"] = json!("proxied");
 
-        for object in [&orders, &edge, &secure, &proxied] {
+        // Every part of an AccessPolicy at once.
+        let mut policy = access_policy(json!({
+            "authentication": {
+                "jwt": [jwt_provider(json!({"audiences": ["shop"], "tokenFrom": {"cookie": "session"},
+                    "claimsToHeaders": [{"claim": "sub", "header": "x-user"}]}))],
+                "basicAuth": {"secretRef": {"name": "users"}},
+            },
+            "authorization": {"rules": [
+                {"action": "Deny", "clientCIDRs": ["192.0.2.0/24"]},
+                {"name": "writers", "action": "Allow", "methods": ["POST"], "paths": [{"type": "PathPrefix", "value": "/api"}],
+                 "claims": [{"name": "scope", "values": ["orders:write"]}]},
+            ]},
+            "rateLimits": [{"name": "per-user", "requests": 100, "per": "1m", "key": {"claim": "sub"}, "scope": "Global"}],
+            "cors": {"allowOrigins": ["https://*.example.com"], "allowCredentials": true},
+        }));
+        policy["metadata"]["name"] = json!("everything");
+
+        for object in [&orders, &edge, &secure, &proxied, &policy] {
             let kind = Kind::of(object);
             assert_eq!(
                 kind.validate_cel_offline(object)
@@ -801,6 +939,28 @@ async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
         ] {
             assert_eq!(at(&stored, pointer), &value, "Gateway {pointer} in {stored}");
         }
+
+        let policies =
+            Api::<DynamicObject>::namespaced_with(ns.client.clone(), &ns.name, &Kind::AccessPolicy.resource());
+        let stored = serde_json::to_value(policies.get("everything").await.expect("read the AccessPolicy back"))
+            .expect("serialize");
+        for (pointer, value) in [
+            ("/spec/authentication/jwt/0/algorithms", json!(["RS256", "ES256", "EdDSA"])),
+            ("/spec/authentication/jwt/0/clockSkew", json!("30s")),
+            ("/spec/authentication/jwt/0/jwks/remote/refreshInterval", json!("300s")),
+            ("/spec/authentication/jwt/0/jwks/remote/minRefetchInterval", json!("10s")),
+            ("/spec/authentication/basicAuth/key", json!(".htpasswd")),
+            ("/spec/authentication/basicAuth/realm", json!("microgate")),
+            ("/spec/authorization/defaultAction", json!("Deny")),
+            ("/spec/rateLimits/0/whenUnreachable", json!("Allow")),
+            ("/spec/cors/maxAge", json!(5)),
+        ] {
+            assert_eq!(at(&stored, pointer), &value, "AccessPolicy {pointer} in {stored}");
+        }
+        let typed: AccessPolicy = serde_json::from_value(stored).expect("the stored AccessPolicy deserializes");
+        typed
+            .validate_cel()
+            .expect("client-side CEL accepts the stored AccessPolicy");
     })
     .await;
 }

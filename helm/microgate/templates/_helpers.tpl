@@ -74,10 +74,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- if include "microgate.embedded" . }}
-# The embedded gateway's HTTPS listeners: the certificates of kubernetes.io/tls Secrets (watched
-# with a field selector on that type, so no other Secret is read).
+# The embedded gateway: AccessPolicies and their Ready condition.
+- apiGroups: ["microgate.dev"]
+  resources: ["accesspolicies"]
+  verbs: ["list", "watch"]
+- apiGroups: ["microgate.dev"]
+  resources: ["accesspolicies/status"]
+  verbs: ["patch"]
+# HTTPS listeners' certificates, AccessPolicies' API keys, htpasswd files and key sets (a field
+# selector leaves out Helm's release records and service-account tokens); key sets in ConfigMaps.
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["secrets", "configmaps"]
   verbs: ["list", "watch"]
 {{- include "microgate.gatewayAPIRules" . }}
 {{- end }}
@@ -86,18 +93,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Exactly the API calls a dedicated gateway (microgate gateway) makes. */}}
 {{- define "microgate.gatewayRules" -}}
 - apiGroups: ["microgate.dev"]
-  resources: ["microservices", "gateways"]
+  resources: ["microservices", "gateways", "accesspolicies"]
   verbs: ["list", "watch"]
-# The Programmed condition.
+# The Programmed condition; an AccessPolicy's Ready condition.
 - apiGroups: ["microgate.dev"]
-  resources: ["gateways/status"]
+  resources: ["gateways/status", "accesspolicies/status"]
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
-# HTTPS listeners' certificates: kubernetes.io/tls Secrets only (a field selector on the type).
+# HTTPS listeners' certificates, AccessPolicies' API keys, htpasswd files and key sets (a field
+# selector leaves out Helm's release records and service-account tokens); key sets in ConfigMaps.
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["secrets", "configmaps"]
   verbs: ["list", "watch"]
 {{- include "microgate.gatewayAPIRules" . }}
 {{- end }}

@@ -858,9 +858,28 @@ fn compile_rules(
             rewrite: None,
             mirrors: Vec::new(),
             cors: None,
+            access: None,
         };
         for filter in &rule.filters {
             apply_filter(&mut compiled_rule, filter);
+        }
+        if let Some(extension) = rule.filters.iter().find_map(|f| f.extension_ref.as_ref()) {
+            let (access, cors) = if extension.group == crate::api::GROUP && extension.kind == "AccessPolicy" {
+                builder.access_policy(&compiled_rule.id, &namespace, &extension.name)
+            } else {
+                // A filter microgate cannot apply must not be skipped: the rule's requests
+                // are refused instead (as the Gateway API asks of unresolved extensions).
+                let why = format!(
+                    "extensionRef names a {}/{}: microgate's only extension is microgate.dev/AccessPolicy",
+                    extension.group, extension.kind
+                );
+                if resolved.status {
+                    resolved = Desired::new(reason::RESOLVED_REFS, false, reason::INVALID_KIND, why.clone());
+                }
+                builder.refusing_access(&compiled_rule.id, why)
+            };
+            compiled_rule.access = Some(access);
+            compiled_rule.cors = compiled_rule.cors.take().or(cors);
         }
         for mirror in rule.filters.iter().filter_map(|f| f.request_mirror.as_ref()) {
             // A mirror that does not resolve is left out, and says so, like a backendRef.

@@ -143,6 +143,17 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAdd
                 .filter(http::StatusCode::is_redirection)
                 .unwrap_or(http::StatusCode::FOUND),
         });
+        let (access, cors) = match route
+            .access_policy
+            .as_ref()
+            .or_else(|| spec.defaults.as_ref().and_then(|d| d.access_policy.as_ref()))
+        {
+            Some(policy) => {
+                let (access, cors) = builder.access_policy(&id, &namespace, policy);
+                (Some(access), cors)
+            }
+            None => (None, None),
+        };
         let compiled = Arc::new(Route {
             metrics: builder.route_metrics(&id),
             id,
@@ -162,7 +173,8 @@ fn add_gateway(builder: &mut TableBuilder<'_>, gateway: &Gateway, address: IpAdd
             response_headers: None,
             rewrite: None,
             mirrors: Vec::new(),
-            cors: None,
+            cors,
+            access,
         });
         for (listener_id, local, listener) in &served {
             if !route.listeners.is_empty() && !route.listeners.contains(&listener.name) {

@@ -4,6 +4,7 @@
 //! building each backend's upstream from the registry, and carrying live state over from the
 //! previous table. The request path never sees a front end, only the table.
 
+pub mod access;
 pub mod addresses;
 pub mod gateway_api;
 pub mod microgate;
@@ -19,9 +20,17 @@ use rustls::server::ServerSessionMemoryCache;
 use super::{
     balance::{Pool, outlier::Ejection},
     metrics::{GatewayMetrics, RouteMetrics},
-    policy::{client_ip::TrustedProxies, path::PathPolicy},
+    policy::{
+        access::{AccessControl, AccessMetrics},
+        client_ip::TrustedProxies,
+        cors::Cors,
+        path::PathPolicy,
+    },
     retry::RetryBudget,
-    table::{Attached, DEFAULT_MAX_CONNECTIONS, HashOn, HostPattern, RouteTable, Upstream, UpstreamKey},
+    table::{
+        Attached, DEFAULT_MAX_CONNECTIONS, HashOn, HostPattern, RouteAccess, RouteTable, Upstream,
+        UpstreamKey,
+    },
     tls::{self, CertificateStore, SecretKey, TlsListener, TlsPort},
     upstream::CircuitBreaker,
 };
@@ -97,6 +106,7 @@ pub struct TableBuilder<'a> {
     certificates: &'a CertificateStore,
     previous: Option<&'a RouteTable>,
     ejections: Option<Arc<tokio::sync::Notify>>,
+    access_policies: Option<&'a access::AccessPolicies>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -118,12 +128,48 @@ impl<'a> TableBuilder<'a> {
             certificates,
             previous,
             ejections: None,
+            access_policies: None,
         }
     }
 
     /// Every upstream's pool tells `notify` of its ejections (see [`Pool::signal_ejections`]).
     pub fn signal_ejections(&mut self, notify: Arc<tokio::sync::Notify>) {
         self.ejections = Some(notify);
+    }
+
+    /// The AccessPolicies routes may name (without them, a route naming one refuses every
+    /// request).
+    pub fn with_access_policies(mut self, policies: &'a access::AccessPolicies) -> Self {
+        self.access_policies = Some(policies);
+        self
+    }
+
+    /// What route `route` gets of the AccessPolicy `namespace/name` it names: its checks, and
+    /// its CORS policy if it has one. A policy that does not exist refuses every request.
+    pub fn access_policy(&mut self, route: &str, namespace: &str, name: &str) -> (RouteAccess, Option<Cors>) {
+        let id = format!("{namespace}/{name}");
+        self.table
+            .access_policies
+            .entry(id.clone())
+            .or_default()
+            .push(route.to_owned());
+        let found = self.access_policies.and_then(|p| p.get(namespace, name));
+        let (control, cors) = match found {
+            Some(policy) => (policy.control.clone(), policy.cors()),
+            None => {
+                let why = format!("AccessPolicy {id} does not exist");
+                (Arc::new(AccessControl::refusing(id.into(), why)), None)
+            }
+        };
+        let metrics = AccessMetrics::new(self.metrics, route);
+        (RouteAccess { control, metrics }, cors)
+    }
+
+    /// An access check for route `route` that refuses every request, saying `why`.
+    pub fn refusing_access(&mut self, route: &str, why: String) -> (RouteAccess, Option<Cors>) {
+        let control = Arc::new(AccessControl::refusing(route.into(), why));
+        let metrics = AccessMetrics::new(self.metrics, route);
+        (RouteAccess { control, metrics }, None)
     }
 
     /// Serves `listener` on its port, or records why it cannot be served (a port another

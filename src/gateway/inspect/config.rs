@@ -15,6 +15,7 @@ use crate::{
     },
     gateway::{
         http::host::HostPattern,
+        policy::access::Authenticator,
         table::{
             Backend, HeaderEdit, PathRewrite, Route, RouteTable, Upstream, UpstreamKey,
             matching::{PathMatcher, RequestMatch},
@@ -94,6 +95,25 @@ pub struct RouteView {
     pub mirrors: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<String>,
+    /// The AccessPolicy the route names, as enforced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_policy: Option<AccessView>,
+}
+
+/// An AccessPolicy as a route enforces it: what authenticates, whether rules authorize; never
+/// a key or a password.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessView {
+    pub id: String,
+    /// `ApiKeys in header x-api-key`, `Basic`.
+    pub authentication: Vec<String>,
+    /// Authorization rules and what happens when none decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
+    /// Set: the policy cannot be enforced, and every request is refused (500), for this reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unenforceable: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -269,6 +289,28 @@ pub fn route_view(table: &RouteTable, route: &Route) -> RouteView {
             })
             .collect(),
         cors: route.cors.as_ref().map(|c| format!("{c:?}")),
+        access_policy: route.access.as_ref().map(|access| {
+            let control = &access.control;
+            AccessView {
+                id: control.id.to_string(),
+                authentication: control
+                    .authentication
+                    .iter()
+                    .map(|a| match a {
+                        Authenticator::ApiKeys(keys) => format!("ApiKeys in header {}", keys.header),
+                        Authenticator::Basic(_) => "Basic".to_owned(),
+                    })
+                    .collect(),
+                authorization: control.authorization.as_ref().map(|a| {
+                    format!(
+                        "{} rules, else {}",
+                        a.rules.len(),
+                        if a.default_allow { "allow" } else { "deny" }
+                    )
+                }),
+                unenforceable: control.unenforceable.clone(),
+            }
+        }),
     }
 }
 

@@ -156,6 +156,9 @@ pub struct Taken {
     pub backends: Vec<BackendEndpoints>,
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
+    /// The AccessPolicy checked before forwarding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_policy: Option<config::AccessView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -368,6 +371,7 @@ fn taken(table: &RouteTable, registry: &Registry, entry: &Attached) -> Taken {
         backends,
         timeout: route.timeout,
         retry: route.retry,
+        access_policy: route.access_policy,
     }
 }
 
@@ -521,6 +525,20 @@ impl Taken {
         let _ = writeln!(out, "  route     {}  {which}", self.route);
         if !self.hostnames.is_empty() {
             let _ = writeln!(out, "            hostnames {}", self.hostnames.join(", "));
+        }
+        if let Some(policy) = &self.access_policy {
+            let mut checks = policy.authentication.clone();
+            checks.extend(policy.authorization.iter().map(|a| format!("authorization: {a}")));
+            let _ = writeln!(
+                out,
+                "  policy    AccessPolicy {}{}",
+                policy.id,
+                match &policy.unenforceable {
+                    Some(why) => format!(": not enforceable ({why}); every request is refused"),
+                    None if checks.is_empty() => String::new(),
+                    None => format!(": {}", checks.join("; ")),
+                }
+            );
         }
         if let Some(redirect) = &self.redirect {
             let _ = writeln!(out, "  redirect  {redirect} (the gateway answers; no backend)");

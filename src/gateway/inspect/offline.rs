@@ -1,6 +1,8 @@
 //! The route table a gateway would build from a cluster's resources, built once from one list
 //! of each (no watches) with the compile code the gateway runs: what `microgate explain`
-//! explains.
+//! explains. It reads what a gateway reads: Gateways, Microservices and their Pods,
+//! AccessPolicies with the Secrets and ConfigMaps they name, TLS Secrets; with the Gateway API,
+//! its resources, Services and EndpointSlices.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -8,13 +10,13 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{Api, Client, Resource, ResourceExt, api::ListParams};
 use serde::de::DeserializeOwned;
 
 use crate::{
     api::{
-        Gateway, Microservice,
+        AccessPolicy, Gateway, Microservice,
         gateway_api::{GatewayClass, HTTPRoute, KubeGateway, ReferenceGrant},
         labels,
     },
@@ -23,7 +25,7 @@ use crate::{
         compile::{self, ServiceSettings, TableBuilder},
         metrics::GatewayMetrics,
         table::RouteTable,
-        tls::{self, CertificateStore, SecretKey},
+        tls::{CertificateStore, SecretKey},
     },
 };
 
@@ -106,12 +108,17 @@ pub async fn build(
     if let Some(resources) = &resources {
         wanted.extend(compile::gateway_api::certificate_refs(resources));
     }
-    let mut certificates = CertificateStore::default();
-    if !wanted.is_empty() {
-        let only_tls = ListParams::default().fields(&format!("type={}", tls::TLS_SECRET_TYPE));
-        match list::<Secret>(&client, namespace, "TLS Secrets", &only_tls).await {
-            Ok(secrets) => {
-                let by_key: HashMap<SecretKey, Arc<Secret>> = secrets
+    let policies: Vec<Arc<AccessPolicy>> =
+        list(&client, namespace, "AccessPolicies", &ListParams::default()).await?;
+    // The Secrets the gateway reads: TLS certificates, and what AccessPolicies name (API keys,
+    // htpasswd files).
+    let mut secrets: HashMap<SecretKey, Arc<Secret>> = HashMap::new();
+    let mut config_maps: HashMap<(String, String), Arc<ConfigMap>> = HashMap::new();
+    if !wanted.is_empty() || !policies.is_empty() {
+        let readable = ListParams::default().fields(crate::gateway::SECRET_TYPES_READ);
+        match list::<Secret>(&client, namespace, "Secrets", &readable).await {
+            Ok(listed) => {
+                secrets = listed
                     .into_iter()
                     .map(|s| {
                         let key = SecretKey {
@@ -121,20 +128,54 @@ pub async fn build(
                         (key, s)
                     })
                     .collect();
-                certificates.refresh(
-                    wanted,
-                    |key| by_key.get(key).cloned(),
-                    std::time::SystemTime::now(),
-                );
             }
             Err(error) => notes.push(format!(
-                "{error}: HTTPS listeners are left out (the gateway needs their certificates to serve them)"
+                "{error}: HTTPS listeners are left out, and AccessPolicies that read Secrets show as not enforceable \
+                 (a gateway reads them; this user may not)"
             )),
         }
     }
+    if !policies.is_empty() {
+        match list::<ConfigMap>(&client, namespace, "ConfigMaps", &ListParams::default()).await {
+            Ok(listed) => {
+                config_maps = listed
+                    .into_iter()
+                    .map(|c| ((c.namespace().unwrap_or_default(), c.name_any()), c))
+                    .collect();
+            }
+            Err(error) => notes.push(format!(
+                "{error}: AccessPolicies that read key sets from ConfigMaps show as not enforceable"
+            )),
+        }
+    }
+    let mut certificates = CertificateStore::default();
+    certificates.refresh(
+        wanted,
+        |key| secrets.get(key).cloned(),
+        std::time::SystemTime::now(),
+    );
+    let mut compiled_policies = compile::access::AccessPolicies::default();
+    let secret = |namespace: &str, name: &str| {
+        secrets
+            .get(&SecretKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .cloned()
+    };
+    let config_map =
+        |namespace: &str, name: &str| config_maps.get(&(namespace.to_owned(), name.to_owned())).cloned();
+    compiled_policies.refresh(
+        &policies,
+        &compile::access::Lookups {
+            secret: &secret,
+            config_map: &config_map,
+        },
+    );
 
     let metrics = GatewayMetrics::register(&mut Default::default());
-    let mut builder = TableBuilder::new(&services, &registry, &metrics, &certificates, None);
+    let mut builder = TableBuilder::new(&services, &registry, &metrics, &certificates, None)
+        .with_access_policies(&compiled_policies);
     compile::microgate::add(&mut builder, &gateways, listen_address);
     if let Some(resources) = &resources {
         compile::gateway_api::compile(&mut builder, resources);

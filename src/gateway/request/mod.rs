@@ -1,15 +1,18 @@
 //! The phases of one proxied request, in the order they run (Cloudflare's pingora is the model):
 //!
 //! 1. [`route`]: check the target (one host, a normal path) and find the table entry that takes it;
-//! 2. the route's own answer, if it has one (a CORS preflight, a redirect), else [`forward`]:
+//! 2. a CORS preflight is answered; otherwise the route's AccessPolicy, if it has one, lets the
+//!    request go on or answers it ([`admit`]);
+//! 3. the route's own answer, if it has one (a redirect), else [`forward`]:
 //!    read the body, send copies to the route's [`mirror`]s, pick a backend and an endpoint, send,
 //!    judge the answer, retry within policy and budget; or, for a WebSocket upgrade, splice the
 //!    connection to one endpoint's ([`tunnel`]);
-//! 3. [`respond`]: the client's answer, an endpoint's or the gateway's own;
-//! 4. account: metrics and the access log.
+//! 4. [`respond`]: the client's answer, an endpoint's or the gateway's own;
+//! 5. account: metrics and the access log.
 //!
 //! The route table is loaded once per request, without a lock.
 
+mod admit;
 mod forward;
 mod mirror;
 mod respond;
@@ -22,6 +25,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header, uri::Authority};
 
+use admit::{AccessNote, admit, mark_answer};
 pub use respond::{ResponseBody, local, take_wire_headers};
 use respond::{edit_response_headers, mark_cors_answer, preflight_response, redirect_response};
 use route::{find_route, misdirected, normalize_target, same_host};
@@ -115,6 +119,8 @@ impl Proxy {
             client_addr.ip(),
             request.headers(),
         );
+        let mut access_note: AccessNote = None;
+        let mut granted = None;
         let (route_id, metrics, response) = match refused {
             Some(refused) => ("<none>", &self.unrouted, refused),
             None => match find_route(&table, listen_at, listener, host.as_deref(), &request) {
@@ -129,9 +135,18 @@ impl Proxy {
                         .cors
                         .as_ref()
                         .and_then(|cors| Some((cors, cors.allowed_origin(request.headers())?.clone())));
-                    let mut response = match (preflight, &route.redirect) {
-                        (Some(cors), _) => preflight_response(cors, request.headers()),
-                        (None, Some(redirect)) => {
+                    let admitted = match (preflight, &route.access) {
+                        (None, Some(access)) => Some(admit(access, &mut request, origin.ip).await),
+                        _ => None,
+                    };
+                    let mut response = match (preflight, &route.redirect, admitted) {
+                        (Some(cors), _, _) => preflight_response(cors, request.headers()),
+                        (None, _, Some(Err((denied, note)))) => {
+                            access_note = note;
+                            denied
+                        }
+                        (None, Some(redirect), admitted) => {
+                            granted = admitted.and_then(Result::ok);
                             let named_port = authority.as_ref().and_then(Authority::port_u16).or_else(|| {
                                 host_header
                                     .as_ref()
@@ -150,7 +165,8 @@ impl Proxy {
                                     .and_then(|p| p.prefix()),
                             )
                         }
-                        (None, None) => {
+                        (None, None, admitted) => {
+                            granted = admitted.and_then(Result::ok);
                             let prefix = attached
                                 .request_match()
                                 .and_then(|m| m.path.as_ref())
@@ -164,6 +180,10 @@ impl Proxy {
                             response
                         }
                     };
+                    if let Some(granted) = &granted {
+                        mark_answer(&mut response, granted);
+                        access_note = granted.caller.clone();
+                    }
                     if let (None, Some((cors, origin))) = (preflight, cors_origin) {
                         mark_cors_answer(&mut response, cors, origin);
                     }
@@ -187,7 +207,8 @@ impl Proxy {
             tracing::info!(
                 target: "microgate::access",
                 client = %origin.ip, peer = %client_addr, %method, %uri, host = host.as_deref().unwrap_or(""),
-                route = route_id, status = response.status().as_u16(), reason, ms = took.as_secs_f64() * 1000.0,
+                route = route_id, status = response.status().as_u16(), reason,
+                access = access_note.as_deref().unwrap_or(""), ms = took.as_secs_f64() * 1000.0,
                 "request"
             );
         }

@@ -20,7 +20,12 @@ use rustls::server::StoresServerSessions;
 use super::{
     balance::{EndpointState, Pool, outlier::Ejection},
     metrics::RouteMetrics,
-    policy::{client_ip::TrustedProxies, cors::Cors, path::PathPolicy},
+    policy::{
+        access::{AccessControl, AccessMetrics},
+        client_ip::TrustedProxies,
+        cors::Cors,
+        path::PathPolicy,
+    },
     retry::RetryBudget,
     tls::{TlsListener, TlsPort},
     upstream::{CircuitBreaker, Limits},
@@ -171,6 +176,16 @@ pub struct Route {
     pub mirrors: Vec<Mirror>,
     /// Set: the gateway answers CORS preflights and marks answers to allowed origins.
     pub cors: Option<Cors>,
+    /// Set: who may call the route and how often (its AccessPolicy).
+    pub access: Option<RouteAccess>,
+}
+
+/// A route's AccessPolicy, shared by every route that names it, and the route's count of its
+/// decisions.
+#[derive(Debug)]
+pub struct RouteAccess {
+    pub control: Arc<AccessControl>,
+    pub metrics: AccessMetrics,
 }
 
 /// A backend that gets a copy of a share of a route's requests: `numerator` in `denominator`.
@@ -249,6 +264,8 @@ pub struct RouteTable {
     pub isolated: BTreeMap<SocketAddr, Vec<Vec<HostPattern>>>,
     /// The listeners whose path normalization is not the default, by port, with their ids.
     pub(crate) path_policies: BTreeMap<SocketAddr, Vec<(Arc<str>, PathPolicy)>>,
+    /// The routes that name each AccessPolicy (`namespace/name`), by id.
+    pub access_policies: BTreeMap<String, Vec<String>>,
     pub(crate) upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
     pub(crate) budgets: HashMap<String, Arc<RetryBudget>>,
     /// Each HTTPS listener's session cache, kept across tables so that sessions stay resumable.

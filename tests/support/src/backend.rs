@@ -42,6 +42,10 @@ pub const SEEN_FORWARDED_PROTO_HEADER: &str = "x-seen-forwarded-proto";
 pub const SEEN_PATH_HEADER: &str = "x-seen-path";
 /// Response header: the request's `X-Forwarded-For` lines, joined with `, `, if it had any.
 pub const SEEN_FORWARDED_FOR_HEADER: &str = "x-seen-forwarded-for";
+/// Request headers whose names start with this come back with `x-seen-` before their names
+/// (`x-identity-user` as `x-seen-x-identity-user`), so that a client can check what the gateway
+/// passed on; so does `x-microgate-client`.
+pub const ECHOED_HEADER_PREFIX: &str = "x-identity-";
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -271,6 +275,17 @@ async fn handle(
     let seen_forwarded_for = (!seen_forwarded_for.is_empty())
         .then(|| hyper::header::HeaderValue::from_bytes(&seen_forwarded_for.join(&b", "[..])).ok())
         .flatten();
+    let echoed: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)> = request
+        .headers()
+        .iter()
+        .filter(|(name, _)| {
+            name.as_str().starts_with(ECHOED_HEADER_PREFIX) || name.as_str() == "x-microgate-client"
+        })
+        .filter_map(|(name, value)| {
+            let seen = hyper::header::HeaderName::try_from(format!("x-seen-{name}")).ok()?;
+            Some((seen, value.clone()))
+        })
+        .collect();
     // Read the whole request body, so that a client can check what arrived (x-body-bytes).
     let received = request
         .into_body()
@@ -358,6 +373,9 @@ async fn handle(
     }
     if let Some(value) = seen_forwarded_for {
         answer.headers_mut().insert(SEEN_FORWARDED_FOR_HEADER, value);
+    }
+    for (name, value) in echoed {
+        answer.headers_mut().append(name, value);
     }
     let retry_after = state.fail_retry_after.load(Ordering::Relaxed);
     if failing && retry_after > 0 {

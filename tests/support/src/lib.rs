@@ -16,6 +16,8 @@
 //! - [`h2spec`]: the HTTP/2 conformance suite, built from a pinned module and run on a listener.
 //! - [`gwapi_conformance`]: the Gateway API conformance suite and echo-basic, built from a pinned module.
 //! - [`usage`]: CPU time and memory of a process or a thread, from `/proc`.
+//! - [`redis_server`]: a real `redis-server` on a loopback port, for global rate limits; it can
+//!   be stopped, restarted and frozen mid-test.
 //! - [`hostile`]: the hostile-input suite: raw-byte cases, a strict recording backend (what a
 //!   Pod whose image is [`kubelet::RECORDER_IMAGE`] serves), and the verdicts.
 //!
@@ -35,6 +37,7 @@ pub mod pod_env;
 pub mod pod_ips;
 pub mod probe;
 pub mod proxy;
+pub mod redis_server;
 pub mod tls;
 pub mod usage;
 pub mod wait;

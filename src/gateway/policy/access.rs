@@ -1,0 +1,224 @@
+//! One AccessPolicy, compiled: the checks a request passes, in order, before a route forwards it.
+//!
+//! 1. authentication: the first method whose credential the request carries decides (a
+//!    present but invalid credential is a 401, not a reason to try the next); none present is
+//!    a 401 that challenges for each method;
+//! 2. authorization: the first rule that holds decides (403);
+//! 3. (rate limits come after, in their own module).
+//!
+//! A policy that cannot be enforced (a Secret missing, keys that never loaded) refuses every
+//! request: a route never falls open because its policy broke.
+
+use std::{net::IpAddr, sync::Arc};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::gateway::metrics::GatewayMetrics;
+
+use super::{
+    authorize::{self, Authorizer, Subject},
+    credentials::{ApiKeys, BasicAuth, Checked},
+};
+
+/// The header that tells the service which client (API key name or basic-auth user) called.
+/// A client's own copy is always removed.
+pub static CLIENT_HEADER: HeaderName = HeaderName::from_static("x-microgate-client");
+
+/// One way of proving who the caller is.
+#[derive(Debug)]
+pub enum Authenticator {
+    ApiKeys(ApiKeys),
+    Basic(BasicAuth),
+}
+
+impl Authenticator {
+    /// The `WWW-Authenticate` challenge a 401 carries for this method.
+    fn challenge(&self) -> HeaderValue {
+        match self {
+            Authenticator::ApiKeys(keys) => {
+                HeaderValue::try_from(format!("ApiKey header=\"{}\"", keys.header))
+                    .unwrap_or_else(|_| HeaderValue::from_static("ApiKey"))
+            }
+            Authenticator::Basic(basic) => basic.challenge.clone(),
+        }
+    }
+
+    async fn check(&self, headers: &HeaderMap) -> Checked {
+        match self {
+            Authenticator::ApiKeys(keys) => keys.check(headers),
+            Authenticator::Basic(basic) => basic.check(headers).await,
+        }
+    }
+}
+
+/// How a check ended, as metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Unauthenticated,
+    Forbidden,
+    Limited,
+    /// The policy could not be enforced; the request was refused.
+    Unenforceable,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Allowed,
+        Outcome::Unauthenticated,
+        Outcome::Forbidden,
+        Outcome::Limited,
+        Outcome::Unenforceable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Limited => "limited",
+            Outcome::Unenforceable => "unenforceable",
+        }
+    }
+}
+
+/// One route's access decisions, counted by outcome (in the order of [`Outcome::ALL`]).
+#[derive(Clone, Debug)]
+pub struct AccessMetrics([Counter; 5]);
+
+impl AccessMetrics {
+    /// The counters of `route` (one with an access policy), resolved once per table.
+    pub fn new(metrics: &GatewayMetrics, route: &str) -> Self {
+        Self(Outcome::ALL.map(|outcome| metrics.access_decisions(route, outcome.label())))
+    }
+
+    pub fn count(&self, outcome: Outcome) {
+        self.0[outcome as usize].inc();
+    }
+}
+
+/// A refused request: the answer's status, its reason code, and its extra headers.
+#[derive(Debug)]
+pub struct Denial {
+    pub outcome: Outcome,
+    pub status: StatusCode,
+    /// A short code for `x-microgate-reason` and the access log (never a credential).
+    pub code: &'static str,
+    /// A line for the client.
+    pub message: String,
+    /// What the access log says of it (e.g. the rule that denied).
+    pub detail: Option<Arc<str>>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A request let through.
+#[derive(Debug, Default)]
+pub struct Granted {
+    /// Who called (the API key's or basic-auth user's name), for the access log.
+    pub caller: Option<Arc<str>>,
+    /// Headers the answer carries (the rate limits' state).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A compiled AccessPolicy.
+#[derive(Debug)]
+pub struct AccessControl {
+    /// `namespace/name`.
+    pub id: Arc<str>,
+    /// Set: why the policy cannot be enforced; every request is refused with 500.
+    pub unenforceable: Option<String>,
+    pub authentication: Vec<Authenticator>,
+    pub authorization: Option<Authorizer>,
+}
+
+impl AccessControl {
+    /// A policy that refuses every request, saying `why`.
+    pub fn refusing(id: Arc<str>, why: String) -> Self {
+        Self {
+            id,
+            unenforceable: Some(why),
+            authentication: Vec::new(),
+            authorization: None,
+        }
+    }
+
+    /// Checks a request; on success, `headers` have the client's copies of the headers the
+    /// gateway vouches for removed, and the gateway's set.
+    pub async fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &mut HeaderMap,
+        client_ip: IpAddr,
+    ) -> Result<Granted, Denial> {
+        if self.unenforceable.is_some() {
+            return Err(Denial {
+                outcome: Outcome::Unenforceable,
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "access-policy-unenforceable",
+                message: format!("the route's access policy {} cannot be enforced", self.id),
+                detail: None,
+                headers: Vec::new(),
+            });
+        }
+        let mut granted = Granted::default();
+        if !self.authentication.is_empty() {
+            headers.remove(&CLIENT_HEADER);
+            granted.caller = Some(self.authenticate(headers).await?);
+        }
+        if let Some(caller) = &granted.caller
+            && let Ok(value) = HeaderValue::from_str(caller)
+        {
+            headers.insert(CLIENT_HEADER.clone(), value);
+        }
+        if let Some(authorizer) = &self.authorization {
+            let decision = authorizer.decide(&Subject {
+                client_ip,
+                method,
+                path,
+                claims: None::<&dyn authorize::Claims>,
+            });
+            if !decision.allow {
+                return Err(Denial {
+                    outcome: Outcome::Forbidden,
+                    status: StatusCode::FORBIDDEN,
+                    code: "forbidden",
+                    message: "the access policy does not allow this request".to_owned(),
+                    detail: Some(decision.rule.unwrap_or_else(|| Arc::from("default"))),
+                    headers: Vec::new(),
+                });
+            }
+        }
+        Ok(granted)
+    }
+
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<str>, Denial> {
+        for method in &self.authentication {
+            match method.check(headers).await {
+                Checked::Absent => continue,
+                Checked::Valid(name) => return Ok(name),
+                Checked::Invalid(why) => {
+                    return Err(self.unauthenticated(why, "the request's credentials are not valid"));
+                }
+            }
+        }
+        Err(self.unauthenticated("credentials-missing", "the request carries no credentials"))
+    }
+
+    fn unauthenticated(&self, code: &'static str, message: &str) -> Denial {
+        Denial {
+            outcome: Outcome::Unauthenticated,
+            status: StatusCode::UNAUTHORIZED,
+            code,
+            message: message.to_owned(),
+            detail: None,
+            headers: self
+                .authentication
+                .iter()
+                .map(|method| (header::WWW_AUTHENTICATE, method.challenge()))
+                .collect(),
+        }
+    }
+}

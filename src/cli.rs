@@ -98,6 +98,11 @@ pub struct GatewayArgs {
     /// Gateways. Its CRDs must be installed.
     #[arg(long, env = "MICROGATE_GATEWAY_API")]
     pub gateway_api: bool,
+    /// Where AccessPolicies' Global rate limits keep their buckets, shared by every gateway
+    /// replica (`redis://host:6379`, `rediss://` for TLS, a password as `redis://:secret@host`).
+    /// Without it, a policy with a Global limit cannot be enforced and its routes refuse.
+    #[arg(long, env = "MICROGATE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// Threads serving traffic, each with its own listening sockets (default: one per CPU the
     /// process may use).
     #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -146,6 +151,11 @@ pub struct RunArgs {
     /// Gateways. Its CRDs must be installed.
     #[arg(long, env = "MICROGATE_GATEWAY_API")]
     pub gateway_api: bool,
+    /// Where AccessPolicies' Global rate limits keep their buckets, shared by every gateway
+    /// replica (`redis://host:6379`, `rediss://` for TLS, a password as `redis://:secret@host`).
+    /// Without it, a policy with a Global limit cannot be enforced and its routes refuse.
+    #[arg(long, env = "MICROGATE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// Threads serving traffic, each with its own listening sockets (default: one per CPU the
     /// process may use).
     #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]

@@ -243,6 +243,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             gateway_addresses: args.gateway_addresses,
             gateway_api: args.gateway_api,
             inspect: Some(live),
+            redis_url: args.redis_url,
         },
         gateway_metrics,
         shutdown_signal(),
@@ -296,6 +297,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         gateway_addresses: args.gateway_addresses,
         gateway_api: args.gateway_api,
         inspect: Some(live),
+        redis_url: args.redis_url,
     };
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}

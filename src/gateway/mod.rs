@@ -83,6 +83,9 @@ pub struct Options {
     /// Shares the live table and its changes with the admin endpoints ([`inspect`]); `None`:
     /// with nobody.
     pub inspect: Option<inspect::Live>,
+    /// Where Global rate limits keep their buckets (`redis://…`); `None`: policies with one
+    /// cannot be enforced.
+    pub redis_url: Option<String>,
 }
 
 /// What a gateway's readiness waits for (see [`Options::on_programmed`]).
@@ -205,7 +208,13 @@ pub async fn run(
             })
     };
     let mut certificates = tls::CertificateStore::default();
-    let mut compiled_policies = compile::access::AccessPolicies::default();
+    let redis = options.redis_url.as_deref().and_then(|url| {
+        policy::rate_limit::RedisLimiter::new(url)
+            .inspect_err(|error| tracing::error!(%error, "--redis-url is not usable: Global rate limits cannot be enforced"))
+            .ok()
+            .map(Arc::new)
+    });
+    let mut compiled_policies = compile::access::AccessPolicies::new(redis);
 
     let live = options
         .inspect

@@ -44,6 +44,7 @@ mod hostile;
 mod idle;
 mod leader;
 mod paths;
+mod rate_limits;
 mod registry;
 mod slow_clients;
 mod tls;
@@ -106,13 +107,27 @@ impl Platform {
         shutdown: impl Future<Output = ()> + Send + 'static,
         workers: usize,
     ) -> Self {
-        Self::start_configured(ns, shutdown, workers, Default::default(), false).await
+        Self::start_configured(ns, shutdown, workers, Default::default(), false, None).await
     }
 
     /// A platform whose gateway also serves the Kubernetes Gateway API (its CRDs installed).
     async fn start_with_gateway_api(ns: &TestNamespace) -> Self {
         microgate_test_support::gwapi_conformance::install_crds("standard");
-        Self::start_configured(ns, std::future::pending(), 1, Default::default(), true).await
+        Self::start_configured(ns, std::future::pending(), 1, Default::default(), true, None).await
+    }
+
+    /// A platform whose gateway keeps Global rate limits in the Redis at `redis_url`, serving
+    /// traffic on two threads (so that local limits are shared across workers).
+    async fn start_with_redis(ns: &TestNamespace, redis_url: String) -> Self {
+        Self::start_configured(
+            ns,
+            std::future::pending(),
+            2,
+            Default::default(),
+            false,
+            Some(redis_url),
+        )
+        .await
     }
 
     /// A platform whose gateway gives clients `client_timeouts`.
@@ -122,6 +137,7 @@ impl Platform {
         workers: usize,
         client_timeouts: gateway::listen::ClientTimeouts,
         gateway_api: bool,
+        redis_url: Option<String>,
     ) -> Self {
         microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         let registry = Registry::default();
@@ -161,6 +177,7 @@ impl Platform {
                 gateway_addresses: None,
                 gateway_api,
                 inspect: Some(live),
+                redis_url,
             },
             metrics,
             shutdown,

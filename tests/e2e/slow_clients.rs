@@ -41,7 +41,7 @@ pub(super) async fn platform_with_echo(
     ns: &microgate_test_support::TestNamespace,
     timeouts: ClientTimeouts,
 ) -> Platform {
-    let platform = Platform::start_configured(ns, std::future::pending(), 1, timeouts, false).await;
+    let platform = Platform::start_configured(ns, std::future::pending(), 1, timeouts, false, None).await;
     platform.microservice(ns, "echo", 1, json!({})).await;
     platform
         .gateway(

@@ -6,7 +6,7 @@
 //! A policy that cannot be enforced compiles into one that refuses every request, and says why
 //! in its status.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Resource, ResourceExt};
@@ -18,10 +18,15 @@ use super::super::{
         authorize::{Authorizer, Rule},
         cors::Cors,
         credentials::{ApiKeySet, ApiKeys, BasicAuth},
+        rate_limit::{
+            Buckets, GlobalRateLimit, KeyedLimit, Limit, LimitKey, LocalRateLimit, RedisLimiter,
+            WhenUnreachable, keyed::LOCAL_MAX_KEYS,
+        },
     },
 };
 use crate::api::access_policy::{
     AccessPolicy, AccessPolicySpec, ApiKeys as ApiKeysSpec, AuthorizationAction, BasicAuth as BasicAuthSpec,
+    RateLimit as RateLimitSpec, RateLimitKey, RateLimitScope, WhenUnreachable as WhenUnreachableSpec,
 };
 
 /// How a compile reads the objects policies name, by namespace and name.
@@ -63,9 +68,19 @@ impl CompiledPolicy {
 #[derive(Debug, Default)]
 pub struct AccessPolicies {
     compiled: HashMap<PolicyKey, CompiledPolicy>,
+    /// Where `Global` rate limits keep their buckets; without it they cannot be enforced.
+    redis: Option<Arc<RedisLimiter>>,
 }
 
 impl AccessPolicies {
+    /// Policies whose `Global` rate limits keep their buckets in `redis`.
+    pub fn new(redis: Option<Arc<RedisLimiter>>) -> Self {
+        Self {
+            compiled: HashMap::new(),
+            redis,
+        }
+    }
+
     /// Compiles what changed of `policies`, reading what they name through `lookups`.
     pub fn refresh(&mut self, policies: &[Arc<AccessPolicy>], lookups: &Lookups<'_>) {
         let mut compiled = HashMap::with_capacity(policies.len());
@@ -87,7 +102,7 @@ impl AccessPolicies {
                 Some(entry) if entry.fingerprint == fingerprint => entry,
                 _ => {
                     let id: Arc<str> = format!("{}/{}", key.0, key.1).into();
-                    let control = compile(&id, &namespace, &policy.spec, lookups).unwrap_or_else(|why| {
+                    let control = compile(&id, &namespace, &policy.spec, lookups, self.redis.as_ref()).unwrap_or_else(|why| {
                         tracing::warn!(policy = %id, %why, "access policy cannot be enforced: routes naming it refuse every request");
                         AccessControl::refusing(id.clone(), why)
                     });
@@ -147,6 +162,7 @@ fn compile(
     namespace: &str,
     spec: &AccessPolicySpec,
     lookups: &Lookups<'_>,
+    redis: Option<&Arc<RedisLimiter>>,
 ) -> Result<AccessControl, String> {
     let secret = lookups.secret;
     let mut authentication = Vec::new();
@@ -159,11 +175,78 @@ fn compile(
         }
     }
     let authorization = spec.authorization.as_ref().map(authorizer).transpose()?;
+    let limits = spec
+        .rate_limits
+        .iter()
+        .map(|limit| rate_limit(id, limit, redis))
+        .collect::<Result<_, _>>()?;
     Ok(AccessControl {
         id: id.into(),
         unenforceable: None,
         authentication,
         authorization,
+        limits,
+    })
+}
+
+/// How long a `Global` limit waits for Redis before its `whenUnreachable` decides.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+
+fn rate_limit(
+    policy: &str,
+    spec: &RateLimitSpec,
+    redis: Option<&Arc<RedisLimiter>>,
+) -> Result<KeyedLimit, String> {
+    let count = |n: i64| u32::try_from(n.clamp(1, i64::from(u32::MAX))).unwrap_or(u32::MAX);
+    let limit = Limit {
+        requests: count(spec.requests),
+        per: spec.per.get(),
+        burst: count(spec.burst.unwrap_or(spec.requests)),
+    };
+    let key = match &spec.key {
+        Some(RateLimitKey {
+            header: Some(header), ..
+        }) => LimitKey::Header(http::HeaderName::try_from(header.as_str()).map_err(|_| {
+            format!(
+                "rateLimits {}: key.header {header:?} is not a header name",
+                spec.name
+            )
+        })?),
+        Some(RateLimitKey {
+            claim: Some(claim), ..
+        }) => LimitKey::Claim(claim.clone()),
+        _ => LimitKey::ClientIp,
+    };
+    let buckets = match spec.scope {
+        RateLimitScope::Local => Buckets::Local(LocalRateLimit::new(limit, LOCAL_MAX_KEYS)),
+        RateLimitScope::Global => {
+            let redis = redis.ok_or_else(|| {
+                format!(
+                    "rate limit {} is Global, and the gateway has no Redis to keep it in (--redis-url)",
+                    spec.name
+                )
+            })?;
+            let when_unreachable = match spec.when_unreachable {
+                WhenUnreachableSpec::Allow => WhenUnreachable::Allow,
+                WhenUnreachableSpec::Deny => WhenUnreachable::Deny,
+            };
+            // The policy's uid is not in the key: replicas must agree on it, and a policy
+            // deleted and created again under its name is the same limit to its users.
+            let prefix = format!("microgate:{policy}/{}:", spec.name);
+            Buckets::Global(GlobalRateLimit::new(
+                redis.clone(),
+                prefix,
+                limit,
+                when_unreachable,
+                REDIS_TIMEOUT,
+            ))
+        }
+    };
+    Ok(KeyedLimit {
+        name: spec.name.clone(),
+        limit,
+        key,
+        buckets,
     })
 }
 

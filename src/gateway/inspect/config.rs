@@ -15,7 +15,7 @@ use crate::{
     },
     gateway::{
         http::host::HostPattern,
-        policy::access::Authenticator,
+        policy::{access::Authenticator, rate_limit::keyed::LimitKey},
         table::{
             Backend, HeaderEdit, PathRewrite, Route, RouteTable, Upstream, UpstreamKey,
             matching::{PathMatcher, RequestMatch},
@@ -114,6 +114,9 @@ pub struct AccessView {
     /// Set: the policy cannot be enforced, and every request is refused (500), for this reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unenforceable: Option<String>,
+    /// `name: 100 per 1s (burst 20), by client IP`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -309,6 +312,24 @@ pub fn route_view(table: &RouteTable, route: &Route) -> RouteView {
                     )
                 }),
                 unenforceable: control.unenforceable.clone(),
+                rate_limits: control
+                    .limits
+                    .iter()
+                    .map(|l| {
+                        let key = match &l.key {
+                            LimitKey::ClientIp => "client IP".to_owned(),
+                            LimitKey::Header(name) => format!("header {name}"),
+                            LimitKey::Claim(claim) => format!("claim {claim}"),
+                        };
+                        format!(
+                            "{}: {} per {} (burst {}), by {key}",
+                            l.name,
+                            l.limit.requests,
+                            Duration::from(l.limit.per),
+                            l.limit.burst
+                        )
+                    })
+                    .collect(),
             }
         }),
     }

@@ -529,6 +529,7 @@ impl Taken {
         if let Some(policy) = &self.access_policy {
             let mut checks = policy.authentication.clone();
             checks.extend(policy.authorization.iter().map(|a| format!("authorization: {a}")));
+            checks.extend(policy.rate_limits.iter().map(|l| format!("rate limit {l}")));
             let _ = writeln!(
                 out,
                 "  policy    AccessPolicy {}{}",

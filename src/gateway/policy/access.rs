@@ -4,7 +4,7 @@
 //!    present but invalid credential is a 401, not a reason to try the next); none present is
 //!    a 401 that challenges for each method;
 //! 2. authorization: the first rule that holds decides (403);
-//! 3. (rate limits come after, in their own module).
+//! 3. rate limits: every limit must have a token for the request (429).
 //!
 //! A policy that cannot be enforced (a Secret missing, keys that never loaded) refuses every
 //! request: a route never falls open because its policy broke.
@@ -20,6 +20,7 @@ use crate::gateway::metrics::GatewayMetrics;
 use super::{
     authorize::{self, Authorizer, Subject},
     credentials::{ApiKeys, BasicAuth, Checked},
+    rate_limit::{Decision, KeyedLimit, keyed::Keys},
 };
 
 /// The header that tells the service which client (API key name or basic-auth user) called.
@@ -131,6 +132,7 @@ pub struct AccessControl {
     pub unenforceable: Option<String>,
     pub authentication: Vec<Authenticator>,
     pub authorization: Option<Authorizer>,
+    pub limits: Vec<KeyedLimit>,
 }
 
 impl AccessControl {
@@ -141,6 +143,7 @@ impl AccessControl {
             unenforceable: Some(why),
             authentication: Vec::new(),
             authorization: None,
+            limits: Vec::new(),
         }
     }
 
@@ -191,7 +194,41 @@ impl AccessControl {
                 });
             }
         }
+        if !self.limits.is_empty() {
+            let no_claims = |_: &str| None;
+            let keys = Keys {
+                client_ip,
+                headers,
+                claim: &no_claims,
+            };
+            granted.response_headers = self.limit(&keys).await?;
+        }
         Ok(granted)
+    }
+
+    /// Takes a token from each limit's bucket: the headers of the tightest limit, or the 429 of
+    /// the first that refuses.
+    async fn limit(&self, keys: &Keys<'_>) -> Result<Vec<(HeaderName, HeaderValue)>, Denial> {
+        let mut tightest: Option<(&KeyedLimit, Decision)> = None;
+        for limit in &self.limits {
+            let decision = limit.check(keys).await;
+            if !decision.allowed {
+                return Err(Denial {
+                    outcome: Outcome::Limited,
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    code: "rate-limited",
+                    message: format!("rate limit {} reached; retry later", limit.name),
+                    detail: Some(limit.name.as_str().into()),
+                    headers: decision.headers(&limit.name, &limit.limit).collect(),
+                });
+            }
+            if tightest.is_none_or(|(_, t)| decision.remaining < t.remaining) {
+                tightest = Some((limit, decision));
+            }
+        }
+        Ok(tightest
+            .map(|(limit, decision)| decision.headers(&limit.name, &limit.limit).collect())
+            .unwrap_or_default())
     }
 
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<str>, Denial> {

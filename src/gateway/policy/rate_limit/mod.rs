@@ -16,9 +16,11 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 pub mod global;
+pub mod keyed;
 pub mod local;
 
 pub use global::{GlobalRateLimit, RedisLimiter, RedisLimiterError, WhenUnreachable};
+pub use keyed::{Buckets, KeyedLimit, LimitKey};
 pub use local::{Clock, LocalRateLimit, ManualClock, MonotonicClock};
 
 /// `RateLimit-Policy`: the quota policy (draft-ietf-httpapi-ratelimit-headers-11 §3).

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: microgate end to end on the local control plane.
 #
-# Builds microgate, starts the control plane, installs the CRDs, examples/shop.yaml and (with a
-# self-signed certificate) examples/shop-https.yaml, runs
+# Builds microgate, starts the control plane, installs the CRDs, examples/shop.yaml, (with a
+# self-signed certificate) examples/shop-https.yaml and examples/access-policy.yaml, runs
 # `microgate run` (controller + gateway) and a fake kubelet whose Pods are real HTTP servers on
 # 127.0.100.x, sends live traffic through the gateway (then again with one Pod failing, which
-# retries hide), prints what happened, and keeps running until Ctrl-C or `make demo-down`.
+# retries hide) and at the partners' Gateway (a 401, a 403 and a 429), prints what happened, and keeps running until Ctrl-C or `make demo-down`.
 #
 # usage: demo.sh [up|down]
 set -euo pipefail
@@ -59,7 +59,7 @@ remove_namespace
 
 say "installing the CRDs and the shop example (namespace $namespace)"
 kubectl apply -f crds/ >/dev/null
-kubectl wait --for condition=established --timeout=60s crd/microservices.microgate.dev crd/gateways.microgate.dev >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/microservices.microgate.dev crd/gateways.microgate.dev crd/accesspolicies.microgate.dev >/dev/null
 kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -n "$namespace" -f examples/shop.yaml
 # HTTPS: a self-signed certificate for the shop's host in a kubernetes.io/tls Secret, and the
@@ -70,6 +70,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 kubectl create secret tls shop-tls -n "$namespace" --cert="$demo/shop.crt" --key="$demo/shop.key" \
   --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -n "$namespace" -f examples/shop-https.yaml
+# Partners on :8082: API keys, a rule, a rate limit (examples/access-policy.yaml).
+kubectl apply -n "$namespace" -f examples/access-policy.yaml
 
 say "running microgate (controller + gateway) and a fake kubelet"
 KUBECONFIG="$repo/$kubeconfig" setsid target/debug/microgate run --namespace "$namespace" \
@@ -134,14 +136,28 @@ curl -s "http://$admin/registry" | grep -E '"(name|pod|ready|inRotation|ejected|
 say "a client that balances by itself from the registry, straight to the Pods (examples/registry-client)"
 target/debug/examples/registry-client --admin "$admin" --service "$namespace/orders" --requests 12 --path /api/orders
 
+partners=127.0.0.1:8082
+say "who may call: the partners Gateway on :8082 (AccessPolicy partners: API keys, no deletes, 5 a minute per key)"
+kubectl get apol -n "$namespace"
+answer() { curl -s -o /dev/null -w "%{http_code} %header{x-microgate-reason}%header{x-seen-x-microgate-client}" "$@"; }
+echo "  GET without a key:              $(answer "http://$partners/api/orders")"
+echo "  GET with a wrong key:           $(answer -H 'x-api-key: guess' "http://$partners/api/orders")"
+echo "  DELETE with acme's key:         $(answer -X DELETE -H 'x-api-key: demo-key-acme' "http://$partners/api/orders/7")"
+for i in 1 2 3 4 5 6; do
+  echo "  GET #$i with acme's key:         $(curl -s -o /dev/null -w '%{http_code}  RateLimit: %header{ratelimit}  Retry-After: %header{retry-after}' \
+    -H 'x-api-key: demo-key-acme' "http://$partners/api/orders")"
+done
+echo "  GET with globex's key:          $(answer -H 'x-api-key: demo-key-globex' "http://$partners/api/orders")"
+
 say "the gateway's metrics (http://$admin/metrics)"
-curl -s "http://$admin/metrics" | grep -E '^microgate_gateway_(requests|retries|retry_budget|ejections)' | grep -v ' 0$' | sed 's/^/  /'
+curl -s "http://$admin/metrics" | grep -E '^microgate_gateway_(requests|retries|retry_budget|ejections|access_decisions)' | grep -v ' 0$' | sed 's/^/  /'
 
 say "try it yourself"
 cat <<EOF
   curl -H 'Host: $host' http://$gateway/api/orders -i
   curl -H 'Host: $host' http://$gateway/
   curl --cacert $demo/shop.crt --resolve $host:8443:127.0.0.1 https://$host:8443/api/orders -i
+  curl -H 'x-api-key: demo-key-globex' http://$partners/api/orders -i
   kubectl --kubeconfig $kubeconfig get msvc,mgw -n $namespace
   kubectl --kubeconfig $kubeconfig scale msvc orders -n $namespace --replicas=5
   kubectl --kubeconfig $kubeconfig annotate pod -n $namespace <pod> fake.microgate.dev/status=503

@@ -42,6 +42,7 @@ mod global_rate_limit;
 mod h2_hostile;
 mod hostile;
 mod idle;
+mod jwt;
 mod leader;
 mod paths;
 mod rate_limits;

@@ -327,3 +327,25 @@ fn image_digest_pins_the_image_of_every_deployment() {
         );
     }
 }
+
+#[test]
+fn a_redis_url_secret_reaches_every_gateway_container() {
+    let values = "gateway.redisURLSecret.name=microgate-redis,gateway.redisURLSecret.key=url";
+    for (mode, name) in [("embedded", "microgate"), ("dedicated", "microgate-gateway")] {
+        let set = format!("gateway.mode={mode},{values}");
+        let objects = render("microgate", "microgate-system", &["--set", &set]);
+        let env = &object(&objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["env"];
+        let redis = env
+            .as_array()
+            .and_then(|env| env.iter().find(|e| e["name"] == "MICROGATE_REDIS_URL"))
+            .unwrap_or_else(|| panic!("{mode}: no MICROGATE_REDIS_URL in {env}"));
+        assert_eq!(
+            redis["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": "microgate-redis", "key": "url"}),
+            "{mode}"
+        );
+    }
+    let plain = render("microgate", "microgate-system", &[]);
+    let env = &object(&plain, "Deployment", "microgate")["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(!env.to_string().contains("MICROGATE_REDIS_URL"), "{env}");
+}

@@ -163,6 +163,15 @@ capabilities:
 - name: MICROGATE_GATEWAY_ADDRESSES
   value: {{ .Values.gatewayAPI.addresses | quote }}
 {{- end }}
+{{- with .Values.gateway.redisURLSecret }}
+{{- if .name }}
+- name: MICROGATE_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name | quote }}
+      key: {{ .key | default "url" | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "microgate.probes" -}}

@@ -18,6 +18,8 @@ use super::super::{
         authorize::{Authorizer, Rule},
         cors::Cors,
         credentials::{ApiKeySet, ApiKeys, BasicAuth},
+        jwks::{Algorithm, KeySet},
+        jwt::{JwtProvider, JwtProviderConfig, TokenSource},
         rate_limit::{
             Buckets, GlobalRateLimit, KeyedLimit, Limit, LimitKey, LocalRateLimit, RedisLimiter,
             WhenUnreachable, keyed::LOCAL_MAX_KEYS,
@@ -26,7 +28,8 @@ use super::super::{
 };
 use crate::api::access_policy::{
     AccessPolicy, AccessPolicySpec, ApiKeys as ApiKeysSpec, AuthorizationAction, BasicAuth as BasicAuthSpec,
-    RateLimit as RateLimitSpec, RateLimitKey, RateLimitScope, WhenUnreachable as WhenUnreachableSpec,
+    JwtAlgorithm, JwtProvider as JwtProviderSpec, RateLimit as RateLimitSpec, RateLimitKey, RateLimitScope,
+    TokenFrom, WhenUnreachable as WhenUnreachableSpec,
 };
 
 /// How a compile reads the objects policies name, by namespace and name.
@@ -167,6 +170,9 @@ fn compile(
     let secret = lookups.secret;
     let mut authentication = Vec::new();
     if let Some(spec) = &spec.authentication {
+        for provider in &spec.jwt {
+            authentication.push(Authenticator::Jwt(jwt_provider(namespace, provider, lookups)?));
+        }
         if let Some(keys) = &spec.api_keys {
             authentication.push(Authenticator::ApiKeys(api_keys(namespace, keys, secret)?));
         }
@@ -248,6 +254,110 @@ fn rate_limit(
         key,
         buckets,
     })
+}
+
+fn jwt_provider(
+    namespace: &str,
+    spec: &JwtProviderSpec,
+    lookups: &Lookups<'_>,
+) -> Result<JwtProvider, String> {
+    let context = |what: String| format!("jwt provider {}: {what}", spec.name);
+    let keys = match (
+        &spec.jwks.secret_ref,
+        &spec.jwks.config_map_ref,
+        &spec.jwks.remote,
+    ) {
+        (Some(reference), _, _) => {
+            let found = secret_data(namespace, &reference.name, lookups.secret).map_err(context)?;
+            let data = found
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&reference.key))
+                .ok_or_else(|| {
+                    context(format!(
+                        "Secret {namespace}/{} has no key {}",
+                        reference.name, reference.key
+                    ))
+                })?;
+            key_set(&String::from_utf8_lossy(&data.0)).map_err(context)?
+        }
+        (None, Some(reference), _) => {
+            let found = (lookups.config_map)(namespace, &reference.name)
+                .ok_or_else(|| context(format!("ConfigMap {namespace}/{} does not exist", reference.name)))?;
+            let text = found
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&reference.key))
+                .ok_or_else(|| {
+                    context(format!(
+                        "ConfigMap {namespace}/{} has no key {}",
+                        reference.name, reference.key
+                    ))
+                })?;
+            key_set(text).map_err(context)?
+        }
+        (None, None, Some(remote)) => {
+            let url = http::Uri::try_from(remote.url.as_str())
+                .map_err(|_| context(format!("jwks.remote.url {:?} is not a URL", remote.url)))?;
+            let (keys, refresh) = KeySet::remote(
+                url,
+                remote.refresh_interval.get(),
+                remote.min_refetch_interval.get(),
+            );
+            // The task ends by itself once the key set is dropped (the policy changed or went).
+            tokio::spawn(refresh);
+            keys
+        }
+        (None, None, None) => return Err(context("jwks names no key set".to_owned())),
+    };
+    let token_from = match &spec.token_from {
+        Some(TokenFrom {
+            header: Some(name), ..
+        }) => TokenSource::Header(
+            http::HeaderName::try_from(name.as_str())
+                .map_err(|_| context(format!("tokenFrom.header {name:?} is not a header name")))?,
+        ),
+        Some(TokenFrom {
+            cookie: Some(name), ..
+        }) => TokenSource::Cookie(name.clone()),
+        _ => TokenSource::AuthorizationBearer,
+    };
+    let claims_to_headers = spec
+        .claims_to_headers
+        .iter()
+        .map(|c| {
+            http::HeaderName::try_from(c.header.as_str())
+                .map(|header| (c.claim.clone(), header))
+                .map_err(|_| context(format!("claimsToHeaders: {:?} is not a header name", c.header)))
+        })
+        .collect::<Result<_, _>>()?;
+    let config = JwtProviderConfig {
+        name: spec.name.clone(),
+        issuer: spec.issuer.clone(),
+        audiences: spec.audiences.clone(),
+        algorithms: spec.algorithms.iter().map(|a| algorithm(*a)).collect(),
+        clock_skew: spec.clock_skew.get(),
+        token_from,
+        claims_to_headers,
+    };
+    JwtProvider::new(config, keys).map_err(|e| e.to_string())
+}
+
+/// A key set from a JWKS document held in a Secret or ConfigMap.
+fn key_set(text: &str) -> Result<Arc<KeySet>, String> {
+    KeySet::from_jwks_json(text).map_err(|e| format!("the key set is not usable: {e}"))
+}
+
+fn algorithm(algorithm: JwtAlgorithm) -> Algorithm {
+    match algorithm {
+        JwtAlgorithm::RS256 => Algorithm::Rs256,
+        JwtAlgorithm::RS384 => Algorithm::Rs384,
+        JwtAlgorithm::RS512 => Algorithm::Rs512,
+        JwtAlgorithm::PS256 => Algorithm::Ps256,
+        JwtAlgorithm::ES256 => Algorithm::Es256,
+        JwtAlgorithm::ES384 => Algorithm::Es384,
+        JwtAlgorithm::EdDSA => Algorithm::EdDsa,
+    }
 }
 
 /// The data of Secret `name`, or why it cannot be read.

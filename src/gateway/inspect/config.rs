@@ -106,7 +106,7 @@ pub struct RouteView {
 #[serde(rename_all = "camelCase")]
 pub struct AccessView {
     pub id: String,
-    /// `ApiKeys in header x-api-key`, `Basic`.
+    /// `ApiKeys in header x-api-key`, `Basic`, `JWT`.
     pub authentication: Vec<String>,
     /// Authorization rules and what happens when none decides.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -302,6 +302,7 @@ pub fn route_view(table: &RouteTable, route: &Route) -> RouteView {
                     .map(|a| match a {
                         Authenticator::ApiKeys(keys) => format!("ApiKeys in header {}", keys.header),
                         Authenticator::Basic(_) => "Basic".to_owned(),
+                        Authenticator::Jwt(_) => "JWT".to_owned(),
                     })
                     .collect(),
                 authorization: control.authorization.as_ref().map(|a| {

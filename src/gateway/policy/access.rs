@@ -9,7 +9,7 @@
 //! A policy that cannot be enforced (a Secret missing, keys that never loaded) refuses every
 //! request: a route never falls open because its policy broke.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
@@ -20,6 +20,8 @@ use crate::gateway::metrics::GatewayMetrics;
 use super::{
     authorize::{self, Authorizer, Subject},
     credentials::{ApiKeys, BasicAuth, Checked},
+    jwks::KeySetState,
+    jwt::{Claims, JwtProvider},
     rate_limit::{Decision, KeyedLimit, keyed::Keys},
 };
 
@@ -30,14 +32,40 @@ pub static CLIENT_HEADER: HeaderName = HeaderName::from_static("x-microgate-clie
 /// One way of proving who the caller is.
 #[derive(Debug)]
 pub enum Authenticator {
+    Jwt(JwtProvider),
     ApiKeys(ApiKeys),
     Basic(BasicAuth),
+}
+
+/// Who a request proved it is.
+struct Identity {
+    /// The API key's or basic-auth user's name, or the token's subject.
+    caller: Arc<str>,
+    /// The verified token's claims, when a JWT proved it.
+    claims: Option<Arc<Claims>>,
+}
+
+/// What one method makes of a request's credentials.
+enum Attempt {
+    Absent,
+    Valid(Identity),
+    /// Present but wrong: why, and the method's own challenge saying so (a JWT's, RFC 6750).
+    Invalid(&'static str, Option<HeaderValue>),
+    /// The method cannot check anything now (a key set that never loaded).
+    Unavailable(&'static str),
+}
+
+impl authorize::Claims for Claims {
+    fn contains(&self, name: &str, value: &str) -> bool {
+        Claims::contains(self, name, value)
+    }
 }
 
 impl Authenticator {
     /// The `WWW-Authenticate` challenge a 401 carries for this method.
     fn challenge(&self) -> HeaderValue {
         match self {
+            Authenticator::Jwt(provider) => provider.challenge(None),
             Authenticator::ApiKeys(keys) => {
                 HeaderValue::try_from(format!("ApiKey header=\"{}\"", keys.header))
                     .unwrap_or_else(|_| HeaderValue::from_static("ApiKey"))
@@ -46,10 +74,29 @@ impl Authenticator {
         }
     }
 
-    async fn check(&self, headers: &HeaderMap) -> Checked {
-        match self {
+    async fn check(&self, headers: &HeaderMap) -> Attempt {
+        let checked = match self {
+            Authenticator::Jwt(provider) => {
+                return match provider.authenticate(headers, SystemTime::now()) {
+                    Ok(None) => Attempt::Absent,
+                    Ok(Some(claims)) => {
+                        let caller = claims.subject().unwrap_or(&provider.config().name).into();
+                        Attempt::Valid(Identity {
+                            caller,
+                            claims: Some(claims),
+                        })
+                    }
+                    Err(error) if error.is_server_side() => Attempt::Unavailable(error.reason()),
+                    Err(error) => Attempt::Invalid(error.reason(), Some(provider.challenge(Some(&error)))),
+                };
+            }
             Authenticator::ApiKeys(keys) => keys.check(headers),
             Authenticator::Basic(basic) => basic.check(headers).await,
+        };
+        match checked {
+            Checked::Absent => Attempt::Absent,
+            Checked::Valid(caller) => Attempt::Valid(Identity { caller, claims: None }),
+            Checked::Invalid(why) => Attempt::Invalid(why, None),
         }
     }
 }
@@ -117,7 +164,8 @@ pub struct Denial {
 /// A request let through.
 #[derive(Debug, Default)]
 pub struct Granted {
-    /// Who called (the API key's or basic-auth user's name), for the access log.
+    /// Who called (the API key's name, the basic-auth user, or the token's subject), for the
+    /// access log.
     pub caller: Option<Arc<str>>,
     /// Headers the answer carries (the rate limits' state).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
@@ -147,6 +195,24 @@ impl AccessControl {
         }
     }
 
+    /// What keeps the policy from being enforced now besides [`Self::unenforceable`]: JWT
+    /// providers whose key sets have not loaded (their tokens are refused with 503 meanwhile).
+    pub fn problems(&self) -> Vec<String> {
+        self.authentication
+            .iter()
+            .filter_map(|method| match method {
+                Authenticator::Jwt(provider) => match provider.keys().state() {
+                    KeySetState::NotLoaded { error } => Some(format!(
+                        "jwt provider {}: its key set has not loaded ({error})",
+                        provider.config().name
+                    )),
+                    KeySetState::Loaded { .. } => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Checks a request; on success, `headers` have the client's copies of the headers the
     /// gateway vouches for removed, and the gateway's set.
     pub async fn check(
@@ -167,21 +233,31 @@ impl AccessControl {
             });
         }
         let mut granted = Granted::default();
+        let mut claims = None;
         if !self.authentication.is_empty() {
+            // Only the gateway speaks for the caller: the client's own copies go.
             headers.remove(&CLIENT_HEADER);
-            granted.caller = Some(self.authenticate(headers).await?);
-        }
-        if let Some(caller) = &granted.caller
-            && let Ok(value) = HeaderValue::from_str(caller)
-        {
-            headers.insert(CLIENT_HEADER.clone(), value);
+            for method in &self.authentication {
+                if let Authenticator::Jwt(provider) = method {
+                    provider.strip_claim_headers(headers);
+                }
+            }
+            let (identity, provider) = self.authenticate(headers).await?;
+            if let (Some(provider), Some(verified)) = (provider, &identity.claims) {
+                provider.set_claim_headers(verified, headers);
+            }
+            if let Ok(value) = HeaderValue::from_str(&identity.caller) {
+                headers.insert(CLIENT_HEADER.clone(), value);
+            }
+            granted.caller = Some(identity.caller);
+            claims = identity.claims;
         }
         if let Some(authorizer) = &self.authorization {
             let decision = authorizer.decide(&Subject {
                 client_ip,
                 method,
                 path,
-                claims: None::<&dyn authorize::Claims>,
+                claims: claims.as_deref().map(|c| c as &dyn authorize::Claims),
             });
             if !decision.allow {
                 return Err(Denial {
@@ -195,11 +271,16 @@ impl AccessControl {
             }
         }
         if !self.limits.is_empty() {
-            let no_claims = |_: &str| None;
+            let claim = |name: &str| {
+                claims.as_ref()?.get(name).map(|value| match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+            };
             let keys = Keys {
                 client_ip,
                 headers,
-                claim: &no_claims,
+                claim: &claim,
             };
             granted.response_headers = self.limit(&keys).await?;
         }
@@ -231,13 +312,35 @@ impl AccessControl {
             .unwrap_or_default())
     }
 
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<str>, Denial> {
+    /// The first method whose credential the request carries decides; with a JWT, also the
+    /// provider that verified it.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<(Identity, Option<&JwtProvider>), Denial> {
         for method in &self.authentication {
             match method.check(headers).await {
-                Checked::Absent => continue,
-                Checked::Valid(name) => return Ok(name),
-                Checked::Invalid(why) => {
-                    return Err(self.unauthenticated(why, "the request's credentials are not valid"));
+                Attempt::Absent => continue,
+                Attempt::Valid(identity) => {
+                    let provider = match method {
+                        Authenticator::Jwt(provider) => Some(provider),
+                        _ => None,
+                    };
+                    return Ok((identity, provider));
+                }
+                Attempt::Invalid(why, challenge) => {
+                    let mut denial = self.unauthenticated(why, "the request's credentials are not valid");
+                    if let Some(challenge) = challenge {
+                        denial.headers = vec![(header::WWW_AUTHENTICATE, challenge)];
+                    }
+                    return Err(denial);
+                }
+                Attempt::Unavailable(why) => {
+                    return Err(Denial {
+                        outcome: Outcome::Unenforceable,
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        code: why,
+                        message: "the gateway cannot check this request's token now".to_owned(),
+                        detail: None,
+                        headers: vec![(header::WWW_AUTHENTICATE, method.challenge())],
+                    });
                 }
             }
         }

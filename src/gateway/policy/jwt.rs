@@ -116,23 +116,23 @@ pub enum JwtError {
 }
 
 impl JwtError {
-    /// A short label for metrics and the access log.
+    /// A short code for `x-microgate-reason` and the access log (never any part of the token).
     pub fn reason(&self) -> &'static str {
         match self {
-            JwtError::Malformed(_) => "malformed",
-            JwtError::AlgNone => "alg_none",
-            JwtError::Hmac => "alg_hmac",
-            JwtError::UnsupportedAlgorithm => "alg_unsupported",
-            JwtError::AlgorithmNotAllowed(_) => "alg_not_allowed",
-            JwtError::CriticalHeader => "crit",
-            JwtError::UnknownKid => "unknown_kid",
-            JwtError::NoFittingKey => "no_fitting_key",
-            JwtError::BadSignature => "bad_signature",
-            JwtError::WrongIssuer => "wrong_issuer",
-            JwtError::WrongAudience => "wrong_audience",
-            JwtError::Expired => "expired",
-            JwtError::NotYetValid => "not_yet_valid",
-            JwtError::KeysUnavailable => "keys_unavailable",
+            JwtError::Malformed(_) => "jwt-malformed",
+            JwtError::AlgNone => "jwt-alg-none",
+            JwtError::Hmac => "jwt-alg-hmac",
+            JwtError::UnsupportedAlgorithm => "jwt-alg-unsupported",
+            JwtError::AlgorithmNotAllowed(_) => "jwt-alg-not-allowed",
+            JwtError::CriticalHeader => "jwt-crit",
+            JwtError::UnknownKid => "jwt-unknown-kid",
+            JwtError::NoFittingKey => "jwt-no-fitting-key",
+            JwtError::BadSignature => "jwt-bad-signature",
+            JwtError::WrongIssuer => "jwt-wrong-issuer",
+            JwtError::WrongAudience => "jwt-wrong-audience",
+            JwtError::Expired => "jwt-expired",
+            JwtError::NotYetValid => "jwt-not-yet-valid",
+            JwtError::KeysUnavailable => "jwt-keys-unavailable",
         }
     }
 

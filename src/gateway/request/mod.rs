@@ -136,7 +136,9 @@ impl Proxy {
                         .as_ref()
                         .and_then(|cors| Some((cors, cors.allowed_origin(request.headers())?.clone())));
                     let admitted = match (preflight, &route.access) {
-                        (None, Some(access)) => Some(admit(access, &mut request, origin.ip).await),
+                        // Boxed: the checks' state (a bcrypt wait, a Redis call) stays out of
+                        // the future of every request, most of which have no policy.
+                        (None, Some(access)) => Some(Box::pin(admit(access, &mut request, origin.ip)).await),
                         _ => None,
                     };
                     let mut response = match (preflight, &route.redirect, admitted) {

@@ -29,12 +29,19 @@ pub async fn report(client: &Client, policy: &AccessPolicy, compiled: &AccessPol
         .get(&format!("{namespace}/{name}"))
         .cloned()
         .unwrap_or_default();
+    let problems = found.control.problems();
     let ready = match &found.control.unenforceable {
-        None => Desired::new(
+        None if problems.is_empty() => Desired::new(
             READY,
             true,
             "Enforced",
             format!("enforced on {} routes", routes.len()),
+        ),
+        None => Desired::new(
+            READY,
+            false,
+            "KeysNotLoaded",
+            format!("{}: its tokens are refused (503) until then", problems.join("; ")),
         ),
         Some(why) => Desired::new(
             READY,

@@ -47,7 +47,7 @@ if [ "${1:-up}" = down ]; then
 fi
 
 say "building microgate and the fake kubelet"
-cargo build -q --workspace --bins
+cargo build -q --workspace --bins --examples
 
 say "starting the local control plane"
 bash tests/cluster/cluster.sh up
@@ -131,6 +131,11 @@ retries_after=$(curl -s "http://$admin/metrics" | awk '/^microgate_gateway_retri
 echo "  retries sent by the gateway: $(( retries_after - retries_before ))"
 kubectl annotate pod -n "$namespace" "$failing" fake.microgate.dev/status- >/dev/null
 
+say "the registry API: what the gateway balances over (http://$admin/registry, trimmed)"
+curl -s "http://$admin/registry" | grep -E '"(name|pod|ready|inRotation|ejected|ejectedUntil)"' | sed 's/^/  /'
+say "a client that balances by itself from the registry, straight to the Pods (examples/registry-client)"
+target/debug/examples/registry-client --admin "$admin" --service "$namespace/orders" --requests 12 --path /api/orders
+
 partners=127.0.0.1:8082
 say "who may call: the partners Gateway on :8082 (AccessPolicy partners: API keys, no deletes, 5 a minute per key)"
 kubectl get apol -n "$namespace"
@@ -157,6 +162,7 @@ cat <<EOF
   kubectl --kubeconfig $kubeconfig scale msvc orders -n $namespace --replicas=5
   kubectl --kubeconfig $kubeconfig annotate pod -n $namespace <pod> fake.microgate.dev/status=503
   curl http://$admin/metrics
+  curl http://$admin/registry; curl -N http://$admin/registry/events
 Logs: $demo/microgate.log, $demo/fake-kubelet.log. Ctrl-C (or make demo-down) stops the demo.
 EOF
 while kill -0 "$(cat "$demo/microgate.pid" 2>/dev/null || echo 0)" 2>/dev/null; do sleep 1; done

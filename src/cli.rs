@@ -30,6 +30,50 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// Run the operator and the gateway in one process, sharing one endpoint registry.
     Run(RunArgs),
+    /// Explain which Gateway, listener and route take a request, and why.
+    ///
+    /// Builds the route table from the cluster's resources (listed once) with the gateway's own
+    /// compile code, and prints every route of the request's port in the order the gateway
+    /// tries them: which takes the request, why each other refused it or lost to it, the
+    /// backends, their endpoints, the retry and the timeout. Exits 0 when a route takes the
+    /// request, 1 when none does, 2 when it cannot tell (bad arguments, an unreachable API).
+    ///
+    /// `microgate explain GET https://shop.example.com/api/orders -H 'x-user: 42'`
+    Explain(ExplainArgs),
+}
+
+/// Options of `microgate explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The request's method.
+    pub method: String,
+    /// The request's absolute URL: its port picks the gateway's listening port (80 or 443 when
+    /// it names none), `https` the HTTPS listener by server name.
+    pub url: String,
+    /// A request header, `name: value`; repeat for more.
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// The kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or the Pod's service account).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Only this namespace's resources, as a gateway run with --namespace (default: all).
+    #[arg(long, short)]
+    pub namespace: Option<String>,
+    /// Include the Kubernetes Gateway API's resources, as a gateway run with --gateway-api.
+    #[arg(long)]
+    pub gateway_api: bool,
+    /// The address the gateway's listeners bind (its --listen-address).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_address: std::net::IpAddr,
+    /// How to print the explanation.
+    #[arg(long, short, value_enum, default_value = "text")]
+    pub output: ExplainOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainOutput {
+    Text,
+    Json,
 }
 
 /// Options of `microgate gateway`.
@@ -71,7 +115,19 @@ pub struct GatewayArgs {
     #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
     #[command(flatten)]
+    pub admin_access: AdminAccessArgs,
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Who may read the registry and debug endpoints of the admin port.
+#[derive(Debug, Args)]
+pub struct AdminAccessArgs {
+    /// A file holding a bearer token: clients presenting it (`Authorization: Bearer <token>`)
+    /// may read /registry and /debug/* from anywhere. Without it, only clients on the gateway's
+    /// loopback (127.0.0.1, ::1; kubectl port-forward arrives there) may.
+    #[arg(long, env = "MICROGATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 /// Options of `microgate run`.
@@ -108,6 +164,8 @@ pub struct RunArgs {
     /// ready for one: so also how long an idle keep-alive connection stays open.
     #[arg(long, env = "MICROGATE_CLIENT_HEADER_TIMEOUT", default_value = "10s")]
     pub client_header_timeout: Duration,
+    #[command(flatten)]
+    pub admin_access: AdminAccessArgs,
 }
 
 /// Options of `microgate controller`.
@@ -192,6 +250,37 @@ mod tests {
         };
         assert_eq!(args.namespace, None);
         assert_eq!(args.admin_addr.port(), 9090);
+    }
+
+    #[test]
+    fn explain_takes_a_method_a_url_and_repeated_headers() {
+        let cli = Cli::try_parse_from([
+            "microgate",
+            "explain",
+            "GET",
+            "https://shop.example.com/api/orders",
+            "-H",
+            "x-user: 42",
+            "-H",
+            "x-canary: 1",
+            "-o",
+            "json",
+        ])
+        .expect("valid arguments");
+        let Command::Explain(args) = cli.command else {
+            panic!("parsed {:?}", cli.command)
+        };
+        assert_eq!(
+            (args.method.as_str(), args.url.as_str()),
+            ("GET", "https://shop.example.com/api/orders")
+        );
+        assert_eq!(args.headers, ["x-user: 42", "x-canary: 1"]);
+        assert_eq!(args.output, ExplainOutput::Json);
+        assert!(!args.gateway_api);
+        assert!(
+            Cli::try_parse_from(["microgate", "explain", "GET"]).is_err(),
+            "a URL is required"
+        );
     }
 
     #[test]

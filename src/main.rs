@@ -2,10 +2,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use microgate::{
-    cli::{Cli, Command, ControllerArgs, GatewayArgs, LeaderElectionArgs, RunArgs},
+    cli::{
+        AdminAccessArgs, Cli, Command, ControllerArgs, ExplainArgs, ExplainOutput, GatewayArgs,
+        LeaderElectionArgs, RunArgs,
+    },
     controller::{self, Prometheus, Scope},
     discovery::{self, DiscoveryMetrics, Registry},
-    gateway::{self, GatewayMetrics},
+    gateway::{
+        self, GatewayMetrics,
+        inspect::{self, access::AdminAccess},
+    },
     leader, telemetry,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -31,7 +37,69 @@ fn main() -> ExitCode {
         Command::Controller(args) => run_async(controller(args)),
         Command::Gateway(args) => run_async(gateway(args)),
         Command::Run(args) => run_async(run(args)),
+        Command::Explain(args) => explain(args),
     }
+}
+
+/// `microgate explain`: 0 when a route takes the request, 1 when none does, 2 when it cannot
+/// tell.
+fn explain(args: ExplainArgs) -> ExitCode {
+    let cannot = |error: String| {
+        eprintln!("microgate explain: {error}");
+        ExitCode::from(2)
+    };
+    let request = match inspect::explain::ExplainRequest::parse(&args.method, &args.url, &args.headers) {
+        Ok(request) => request,
+        Err(error) => return cannot(error.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return cannot(format!("could not start the async runtime: {error}")),
+    };
+    let built = runtime.block_on(async {
+        let client = match &args.kubeconfig {
+            Some(path) => client_from(path).await?,
+            None => kube_client().await?,
+        };
+        inspect::offline::build(
+            client,
+            args.namespace.as_deref(),
+            args.gateway_api,
+            args.listen_address,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    });
+    let offline = match built {
+        Ok(offline) => offline,
+        Err(error) => return cannot(error),
+    };
+    for note in &offline.notes {
+        eprintln!("microgate explain: {note}");
+    }
+    let explanation = inspect::explain::explain(&offline.table, &offline.registry, &request, false);
+    match args.output {
+        ExplainOutput::Text => print!("{}", explanation.text()),
+        ExplainOutput::Json => match serde_json::to_string_pretty(&explanation) {
+            Ok(json) => println!("{json}"),
+            Err(error) => return cannot(format!("could not encode the explanation: {error}")),
+        },
+    }
+    if explanation.routed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A client from the kubeconfig at `path` (its current context).
+async fn client_from(path: &std::path::Path) -> Result<kube::Client, String> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| format!("cannot use the kubeconfig {}: {e}", path.display()))?;
+    kube::Client::try_from(config).map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
 }
 
 fn run_async(task: impl Future<Output = Result<(), String>>) -> ExitCode {
@@ -122,8 +190,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let controller_args = args.controller;
     telemetry::init_logging(controller_args.log.log_json);
     let election = leader_election(&controller_args.leader_election)?;
+    let access = admin_access(&args.admin_access)?;
     let client = kube_client().await?;
     let registry = Registry::default();
+    let live = inspect::Live::new(registry.clone());
     let mut prometheus = Prometheus::default();
     let gateway_metrics = GatewayMetrics::register(&mut prometheus);
     let namespace = controller_args.namespace.clone();
@@ -147,6 +217,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
     // Ready when both halves are: a Pod that is Ready before its gateway can route would take
     // traffic only to answer 404.
     running.admin.wait_for(gateway::ROUTES_PROGRAMMED);
+    running
+        .admin
+        .serve_also(inspect::admin::router(live.clone(), access));
     let ready = running.admin.clone();
     // Both halves stop on the signal; the gateway drains its requests in flight first.
     let gateway = gateway::run(
@@ -169,6 +242,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             },
             gateway_addresses: args.gateway_addresses,
             gateway_api: args.gateway_api,
+            inspect: Some(live),
             redis_url: args.redis_url,
         },
         gateway_metrics,
@@ -190,12 +264,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
 
 async fn gateway(args: GatewayArgs) -> Result<(), String> {
     telemetry::init_logging(args.log.log_json);
+    let access = admin_access(&args.admin_access)?;
     let client = kube_client().await?;
     let registry = Registry::default();
     let mut prometheus = Prometheus::default();
     let gateway_metrics = GatewayMetrics::register(&mut prometheus);
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
     let admin = telemetry::Admin::new(prometheus, &[gateway::ROUTES_PROGRAMMED]);
+    let live = inspect::Live::new(registry.clone());
+    admin.serve_also(inspect::admin::router(live.clone(), access));
     let (admin_addr, serve_admin) = admin
         .bind(args.admin_addr)
         .await
@@ -219,6 +296,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         },
         gateway_addresses: args.gateway_addresses,
         gateway_api: args.gateway_api,
+        inspect: Some(live),
         redis_url: args.redis_url,
     };
     tokio::select! {
@@ -230,6 +308,18 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Who may read the registry and debug endpoints, as the flags say.
+fn admin_access(args: &AdminAccessArgs) -> Result<AdminAccess, String> {
+    match &args.admin_token_file {
+        Some(path) => {
+            let access = AdminAccess::with_token_file(path).map_err(|e| e.to_string())?;
+            tracing::info!(file = %path.display(), "registry and debug endpoints: loopback, and remote clients with the token");
+            Ok(access)
+        }
+        None => Ok(AdminAccess::loopback_only()),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends a Pod that should stop).

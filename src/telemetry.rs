@@ -2,16 +2,17 @@
 //! admin endpoints `/metrics`, `/healthz` (the process is alive) and `/readyz` (it is doing its
 //! job: the controller's caches are synced, or with leader election it knows it is a standby,
 //! whose discovery and gateway serve all the same; the gateway routes by its first route table).
-//! `microgate run` waits for both halves.
+//! `microgate run` waits for both halves. A gateway adds its registry and debug endpoints
+//! ([`Admin::serve_also`]) once it exists.
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use axum::{
     Router,
-    extract::State,
+    extract::{Request, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -134,6 +135,8 @@ pub struct Admin {
     registry: Arc<Mutex<Registry>>,
     /// What `/readyz` still waits for: ready when nothing.
     waiting: Arc<Mutex<Vec<&'static str>>>,
+    /// Routes added after the server started (see [`Admin::serve_also`]).
+    more: Arc<OnceLock<Router>>,
 }
 
 impl Admin {
@@ -142,6 +145,15 @@ impl Admin {
         Self {
             registry: Arc::new(Mutex::new(registry)),
             waiting: Arc::new(Mutex::new(waiting_for.to_vec())),
+            more: Arc::default(),
+        }
+    }
+
+    /// Serves `routes` too, from now on (once: a second call is ignored). Requests no route of
+    /// the admin's own takes go to them.
+    pub fn serve_also(&self, routes: Router) {
+        if self.more.set(routes).is_err() {
+            tracing::warn!("admin routes were added twice; the first stay");
         }
     }
 
@@ -165,10 +177,20 @@ impl Admin {
     }
 
     pub fn router(&self) -> Router {
+        let more = self.more.clone();
         Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
+            .fallback(move |request: Request| async move {
+                match more.get() {
+                    Some(routes) => {
+                        let Ok(response) = tower::ServiceExt::oneshot(routes.clone(), request).await;
+                        response
+                    }
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            })
             .with_state(self.clone())
     }
 
@@ -181,7 +203,9 @@ impl Admin {
         let bound = listener.local_addr()?;
         let router = self.router();
         let serve = async move {
-            if let Err(error) = axum::serve(listener, router).await {
+            // Peers' addresses, for the access rule of the registry and debug endpoints.
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(error) = axum::serve(listener, service).await {
                 tracing::error!(%error, "admin server stopped");
             }
         };

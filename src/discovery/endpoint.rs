@@ -38,6 +38,9 @@ pub struct Endpoint {
     pub ready: bool,
     /// The node the Pod runs on, when it is bound.
     pub node: Option<Arc<str>>,
+    /// The zone it runs in, where an EndpointSlice says (`None` for a Microservice's Pods: a
+    /// Pod does not carry its Node's zone, and Nodes are not watched).
+    pub zone: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -73,6 +76,7 @@ impl Endpoint {
                 port,
                 ready,
                 node,
+                zone: None,
             },
         ))
     }

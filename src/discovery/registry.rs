@@ -177,6 +177,7 @@ mod tests {
             port: 80,
             ready,
             node: None,
+            zone: None,
         }
     }
 

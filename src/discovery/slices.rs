@@ -84,6 +84,7 @@ pub fn service_port<'s>(
                     port: target,
                     ready: true,
                     node: endpoint.node_name.as_deref().map(Arc::from),
+                    zone: endpoint.zone.as_deref().map(Arc::from),
                 });
             }
         }
@@ -128,7 +129,7 @@ mod tests {
             slice(
                 "web",
                 serde_json::json!([
-                    {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "web-1"}, "nodeName": "n1"},
+                    {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "web-1"}, "nodeName": "n1", "zone": "z1"},
                     {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
                     {"addresses": ["10.0.0.3"], "conditions": {"ready": true, "terminating": true}},
                     {"addresses": ["10.0.0.4"], "conditions": {"ready": true}},
@@ -150,6 +151,11 @@ mod tests {
             ]
         );
         assert_eq!(http.app_protocol, None);
+        let web_1 = &http.endpoints[1];
+        assert_eq!(
+            (web_1.node.as_deref(), web_1.zone.as_deref()),
+            (Some("n1"), Some("z1"))
+        );
         let h2c = service_port(&service(), 8081, &slices).expect("a port");
         assert_eq!(h2c.endpoints[0].port, 3001);
         assert_eq!(h2c.app_protocol.as_deref(), Some("kubernetes.io/h2c"));

@@ -14,7 +14,8 @@
 //! 2. sending to endpoints and choosing them: [`upstream`], [`balance`], [`retry`];
 //! 3. policies and TLS: [`policy`], [`tls`];
 //! 4. the compiled route table and what builds it: [`table`], [`compile`], [`watches`];
-//! 5. serving and reporting: [`request`], [`listen`], [`status`].
+//! 5. serving and reporting: [`request`], [`listen`], [`status`], [`inspect`] (what the admin
+//!    port shows: the registry API, `/debug/config`, `/debug/explain`).
 
 pub mod balance;
 pub mod buffers;
@@ -22,6 +23,7 @@ pub mod compile;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod inspect;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
@@ -78,6 +80,9 @@ pub struct Options {
     /// The range Gateway API Gateways take an address each from (see
     /// [`compile::addresses`]); `None`: they all listen on `listen_address`.
     pub gateway_addresses: Option<ipnet::IpNet>,
+    /// Shares the live table and its changes with the admin endpoints ([`inspect`]); `None`:
+    /// with nobody.
+    pub inspect: Option<inspect::Live>,
     /// Where Global rate limits keep their buckets (`redis://…`); `None`: policies with one
     /// cannot be enforced.
     pub redis_url: Option<String>,
@@ -96,7 +101,7 @@ pub async fn run(
     client: Client,
     namespace: Option<String>,
     registry: Registry,
-    options: Options,
+    mut options: Options,
     metrics: GatewayMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -211,7 +216,11 @@ pub async fn run(
     });
     let mut compiled_policies = compile::access::AccessPolicies::new(redis);
 
-    let table = Arc::new(ArcSwap::from_pointee(table::RouteTable::default()));
+    let live = options
+        .inspect
+        .take()
+        .unwrap_or_else(|| inspect::Live::new(registry.clone()));
+    let table = live.table().clone();
     let proxy = Arc::new(request::Proxy::new(
         table.clone(),
         metrics.clone(),
@@ -253,12 +262,7 @@ pub async fn run(
                 .iter()
                 .map(|ms| {
                     let key = ServiceKey::new(&ms.namespace().unwrap_or_default(), &ms.name_any());
-                    let settings = compile::ServiceSettings {
-                        traffic: ms.spec.traffic_policy.clone(),
-                        protocol: ms.spec.protocol,
-                        websocket: false,
-                    };
-                    (key, settings)
+                    (key, compile::ServiceSettings::of(ms))
                 })
                 .collect();
             let previous = table.load_full();
@@ -289,6 +293,7 @@ pub async fn run(
             let mut builder =
                 compile::TableBuilder::new(&services, &registry, &metrics, &certificates, Some(&previous))
                     .with_access_policies(&compiled_policies);
+            builder.signal_ejections(live.ejections());
             compile::microgate::add(&mut builder, &all_gateways, options.listen_address);
             let kube_report = kube_resources
                 .as_ref()
@@ -296,6 +301,7 @@ pub async fn run(
             let compiled = builder.finish();
             let addresses: Vec<SocketAddr> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));
+            live.swapped();
             listeners.set_addresses(addresses.into_iter()).await;
             // Ready once the table was compiled from complete endpoint lists, not before.
             if registry.synced().now_or_never().is_some()
@@ -339,6 +345,7 @@ pub async fn run(
         () = watch_access_policies => {}
         () = watch_config_maps => {}
         () = watch_gateway_api => {}
+        () = live.follow() => {}
         () = program => {}
     }
     Ok(())
@@ -360,7 +367,7 @@ async fn close_expired_idle_connections(table: Arc<ArcSwap<table::RouteTable>>) 
 
 /// The Secrets the gateway reads (a field selector): all but Helm's release records and
 /// service-account tokens, which are large or sensitive and never named by a listener or policy.
-const SECRET_TYPES_READ: &str = "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token";
+pub const SECRET_TYPES_READ: &str = "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token";
 
 /// The field manager of the data plane's status writes (the controller's is `microgate`).
 pub const STATUS_FIELD_MANAGER: &str = "microgate-gateway";

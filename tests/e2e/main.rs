@@ -19,7 +19,10 @@ use microgate::{
     api::{Gateway, Microservice},
     controller::{self, Prometheus, Scope},
     discovery::{Registry, ServiceKey},
-    gateway::{self, GatewayMetrics},
+    gateway::{
+        self, GatewayMetrics,
+        inspect::{self, access::AdminAccess},
+    },
 };
 use microgate_test_support::{
     TestNamespace,
@@ -32,6 +35,7 @@ use serde_json::json;
 
 mod access;
 mod client_ip;
+mod explain;
 mod gateway_api;
 mod gateway_process;
 mod global_rate_limit;
@@ -42,6 +46,7 @@ mod jwt;
 mod leader;
 mod paths;
 mod rate_limits;
+mod registry;
 mod slow_clients;
 mod tls;
 
@@ -62,6 +67,22 @@ impl Drop for Platform {
             task.abort();
         }
     }
+}
+
+/// The bearer token that admits remote clients to every platform's registry and debug
+/// endpoints.
+const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+/// The access rule of every platform: loopback, and [`ADMIN_TOKEN`] from a token file.
+fn admin_access() -> AdminAccess {
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("microgate-e2e-admin-token-{}-{n}", std::process::id()));
+    std::fs::write(&file, format!("{ADMIN_TOKEN}\n")).expect("write the admin token file");
+    let access = AdminAccess::with_token_file(&file).expect("the admin token file");
+    // Read once, at start: nothing needs the file afterwards.
+    let _ = std::fs::remove_file(&file);
+    access
 }
 
 fn free_port() -> u16 {
@@ -140,6 +161,10 @@ impl Platform {
         .await
         .expect("start the controller");
         let admin = running.admin_addr;
+        let live = inspect::Live::new(registry.clone());
+        running
+            .admin
+            .serve_also(inspect::admin::router(live.clone(), admin_access()));
         let gateway = gateway::run(
             ns.client.clone(),
             Some(ns.name.clone()),
@@ -152,6 +177,7 @@ impl Platform {
                 client_timeouts,
                 gateway_addresses: None,
                 gateway_api,
+                inspect: Some(live),
                 redis_url,
             },
             metrics,

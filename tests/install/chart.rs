@@ -241,6 +241,60 @@ fn values_choose_the_mode_the_scope_and_leader_election() {
 }
 
 #[test]
+fn an_admin_token_secret_reaches_whichever_process_runs_the_gateway() {
+    let token_file = |deployment: &Value| -> Option<String> {
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let env = container["env"].as_array().expect("env");
+        let file = env.iter().find(|e| e["name"] == "MICROGATE_ADMIN_TOKEN_FILE")?["value"]
+            .as_str()?
+            .to_owned();
+        let mount = container["volumeMounts"]
+            .as_array()
+            .expect("the token's volume is mounted")
+            .iter()
+            .find(|m| m["name"] == "admin-token")
+            .expect("the admin-token mount");
+        assert_eq!(mount["readOnly"], true);
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == "admin-token")
+            .expect("the admin-token volume");
+        assert_eq!(volume["secret"]["secretName"], "registry-readers");
+        let key = &volume["secret"]["items"][0];
+        let path = format!(
+            "{}/{}",
+            mount["mountPath"].as_str().expect("a path"),
+            key["path"].as_str().expect("a path")
+        );
+        assert_eq!(
+            (key["key"].as_str(), path.as_str()),
+            (Some("token"), file.as_str())
+        );
+        Some(file)
+    };
+    let secret = "metrics.adminTokenSecret=registry-readers";
+    let embedded = render("microgate", "microgate-system", &["--set", secret]);
+    assert!(token_file(object(&embedded, "Deployment", "microgate")).is_some());
+    let dedicated = render(
+        "microgate",
+        "microgate-system",
+        &["--set", &format!("{secret},gateway.mode=dedicated")],
+    );
+    assert!(token_file(object(&dedicated, "Deployment", "microgate-gateway")).is_some());
+    let controller = object(&dedicated, "Deployment", "microgate");
+    assert!(
+        controller["spec"]["template"]["spec"]["volumes"].is_null(),
+        "the controller alone serves no registry: {controller}"
+    );
+    // Without it, no token: only loopback clients read the registry.
+    let plain = render("microgate", "microgate-system", &[]);
+    assert_eq!(token_file(object(&plain, "Deployment", "microgate")), None);
+}
+
+#[test]
 fn the_values_schema_refuses_typos_and_privileged_listener_ports() {
     for (values, why) in [
         ("gateway.mod=dedicated", "additional properties 'mod' not allowed"),

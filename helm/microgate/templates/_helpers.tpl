@@ -155,6 +155,10 @@ capabilities:
 - name: MICROGATE_GATEWAY_API
   value: "true"
 {{- end }}
+{{- if .Values.metrics.adminTokenSecret }}
+- name: MICROGATE_ADMIN_TOKEN_FILE
+  value: /var/run/microgate/admin-token/token
+{{- end }}
 {{- if .Values.gatewayAPI.addresses }}
 - name: MICROGATE_GATEWAY_ADDRESSES
   value: {{ .Values.gatewayAPI.addresses | quote }}
@@ -197,5 +201,28 @@ readinessProbe:
   containerPort: {{ .containerPort }}
   protocol: TCP
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The admin token Secret's volume (metrics.adminTokenSecret), for a Pod that runs a gateway. */}}
+{{- define "microgate.adminTokenVolume" -}}
+{{- with .Values.metrics.adminTokenSecret -}}
+volumes:
+  - name: admin-token
+    secret:
+      secretName: {{ . }}
+      items:
+        - key: token
+          path: token
+{{- end }}
+{{- end }}
+
+{{/* Where a gateway's container reads the admin token (see microgate.adminTokenVolume). */}}
+{{- define "microgate.adminTokenMount" -}}
+{{- if .Values.metrics.adminTokenSecret -}}
+volumeMounts:
+  - name: admin-token
+    mountPath: /var/run/microgate/admin-token
+    readOnly: true
 {{- end }}
 {{- end }}

@@ -17,6 +17,8 @@ use std::{
 
 pub mod outlier;
 
+use tokio::sync::Notify;
+
 use super::{
     random::random_below,
     upstream::{Connections, Destination, Limits},
@@ -28,6 +30,9 @@ use crate::{api::policy::LoadBalancerPolicy, discovery::Endpoint};
 pub struct EndpointState {
     pub pod: Arc<str>,
     pub addr: SocketAddr,
+    /// Where it runs, as discovery knows it (for the registry API).
+    pub node: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
     /// `addr` as an HTTP/2 request's `:authority` (always present: a socket address is one).
     pub authority: Option<http::uri::Authority>,
     in_flight: AtomicUsize,
@@ -59,6 +64,8 @@ impl EndpointState {
         Self {
             pod: endpoint.pod.clone(),
             addr,
+            node: endpoint.node.clone(),
+            zone: endpoint.zone.clone(),
             authority: http::uri::Authority::try_from(addr.to_string()).ok(),
             in_flight: AtomicUsize::new(0),
             latency_us: AtomicU64::new(0),
@@ -84,6 +91,31 @@ impl EndpointState {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The latency estimate PeakEwma balances by (`None`: nothing observed yet; only a PeakEwma
+    /// pool observes).
+    pub fn latency(&self) -> Option<Duration> {
+        match self.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Until when outlier detection keeps it out of rotation, in [`clock_us`] (in the past, or 0:
+    /// it is in rotation).
+    pub fn ejected_until_us(&self) -> u64 {
+        self.ejected_until_us.load(Ordering::Relaxed)
+    }
+
+    /// Failures in a row since its last success or ejection.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// How many times outlier detection has ejected it.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
     }
 
     /// Records one response time: a slower one counts at once, a faster one only decays the average.
@@ -127,6 +159,8 @@ pub struct Pool {
     /// The round-robin position, shared with the pools that replace this one: a request still
     /// holding an older table keeps the rotation in step with the newer.
     next: Arc<AtomicUsize>,
+    /// Told when outlier detection ejects one of the endpoints (see [`Pool::signal_ejections`]).
+    ejections: Option<Arc<Notify>>,
 }
 
 impl Pool {
@@ -157,7 +191,20 @@ impl Pool {
             policy,
             endpoints,
             next,
+            ejections: None,
         }
+    }
+
+    /// Tells `notify` of every ejection in this pool: the registry API's followers learn of it
+    /// at once, rather than by asking again and again.
+    pub fn signal_ejections(mut self, notify: Option<Arc<Notify>>) -> Self {
+        self.ejections = notify;
+        self
+    }
+
+    /// The balancer's policy.
+    pub fn policy(&self) -> LoadBalancerPolicy {
+        self.policy
     }
 
     pub fn len(&self) -> usize {
@@ -286,10 +333,17 @@ pub fn clock_us() -> u64 {
     u64::try_from(EPOCH.get_or_init(std::time::Instant::now).elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The endpoints of this pool (for outlier detection's share of ejected ones).
 impl Pool {
-    pub(super) fn endpoints(&self) -> &[Arc<EndpointState>] {
+    /// The endpoints in rotation (ejected ones included): the ready endpoints of the snapshot
+    /// the pool was built from.
+    pub fn endpoints(&self) -> &[Arc<EndpointState>] {
         &self.endpoints
+    }
+
+    pub(super) fn ejected(&self) {
+        if let Some(notify) = &self.ejections {
+            notify.notify_one();
+        }
     }
 }
 
@@ -319,6 +373,7 @@ mod tests {
                 port: 8080,
                 ready: true,
                 node: None,
+                zone: None,
             })
             .collect()
     }

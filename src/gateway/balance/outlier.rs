@@ -52,6 +52,7 @@ pub fn record(pool: &Pool, endpoint: &EndpointState, success: bool, policy: Ejec
     let until = now.saturating_add(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
     endpoint.ejected_until_us.store(until, Ordering::Relaxed);
     endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+    pool.ejected();
     true
 }
 
@@ -68,6 +69,7 @@ mod tests {
                 port: 80,
                 ready: true,
                 node: None,
+                zone: None,
             })
             .collect();
         Pool::new(

@@ -55,6 +55,17 @@ pub struct ServiceSettings {
     pub websocket: bool,
 }
 
+impl ServiceSettings {
+    /// What the gateway takes from `microservice`'s spec.
+    pub fn of(microservice: &crate::api::Microservice) -> Self {
+        Self {
+            traffic: microservice.spec.traffic_policy.clone(),
+            protocol: microservice.spec.protocol,
+            websocket: false,
+        }
+    }
+}
+
 /// One listener as a front end declares it, in the table's terms.
 pub struct ListenerSettings {
     /// How the table, connections and status name the listener (unique per table).
@@ -94,6 +105,7 @@ pub struct TableBuilder<'a> {
     metrics: &'a GatewayMetrics,
     certificates: &'a CertificateStore,
     previous: Option<&'a RouteTable>,
+    ejections: Option<Arc<tokio::sync::Notify>>,
     access_policies: Option<&'a access::AccessPolicies>,
 }
 
@@ -115,8 +127,14 @@ impl<'a> TableBuilder<'a> {
             metrics,
             certificates,
             previous,
+            ejections: None,
             access_policies: None,
         }
+    }
+
+    /// Every upstream's pool tells `notify` of its ejections (see [`Pool::signal_ejections`]).
+    pub fn signal_ejections(&mut self, notify: Arc<tokio::sync::Notify>) {
+        self.ejections = Some(notify);
     }
 
     /// The AccessPolicies routes may name (without them, a route naming one refuses every
@@ -389,7 +407,8 @@ impl<'a> TableBuilder<'a> {
                 ready,
                 previous.map(|u| &u.pool),
                 &limits,
-            ),
+            )
+            .signal_ejections(self.ejections.clone()),
             hash_on,
             http2,
             websocket: settings.websocket,

@@ -12,12 +12,9 @@ use http_body_util::Either;
 
 use super::respond::{ResponseBody, local};
 use crate::gateway::{
-    http::{
-        body::Whole,
-        host::{HostPattern, rank},
-    },
+    http::body::Whole,
     policy::path::{self, PathPolicy},
-    table::{Attached, RouteTable},
+    table::{Attached, RouteTable, select::Candidates},
 };
 
 /// The route entry `request` takes at `local`; on a TLS connection (`listener` set), only among
@@ -30,27 +27,12 @@ pub(super) fn find_route<'t, B>(
     host: Option<&str>,
     request: &Request<B>,
 ) -> Option<&'t Attached> {
-    let routes = table.listeners.get(&local)?;
-    let host_ok = |patterns: &[HostPattern]| {
-        patterns.is_empty() || host.is_some_and(|h| patterns.iter().any(|p| p.matches(h)))
-    };
-    let best = match listener {
-        None => table
-            .isolated
-            .get(&local)
-            .and_then(|listeners| listeners.iter().filter_map(|h| rank(h, host)).max()),
-        Some(_) => None,
-    };
+    let candidates = Candidates::at(table, local, listener, host)?;
     // Entries are sorted most specific first: the first that fits wins.
-    routes.iter().find(|attached| {
-        listener.is_none_or(|id| *attached.listener == *id)
-            && best.is_none_or(|best| rank(&attached.listener_hostnames, host) == Some(best))
-            && host_ok(&attached.listener_hostnames)
-            && host_ok(&attached.route.hostnames)
-            && attached
-                .request_match()
-                .is_none_or(|m| m.matches(request.method(), request.uri(), request.headers()))
-    })
+    candidates
+        .entries
+        .iter()
+        .find(|entry| candidates.takes(entry, request.method(), request.uri(), request.headers()))
 }
 
 /// Whether a request on a TLS connection (`listener`: the HTTPS listener its server name

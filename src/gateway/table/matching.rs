@@ -3,6 +3,8 @@
 //! Pure and allocation-free per request: the table is compiled once per configuration change
 //! (see `compile`), and matching only compares borrowed strings.
 
+use std::ops::ControlFlow;
+
 use http::{HeaderMap, Method};
 
 pub use crate::gateway::http::path_match::{PathMatcher, method_of};
@@ -18,31 +20,65 @@ pub struct RequestMatch {
     pub query: Vec<(String, String)>,
 }
 
+/// A condition of a [`RequestMatch`] a request does not satisfy.
+#[derive(Clone, Copy, Debug)]
+pub enum Mismatch<'m> {
+    Path(&'m PathMatcher),
+    /// A query parameter, and the value it must have.
+    Query(&'m str, &'m str),
+    Method(&'m Method),
+    /// A header, and the value it must have.
+    Header(&'m http::HeaderName, &'m str),
+}
+
 impl RequestMatch {
     pub fn matches(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> bool {
-        if self.path.as_ref().is_some_and(|p| !p.matches(uri.path())) {
-            return false;
+        self.check(method, uri, headers, |_| ControlFlow::Break(()))
+            .is_continue()
+    }
+
+    /// Checks each condition in turn, telling `mismatch` of each one the request fails, until
+    /// it says to stop: the router stops at the first, an explanation wants them all. One
+    /// function for both, so that an explanation cannot disagree with the router.
+    #[inline]
+    pub fn check<'m>(
+        &'m self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        mut mismatch: impl FnMut(Mismatch<'m>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        if let Some(path) = &self.path
+            && !path.matches(uri.path())
+        {
+            mismatch(Mismatch::Path(path))?;
         }
         if !self.query.is_empty() {
             let query = uri.query().unwrap_or("");
-            let present = |name: &str, value: &str| {
-                query
-                    .split('&')
-                    .any(|pair| pair.split_once('=').unwrap_or((pair, "")) == (name, value))
-            };
-            if !self.query.iter().all(|(name, value)| present(name, value)) {
-                return false;
+            for (name, value) in &self.query {
+                let present = query.split('&').any(|pair| {
+                    pair.split_once('=').unwrap_or((pair, "")) == (name.as_str(), value.as_str())
+                });
+                if !present {
+                    mismatch(Mismatch::Query(name, value))?;
+                }
             }
         }
-        if self.method.as_ref().is_some_and(|m| m != method) {
-            return false;
+        if let Some(wanted) = &self.method
+            && wanted != method
+        {
+            mismatch(Mismatch::Method(wanted))?;
         }
-        self.headers.iter().all(|(name, value)| {
-            headers
+        for (name, value) in &self.headers {
+            let present = headers
                 .get_all(name)
                 .iter()
-                .any(|v| v.as_bytes() == value.as_bytes())
-        })
+                .any(|v| v.as_bytes() == value.as_bytes());
+            if !present {
+                mismatch(Mismatch::Header(name, value))?;
+            }
+        }
+        ControlFlow::Continue(())
     }
 }
 

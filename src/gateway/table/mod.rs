@@ -6,6 +6,7 @@
 //! pools, retry budgets, TLS session caches): a new table borrows it from the previous one.
 
 pub mod matching;
+pub mod select;
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -6,7 +6,7 @@ HELM := target/cluster/bin/helm
 # Debian packages the tests run (COMMAND:PACKAGE for tools/apt.sh): Redis for global rate limits.
 TEST_APT := redis-server:redis-server
 
-.PHONY: help demo demo-down build crds manifests test test-netns lint licenses lint-manifests image image-test fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery bench-rate-limit hostile fuzz conformance
+.PHONY: help demo demo-down build crds manifests test test-netns lint licenses lint-manifests rules image image-test fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery bench-rate-limit hostile fuzz conformance
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ manifests: ## render the Helm chart with default values into manifests/ (a test 
 	  $(HELM) template microgate helm/microgate --namespace microgate-system --set gateway.mode=dedicated; } \
 	  > manifests/dedicated-gateway/microgate.yaml
 
-test: lint licenses lint-manifests ## everything: format, lints, licenses, manifest lint, unit and control-plane tests, then the same in a private network namespace
+test: lint licenses lint-manifests rules ## everything: format, lints, licenses, manifest lint, alert rules, unit and control-plane tests, then the same in a private network namespace
 	bash tools/apt.sh $(TEST_APT)
 	cargo test --workspace --no-run
 	bash tests/h2spec/build.sh >/dev/null
@@ -55,6 +55,9 @@ lint: ## rustfmt and clippy, warnings as errors
 
 licenses: ## every dependency's license against the allow list in deny.toml (cargo-deny, offline)
 	bash tests/lint/licenses.sh
+
+rules: ## the chart's Prometheus rules and dashboard: metric names against the code, promtool check and unit tests
+	bash tests/promtool/check.sh
 
 lint-manifests: ## checkov over manifests/ and the chart rendered in each mode; waivers, with reasons, in tests/lint/checkov.yaml
 	bash tests/lint/manifests.sh

@@ -223,8 +223,14 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         encode(&mut text, &registry)
     };
     match encoded {
+        // prometheus-client writes OpenMetrics (a counter family is named without `_total`,
+        // the text ends in `# EOF`): say so, or a scraper that reads it as the older text
+        // format loses the counters' types and help.
         Ok(()) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

@@ -349,3 +349,76 @@ fn a_redis_url_secret_reaches_every_gateway_container() {
     let env = &object(&plain, "Deployment", "microgate")["spec"]["template"]["spec"]["containers"][0]["env"];
     assert!(!env.to_string().contains("MICROGATE_REDIS_URL"), "{env}");
 }
+
+#[test]
+fn monitoring_values_ship_the_checked_rules_and_dashboard_as_they_are() {
+    let plain = render("microgate", "microgate-system", &[]);
+    for kind in ["ServiceMonitor", "PrometheusRule", "ConfigMap"] {
+        assert!(
+            !plain.iter().any(|o| o["kind"] == kind),
+            "the default rendering has a {kind}: {}",
+            kinds(&plain)
+        );
+    }
+
+    let values = "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom,\
+                  metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true,\
+                  metrics.dashboard.namespace=grafana";
+    let objects = render("microgate", "microgate-system", &["--set", values]);
+
+    // The PrometheusRule is files/alerts.yaml, the file promtool checks and tests.
+    let rules: Value =
+        serde_saphyr::from_str(&read(&repo("helm/microgate/files/alerts.yaml"))).expect("the rules are YAML");
+    let rule = object(&objects, "PrometheusRule", "microgate");
+    assert_eq!(rule["spec"], rules);
+    assert!(
+        rules["groups"].as_array().is_some_and(|g| !g.is_empty()),
+        "{rules}"
+    );
+
+    let dashboard: Value = serde_json::from_str(&read(&repo("helm/microgate/files/dashboard.json")))
+        .expect("the dashboard is JSON");
+    let config_map = object(&objects, "ConfigMap", "microgate-dashboard");
+    assert_eq!(config_map["metadata"]["namespace"], "grafana");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped = config_map["data"]["microgate.json"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no microgate.json in {config_map}"));
+    assert_eq!(
+        serde_json::from_str::<Value>(shipped).expect("the shipped dashboard is JSON"),
+        dashboard
+    );
+
+    // The ServiceMonitor scrapes the metrics Service's admin port, keeping microgate's labels.
+    let monitor = object(&objects, "ServiceMonitor", "microgate");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    let service = object(&objects, "Service", "microgate-metrics");
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no selector in {monitor}"));
+    for (label, value) in selector {
+        assert_eq!(&service["metadata"]["labels"][label], value, "{label}");
+    }
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
+
+    let output = helm(&[
+        "template",
+        "microgate",
+        "helm/microgate",
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.service.enabled=false",
+    ]);
+    assert!(
+        !output.status.success(),
+        "a ServiceMonitor without its Service was rendered"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("needs metrics.service.enabled"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -837,6 +837,10 @@ if results["policy"]:
                f"other work: load average before the run {machine.get('loadavg_before', '?')}, CPU busy with other work "
                f"before the first measurement {preflight.get('busy_percent_before', '?')} %. microgate {versions.get('microgate', '?')}, "
                f"nginx {versions.get('nginx', '?')}, HAProxy {versions.get('haproxy', '?')}, wrk {versions.get('wrk', '?')}.\n")
+    if isinstance(busy, (int, float)) and busy > 10:
+        pmd.append(f"**The machine was not quiet: {busy} % of its CPU was busy with other work before the run "
+                   "started.** The rounds share the CPUs with that work: read the per-round ratios with their spread, "
+                   "and rerun on a quiet machine before drawing conclusions. The instruction counts are not affected.\n")
     pmd.append(
         "**Setup.** As the throughput rows of the gateway section (same backends, 1 worker, "
         f"`wrk -t2 -c{settings.get('connections', '?')} -d{settings.get('seconds', '?')}s`, "

@@ -85,7 +85,7 @@ cluster-status: ## show whether each control-plane component is up
 kubelet: cluster ## play kubelet for every namespace of the local cluster (Ctrl-C stops it)
 	cargo run -q -p microgate-test-support --bin fake-kubelet
 
-bench: ## the gateway against nginx and haproxy on loopback (throughput, latency, h2c, retries, instructions, TLS); writes BENCHMARKS.md
+bench: ## the gateway against nginx and haproxy on loopback (throughput, latency, h2c, retries, instructions, TLS, AccessPolicy cost); writes BENCHMARKS.md
 	bash bench/run.sh
 
 bench-quick: ## a short smoke run of make bench (2 rounds of 2 s, 1 worker)

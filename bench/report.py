@@ -5,7 +5,8 @@ usage: report.py OUT_DIR REPO
 
 Reads OUT_DIR/raw/*.jsonl (one JSON object per target and round) and writes OUT_DIR/results.json,
 OUT_DIR/results.md, the chart REPO/bench/chart.png (with gnuplot), and the section of
-REPO/BENCHMARKS.md between its "bench:gateway" markers. Every figure comes from the raw files;
+REPO/BENCHMARKS.md between its "bench:gateway" markers, and the policy scenario's section between its
+"bench:policy" markers (written whenever that scenario ran, alone or not). Every figure comes from the raw files;
 a measurement that is missing or failed is reported as such.
 """
 
@@ -19,9 +20,12 @@ OUT, REPO = sys.argv[1], sys.argv[2]
 RAW = os.path.join(OUT, "raw")
 BEGIN = "<!-- bench:gateway:begin (written by make bench: edits here are overwritten) -->"
 END = "<!-- bench:gateway:end -->"
+POLICY_BEGIN = "<!-- bench:policy:begin (written by make bench: edits here are overwritten) -->"
+POLICY_END = "<!-- bench:policy:end -->"
 PEERS = ["nginx", "haproxy"]
 NAMES = {"direct": "direct (one backend)", "nginx": "nginx", "nginx-b": "nginx B (A/A)",
-         "haproxy": "HAProxy", "microgate": "microgate"}
+         "haproxy": "HAProxy", "microgate": "microgate", "microgate-policy": "microgate with the AccessPolicy",
+         "haproxy-policy": "HAProxy with `jwt_verify` and a stick table"}
 
 
 def load(name):
@@ -147,14 +151,15 @@ tls_keepalive = load("tls_keepalive.jsonl")
 tls_h2 = load("tls_h2.jsonl")
 tls_idle = load("tls_idle.jsonl")
 scale = load("scale.jsonl")
+policy = load("policy.jsonl")
 settings = machine.get("settings", {})
-ALL_SCENARIOS = {"throughput", "latency", "h2c", "retries", "callgrind", "tls", "scale"}
+ALL_SCENARIOS = {"throughput", "latency", "h2c", "retries", "callgrind", "tls", "scale", "policy"}
 # A run of some scenarios only (BENCH_SCENARIOS) writes its own results, not the published ones.
 partial = set(settings.get("scenarios", ALL_SCENARIOS)) != ALL_SCENARIOS
 versions = machine.get("versions", {})
 results = {"machine": machine, "preflight": preflight, "throughput": {}, "latency": {}, "h2": {},
            "retry": {}, "callgrind": {}, "spread": spreads, "idle": idle, "targets": [],
-           "tls": {"new": {}, "keepalive": {}, "h2": {}, "idle": {}}, "scale": {}}
+           "tls": {"new": {}, "keepalive": {}, "h2": {}, "idle": {}}, "scale": {}, "policy": {}}
 md = []
 
 # ---- throughput
@@ -328,6 +333,35 @@ for r in tls_idle:
 for r in scale:
     results["scale"].setdefault(r["kind"], {})[r["target"]] = r
 
+# ---- policy: the same microgate route with and without an AccessPolicy, and the peers without one
+POLICY_TARGETS = ["nginx", "haproxy", "haproxy-policy", "microgate", "microgate-policy"]
+if policy:
+    per_target = {}
+    for t in POLICY_TARGETS:
+        tr = [r for r in policy if r["target"] == t]
+        if tr:
+            per_target[t] = {
+                "rps": spread([r["rps"] for r in tr]),
+                "req_per_cpu_second": spread([req_per_cpu(r) for r in tr]),
+                "user_us": med([per_request(r, "user_seconds") for r in tr]),
+                "system_us": med([per_request(r, "system_seconds") for r in tr]),
+                "hwm_kib": max(r["hwm_kib"] for r in tr),
+                "p99": [r["p99"] for r in tr],
+                "requests": sum(r["requests"] for r in tr),
+                "non_2xx": sum(r["non_2xx"] for r in tr),
+                "socket_errors": sum(r["socket_errors"] for r in tr),
+                "rounds": len(tr),
+            }
+    ratios = {}
+    for a, b in [("microgate-policy", "microgate"), ("haproxy-policy", "haproxy"), ("microgate-policy", "haproxy-policy"),
+                 ("microgate-policy", "nginx"), ("microgate-policy", "haproxy"), ("microgate", "nginx"), ("microgate", "haproxy")]:
+        if a in per_target and b in per_target:
+            ratios[f"{a}/{b}"] = {"rps": spread(per_round(policy, rps, a, b)),
+                                  "req_per_cpu_second": spread(per_round(policy, req_per_cpu, a, b)),
+                                  "rounds": len(per_round(policy, rps, a, b))}
+    results["policy"] = {"targets": per_target, "ratios": ratios,
+                         "loadavg": sorted({(r["round"], r["loadavg"]) for r in policy})}
+
 # ---- retries
 for t in ["direct", "nginx", "haproxy", "microgate"]:
     tr = [r for r in retry if r["target"] == t]
@@ -464,6 +498,9 @@ for kind, label in [("plain", "plain HTTP/1.1"), ("tls", "TLS"), ("h2", "h2c")]:
         bar.append((f"throughput beside {e['still_open']} idle {label} connections within 10 % of without",
                     f"{b / 1000:.1f} k vs {w / 1000:.1f} k req/s ({b / w:.2f}×)" if w else "—",
                     verdict(bool(w) and b >= 0.9 * w)))
+pol = results["policy"].get("ratios", {}).get("microgate-policy/microgate", {}).get("rps")
+if pol:
+    bar.append(("AccessPolicy (JWT ES256 + rate limit) costs ≤ 10 % of throughput", ratio(pol), verdict(pol[0] >= 0.9)))
 results["targets"] = bar
 
 with open(os.path.join(OUT, "results.json"), "w") as f:
@@ -611,7 +648,7 @@ if cg:
               "instruction count divided by its requests; the two intervals show the repeatability.\n")
     md.append("| proxy | instructions / request | intervals | client success |")
     md.append("|---|---|---|---|")
-    for p in ["nginx", "haproxy", "microgate"]:
+    for p in ["nginx", "haproxy", "microgate"] + (["microgate-policy"] if "microgate-policy" in cg else []):
         if p in cg and cg[p]["per_request"]:
             e = cg[p]
             ok = min(e["success_rate"]) * 100 if e["success_rate"] else 0
@@ -792,26 +829,106 @@ if chart_ok:
 else:
     md.append("The chart could not be drawn in this run.\n")
 
+pmd = []
+if results["policy"]:
+    po = results["policy"]
+    pmd.append("## AccessPolicy cost (`make bench`, scenario `policy`)\n")
+    pmd.append(f"Run {machine.get('date', '?')} on {machine.get('nproc', '?')} CPUs ({machine.get('cpu', '?')}), shared with "
+               f"other work: load average before the run {machine.get('loadavg_before', '?')}, CPU busy with other work "
+               f"before the first measurement {preflight.get('busy_percent_before', '?')} %. microgate {versions.get('microgate', '?')}, "
+               f"nginx {versions.get('nginx', '?')}, HAProxy {versions.get('haproxy', '?')}, wrk {versions.get('wrk', '?')}.\n")
+    if isinstance(busy, (int, float)) and busy > 10:
+        pmd.append(f"**The machine was not quiet: {busy} % of its CPU was busy with other work before the run "
+                   "started.** The rounds share the CPUs with that work: read the per-round ratios with their spread, "
+                   "and rerun on a quiet machine before drawing conclusions. The instruction counts are not affected.\n")
+    pmd.append(
+        "**Setup.** As the throughput rows of the gateway section (same backends, 1 worker, "
+        f"`wrk -t2 -c{settings.get('connections', '?')} -d{settings.get('seconds', '?')}s`, "
+        f"{settings.get('rounds', '?')} rounds, order reversed every other round), and every request carries the same "
+        "`Authorization: Bearer` token: ES256, signed at the start of the run with a P-256 key made by `openssl`, valid "
+        "for a day. *microgate with the AccessPolicy* is a second listener of the same gateway whose route (the same "
+        "backends) names the AccessPolicy `bench-jwt` of `bench/microgate.yaml`: one JWT provider (issuer, audience, "
+        "`algorithms: [ES256]`, its key set read from the Secret `bench-jwks`) and a local rate limit keyed by the "
+        "`sub` claim at 1 000 000 000 requests per second, which no round comes near. *microgate* is the route "
+        "without the policy. The token is verified once and its claims are then reused from the cache until it "
+        "expires, so these rows are the steady state of a client that keeps its token; a new token per request "
+        "would pay a P-256 signature check each time. **nginx** checks no token: its free build has no JWT "
+        "verification (`auth_jwt` is in the commercial NGINX Plus), so it serves the same requests, header included, "
+        "without one. **HAProxy** appears twice: without a check, and as *HAProxy with `jwt_verify` and a stick "
+        "table* (`frontend policy` in `bench/peers/haproxy.cfg`): its free build's JWT converters check the ES256 "
+        "signature against the run's public key as a PEM file (no key sets, no cache: every request pays a signature "
+        "check), the issuer, audience and expiry by ACLs, and a per-`sub` request rate in a stick table that is "
+        "never reached. Before the rounds the bench checks that both policy listeners answer 401 without the token "
+        "and 200 with it. The rows without a check compare microgate doing more work with peers doing less.\n")
+    pmd.append("| target | req/s median [min–max] | req per proxy CPU-second | proxy CPU per request: user + system | peak RSS | p99 per round | requests | non-2xx / socket errors |")
+    pmd.append("|---|---|---|---|---|---|---|---|")
+    for t, e in po["targets"].items():
+        pmd.append(f"| {NAMES[t]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second'])} | "
+                   f"{e['user_us'] * 1e6:.1f} + {e['system_us'] * 1e6:.1f} µs | {mib(e['hwm_kib'])} | {', '.join(e['p99'])} | "
+                   f"{e['requests']} | {e['non_2xx']} / {e['socket_errors']} |")
+    pmd.append("")
+    pmd.append("| per-round ratio | req/s | req per CPU-second | rounds |")
+    pmd.append("|---|---|---|---|")
+    for name, e in po["ratios"].items():
+        short = {"microgate-policy": "microgate with policy", "haproxy-policy": "HAProxy with jwt_verify",
+                 "haproxy": "HAProxy", "nginx": "nginx", "microgate": "microgate"}
+        a, b = name.split("/")
+        pmd.append(f"| {short[a]} / {short[b]} | {ratio(e['rps'])} | "
+                   f"{ratio(e['req_per_cpu_second'])} | {e['rounds']} |")
+    pmd.append("")
+    with_, without = cg.get("microgate-policy", {}).get("per_request"), cg.get("microgate", {}).get("per_request")
+    if with_ and without:
+        pmd.append(f"**Instructions per request** (callgrind, user space, as in the gateway section; "
+                   f"{settings.get('callgrind_requests', '?')} requests per interval): "
+                   f"{with_ / 1000:.1f} k with the AccessPolicy, {without / 1000:.1f} k without "
+                   f"({with_ - without:+,.0f}, {with_ / without:.2f}×).\n")
+    own = po["ratios"].get("microgate-policy/microgate", {}).get("rps")
+    if own:
+        pmd.append(f"Target: the policy costs ≤ 10 % of throughput once a token has been seen (ratio ≥ 0.90): "
+                   f"{ratio(own)}, {verdict(own[0] >= 0.9)}. Ratios are medians of per-round ratios [min–max] in this run.\n")
+    pmd.append("Load average per round (1/5/15 min, after its last target): " +
+               "; ".join(f"{rnd}: {l}" for rnd, l in sorted(dict(po["loadavg"]).items())) + "\n")
+    md.append("### AccessPolicy cost\n")
+    md.append("In its own section below (`bench:policy`), which a run of the policy scenario alone also updates.\n")
+
 section = "\n".join(md).rstrip() + "\n"
 with open(os.path.join(OUT, "results.md"), "w") as f:
     f.write(section)
+    if pmd:
+        f.write("\n" + "\n".join(pmd).rstrip() + "\n")
+
+
+def write_block(text, begin, end, body, after=None):
+    """text with body between begin and end: in place, else after the marker `after`, else before the
+    first second-level heading, else at the end."""
+    block = f"{begin}\n{body}{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        return head + block + rest.split(end, 1)[1]
+    if after and after in text:
+        i = text.index(after) + len(after)
+        return text[:i] + "\n\n" + block + text[i:]
+    if "\n## " in text:
+        i = text.index("\n## ")
+        return text[:i + 1] + block + "\n\n" + text[i + 1:]
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+bench_md = os.path.join(REPO, "BENCHMARKS.md")
+text = open(bench_md).read() if os.path.exists(bench_md) else "# Benchmarks\n"
+if pmd:
+    text = write_block(text, POLICY_BEGIN, POLICY_END, "\n".join(pmd).rstrip() + "\n", after=END)
 
 if partial:
     # A run of some scenarios only (BENCH_SCENARIOS) leaves the published figures alone.
+    if pmd:
+        with open(bench_md, "w") as f:
+            f.write(text)
     print(f"report: {os.path.join(OUT, 'results.md')} (scenarios {' '.join(settings['scenarios'])}: "
-          "BENCHMARKS.md left as it was)", file=sys.stderr)
+          "BENCHMARKS.md's gateway section left as it was" + (", its policy section written" if pmd else "") + ")",
+          file=sys.stderr)
     sys.exit(0)
-bench_md = os.path.join(REPO, "BENCHMARKS.md")
-text = open(bench_md).read() if os.path.exists(bench_md) else "# Benchmarks\n"
-block = f"{BEGIN}\n{section}{END}"
-if BEGIN in text and END in text:
-    head, rest = text.split(BEGIN, 1)
-    text = head + block + rest.split(END, 1)[1]
-elif "\n## " in text:
-    i = text.index("\n## ")
-    text = text[:i + 1] + block + "\n\n" + text[i + 1:]
-else:
-    text = text.rstrip() + "\n\n" + block + "\n"
+text = write_block(text, BEGIN, END, section)
 with open(bench_md, "w") as f:
     f.write(text)
 print(f"report: {os.path.join(OUT, 'results.md')}, {bench_md}" + (f", {chart}" if chart_ok else ""), file=sys.stderr)

@@ -17,6 +17,11 @@
 # proxy, spread over 64 loopback source addresses, and 10 000 idle h2c ones: memory per
 # connection, and throughput and p99 of a steady load (wrk) beside them against the same load
 # without them.
+# The policy scenario measures what an AccessPolicy costs: a microgate route with a JWT provider
+# (ES256, its key set from a Secret) and a local rate limit that is never reached, against the same
+# route without them, every request carrying the same valid token (signed for the run with
+# `openssl`, valid for a day); nginx and HAProxy, whose free builds have no JWT check, serve the same
+# requests without one.
 #
 # Raw results: target/bench/raw/*.jsonl; the report: target/bench/results.{json,md}, the chart
 # bench/chart.png and the gateway section of BENCHMARKS.md (bench/report.py writes them).
@@ -36,7 +41,7 @@
 #   BENCH_SCALE_H2     idle h2c connections of the scale scenario (default 10000)
 #   BENCH_SCENARIOS    which measurements to run (default all): any of throughput, latency, h2c,
 #                      retries, callgrind, tls (all of tls-new, tls-keepalive, tls-h2, tls-idle),
-#                      scale (all of scale-plain, scale-tls, scale-h2)
+#                      scale (all of scale-plain, scale-tls, scale-h2), policy
 #   BENCH_MICROGATE    a microgate binary to measure instead of this checkout's release build (e.g.
 #                      an earlier commit's, for a before/after comparison)
 #   BENCH_PERF=1       also record where microgate's CPU goes during the new-TLS-connection rounds
@@ -67,7 +72,7 @@ scale_idle_wanted=${BENCH_SCALE_IDLE:-100000}
 scale_h2_wanted=${BENCH_SCALE_H2:-10000}
 # Loopback source addresses the scale scenario's connections come from (127.1.0.1 and up).
 scale_sources=64
-scenarios=${BENCH_SCENARIOS:-throughput latency h2c retries callgrind tls scale}
+scenarios=${BENCH_SCENARIOS:-throughput latency h2c retries callgrind tls scale policy}
 # Whether a measurement is selected: by its own name, or by its group's (tls-new by tls).
 scenario_on() {
   local s
@@ -86,6 +91,9 @@ nginx_h1=$((port + 1)) nginx_h2=$((port + 3)) nginx_retry=$((port + 101))
 haproxy_h1=$((port + 2)) haproxy_h2=$((port + 4)) haproxy_retry=$((port + 102))
 # microgate serves HTTP/1.1 and h2c on one listener.
 mg_h1=$((port + 5)) mg_retry=$((port + 105)) mg_admin=$((port + 6))
+# The policy scenario: microgate's listener whose route has the AccessPolicy, HAProxy's frontend
+# with its JWT check.
+mg_policy=$((port + 7)) haproxy_policy=$((port + 8))
 # A second, identical nginx: the A/A row (the noise floor).
 nginx_b_h1=$((port + 11)) nginx_b_h2=$((port + 13)) nginx_b_retry=$((port + 111))
 # HTTPS listeners, one per certificate.
@@ -190,6 +198,16 @@ wait_http() {
   done
 }
 
+# Until URL answers the expected status (the policy listeners: 401 without the token, 200 with).
+wait_http_status() { # expected-status url seconds [curl args...]
+  local want=$1 target_url=$2 deadline=$(( $(date +%s) + $3 )) got
+  shift 3
+  until got=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$target_url" 2>/dev/null) && [ "$got" = "$want" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "$target_url answered ${got:-nothing}, not $want"
+    sleep 0.2
+  done
+}
+
 port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 # ---------------------------------------------------------------------------------------------
@@ -258,10 +276,53 @@ make_certificate() { # name openssl-newkey-args...
 make_certificate ecdsa -newkey ec -pkeyopt ec_paramgen_curve:P-256
 make_certificate rsa -newkey rsa:2048
 
+# The policy scenario's identity provider: an ES256 key made for the run, its public half as a JWKS
+# (for the Secret microgate reads it from), as PEM (for HAProxy's jwt_verify) and one token signed with it, valid for a day so that
+# it outlives the run. openssl signs; python3 puts the pieces in JWS form (base64url, and the
+# signature as r || s instead of DER).
+jwt_issuer=https://idp.bench.microgate.test
+make_jwt() {
+  local dir=$run/jwt
+  mkdir -p "$dir"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$dir/key.pem" 2>/dev/null
+  openssl ec -in "$dir/key.pem" -pubout -outform DER -out "$dir/public.der" 2>/dev/null
+  openssl ec -in "$dir/key.pem" -pubout -out "$dir/public.pem" 2>/dev/null
+  python3 - "$dir" "$jwt_issuer" <<'EOF_PY'
+import base64, json, subprocess, sys, time
+folder, issuer = sys.argv[1:]
+b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+# A P-256 SubjectPublicKeyInfo ends with the uncompressed point: 0x04 || x || y.
+point = open(f"{folder}/public.der", "rb").read()[-65:]
+assert point[0] == 4, "not an uncompressed P-256 point"
+jwks = {"keys": [{"kty": "EC", "crv": "P-256", "kid": "bench-1", "alg": "ES256", "use": "sig",
+                  "x": b64(point[1:33]), "y": b64(point[33:])}]}
+now = int(time.time())
+header = b64(json.dumps({"alg": "ES256", "typ": "JWT", "kid": "bench-1"}).encode())
+payload = b64(json.dumps({"iss": issuer, "sub": "bench-user", "aud": "bench", "iat": now,
+                          "exp": now + 86400}).encode())
+signing_input = f"{header}.{payload}".encode()
+der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{folder}/key.pem"], input=signing_input,
+                     capture_output=True, check=True).stdout
+# ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }; at most 72 bytes, so short-form lengths.
+assert der[0] == 0x30 and der[1] < 0x80, "unexpected signature encoding"
+i, parts = 2, []
+for _ in range(2):
+    assert der[i] == 2, "unexpected signature encoding"
+    n = der[i + 1]
+    parts.append(der[i + 2:i + 2 + n].lstrip(b"\0").rjust(32, b"\0"))
+    i += 2 + n
+open(f"{folder}/jwks.json", "w").write(json.dumps(jwks))
+open(f"{folder}/token", "w").write(f"{header}.{payload}.{b64(parts[0] + parts[1])}")
+EOF_PY
+}
+make_jwt
+jwt_token=$(cat "$run/jwt/token")
+auth="Authorization: Bearer $jwt_token"
+
 for address in $b1 $b2 $b3 $bf; do
   port_free "$address" "$port" || die "$address:$port is in use (set BENCH_PORT to move the bench's ports)"
 done
-for p in $nginx_h1 $nginx_h2 $nginx_retry $haproxy_h1 $haproxy_h2 $haproxy_retry $mg_h1 $mg_retry $mg_admin \
+for p in $nginx_h1 $nginx_h2 $nginx_retry $haproxy_h1 $haproxy_h2 $haproxy_retry $mg_h1 $mg_retry $mg_admin $mg_policy $haproxy_policy \
   $nginx_b_h1 $nginx_b_h2 $nginx_b_retry $nginx_tls_ecdsa $nginx_tls_rsa $haproxy_tls_ecdsa $haproxy_tls_rsa \
   $mg_tls_ecdsa $mg_tls_rsa $nginx_b_tls_ecdsa $nginx_b_tls_rsa; do
   port_free 127.0.0.1 "$p" || die "127.0.0.1:$p is in use (set BENCH_PORT to move the bench's ports)"
@@ -327,14 +388,18 @@ busy_percent() {
 # --- microgate's resources on the local control plane
 k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
 k apply --server-side --force-conflicts -f "$repo/crds/microgate.dev.yaml" >/dev/null
-k wait --for=condition=Established --timeout=60s crd/microservices.microgate.dev crd/gateways.microgate.dev >/dev/null
+k wait --for=condition=Established --timeout=60s crd/microservices.microgate.dev crd/gateways.microgate.dev \
+  crd/accesspolicies.microgate.dev >/dev/null
 k create namespace "$namespace" --dry-run=client -o yaml | k apply -f - >/dev/null
 for name in ecdsa rsa; do
   k create secret tls "bench-$name" -n "$namespace" --cert="$run/tls/$name.crt" --key="$run/tls/$name.key" \
     --dry-run=client -o yaml | k apply -f - >/dev/null
 done
+k create secret generic bench-jwks -n "$namespace" --from-file=jwks.json="$run/jwt/jwks.json" \
+  --dry-run=client -o yaml | k apply -f - >/dev/null
 render "$here/microgate.yaml" "$run/microgate.yaml" PORT="$port" PORT_H1="$mg_h1" PORT_RETRY="$mg_retry" \
-  PORT_TLS_ECDSA="$mg_tls_ecdsa" PORT_TLS_RSA="$mg_tls_rsa" MAX_CONNECTIONS="$(( max_idle + 2000 ))"
+  PORT_TLS_ECDSA="$mg_tls_ecdsa" PORT_TLS_RSA="$mg_tls_rsa" MAX_CONNECTIONS="$(( max_idle + 2000 ))" \
+  PORT_POLICY="$mg_policy" ISSUER="$jwt_issuer"
 k apply -n "$namespace" -f "$run/microgate.yaml" >/dev/null
 # Pods as a kubelet would report them: Running, Ready, with the backend's address as pod IP.
 k delete pods -n "$namespace" --all --grace-period=0 --force --wait=true >/dev/null 2>&1 || true
@@ -392,7 +457,7 @@ start_haproxy() { # workers [valgrind...]
     B1="$b1:$port" B2="$b2:$port" B3="$b3:$port" BF="$bf:$port" \
     PORT_H1="$haproxy_h1" PORT_H2="$haproxy_h2" PORT_RETRY="$haproxy_retry" \
     PORT_TLS_ECDSA="$haproxy_tls_ecdsa" PORT_TLS_RSA="$haproxy_tls_rsa" TLS="$run/tls" \
-    MAXCONN="$(( max_idle + 2000 ))"
+    MAXCONN="$(( max_idle + 2000 ))" PORT_POLICY="$haproxy_policy" JWT_KEY="$run/jwt/public.pem" ISSUER="$jwt_issuer"
   spawn haproxy "$@" haproxy -db -f "$run/haproxy.cfg"
 }
 start_microgate() { # workers [valgrind...]
@@ -418,6 +483,8 @@ url[nginx]=http://127.0.0.1:$nginx_h1/
 url[nginx-b]=http://127.0.0.1:$nginx_b_h1/
 url[haproxy]=http://127.0.0.1:$haproxy_h1/
 url[microgate]=http://127.0.0.1:$mg_h1/
+url[microgate-policy]=http://127.0.0.1:$mg_policy/
+url[haproxy-policy]=http://127.0.0.1:$haproxy_policy/
 declare -A h2url=(
   [nginx]=http://127.0.0.1:$nginx_h2/
   [haproxy]=http://127.0.0.1:$haproxy_h2/
@@ -439,7 +506,10 @@ declare -A tlsport=(
 declare -A h1port=([nginx]=$nginx_h1 [haproxy]=$haproxy_h1 [microgate]=$mg_h1)
 declare -A h2port=([nginx]=$nginx_h2 [haproxy]=$haproxy_h2 [microgate]=$mg_h1)
 # The process whose CPU and memory count for a target ("direct": the backend itself).
-declare -A owner=([direct]=backend-1 [nginx]=nginx [nginx-b]=nginx-b [haproxy]=haproxy [microgate]=microgate)
+declare -A owner=([direct]=backend-1 [nginx]=nginx [nginx-b]=nginx-b [haproxy]=haproxy [microgate]=microgate
+  [microgate-policy]=microgate [haproxy-policy]=haproxy)
+# Extra wrk arguments for every throughput round (the policy scenario's Authorization header).
+wrk_flags=()
 
 # Targets in round r's order: as given on even rounds, reversed on odd ones (ABBA).
 in_order() { # round targets...
@@ -461,7 +531,7 @@ throughput_round() { # file workers round target [url]
   mapfile -t procs < <(process_tree "${owner[$target]}")
   log=$run/logs/wrk-$target.txt
   cpu0=$(cpu_times "${procs[@]}") busy0=$(machine_busy_seconds) segs0=$(tcp_out_segments)
-  wrk -t2 -c"$connections" -d"${seconds}s" --latency "$target_url" >"$log" 2>&1
+  wrk -t2 -c"$connections" -d"${seconds}s" --latency ${wrk_flags[@]+"${wrk_flags[@]}"} "$target_url" >"$log" 2>&1
   cpu1=$(cpu_times "${procs[@]}") busy1=$(machine_busy_seconds) segs1=$(tcp_out_segments)
   mem=$(memory_kib "${procs[@]}")
   awk -v target="$target" -v workers="$workers" -v round="$round" -v cpu0="$cpu0" -v cpu1="$cpu1" \
@@ -692,7 +762,7 @@ print(json.dumps({
 EOF_PY
 }
 
-warm_up() { wrk -t2 -c"$connections" -d1s "$1" >/dev/null 2>&1; }
+warm_up() { wrk -t2 -c"$connections" -d1s "${@:2}" "$1" >/dev/null 2>&1; }
 
 for workers in $workers_list; do
   # Only the throughput scenario runs at more than one worker.
@@ -763,6 +833,25 @@ for workers in $workers_list; do
     done
   fi
 
+  if [ "$workers" = 1 ] && scenario_on policy; then
+    # The policy listeners must answer 401 without the token and 200 with it, or the rounds would
+    # measure refusals.
+    for target in microgate-policy haproxy-policy; do
+      wait_http_status 200 "${url[$target]}" 60 -H "$auth"
+      wait_http_status 401 "${url[$target]}" 10
+    done
+    policy_targets=(nginx haproxy haproxy-policy microgate microgate-policy)
+    wrk_flags=(-H "$auth")
+    for target in "${policy_targets[@]}"; do warm_up "${url[$target]}" -H "$auth"; done
+    say "policy: ${#policy_targets[@]} targets × $rounds rounds × ${seconds}s (wrk -c$connections, one ES256 token)"
+    for round in $(seq 1 "$rounds"); do
+      mapfile -t order < <(in_order "$round" "${policy_targets[@]}")
+      for target in "${order[@]}"; do throughput_round "$raw/policy.jsonl" "$workers" "$round" "$target"; done
+      say "  round $round/$rounds done (load $(loadavg))"
+    done
+    wrk_flags=()
+  fi
+
   if [ "$workers" = 1 ]; then
     tls_targets=(nginx haproxy microgate)
     if scenario_on tls-new; then
@@ -823,28 +912,37 @@ done
 # ---------------------------------------------------------------------------------------------
 # Instructions per proxied request: each proxy alone under callgrind, 1 worker. After startup and
 # a warm-up, two intervals of N keep-alive requests each are dumped separately; an interval's
-# instruction count divided by N is the marginal cost of a request (startup cancels out).
+# instruction count divided by N is the marginal cost of a request (startup cancels out). With the
+# policy scenario, microgate once more on the AccessPolicy's listener, every request with the token.
 if [ "$callgrind_n" -gt 0 ] && scenario_on callgrind; then
   mkdir -p "$out/callgrind"
   rm -f "$out/callgrind/"*
-  for proxy in nginx haproxy microgate; do
+  callgrind_proxies=(nginx haproxy microgate)
+  if scenario_on policy; then callgrind_proxies+=(microgate-policy); fi
+  for proxy in "${callgrind_proxies[@]}"; do
     say "callgrind: $proxy, 2 × $callgrind_n requests"
+    # The process under valgrind: microgate-policy is microgate, measured on another listener.
+    process=${proxy%-policy}
+    oha_flags=()
+    [ "$proxy" = "$process" ] || oha_flags=(-H "$auth")
     valgrind=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$out/callgrind/$proxy.out")
-    case $proxy in
+    case $process in
       nginx) start_nginx nginx 1 $nginx_h1 $nginx_h2 $nginx_retry $nginx_tls_ecdsa $nginx_tls_rsa "${valgrind[@]}" ;;
       haproxy) start_haproxy 1 "${valgrind[@]}" ;;
       microgate) start_microgate 1 "${valgrind[@]}" ;;
     esac
-    wait_http "${url[$proxy]}" 180 "$proxy"
-    "$oha" --no-tui -n 2000 -c 16 "${url[$proxy]}" >/dev/null
+    wait_http "${url[$process]}" 180 "$process"
+    [ "$proxy" = "$process" ] || wait_http_status 200 "${url[$proxy]}" 60 "${oha_flags[@]}"
+    "$oha" --no-tui -n 2000 -c 16 ${oha_flags[@]+"${oha_flags[@]}"} "${url[$proxy]}" >/dev/null
     # The pid the bench started is valgrind's (env and valgrind exec, keeping it).
-    vg=${pids[$proxy]}
+    vg=${pids[$process]}
     callgrind_control --dump=warmup "$vg" >>"$run/logs/callgrind_control.log" 2>&1
     for interval in 1 2; do
-      "$oha" --no-tui -n "$callgrind_n" -c 16 --output-format json "${url[$proxy]}" >"$run/logs/callgrind-$proxy-$interval.json"
+      "$oha" --no-tui -n "$callgrind_n" -c 16 ${oha_flags[@]+"${oha_flags[@]}"} --output-format json "${url[$proxy]}" \
+        >"$run/logs/callgrind-$proxy-$interval.json"
       callgrind_control --dump="interval$interval" "$vg" >>"$run/logs/callgrind_control.log" 2>&1
     done
-    stop_process "$proxy"
+    stop_process "$process"
     python3 - "$out/callgrind" "$proxy" "$callgrind_n" "$run/logs" >>"$raw/callgrind.jsonl" <<'EOF'
 import glob, json, subprocess, sys
 folder, proxy, n, logs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

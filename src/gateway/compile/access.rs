@@ -248,12 +248,7 @@ fn rate_limit(
             ))
         }
     };
-    Ok(KeyedLimit {
-        name: spec.name.clone(),
-        limit,
-        key,
-        buckets,
-    })
+    Ok(KeyedLimit::new(spec.name.clone(), limit, key, buckets))
 }
 
 fn jwt_provider(

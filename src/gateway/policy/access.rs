@@ -300,7 +300,7 @@ impl AccessControl {
                     code: "rate-limited",
                     message: format!("rate limit {} reached; retry later", limit.name),
                     detail: Some(limit.name.as_str().into()),
-                    headers: decision.headers(&limit.name, &limit.limit).collect(),
+                    headers: limit.headers(&decision),
                 });
             }
             if tightest.is_none_or(|(_, t)| decision.remaining < t.remaining) {
@@ -308,7 +308,7 @@ impl AccessControl {
             }
         }
         Ok(tightest
-            .map(|(limit, decision)| decision.headers(&limit.name, &limit.limit).collect())
+            .map(|(limit, decision)| limit.headers(&decision))
             .unwrap_or_default())
     }
 

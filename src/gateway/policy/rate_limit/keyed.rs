@@ -3,9 +3,12 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{Decision, GlobalRateLimit, Limit, LocalRateLimit};
+use super::{
+    Decision, GlobalRateLimit, Limit, LocalRateLimit, RATELIMIT, RATELIMIT_POLICY, advertised_quota,
+    ceil_seconds, sf_string,
+};
 
 /// Distinct keys a local limit remembers at most: its memory stays bounded (about 10 MiB at
 /// worst) however many distinct clients arrive; see [`LocalRateLimit`] for whom it forgets.
@@ -37,6 +40,10 @@ pub struct KeyedLimit {
     pub limit: Limit,
     pub key: LimitKey,
     pub buckets: Buckets,
+    /// `RateLimit-Policy`'s value, the same for every answer: made once.
+    policy_header: Option<HeaderValue>,
+    /// The name as a structured-field string, the start of every `RateLimit` value.
+    quoted_name: String,
 }
 
 /// What a request is, as limits key it.
@@ -48,6 +55,42 @@ pub struct Keys<'a> {
 }
 
 impl KeyedLimit {
+    pub fn new(name: String, limit: Limit, key: LimitKey, buckets: Buckets) -> Self {
+        let quoted_name = sf_string(&name);
+        let (quota, window) = advertised_quota(&limit);
+        let policy_header = HeaderValue::try_from(format!("{quoted_name};q={quota};w={window}")).ok();
+        Self {
+            name,
+            limit,
+            key,
+            buckets,
+            policy_header,
+            quoted_name,
+        }
+    }
+
+    /// The answer's headers for `decision`: what [`Decision::headers`] gives, without formatting
+    /// the parts that never change on every request.
+    pub fn headers(&self, decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::with_capacity(3);
+        if let Some(policy) = &self.policy_header {
+            headers.push((RATELIMIT_POLICY, policy.clone()));
+        }
+        let mut state = String::with_capacity(self.quoted_name.len() + 24);
+        state.push_str(&self.quoted_name);
+        state.push_str(";r=");
+        push_decimal(&mut state, u64::from(decision.remaining));
+        state.push_str(";t=");
+        push_decimal(&mut state, ceil_seconds(decision.reset));
+        if let Ok(value) = HeaderValue::try_from(state) {
+            headers.push((RATELIMIT, value));
+        }
+        if let Some(wait) = decision.retry_after.filter(|_| !decision.allowed) {
+            headers.push((http::header::RETRY_AFTER, HeaderValue::from(ceil_seconds(wait))));
+        }
+        headers
+    }
+
     pub async fn check(&self, keys: &Keys<'_>) -> Decision {
         // A prefix per kind of key, so that a header's value cannot pose as an address.
         let key: Vec<u8> = match &self.key {
@@ -66,6 +109,23 @@ impl KeyedLimit {
             Buckets::Local(local) => local.check(&key),
             Buckets::Global(global) => global.check(&bounded(key)).await,
         }
+    }
+}
+
+/// Appends `n` in decimal, without the formatting machinery (this runs for every answer).
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[at..] {
+        out.push(char::from(digit));
     }
 }
 
@@ -101,12 +161,57 @@ mod tests {
             per: std::time::Duration::from_secs(60),
             burst: 1,
         };
-        KeyedLimit {
-            name: "l".into(),
+        KeyedLimit::new(
+            "l".into(),
             limit,
             key,
-            buckets: Buckets::Local(LocalRateLimit::new(limit, 16)),
+            Buckets::Local(LocalRateLimit::new(limit, 16)),
+        )
+    }
+
+    #[test]
+    fn the_headers_are_those_of_the_decision() {
+        let limit = Limit {
+            requests: 5,
+            per: std::time::Duration::from_millis(500),
+            burst: 7,
+        };
+        let keyed = KeyedLimit::new(
+            "per \"user\"".into(),
+            limit,
+            LimitKey::ClientIp,
+            Buckets::Local(LocalRateLimit::new(limit, 16)),
+        );
+        for decision in [
+            Decision {
+                allowed: true,
+                limit: 7,
+                remaining: 6,
+                reset: std::time::Duration::from_millis(100),
+                retry_after: None,
+            },
+            Decision {
+                allowed: true,
+                limit: 7,
+                remaining: 1_234_567,
+                reset: std::time::Duration::from_secs(90),
+                retry_after: None,
+            },
+            Decision {
+                allowed: false,
+                limit: 7,
+                remaining: 0,
+                reset: std::time::Duration::from_millis(1500),
+                retry_after: Some(std::time::Duration::from_millis(1500)),
+            },
+        ] {
+            let expected: Vec<_> = decision.headers(&keyed.name, &keyed.limit).collect();
+            assert_eq!(keyed.headers(&decision), expected);
         }
+        let mut text = String::new();
+        push_decimal(&mut text, 0);
+        push_decimal(&mut text, u64::MAX);
+        assert_eq!(text, format!("0{}", u64::MAX));
     }
 
     fn keys<'a>(

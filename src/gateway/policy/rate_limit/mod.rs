@@ -92,7 +92,7 @@ impl Decision {
 }
 
 /// `q` and `w` of `RateLimit-Policy`: the configured rate over a whole number of seconds.
-fn advertised_quota(limit: &Limit) -> (u64, u64) {
+pub(crate) fn advertised_quota(limit: &Limit) -> (u64, u64) {
     let per = limit.per.max(Duration::from_nanos(1));
     let requests = u64::from(limit.requests.max(1));
     if per.subsec_nanos() == 0 {
@@ -104,13 +104,13 @@ fn advertised_quota(limit: &Limit) -> (u64, u64) {
 }
 
 /// Whole seconds, rounded up.
-fn ceil_seconds(duration: Duration) -> u64 {
+pub(crate) fn ceil_seconds(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 /// `name` as a structured-field string (RFC 8941 §3.3.3): quoted, with `"` and `\` escaped and
 /// anything but printable ASCII left out.
-fn sf_string(name: &str) -> String {
+pub(crate) fn sf_string(name: &str) -> String {
     let mut quoted = String::with_capacity(name.len() + 2);
     quoted.push('"');
     for c in name.chars().filter(|c| (' '..='~').contains(c)) {

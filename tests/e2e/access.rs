@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use base64::Engine;
 use hyper::{HeaderMap, Method, StatusCode, header::HeaderValue};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use microgate::api::AccessPolicy;
 use microgate_test_support::{
     TestNamespace, probe,
@@ -17,6 +17,8 @@ use microgate_test_support::{
 use serde_json::json;
 
 use crate::{Platform, WAIT};
+
+pub(crate) use shared::{create_policy, header};
 
 async fn apply_secret(ns: &TestNamespace, name: &str, data: &[(&str, &str)]) {
     let data: std::collections::BTreeMap<String, ByteString> = data
@@ -29,18 +31,6 @@ async fn apply_secret(ns: &TestNamespace, name: &str, data: &[(&str, &str)]) {
         .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(secret))
         .await
         .expect("apply the Secret");
-}
-
-async fn create_policy(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
-    let policy: AccessPolicy = serde_json::from_value(json!({
-        "apiVersion": "microgate.dev/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a valid AccessPolicy");
-    ns.api::<AccessPolicy>()
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("create the AccessPolicy");
 }
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -63,14 +53,6 @@ async fn send(addr: SocketAddr, method: Method, pairs: &[(&str, &str)]) -> probe
     probe::request_with(addr, method, "/orders", headers(pairs), "")
         .await
         .expect("an answer")
-}
-
-fn header<'a>(answer: &'a probe::Answer, name: &str) -> &'a str {
-    answer
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
 }
 
 /// Waits until a request with `pairs` gets `status`.
@@ -342,4 +324,34 @@ async fn a_policy_that_cannot_be_enforced_refuses_every_request_and_says_why() {
         await_ready(&ns, "keys", "True").await;
     })
     .await;
+}
+
+/// What the AccessPolicy tests share.
+pub(crate) mod shared {
+    use kube::api::PostParams;
+    use microgate::api::AccessPolicy;
+    use microgate_test_support::{TestNamespace, probe};
+    use serde_json::json;
+
+    /// Creates the AccessPolicy `name` with `spec`.
+    pub(crate) async fn create_policy(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
+        let policy: AccessPolicy = serde_json::from_value(json!({
+            "apiVersion": "microgate.dev/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .expect("a valid AccessPolicy");
+        ns.api::<AccessPolicy>()
+            .create(&PostParams::default(), &policy)
+            .await
+            .expect("create the AccessPolicy");
+    }
+
+    /// The value of header `name` of `answer`, or "".
+    pub(crate) fn header<'a>(answer: &'a probe::Answer, name: &str) -> &'a str {
+        answer
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
 }

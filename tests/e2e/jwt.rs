@@ -16,10 +16,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, header::HeaderValue};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use microgate::api::AccessPolicy;
 use microgate_test_support::{
-    TestNamespace, probe,
+    probe,
     wait::{self, Probe},
     with_namespace,
 };
@@ -29,7 +29,10 @@ use ring::{
 };
 use serde_json::{Value, json};
 
-use crate::{Platform, WAIT};
+use crate::{
+    Platform, WAIT,
+    access::{create_policy, header},
+};
 
 const ISSUER: &str = "https://idp.shop.test";
 
@@ -130,26 +133,6 @@ async fn send(addr: SocketAddr, method: Method, path: &str, pairs: &[(&str, Stri
     probe::request_with(addr, method, path, headers, "")
         .await
         .expect("an answer")
-}
-
-fn header<'a>(answer: &'a probe::Answer, name: &str) -> &'a str {
-    answer
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
-async fn create_policy(ns: &TestNamespace, name: &str, spec: Value) {
-    let policy: AccessPolicy = serde_json::from_value(json!({
-        "apiVersion": "microgate.dev/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a valid AccessPolicy");
-    ns.api::<AccessPolicy>()
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("create the AccessPolicy");
 }
 
 #[tokio::test]

@@ -7,25 +7,16 @@
 use std::{net::SocketAddr, process::Stdio, time::Instant};
 
 use hyper::{HeaderMap, Method, StatusCode, header::HeaderValue};
-use kube::api::PostParams;
-use microgate::api::AccessPolicy;
 use microgate_test_support::{TestNamespace, cluster, probe, redis_server::RedisServer, with_namespace};
 use serde_json::json;
 use tokio::process::Command;
 
-use super::{Platform, free_port, gateway_process::wait_ready};
-
-async fn create_policy(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
-    let policy: AccessPolicy = serde_json::from_value(json!({
-        "apiVersion": "microgate.dev/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a valid AccessPolicy");
-    ns.api::<AccessPolicy>()
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("create the AccessPolicy");
-}
+use super::{
+    Platform,
+    access::{create_policy, header},
+    free_port,
+    gateway_process::wait_ready,
+};
 
 async fn get(addr: SocketAddr, path: &str, user: Option<&str>) -> probe::Answer {
     let mut headers = HeaderMap::new();
@@ -35,14 +26,6 @@ async fn get(addr: SocketAddr, path: &str, user: Option<&str>) -> probe::Answer 
     probe::request_with(addr, Method::GET, path, headers, "")
         .await
         .expect("an answer")
-}
-
-fn header<'a>(answer: &'a probe::Answer, name: &str) -> &'a str {
-    answer
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
 }
 
 #[tokio::test]

@@ -109,7 +109,6 @@ pub async fn run(
     let (microservices, microservices_writer) = reflector::store::<Microservice>();
     let (secrets, secrets_writer) = reflector::store::<Secret>();
     let (access_policies, access_policies_writer) = reflector::store::<AccessPolicy>();
-    let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
     let changed = Arc::new(Notify::new());
     let api = |client: Client| match &namespace {
         Some(ns) => (
@@ -180,19 +179,7 @@ pub async fn run(
         })
     };
     // JSON Web Key Sets that AccessPolicies read from ConfigMaps.
-    let watch_config_maps = {
-        let changed = changed.clone();
-        reflector(
-            config_maps_writer,
-            watcher(config_map_api, watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        .for_each(move |_| {
-            changed.notify_one();
-            async {}
-        })
-    };
+    let (config_maps, watch_config_maps) = watches::watch::<ConfigMap>(config_map_api, changed.clone());
     // Secrets of the kinds listeners (certificates) and access policies (API keys, htpasswd
     // files, key sets) read. Helm's release records and service-account tokens are never read
     // into memory.
@@ -372,15 +359,16 @@ pub const SECRET_TYPES_READ: &str = "type!=helm.sh/release.v1,type!=kubernetes.i
 /// The field manager of the data plane's status writes (the controller's is `microgate`).
 pub const STATUS_FIELD_MANAGER: &str = "microgate-gateway";
 
-/// The Gateway API's resources as the stores hold them at one compile.
-struct KubeSnapshot {
-    classes: Vec<Arc<api::gateway_api::GatewayClass>>,
-    gateways: Vec<Arc<api::gateway_api::KubeGateway>>,
-    routes: Vec<Arc<api::gateway_api::HTTPRoute>>,
-    grants: Vec<Arc<api::gateway_api::ReferenceGrant>>,
-    services: Vec<Arc<k8s_openapi::api::core::v1::Service>>,
-    slices: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
-    namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
+/// The Gateway API's resources at one compile: as the stores hold them, or as `microgate
+/// explain` listed them once.
+pub(crate) struct KubeSnapshot {
+    pub(crate) classes: Vec<Arc<api::gateway_api::GatewayClass>>,
+    pub(crate) gateways: Vec<Arc<api::gateway_api::KubeGateway>>,
+    pub(crate) routes: Vec<Arc<api::gateway_api::HTTPRoute>>,
+    pub(crate) grants: Vec<Arc<api::gateway_api::ReferenceGrant>>,
+    pub(crate) services: Vec<Arc<k8s_openapi::api::core::v1::Service>>,
+    pub(crate) slices: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    pub(crate) namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
 }
 
 impl KubeSnapshot {
@@ -397,7 +385,7 @@ impl KubeSnapshot {
     }
 
     /// Where each of microgate's Gateways listens.
-    fn addresses(
+    pub(crate) fn addresses(
         &self,
         range: Option<ipnet::IpNet>,
         listen_address: IpAddr,
@@ -406,7 +394,7 @@ impl KubeSnapshot {
         compile::addresses::allocate(&gateways, range, listen_address)
     }
 
-    fn resources<'a>(
+    pub(crate) fn resources<'a>(
         &'a self,
         addresses: &'a std::collections::BTreeMap<compile::gateway_api::ObjectKey, IpAddr>,
     ) -> compile::gateway_api::Resources<'a> {

@@ -112,7 +112,8 @@ where
     }
 }
 
-fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, BoxFuture<'static, ()>)
+/// A store of `api`'s objects and the watch that fills it, notifying `changed` on each change.
+pub(super) fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, BoxFuture<'static, ()>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,

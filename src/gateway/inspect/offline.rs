@@ -15,13 +15,10 @@ use kube::{Api, Client, Resource, ResourceExt, api::ListParams};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    api::{
-        AccessPolicy, Gateway, Microservice,
-        gateway_api::{GatewayClass, HTTPRoute, KubeGateway, ReferenceGrant},
-        labels,
-    },
+    api::{AccessPolicy, Gateway, Microservice, labels},
     discovery::{Endpoint, Registry, ServiceKey},
     gateway::{
+        KubeSnapshot,
         compile::{self, ServiceSettings, TableBuilder},
         metrics::GatewayMetrics,
         table::RouteTable,
@@ -91,16 +88,13 @@ pub async fn build(
     registry.mark_synced();
 
     let kube = if gateway_api {
-        Some(KubeResources::list(&client, namespace).await?)
+        Some(list_gateway_api(&client, namespace).await?)
     } else {
         None
     };
     let addresses = kube
         .as_ref()
-        .map(|k| {
-            let served = compile::gateway_api::served_gateways(&k.classes, &k.gateways);
-            compile::addresses::allocate(&served, None, listen_address)
-        })
+        .map(|k| k.addresses(None, listen_address))
         .unwrap_or_default();
     let resources = kube.as_ref().map(|k| k.resources(&addresses));
 
@@ -220,47 +214,19 @@ where
 }
 
 /// The Gateway API's resources, listed once.
-struct KubeResources {
-    classes: Vec<Arc<GatewayClass>>,
-    gateways: Vec<Arc<KubeGateway>>,
-    routes: Vec<Arc<HTTPRoute>>,
-    grants: Vec<Arc<ReferenceGrant>>,
-    services: Vec<Arc<k8s_openapi::api::core::v1::Service>>,
-    slices: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
-    namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
-}
-
-impl KubeResources {
-    async fn list(client: &Client, namespace: Option<&str>) -> Result<Self, OfflineError> {
-        let all = ListParams::default();
-        Ok(Self {
-            classes: list_all(&Api::all(client.clone()), "GatewayClasses", &all).await?,
-            gateways: list(client, namespace, "Gateway API Gateways", &all).await?,
-            routes: list(client, namespace, "HTTPRoutes", &all).await?,
-            grants: list(client, namespace, "ReferenceGrants", &all).await?,
-            services: list(client, namespace, "Services", &all).await?,
-            slices: list(client, namespace, "EndpointSlices", &all).await?,
-            // As the gateway: Namespaces (for allowedRoutes selectors) only when it serves all.
-            namespaces: match namespace {
-                Some(_) => Vec::new(),
-                None => list_all(&Api::all(client.clone()), "Namespaces", &all).await?,
-            },
-        })
-    }
-
-    fn resources<'a>(
-        &'a self,
-        addresses: &'a BTreeMap<compile::gateway_api::ObjectKey, IpAddr>,
-    ) -> compile::gateway_api::Resources<'a> {
-        compile::gateway_api::Resources {
-            classes: &self.classes,
-            gateways: &self.gateways,
-            routes: &self.routes,
-            grants: &self.grants,
-            services: &self.services,
-            slices: &self.slices,
-            namespaces: &self.namespaces,
-            addresses,
-        }
-    }
+async fn list_gateway_api(client: &Client, namespace: Option<&str>) -> Result<KubeSnapshot, OfflineError> {
+    let all = ListParams::default();
+    Ok(KubeSnapshot {
+        classes: list_all(&Api::all(client.clone()), "GatewayClasses", &all).await?,
+        gateways: list(client, namespace, "Gateway API Gateways", &all).await?,
+        routes: list(client, namespace, "HTTPRoutes", &all).await?,
+        grants: list(client, namespace, "ReferenceGrants", &all).await?,
+        services: list(client, namespace, "Services", &all).await?,
+        slices: list(client, namespace, "EndpointSlices", &all).await?,
+        // As the gateway: Namespaces (for allowedRoutes selectors) only when it serves all.
+        namespaces: match namespace {
+            Some(_) => Vec::new(),
+            None => list_all(&Api::all(client.clone()), "Namespaces", &all).await?,
+        },
+    })
 }

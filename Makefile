@@ -6,7 +6,7 @@ HELM := target/cluster/bin/helm
 # Debian packages the tests run (COMMAND:PACKAGE for tools/apt.sh): Redis for global rate limits.
 TEST_APT := redis-server:redis-server
 
-.PHONY: help demo demo-down build crds manifests test test-netns lint licenses lint-manifests rules image image-test fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery bench-rate-limit hostile fuzz conformance
+.PHONY: help demo demo-down build crds manifests test test-netns lint licenses lint-manifests rules image image-test fmt cluster cluster-down cluster-status kubelet bench bench-quick bench-tls bench-discovery bench-rate-limit hostile fuzz conformance reliability
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -93,6 +93,13 @@ bench-quick: ## a short smoke run of make bench (2 rounds of 2 s, 1 worker)
 
 bench-tls: ## only the TLS measurements of make bench (new connections, keep-alive, h2, idle memory)
 	BENCH_SCENARIOS=tls bash bench/run.sh
+
+reliability: ## every fault and rollout scenario, the long ones too (about 15 minutes); writes RELIABILITY.md
+	bash tools/apt.sh $(TEST_APT)
+	cargo test --test e2e --test reliability --no-run
+	bash tests/cluster/with-cluster.sh cargo test --test e2e -- faults:: rollouts::
+	bash tests/cluster/with-cluster.sh cargo test --test reliability
+	cargo run -q -p microgate-test-support --bin reliability-report -- --out RELIABILITY.md
 
 hostile: ## the hostile-input corpus through microgate, nginx and HAProxy to a strict backend; writes target/hostile/report.md
 	bash tests/hostile/run.sh

@@ -38,6 +38,7 @@ pub mod pod_ips;
 pub mod probe;
 pub mod proxy;
 pub mod redis_server;
+pub mod reliability;
 pub mod tls;
 pub mod usage;
 pub mod wait;

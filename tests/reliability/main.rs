@@ -1,0 +1,5 @@
+//! The long fault and rollout scenarios: each runs for a minute or more under steady load, on
+//! the real control plane with real sockets, and records its figure for RELIABILITY.md
+//! (`microgate_test_support::reliability`). `make reliability` runs them, with the short
+//! scenarios of the e2e suite (`faults::` and `rollouts::`), and writes the report; a plain
+//! `cargo test` leaves them out, so `make test` stays short.

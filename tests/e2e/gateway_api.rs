@@ -125,6 +125,27 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
             )
             .await
             .expect("create the HTTPRoute");
+        // A rule whose ExtensionRef names an AccessPolicy that does not exist.
+        ns.api::<HTTPRoute>()
+            .patch(
+                "vault",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "vault"},
+                    "spec": {
+                        "parentRefs": [{"name": "shop", "sectionName": "http"}],
+                        "hostnames": ["vault.example.com"],
+                        "rules": [
+                            {"filters": [{"type": "ExtensionRef", "extensionRef":
+                                {"group": "microgate.dev", "kind": "AccessPolicy", "name": "absent"}}],
+                             "backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]},
+                        ],
+                    },
+                })),
+            )
+            .await
+            .expect("create the HTTPRoute naming a missing AccessPolicy");
 
         // Traffic: both Pods of the Microservice answer, for the route's host only.
         let mut host = HeaderMap::new();
@@ -172,6 +193,13 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
             .await
             .expect("an answer");
         assert_eq!(unrouted.status, StatusCode::NOT_FOUND, "{}", unrouted.body);
+        // A filter that cannot be applied is not skipped: the rule refuses its requests.
+        let mut vault_host = HeaderMap::new();
+        vault_host.insert("host", "vault.example.com".parse().expect("a header value"));
+        let vault = probe::request_with(platform.listener, Method::GET, "/secrets", vault_host, "")
+            .await
+            .expect("an answer");
+        assert_eq!(vault.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", vault.body);
 
         // Status: what each resource shows.
         let statuses = wait::until("the Gateway API statuses", WAIT, || async {
@@ -210,7 +238,7 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
         );
         let listeners = gateway_status["listeners"].as_array().expect("listener statuses");
         let http = listeners.iter().find(|l| l["name"] == "http").expect("the http listener");
-        assert_eq!(http["attachedRoutes"], 1);
+        assert_eq!(http["attachedRoutes"], 2, "shop and vault");
         assert_eq!(condition(&http["conditions"], "Programmed"), pair("True", "Programmed"));
         let udp = listeners.iter().find(|l| l["name"] == "udp").expect("the udp listener");
         assert_eq!(
@@ -225,6 +253,26 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
             pair("False", "BackendNotFound"),
             "{parent}"
         );
+
+        // The route naming the missing AccessPolicy says so, not that its references resolved.
+        let vault = wait::until("the vault route's status", WAIT, || async {
+            let route = serde_json::to_value(ns.api::<HTTPRoute>().get("vault").await.expect("the route"))
+                .expect("JSON");
+            let conditions = route["status"]["parents"][0]["conditions"].clone();
+            match condition(&conditions, "ResolvedRefs") {
+                Some(_) => Probe::Done(conditions),
+                None => Probe::NotYet(format!("{}", route["status"])),
+            }
+        })
+        .await
+        .expect("the vault route's status is written");
+        assert_eq!(condition(&vault, "ResolvedRefs"), pair("False", "BackendNotFound"), "{vault}");
+        let message = vault
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "ResolvedRefs"))
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or_default();
+        assert!(message.contains("AccessPolicy") && message.contains("absent"), "{vault}");
 
         classes
             .delete(&class_name, &DeleteParams::default())

@@ -47,7 +47,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{WatchStreamExt, predicates, reflector, reflector::ObjectRef, watcher},
@@ -86,6 +86,32 @@ pub struct Options {
     /// Where Global rate limits keep their buckets (`redis://…`); `None`: policies with one
     /// cannot be enforced.
     pub redis_url: Option<String>,
+    /// The Service clients reach the gateway through (in a cluster, the chart's): Gateway API
+    /// Gateways publish its addresses in their status instead of the address they listen on.
+    pub publish_service: Option<PublishedService>,
+}
+
+/// A Service named as `namespace/name` (see [`Options::publish_service`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedService {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for PublishedService {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err(format!("{value:?} is not a Service as namespace/name")),
+        }
+    }
 }
 
 /// What a gateway's readiness waits for (see [`Options::on_programmed`]).
@@ -135,6 +161,17 @@ pub async fn run(
         (Some(stores), run)
     } else {
         (None, futures::future::pending().boxed())
+    };
+    let (published_service, watch_published_service) = match &options.publish_service {
+        Some(service) => {
+            let (store, run) = watches::watch_filtered(
+                Api::<Service>::namespaced(client.clone(), &service.namespace),
+                watcher::Config::default().fields(&format!("metadata.name={}", service.name)),
+                changed.clone(),
+            );
+            (Some(store), run)
+        }
+        None => (None, futures::future::pending().boxed()),
     };
     let (gateway_api, microservice_api, secret_api, access_policy_api, config_map_api) = api(client);
     let watch_gateways = {
@@ -312,7 +349,14 @@ pub async fn run(
                 status::access_policy::report(&status_client, policy, &compiled_policies, &served).await;
             }
             if let Some(report) = &kube_report {
-                status::gateway_api::report(&status_client, report, &listeners).await;
+                let published = published_service.as_ref().map(|store| {
+                    store
+                        .state()
+                        .first()
+                        .map(|service| status::gateway_api::service_addresses(service))
+                        .unwrap_or_default()
+                });
+                status::gateway_api::report(&status_client, report, &listeners, published.as_deref()).await;
             }
             tokio::select! {
                 () = changed.notified() => {}
@@ -332,6 +376,7 @@ pub async fn run(
         () = watch_access_policies => {}
         () = watch_config_maps => {}
         () = watch_gateway_api => {}
+        () = watch_published_service => {}
         () = live.follow() => {}
         () = program => {}
     }
@@ -366,7 +411,7 @@ pub(crate) struct KubeSnapshot {
     pub(crate) gateways: Vec<Arc<api::gateway_api::KubeGateway>>,
     pub(crate) routes: Vec<Arc<api::gateway_api::HTTPRoute>>,
     pub(crate) grants: Vec<Arc<api::gateway_api::ReferenceGrant>>,
-    pub(crate) services: Vec<Arc<k8s_openapi::api::core::v1::Service>>,
+    pub(crate) services: Vec<Arc<Service>>,
     pub(crate) slices: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
     pub(crate) namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
 }

@@ -118,8 +118,21 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    watch_filtered(api, watcher::Config::default(), changed)
+}
+
+/// [`watch`], of the objects `config` selects.
+pub(super) fn watch_filtered<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+) -> (Store<K>, BoxFuture<'static, ()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let (store, writer) = reflector::store();
-    let run = reflector(writer, watcher(api, watcher::Config::default()))
+    let run = reflector(writer, watcher(api, config))
         .default_backoff()
         .touched_objects()
         .for_each(move |_| {

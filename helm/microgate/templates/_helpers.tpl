@@ -159,6 +159,13 @@ capabilities:
 - name: MICROGATE_ADMIN_TOKEN_FILE
   value: /var/run/microgate/admin-token/token
 {{- end }}
+{{- /* Gateway API Gateways publish the address of the chart's gateway Service, read with the
+Services grant the Gateway API needs (which covers the release's namespace unless another
+namespace is watched). */}}
+{{- if and .Values.gatewayAPI.enabled (has .Values.watchNamespace (list "" .Release.Namespace)) }}
+- name: MICROGATE_PUBLISH_SERVICE
+  value: "{{ .Release.Namespace }}/{{ .Release.Name }}-gateway"
+{{- end }}
 {{- if .Values.gatewayAPI.addresses }}
 - name: MICROGATE_GATEWAY_ADDRESSES
   value: {{ .Values.gatewayAPI.addresses | quote }}

@@ -238,6 +238,30 @@ mod tests {
     }
 
     #[test]
+    fn the_published_service_is_a_namespace_and_a_name() {
+        let cli = Cli::try_parse_from([
+            "microgate",
+            "gateway",
+            "--publish-service",
+            "edge/microgate-gateway",
+        ])
+        .expect("valid arguments");
+        let Command::Gateway(args) = cli.command else {
+            panic!("parsed {:?}", cli.command)
+        };
+        let published = args.data_plane.publish_service.expect("a published Service");
+        assert_eq!(
+            (published.namespace.as_str(), published.name.as_str()),
+            ("edge", "microgate-gateway")
+        );
+        for bad in ["microgate-gateway", "/name", "ns/", "a/b/c"] {
+            let error = Cli::try_parse_from(["microgate", "run", "--publish-service", bad])
+                .expect_err("not namespace/name");
+            assert!(error.to_string().contains("namespace/name"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn explain_takes_a_method_a_url_and_repeated_headers() {
         let cli = Cli::try_parse_from([
             "microgate",

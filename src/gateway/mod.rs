@@ -46,11 +46,11 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{WatchStreamExt, predicates, reflector, reflector::ObjectRef, watcher},
+    runtime::{reflector::ObjectRef, watcher},
 };
 use tokio::sync::Notify;
 
@@ -131,27 +131,7 @@ pub async fn run(
     metrics: GatewayMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let (gateways, gateways_writer) = reflector::store::<Gateway>();
-    let (microservices, microservices_writer) = reflector::store::<Microservice>();
-    let (secrets, secrets_writer) = reflector::store::<Secret>();
-    let (access_policies, access_policies_writer) = reflector::store::<AccessPolicy>();
     let changed = Arc::new(Notify::new());
-    let api = |client: Client| match &namespace {
-        Some(ns) => (
-            Api::<Gateway>::namespaced(client.clone(), ns),
-            Api::<Microservice>::namespaced(client.clone(), ns),
-            Api::<Secret>::namespaced(client.clone(), ns),
-            Api::<AccessPolicy>::namespaced(client.clone(), ns),
-            Api::<ConfigMap>::namespaced(client, ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client),
-        ),
-    };
     let status_client = client.clone();
     // The Gateway API is a second front end, watched only when asked for and where its CRDs
     // are installed.
@@ -167,70 +147,50 @@ pub async fn run(
             let (store, run) = watches::watch_filtered(
                 Api::<Service>::namespaced(client.clone(), &service.namespace),
                 watcher::Config::default().fields(&format!("metadata.name={}", service.name)),
+                watches::Changes::Any,
                 changed.clone(),
             );
             (Some(store), run)
         }
         None => (None, futures::future::pending().boxed()),
     };
-    let (gateway_api, microservice_api, secret_api, access_policy_api, config_map_api) = api(client);
-    let watch_gateways = {
-        let changed = changed.clone();
-        reflector(gateways_writer, watcher(gateway_api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects()
-            .for_each(move |_| {
-                changed.notify_one();
-                async {}
-            })
-    };
-    let watch_microservices = {
-        let changed = changed.clone();
-        reflector(
-            microservices_writer,
-            watcher(microservice_api, watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        // Only spec changes matter here (the traffic policy); status churns with every Pod.
-        .predicate_filter(predicates::generation, Default::default())
-        .for_each(move |_| {
-            changed.notify_one();
-            async {}
-        })
-    };
-
-    let watch_access_policies = {
-        let changed = changed.clone();
-        reflector(
-            access_policies_writer,
-            watcher(access_policy_api, watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        // Status is the gateway's own writing: only spec changes matter.
-        .predicate_filter(predicates::generation, Default::default())
-        .for_each(move |_| {
-            changed.notify_one();
-            async {}
-        })
-    };
+    let every = watcher::Config::default;
+    let (gateways, watch_gateways) = watches::watch_filtered(
+        watches::scoped::<Gateway>(&client, namespace.as_deref()),
+        every(),
+        watches::Changes::Any,
+        changed.clone(),
+    );
+    // Only spec changes matter here (the traffic policy); status churns with every Pod.
+    let (microservices, watch_microservices) = watches::watch_filtered(
+        watches::scoped::<Microservice>(&client, namespace.as_deref()),
+        every(),
+        watches::Changes::Spec,
+        changed.clone(),
+    );
+    // Status is the gateway's own writing: only spec changes matter.
+    let (access_policies, watch_access_policies) = watches::watch_filtered(
+        watches::scoped::<AccessPolicy>(&client, namespace.as_deref()),
+        every(),
+        watches::Changes::Spec,
+        changed.clone(),
+    );
     // JSON Web Key Sets that AccessPolicies read from ConfigMaps.
-    let (config_maps, watch_config_maps) = watches::watch::<ConfigMap>(config_map_api, changed.clone());
+    let (config_maps, watch_config_maps) = watches::watch_filtered(
+        watches::scoped::<ConfigMap>(&client, namespace.as_deref()),
+        every(),
+        watches::Changes::Any,
+        changed.clone(),
+    );
     // Secrets of the kinds listeners (certificates) and access policies (API keys, htpasswd
     // files, key sets) read. Helm's release records and service-account tokens are never read
     // into memory.
-    let watch_secrets = {
-        let changed = changed.clone();
-        let readable = watcher::Config::default().fields(SECRET_TYPES_READ);
-        reflector(secrets_writer, watcher(secret_api, readable))
-            .default_backoff()
-            .touched_objects()
-            .for_each(move |_| {
-                changed.notify_one();
-                async {}
-            })
-    };
+    let (secrets, watch_secrets) = watches::watch_filtered(
+        watches::scoped::<Secret>(&client, namespace.as_deref()),
+        every().fields(SECRET_TYPES_READ),
+        watches::Changes::Any,
+        changed.clone(),
+    );
     let mut certificates = tls::CertificateStore::default();
     let redis = options.redis_url.as_deref().and_then(|url| {
         policy::rate_limit::RedisLimiter::new(url)

@@ -210,6 +210,7 @@ pub async fn run(
         metrics.clone(),
         options.access_log,
     ));
+    let tunnels = proxy.tunnels().clone();
     limits::raise_open_files();
     let workers = workers::Workers::start(options.workers)?;
     metrics.count_buffers(workers.buffer_counts());
@@ -327,7 +328,8 @@ pub async fn run(
             }
         }
         tracing::info!("draining: no new connections; finishing the requests in flight");
-        listeners.drain(DRAIN_DEADLINE).await;
+        // WebSocket tunnels outlive the requests that opened them: they get the same deadline.
+        tokio::join!(listeners.drain(DRAIN_DEADLINE), tunnels.drain(DRAIN_DEADLINE));
     };
     tokio::select! {
         () = watch_gateways => {}

@@ -110,7 +110,7 @@ impl Proxy {
             && tunnel::wants_websocket(&parts)
             && let Some(client_side) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         {
-            return tunnel::open(upstream, parts, client, origin, host, client_side).await;
+            return tunnel::open(&self.tunnels, upstream, parts, client, origin, host, client_side).await;
         }
         let mut exchange = Exchange::new(route, upstream, client, origin, host, started, parts, body);
         let mut failed: Option<Arc<EndpointState>> = None;

@@ -19,6 +19,8 @@ mod respond;
 mod route;
 mod tunnel;
 
+pub use tunnel::Tunnels;
+
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use arc_swap::ArcSwap;
@@ -48,6 +50,7 @@ pub struct Proxy {
     /// The metrics of requests no route takes.
     unrouted: RouteMetrics,
     metrics: GatewayMetrics,
+    tunnels: Tunnels,
 }
 
 impl Proxy {
@@ -59,7 +62,13 @@ impl Proxy {
             metrics,
             unrouted,
             access_log,
+            tunnels: Tunnels::default(),
         }
+    }
+
+    /// The WebSocket tunnels this proxy has opened (for the drain: they outlive their requests).
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
     }
 
     /// The most client connections the listener at `local` holds open at once.

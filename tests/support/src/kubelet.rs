@@ -631,6 +631,13 @@ impl Shared {
     async fn begin_termination(self: &Arc<Self>, api: &Api<Pod>, pod: &Pod) -> Result<(), KubeletError> {
         let pod_key = key(&pod.namespace().unwrap_or_default(), &pod.name_any());
         let uid = pod.uid().unwrap_or_default();
+        // Under way already (its backend may be past the map, finishing what it carries).
+        if lock(&self.terminating)
+            .get(&pod_key)
+            .is_some_and(|(of, _)| *of == uid)
+        {
+            return Ok(());
+        }
         let running = lock(&self.pods)
             .get(&pod_key)
             .is_some_and(|running| running.uid == uid);
@@ -682,15 +689,19 @@ impl Shared {
         if let Some(running) = running {
             running.terminate(left).await;
         }
+        // Off the list before the delete, whose watch event would otherwise find this task
+        // still running and kill it.
+        {
+            let mut terminating = lock(&self.terminating);
+            if terminating
+                .get(&pod_key)
+                .is_some_and(|(uid, _)| Some(uid) == pod.metadata.uid.as_ref())
+            {
+                terminating.remove(&pod_key);
+            }
+        }
         if let Err(error) = delete_now(&api, &pod).await {
             tracing::warn!(pod = %name, %error, "could not delete a terminated pod");
-        }
-        let mut terminating = lock(&self.terminating);
-        if terminating
-            .get(&pod_key)
-            .is_some_and(|(uid, _)| Some(uid) == pod.metadata.uid.as_ref())
-        {
-            terminating.remove(&pod_key);
         }
         tracing::debug!(pod = %name, took = ?started.elapsed(), "terminated");
     }

@@ -98,7 +98,7 @@ reliability: ## every fault and rollout scenario, the long ones too (about 15 mi
 	bash tools/apt.sh $(TEST_APT)
 	cargo test --test e2e --test reliability --no-run
 	bash tests/cluster/with-cluster.sh cargo test --test e2e -- faults:: rollouts::
-	bash tests/cluster/with-cluster.sh cargo test --test reliability
+	bash tests/cluster/with-cluster.sh cargo test --test reliability -- --test-threads=1
 	cargo run -q -p microgate-test-support --bin reliability-report -- --out RELIABILITY.md
 
 hostile: ## the hostile-input corpus through microgate, nginx and HAProxy to a strict backend; writes target/hostile/report.md

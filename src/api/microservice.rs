@@ -99,6 +99,10 @@ pub struct MicroserviceSpec {
     /// How the gateway balances over this service's endpoints, ejects failing ones, and limits load.
     #[serde(default)]
     pub traffic_policy: TrafficPolicy,
+    /// How an instance stops (scale-down, rollout, eviction) without failing a request: it keeps
+    /// serving while gateways stop sending to it, then gets SIGTERM and time to finish.
+    #[serde(default)]
+    pub termination: Termination,
 }
 
 fn default_replicas() -> i32 {
@@ -157,6 +161,48 @@ fn default_timeout_seconds() -> i32 {
 }
 fn default_failure_threshold() -> i32 {
     3
+}
+
+/// How an instance stops. A terminating instance leaves the gateway's rotation at once, but every
+/// gateway learns of it through a watch: for `drainDelaySeconds` it keeps serving (a `preStop`
+/// sleep), so that requests sent in the meantime still find it; then it gets SIGTERM and the rest
+/// of `gracePeriodSeconds` to finish the requests in flight before it is killed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.gracePeriodSeconds > self.drainDelaySeconds")
+    .message("termination.gracePeriodSeconds must be greater than drainDelaySeconds: the instance needs time to stop after the drain")
+    .field_path(".gracePeriodSeconds"))]
+pub struct Termination {
+    /// Seconds a terminating instance keeps serving before it is told to stop, longer than its
+    /// removal takes to reach every gateway. 0: it is told at once (requests sent to it in that
+    /// moment fail, or are retried).
+    #[serde(default = "default_drain_delay_seconds")]
+    #[schemars(range(min = 0, max = 300))]
+    pub drain_delay_seconds: i32,
+    /// Seconds from the start of termination until the instance is killed (the Pod's
+    /// `terminationGracePeriodSeconds`): the drain delay, then SIGTERM and the time to finish.
+    #[serde(default = "default_grace_period_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub grace_period_seconds: i32,
+}
+
+impl Default for Termination {
+    fn default() -> Self {
+        Self {
+            drain_delay_seconds: default_drain_delay_seconds(),
+            grace_period_seconds: default_grace_period_seconds(),
+        }
+    }
+}
+
+/// Endpoint removal reaches a gateway in tens of milliseconds; a busy API server's watches can
+/// lag by seconds, hence the margin.
+fn default_drain_delay_seconds() -> i32 {
+    5
+}
+/// Kubernetes' own default.
+fn default_grace_period_seconds() -> i32 {
+    30
 }
 
 /// What microgate last observed of a Microservice.

@@ -184,8 +184,17 @@ async fn scaling_down_removes_pods_and_their_addresses_refuse_connections() {
         let pods = ns.api::<Pod>();
         for pod in gone {
             let name = pod.name_any();
-            let still_there = pods.get_opt(&name).await.expect("get pod");
-            assert!(still_there.is_none(), "{name} is deleted, not left terminating");
+            // The kubelet's termination sequence (not Ready, SIGTERM, then the final delete)
+            // takes a few API calls after the ReplicaSet stopped counting the pod.
+            wait::until(format!("{name} to be deleted"), READY_TIMEOUT, || async {
+                match pods.get_opt(&name).await {
+                    Ok(None) => Probe::Done(()),
+                    Ok(Some(_)) => Probe::NotYet("still there".to_owned()),
+                    Err(error) => Probe::NotYet(error.to_string()),
+                }
+            })
+            .await
+            .expect("deleted, not left terminating");
             let error = probe::get(pod_addr(pod), "/")
                 .await
                 .expect_err("a deleted pod's address is dead");

@@ -47,6 +47,7 @@ mod leader;
 mod paths;
 mod rate_limits;
 mod registry;
+mod rollouts;
 mod slow_clients;
 mod tls;
 
@@ -1118,9 +1119,9 @@ async fn a_pod_killed_mid_traffic_costs_no_client_a_failure() {
         let victim = pods_of(&ns, "echo").await[0].clone();
         let load = tokio::spawn(traffic(platform.listener, "/", 2000, 8));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // What the kubelet does for a deleted Pod: its backend stops, the Pod goes at once.
+        // Killed: deleted with grace period 0, the Pod goes at once and its backend dies with it.
         ns.api::<Pod>()
-            .delete(&victim, &kube::api::DeleteParams::default())
+            .delete(&victim, &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
             .await
             .expect("delete a pod under load");
         let counts = load.await.expect("the load task");

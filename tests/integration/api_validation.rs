@@ -301,6 +301,24 @@ fn invalid_objects() -> Vec<Invalid> {
             "spec.trafficPolicy.outlierDetection.baseEjectionTime",
             "baseEjectionTime must be positive",
         ),
+        cel(
+            "termination grace period not longer than the drain delay",
+            microservice(json!({"termination": {"drainDelaySeconds": 30, "gracePeriodSeconds": 30}})),
+            "spec.termination.gracePeriodSeconds",
+            "termination.gracePeriodSeconds must be greater than drainDelaySeconds",
+        ),
+        cel(
+            "drain delay longer than the default grace period",
+            microservice(json!({"termination": {"drainDelaySeconds": 45}})),
+            "spec.termination.gracePeriodSeconds",
+            "termination.gracePeriodSeconds must be greater than drainDelaySeconds",
+        ),
+        openapi(
+            "negative drain delay",
+            microservice(json!({"termination": {"drainDelaySeconds": -1}})),
+            "spec.termination.drainDelaySeconds",
+            "greater than or equal to 0",
+        ),
         openapi(
             "circuit breaker allowing no connections",
             microservice(json!({"trafficPolicy": {"circuitBreaker": {"maxConnections": 0}}})),
@@ -894,6 +912,8 @@ async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
                 json!(50),
             ),
             ("/spec/trafficPolicy/circuitBreaker/maxConnections", json!(1024)),
+            ("/spec/termination/drainDelaySeconds", json!(5)),
+            ("/spec/termination/gracePeriodSeconds", json!(30)),
         ];
         for (pointer, value) in &expected {
             assert_eq!(at(&stored, pointer), value, "Microservice {pointer} in {stored}");

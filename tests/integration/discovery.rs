@@ -84,6 +84,27 @@ async fn await_registry_matches(
     .expect("the registry converges");
 }
 
+/// Checks that the deleted `pod` is not ready (it may still be registered while it terminates:
+/// its drain delay), then waits until it has left the registry.
+async fn await_terminated(registry: &Registry, key: &ServiceKey, pod: &str) {
+    if let Some((_, ready)) = registered(registry, key).get(pod) {
+        assert!(!ready, "the terminating pod {pod} is not ready");
+    }
+    wait::until(
+        format!("the deleted pod {pod} to leave the registry"),
+        WAIT,
+        || async {
+            if registered(registry, key).contains_key(pod) {
+                Probe::NotYet("still registered".to_owned())
+            } else {
+                Probe::Done(())
+            }
+        },
+    )
+    .await
+    .expect("a terminated pod leaves the registry");
+}
+
 /// Waits until the Microservice's status lists `ready` ready endpoints out of `total`.
 async fn await_status_endpoints(ns: &TestNamespace, name: &str, ready: i32, total: usize) -> Microservice {
     let api = ns.api::<Microservice>();
@@ -170,7 +191,8 @@ async fn endpoints_follow_scaling_readiness_and_deletion_into_registry_and_statu
             .expect("listed");
         assert!(!shown.ready, "the unready pod is listed as not ready");
 
-        // A deleted pod leaves at once; its ReplicaSet makes a new one.
+        // A deleted pod is out of the ready set at once, and leaves once its termination (the
+        // drain delay) ends; its ReplicaSet makes a new one.
         let deleted = live_pods(&pods, "orders")
             .await
             .into_keys()
@@ -180,9 +202,12 @@ async fn endpoints_follow_scaling_readiness_and_deletion_into_registry_and_statu
             .await
             .expect("delete a pod");
         await_registry_matches(&controller.registry, &pods, &ns.name, "orders", 2).await;
-        assert!(
-            !registered(&controller.registry, &ServiceKey::new(&ns.name, "orders")).contains_key(&deleted)
-        );
+        await_terminated(
+            &controller.registry,
+            &ServiceKey::new(&ns.name, "orders"),
+            &deleted,
+        )
+        .await;
 
         scale(&ns, "orders", 1).await;
         ns.set_ready(&flipped, true).await.ok(); // it may already be scaled away
@@ -228,7 +253,7 @@ async fn a_restarted_controller_rebuilds_the_registry_from_the_live_pods() {
 
         let second = ControllerUnderTest::start(&ns).await;
         await_registry_matches(&second.registry, &pods, &ns.name, "orders", 2).await;
-        assert!(!registered(&second.registry, &ServiceKey::new(&ns.name, "orders")).contains_key(&names[1]));
+        await_terminated(&second.registry, &ServiceKey::new(&ns.name, "orders"), &names[1]).await;
     })
     .await;
 }

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, DeploymentSpec},
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
-            ServiceSpec,
+            Container, ContainerPort, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec,
+            Probe, Service, ServicePort, ServiceSpec, SleepAction,
         },
     },
     apimachinery::pkg::{
@@ -21,7 +21,7 @@ use k8s_openapi::{
 
 use crate::api::{
     Microservice, labels,
-    microservice::{HealthCheck, Protocol},
+    microservice::{HealthCheck, Protocol, Termination},
 };
 
 /// The name of the container port, used by the Service and the readiness probe.
@@ -74,6 +74,7 @@ pub fn deployment(ms: &Microservice, name: &str, owner: &OwnerReference) -> Depl
         env: (!spec.env.is_empty()).then(|| spec.env.clone()),
         resources: spec.resources.clone(),
         readiness_probe: spec.health_check.as_ref().map(readiness_probe),
+        lifecycle: drain_before_stopping(&spec.termination),
         ..Container::default()
     };
     Deployment {
@@ -91,13 +92,44 @@ pub fn deployment(ms: &Microservice, name: &str, owner: &OwnerReference) -> Depl
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    termination_grace_period_seconds: Some(i64::from(spec.termination.grace_period_seconds)),
                     ..PodSpec::default()
                 }),
             },
+            strategy: Some(never_below_ready_capacity()),
             ..DeploymentSpec::default()
         }),
         status: None,
     }
+}
+
+/// A rolling update that starts a new instance before it stops an old one, and stops one only
+/// once another is ready: ready capacity never drops below `replicas` (Kubernetes' default, 25 %
+/// unavailable, would take a quarter of a large service out at once). Surge rounds up, so at
+/// least one new instance starts at a time.
+fn never_below_ready_capacity() -> DeploymentStrategy {
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_unavailable: Some(IntOrString::Int(0)),
+            max_surge: Some(IntOrString::String("25%".to_owned())),
+        }),
+    }
+}
+
+/// The drain delay as a `preStop` sleep: the container keeps serving while the gateways take the
+/// terminating Pod out of rotation, and gets SIGTERM only afterwards. The sleep action needs no
+/// shell in the image.
+fn drain_before_stopping(termination: &Termination) -> Option<Lifecycle> {
+    (termination.drain_delay_seconds > 0).then(|| Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: i64::from(termination.drain_delay_seconds),
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    })
 }
 
 fn readiness_probe(check: &HealthCheck) -> Probe {
@@ -188,6 +220,49 @@ mod tests {
             .expect("probe");
         assert_eq!(probe.path.as_deref(), Some("/ready"));
         assert_eq!(probe.port, IntOrString::String(PORT_NAME.into()));
+    }
+
+    #[test]
+    fn a_rollout_never_lowers_ready_capacity() {
+        let spec = deployment(&orders(), "orders", &owner()).spec.expect("spec");
+        let strategy = spec.strategy.expect("an explicit strategy");
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        let rolling = strategy.rolling_update.expect("rolling update parameters");
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(rolling.max_surge, Some(IntOrString::String("25%".into())));
+    }
+
+    #[test]
+    fn a_terminating_pod_sleeps_its_drain_delay_within_its_grace_period() {
+        let mut ms = orders();
+        ms.spec.termination = Termination {
+            drain_delay_seconds: 7,
+            grace_period_seconds: 40,
+        };
+        let pod = deployment(&ms, "orders", &owner())
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod spec");
+        assert_eq!(pod.termination_grace_period_seconds, Some(40));
+        let sleep = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .expect("a preStop sleep");
+        assert_eq!(sleep.seconds, 7);
+    }
+
+    #[test]
+    fn a_zero_drain_delay_has_no_pre_stop_hook() {
+        let mut ms = orders();
+        ms.spec.termination.drain_delay_seconds = 0;
+        let pod = deployment(&ms, "orders", &owner())
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod spec");
+        assert!(pod.containers[0].lifecycle.is_none());
+        assert_eq!(pod.termination_grace_period_seconds, Some(30));
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! A real HTTP server standing in for one container port of a Pod.
 //!
 //! By default it answers every request `200` with the Pod's name as the body (and in the
-//! `x-pod-name` header), so a client can tell which instance served it. A test scripts failures
+//! `x-pod-name` header), so a client can tell which instance served it; `?delay-ms=N` answers N
+//! ms late. A test scripts failures
 //! through [`Backend`]: a fixed status, an added delay, failing the next K requests, closing
 //! the connection in the middle of a response, answering in chunks, or closing keep-alive
 //! connections left idle. Stopping it closes the listener and every open
-//! connection, so the address refuses connections as a dead Pod's would.
+//! connection, so the address refuses connections as a dead Pod's would; terminating it is what a
+//! server does on SIGTERM: it stops accepting, finishes the requests in flight, closes its idle
+//! keep-alive connections, and exits.
 
 use std::{
     convert::Infallible,
@@ -24,7 +27,11 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{
+    net::TcpListener,
+    sync::watch,
+    task::{JoinError, JoinSet},
+};
 
 /// The header that carries the serving Pod's name in every response.
 pub const POD_NAME_HEADER: &str = "x-pod-name";
@@ -91,6 +98,11 @@ impl Backend {
     }
 
     /// Requests received so far, including failed ones.
+    /// Connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.state.open.load(Ordering::Relaxed)
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::Relaxed)
@@ -168,6 +180,8 @@ impl Backend {
 pub struct RunningBackend {
     handle: Backend,
     server: JoinSet<()>,
+    /// Set to `true` on SIGTERM: stop accepting, let every connection finish what it carries.
+    terminating: watch::Sender<bool>,
 }
 
 impl RunningBackend {
@@ -190,11 +204,13 @@ impl RunningBackend {
             open: AtomicU64::new(0),
             peak_open: AtomicU64::new(0),
         });
+        let (terminating, terminated) = watch::channel(false);
         let mut server = JoinSet::new();
-        server.spawn(accept_loop(listener, state.clone()));
+        server.spawn(accept_loop(listener, state.clone(), terminated));
         Ok(Self {
             handle: Backend { state },
             server,
+            terminating,
         })
     }
 
@@ -206,14 +222,44 @@ impl RunningBackend {
     pub async fn stop(mut self) {
         self.server.shutdown().await;
     }
+
+    /// What a server does on SIGTERM: it closes its listener (new connections are refused),
+    /// closes idle keep-alive connections, answers the requests in flight (each with
+    /// `Connection: close`), and exits. Whatever is still running after `grace` is killed.
+    pub async fn terminate(mut self, grace: Duration) {
+        let _ = self.terminating.send(true);
+        let finished = async {
+            while let Some(result) = self.server.join_next().await {
+                log_panic(result);
+            }
+        };
+        if tokio::time::timeout(grace, finished).await.is_err() {
+            tracing::debug!(pod = %self.handle.state.pod, ?grace, "backend outlived its grace period; killed");
+            self.server.shutdown().await;
+        }
+    }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+/// Completes once the backend is told to terminate (or its handle is gone).
+async fn terminating(terminated: &mut watch::Receiver<bool>) {
+    let _ = terminated.wait_for(|terminating| *terminating).await;
+}
+
+fn log_panic(result: Result<(), JoinError>) {
+    if let Err(error) = result
+        && error.is_panic()
+    {
+        tracing::warn!(%error, "backend task panicked");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, mut terminated: watch::Receiver<bool>) {
     // Connections live in this set: when the accept loop is aborted, the set is dropped and every
     // connection with it, as when a container dies.
     let mut connections = JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
+            () = terminating(&mut terminated) => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -227,6 +273,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let mut terminated = terminated.clone();
         state.connections.fetch_add(1, Ordering::Relaxed);
         let open = state.open.fetch_add(1, Ordering::Relaxed) + 1;
         state.peak_open.fetch_max(open, Ordering::Relaxed);
@@ -245,11 +292,26 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_millis(idle_timeout));
             }
-            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = terminating(&mut terminated) => {
+                    // Idle: closed at once; mid-request: answered, then closed.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
                 tracing::trace!(%error, "backend connection ended with an error");
             }
             state.open.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+    // Terminating: the address refuses new connections from here on; the open ones finish.
+    drop(listener);
+    while let Some(result) = connections.join_next().await {
+        log_panic(result);
     }
 }
 
@@ -258,6 +320,7 @@ async fn handle(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    let requested_delay_ms = requested_delay_ms(request.uri());
     let version = format!("{:?}", request.version());
     let seen_authority = request.uri().authority().map(|a| a.to_string());
     let seen_host = request.headers().get(hyper::header::HOST).cloned();
@@ -293,7 +356,7 @@ async fn handle(
         .await
         .map(|b| b.to_bytes().len())
         .unwrap_or(0);
-    let delay = state.delay_ms.load(Ordering::Relaxed);
+    let delay = state.delay_ms.load(Ordering::Relaxed) + requested_delay_ms;
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -386,6 +449,21 @@ async fn handle(
     Ok(answer)
 }
 
+/// The query parameter with which a request asks to be answered this many milliseconds late
+/// (`/?delay-ms=20`), on top of any scripted delay: a service that takes time, so that requests
+/// are in flight when something happens to it.
+pub const DELAY_QUERY: &str = "delay-ms";
+
+fn requested_delay_ms(uri: &hyper::Uri) -> u64 {
+    uri.query()
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| *name == DELAY_QUERY)
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
 fn response(
     status: StatusCode,
     pod: &str,
@@ -473,6 +551,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_may_ask_to_be_answered_late() {
+        let running = backend().await;
+        let started = std::time::Instant::now();
+        let answer = probe::get(running.handle().addr(), "/?x=1&delay-ms=150")
+            .await
+            .expect("answer");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
     async fn closing_mid_response_cuts_the_body_short() {
         let running = backend().await;
         running.handle().close_mid_response(true);
@@ -480,6 +573,22 @@ mod tests {
             .await
             .expect_err("the body is cut short");
         assert!(matches!(error, probe::ProbeError::Http { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_terminated_backend_answers_the_request_in_flight_and_then_refuses_connections() {
+        let running = backend().await;
+        let (backend, addr) = (running.handle().clone(), running.handle().addr());
+        backend.delay(Duration::from_millis(300));
+        let in_flight = tokio::spawn(probe::get(addr, "/"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        running.terminate(Duration::from_secs(5)).await;
+        let answer = in_flight.await.expect("the request task").expect("answered");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.headers[hyper::header::CONNECTION], "close");
+        let error = probe::get(addr, "/").await.expect_err("terminated");
+        assert!(error.is_connection_refused(), "{error:?}");
+        assert_eq!(backend.open_connections(), 0);
     }
 
     #[tokio::test]

@@ -7,9 +7,15 @@
 //! conditions. The backend is listening before the Pod is reported Ready, so whoever sees Ready
 //! can connect at once.
 //!
-//! Bound Pods wait forever for a kubelet to confirm deletion; when a Pod gets a deletion
-//! timestamp (scale-down, rollout, garbage collection, namespace deletion) this kubelet stops its
-//! backend and deletes it with grace period 0.
+//! Bound Pods wait forever for a kubelet to confirm deletion. When a Pod gets a deletion
+//! timestamp (scale-down, rollout, garbage collection) this kubelet plays a kubelet's termination
+//! sequence: it reports the Pod not Ready, runs its `preStop` sleep (the container keeps serving
+//! meanwhile), then "sends SIGTERM": the backend stops accepting, answers the requests in flight,
+//! closes its idle connections and exits, killed if it outlives the Pod's grace period. Then it
+//! deletes the Pod with grace period 0. A Pod deleted with grace period 0 (`kubectl delete
+//! --force`) vanishes at once, and its backend dies with it, as a killed process would. A test
+//! namespace being deleted stops its kubelet first (see [`crate::namespace`]), so cleanup does
+//! not wait for any of this.
 //!
 //! Tests flip readiness with [`Kubelet::set_ready`] (a failing probe) and script backends through
 //! [`Kubelet::backend`]; from outside the process (the demo, a person with kubectl) the Pod
@@ -19,6 +25,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt, TryStreamExt};
@@ -110,6 +117,8 @@ pub(crate) struct Shared {
     client: Client,
     node_ip: Ipv4Addr,
     pods: Mutex<HashMap<PodKey, RunningPod>>,
+    /// The termination sequences under way, by Pod (and its uid).
+    terminating: Mutex<HashMap<PodKey, (String, JoinHandle<()>)>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -144,6 +153,18 @@ impl RunningPod {
             echo.stop().await;
         }
     }
+
+    /// SIGTERM: the backends finish what they carry within `grace`; the recording and
+    /// echo-basic servers, which tests never drain, stop at once.
+    async fn terminate(self, grace: Duration) {
+        futures::future::join_all(self.backends.into_iter().map(|backend| backend.terminate(grace))).await;
+        for recorder in self.recorders {
+            recorder.stop().await;
+        }
+        if let Some(echo) = self.echo {
+            echo.stop().await;
+        }
+    }
 }
 
 /// One pool per process, so that kubelets of concurrent tests never hand out the same address.
@@ -168,6 +189,7 @@ impl Kubelet {
             client: client.clone(),
             node_ip,
             pods: Mutex::default(),
+            terminating: Mutex::default(),
         });
         let pods: Api<Pod> = match &config.namespace {
             Some(namespace) => Api::namespaced(client, namespace),
@@ -253,12 +275,20 @@ impl Kubelet {
         Ok(())
     }
 
-    /// Stops watching and stops every backend this kubelet runs.
+    /// Stops watching and stops every backend this kubelet runs, terminating or not.
     pub async fn stop(&self) {
         let watch = lock(&self.watch).take();
         if let Some(watch) = watch {
             watch.abort();
             let _ = watch.await;
+        }
+        let terminations: Vec<_> = lock(&self.shared.terminating)
+            .drain()
+            .map(|(_, (_, task))| task)
+            .collect();
+        for task in terminations {
+            task.abort();
+            let _ = task.await;
         }
         let log_server = lock(&self.log_server).take();
         if let Some(server) = log_server {
@@ -407,26 +437,13 @@ impl Shared {
 
     /// Moves one Pod one step towards what a kubelet would have made of it. Every step is
     /// idempotent: the watch may deliver the same Pod again (relists, our own status writes).
-    async fn sync_pod(&self, pod: &Pod) -> Result<(), KubeletError> {
+    async fn sync_pod(self: &Arc<Self>, pod: &Pod) -> Result<(), KubeletError> {
         let namespace = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
 
         if pod.metadata.deletion_timestamp.is_some() {
-            self.forget(pod).await;
-            let params = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: pod.uid(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            return match api.delete(&name, &params).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-                Err(error) => Err(kube_error(format!("force-delete pod {namespace}/{name}"))(error)),
-            };
+            return self.begin_termination(&api, pod).await;
         }
 
         let spec = pod.spec.as_ref();
@@ -609,9 +626,103 @@ impl Shared {
         })
     }
 
-    /// Stops the Pod's backends, if this kubelet runs it.
+    /// Starts the termination sequence of a Pod that got a deletion timestamp (once; the watch
+    /// delivers the Pod again for every change). A Pod this kubelet does not run is deleted at once.
+    async fn begin_termination(self: &Arc<Self>, api: &Api<Pod>, pod: &Pod) -> Result<(), KubeletError> {
+        let pod_key = key(&pod.namespace().unwrap_or_default(), &pod.name_any());
+        let uid = pod.uid().unwrap_or_default();
+        // Under way already (its backend may be past the map, finishing what it carries).
+        if lock(&self.terminating)
+            .get(&pod_key)
+            .is_some_and(|(of, _)| *of == uid)
+        {
+            return Ok(());
+        }
+        let running = lock(&self.pods)
+            .get(&pod_key)
+            .is_some_and(|running| running.uid == uid);
+        if !running {
+            return delete_now(api, pod).await;
+        }
+        let mut terminating = lock(&self.terminating);
+        if terminating.get(&pod_key).is_some_and(|(of, _)| *of == uid) {
+            return Ok(());
+        }
+        let task = tokio::spawn(self.clone().terminate(api.clone(), pod.clone()));
+        if let Some((_, replaced)) = terminating.insert(pod_key, (uid, task)) {
+            replaced.abort();
+        }
+        Ok(())
+    }
+
+    /// A kubelet's termination sequence for one Pod (see the module's documentation).
+    async fn terminate(self: Arc<Self>, api: Api<Pod>, pod: Pod) {
+        let started = Instant::now();
+        let name = pod.name_any();
+        let pod_key = key(&pod.namespace().unwrap_or_default(), &name);
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .and_then(|seconds| u64::try_from(seconds).ok())
+            .map_or(DEFAULT_GRACE_PERIOD, Duration::from_secs);
+        let patch = readiness_patch(&pod, false, Timestamp::now());
+        if let Err(error) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+        {
+            tracing::debug!(pod = %name, %error, "could not report a terminating pod unready");
+        }
+        let pre_stop = pre_stop_sleep(&pod).min(grace);
+        tracing::debug!(pod = %name, ?pre_stop, ?grace, "terminating: preStop");
+        tokio::time::sleep(pre_stop).await;
+        // What is left of the grace period; a kubelet grants 2 s more when preStop used it all.
+        let left = grace
+            .saturating_sub(started.elapsed())
+            .max(PRE_STOP_OVERRUN_GRACE);
+        let running = {
+            let mut pods = lock(&self.pods);
+            match pods.get(&pod_key) {
+                Some(running) if Some(&running.uid) == pod.metadata.uid.as_ref() => pods.remove(&pod_key),
+                _ => None,
+            }
+        };
+        if let Some(running) = running {
+            running.terminate(left).await;
+        }
+        // Off the list before the delete, whose watch event would otherwise find this task
+        // still running and kill it.
+        {
+            let mut terminating = lock(&self.terminating);
+            if terminating
+                .get(&pod_key)
+                .is_some_and(|(uid, _)| Some(uid) == pod.metadata.uid.as_ref())
+            {
+                terminating.remove(&pod_key);
+            }
+        }
+        if let Err(error) = delete_now(&api, &pod).await {
+            tracing::warn!(pod = %name, %error, "could not delete a terminated pod");
+        }
+        tracing::debug!(pod = %name, took = ?started.elapsed(), "terminated");
+    }
+
+    /// Stops the Pod's backends at once, if this kubelet runs it: the Pod is gone (deleted with
+    /// grace period 0, or its termination ended).
     async fn forget(&self, pod: &Pod) {
         let pod_key = key(&pod.namespace().unwrap_or_default(), &pod.name_any());
+        let termination = {
+            let mut terminating = lock(&self.terminating);
+            match terminating.get(&pod_key) {
+                Some((uid, _)) if Some(uid) == pod.metadata.uid.as_ref() => terminating.remove(&pod_key),
+                _ => None,
+            }
+        };
+        if let Some((_, task)) = termination
+            && !task.is_finished()
+        {
+            // Deleted under the sequence's feet (grace period 0): the process is killed.
+            task.abort();
+        }
         let removed = {
             let mut pods = lock(&self.pods);
             match pods.get(&pod_key) {
@@ -663,6 +774,45 @@ impl RunningPod {
         }
         self.scripted = Some(scripted);
     }
+}
+
+/// Deletes `pod` with grace period 0, if it is still the same Pod: what a kubelet does once the
+/// containers have stopped.
+async fn delete_now(api: &Api<Pod>, pod: &Pod) -> Result<(), KubeletError> {
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let name = pod.name_any();
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+        Err(error) => Err(kube_error(format!(
+            "force-delete pod {}/{name}",
+            pod.namespace().unwrap_or_default()
+        ))(error)),
+    }
+}
+
+/// The grace period of a Pod deleted without one (Kubernetes' default).
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// What a kubelet adds after a `preStop` hook that used the whole grace period.
+const PRE_STOP_OVERRUN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the Pod's `preStop` hooks sleep: the longest `sleep` action of its containers (a
+/// kubelet runs them side by side). Other hook kinds (exec, httpGet) are not played.
+fn pre_stop_sleep(pod: &Pod) -> Duration {
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .filter_map(|container| container.lifecycle.as_ref()?.pre_stop.as_ref()?.sleep.as_ref())
+        .filter_map(|sleep| u64::try_from(sleep.seconds).ok())
+        .max()
+        .map_or(Duration::ZERO, Duration::from_secs)
 }
 
 /// Whether the Pod's first container runs the Gateway API suite's echo-basic image.
@@ -791,6 +941,18 @@ mod tests {
             .expect("container statuses");
         assert_eq!(containers.len(), 2);
         assert!(containers.iter().all(|c| c["ready"] == true));
+    }
+
+    #[test]
+    fn the_pre_stop_sleep_is_the_longest_of_the_containers() {
+        let mut pod = pod();
+        assert_eq!(pre_stop_sleep(&pod), Duration::ZERO);
+        let spec = pod.spec.as_mut().expect("spec");
+        for (container, seconds) in spec.containers.iter_mut().zip([3, 7]) {
+            container.lifecycle = serde_json::from_value(json!({"preStop": {"sleep": {"seconds": seconds}}}))
+                .expect("valid lifecycle");
+        }
+        assert_eq!(pre_stop_sleep(&pod), Duration::from_secs(7));
     }
 
     #[test]

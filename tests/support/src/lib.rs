@@ -9,6 +9,8 @@
 //! - [`echo_basic`]: the Gateway API conformance suite's backend, emulated byte for byte.
 //! - [`pod_env`]: a container's environment and Secret files, as a kubelet resolves them.
 //! - [`pod_ips`]: where Pod addresses come from (`127.0.0.0/8`, or a private namespace's range).
+//! - [`load`]: open-loop load at a fixed rate, for a bounded count, with what failed and why.
+//! - [`rollout`]: a Microservice changed (image, replicas) under load, and what that cost.
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
 //! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
 //! - [`tls`]: a test certificate authority, `kubernetes.io/tls` Secrets, and TLS clients.
@@ -32,6 +34,7 @@ pub mod h2wire;
 pub mod hostile;
 pub mod kubelet;
 pub mod kubelet_logs;
+pub mod load;
 pub mod namespace;
 pub mod pod_env;
 pub mod pod_ips;
@@ -39,6 +42,7 @@ pub mod probe;
 pub mod proxy;
 pub mod redis_server;
 pub mod reliability;
+pub mod rollout;
 pub mod tls;
 pub mod usage;
 pub mod wait;

@@ -3,3 +3,4 @@
 //! (`microgate_test_support::reliability`). `make reliability` runs them, with the short
 //! scenarios of the e2e suite (`faults::` and `rollouts::`), and writes the report; a plain
 //! `cargo test` leaves them out, so `make test` stays short.
+mod operator_faults;

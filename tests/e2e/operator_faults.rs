@@ -1,0 +1,33 @@
+//! The operator under control-plane faults, short versions (each under a minute): killed at
+//! random points while Microservices reconcile, and a permanently failing object that must back
+//! off without starving the others. The full-length runs are in the reliability suite, which
+//! shares [`scenarios`] with this module.
+
+pub mod scenarios;
+
+use std::time::Duration;
+
+use microgate_test_support::with_namespace;
+
+#[tokio::test]
+async fn the_operator_killed_at_random_points_converges_after_every_restart() {
+    with_namespace("faults-op-kill", |ns| async move {
+        scenarios::killed_at_random_points(&ns, "operator-killed-short", 20, 3).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_permanently_failing_microservice_backs_off_and_starves_no_other() {
+    with_namespace("faults-op-backoff", |ns| async move {
+        scenarios::failing_object_backs_off(
+            &ns,
+            "operator-failing-object-short",
+            Duration::from_secs(60),
+            Duration::from_secs(20),
+            20,
+        )
+        .await;
+    })
+    .await;
+}

@@ -1,6 +1,6 @@
 //! The operator under control-plane faults, short versions (each under a minute): killed at
-//! random points while Microservices reconcile, and a permanently failing object that must back
-//! off without starving the others. The full-length runs are in the reliability suite, which
+//! random points while Microservices reconcile, a permanently failing object that must back off
+//! without starving the others, and watches expired by an etcd compaction. The full-length runs are in the reliability suite, which
 //! shares [`scenarios`] with this module.
 
 pub mod scenarios;
@@ -28,6 +28,14 @@ async fn a_permanently_failing_microservice_backs_off_and_starves_no_other() {
             20,
         )
         .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_watch_expired_by_an_etcd_compaction_relists_and_converges_without_a_restart() {
+    with_namespace("faults-op-410", |ns| async move {
+        scenarios::watch_expired_by_compaction(&ns, "operator-watch-expired").await;
     })
     .await;
 }

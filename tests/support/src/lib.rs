@@ -10,6 +10,8 @@
 //! - [`pod_env`]: a container's environment and Secret files, as a kubelet resolves them.
 //! - [`pod_ips`]: where Pod addresses come from (`127.0.0.0/8`, or a private namespace's range).
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
+//! - [`private_apiserver`]: a second API server on the cluster's etcd, without a watch cache,
+//!   that one test may stop or cut off.
 //! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
 //! - [`tls`]: a test certificate authority, `kubernetes.io/tls` Secrets, and TLS clients.
 //! - [`h2wire`]: raw HTTP/2 frames and HPACK, for tests that play a hostile client.
@@ -35,6 +37,7 @@ pub mod kubelet_logs;
 pub mod namespace;
 pub mod pod_env;
 pub mod pod_ips;
+pub mod private_apiserver;
 pub mod probe;
 pub mod proxy;
 pub mod redis_server;

@@ -1,7 +1,11 @@
 //! The operator's fault scenarios at full length: killed ten times while 100 Microservices
 //! reconcile, and a permanently failing object watched for its first ten minutes.
 
-// Shared with the e2e suite, which runs the short scenarios (the expired watch) itself.
+// Shared with the e2e suite, which runs the short scenarios (the expired watch, the replicas'
+// fencing) itself.
+#[allow(dead_code)]
+#[path = "../e2e/operator_faults/fencing.rs"]
+mod fencing;
 #[allow(dead_code)]
 #[path = "../e2e/operator_faults/scenarios.rs"]
 mod scenarios;

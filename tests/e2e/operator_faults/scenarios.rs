@@ -14,6 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     apps::v1::Deployment,
+    coordination::v1::Lease,
     core::v1::{Namespace, Service},
 };
 use kube::{
@@ -24,6 +25,7 @@ use microgate::{
     api::Microservice,
     controller::{self, Prometheus, Scope},
     discovery::Registry,
+    leader,
 };
 use microgate_test_support::{
     TestNamespace, cluster,
@@ -35,6 +37,8 @@ use microgate_test_support::{
 };
 use serde_json::json;
 use tokio::task::JoinHandle;
+
+use super::fencing::{RecordWrites, WriteLog, closest_handover, recorded_client};
 
 /// The label microgate puts on everything it creates.
 const MANAGED: &str = "app.kubernetes.io/managed-by=microgate";
@@ -666,6 +670,172 @@ pub async fn watch_expired_by_compaction(ns: &TestNamespace, scenario: &str) {
     assert!(took <= TARGET, "converged after {took:?}");
     drop(operator);
     server.stop().await;
+}
+
+/// A controller replica with leader election, whose writes `log` records.
+struct Replica {
+    name: String,
+    task: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Replica {
+    async fn start(ns: &TestNamespace, name: String, log: &WriteLog) -> Self {
+        let layer = RecordWrites {
+            replica: name.clone(),
+            log: log.clone(),
+        };
+        let client = recorded_client(&layer).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let election = leader::Config {
+            namespace: ns.name.clone(),
+            lease_name: "microgate-controller".into(),
+            identity: leader::identity(Some(&name)),
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_millis(2500),
+            retry_period: Duration::from_millis(500),
+        };
+        let running = controller::start(
+            client,
+            Scope {
+                namespace: Some(ns.name.clone()),
+                label_selector: None,
+            },
+            Registry::default(),
+            Prometheus::default(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Some(election),
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+        .expect("start a controller replica");
+        Self {
+            name,
+            task: tokio::spawn(running.serve),
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The replica whose identity holds the Lease, once one does.
+async fn lease_holder(ns: &TestNamespace, replicas: &[Replica]) -> usize {
+    wait::until("a replica to hold the Lease", Duration::from_secs(30), || async {
+        let holder = ns
+            .api::<Lease>()
+            .get_opt("microgate-controller")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default();
+        match replicas.iter().position(|r| {
+            holder
+                .strip_prefix(&r.name)
+                .is_some_and(|rest| rest.starts_with('_'))
+        }) {
+            Some(index) => Probe::Done(index),
+            None => Probe::NotYet(format!("holder {holder:?}")),
+        }
+    })
+    .await
+    .expect("a replica leads")
+}
+
+/// Two replicas on one Lease; leadership is forced to move `changes` times, alternately by
+/// killing the leader (its Lease expires) and by stopping it gracefully (it releases the Lease),
+/// a fresh replica joining each time, while every Microservice's spec keeps changing. No two
+/// replicas' writes may overlap in time.
+pub async fn replicas_never_write_at_once(ns: &TestNamespace, scenario: &str, changes: u32) {
+    cluster::install_crds(&ns.client, microgate::api::crds()).await;
+    let log = WriteLog::default();
+    let api = ns.api::<Microservice>();
+    let names: Vec<String> = (0..10).map(|i| format!("svc-{i}")).collect();
+    for name in &names {
+        api.create(&PostParams::default(), &microservice(name, 0))
+            .await
+            .unwrap_or_else(|e| panic!("create Microservice {name}: {e}"));
+    }
+    let mut replicas = vec![
+        Replica::start(ns, "replica-0".into(), &log).await,
+        Replica::start(ns, "replica-1".into(), &log).await,
+    ];
+    converged(ns, names.len(), Duration::from_secs(60))
+        .await
+        .expect("the first leader converges");
+    let mut handovers = Vec::new();
+    for change in 0..changes {
+        let leader = lease_holder(ns, &replicas).await;
+        set_revision(ns, &names, change + 1).await;
+        tokio::time::sleep(Duration::from_millis(random_below(1500))).await;
+        let mut old = replicas.remove(leader);
+        let how = if change % 2 == 0 {
+            old.task.abort();
+            let _ = (&mut old.task).await;
+            "killed"
+        } else {
+            if let Some(stop) = old.stop.take() {
+                let _ = stop.send(());
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(30), &mut old.task).await;
+            "stopped"
+        };
+        let left = Instant::now();
+        replicas.push(Replica::start(ns, format!("replica-{}", change + 2), &log).await);
+        let next = lease_holder(ns, &replicas).await;
+        handovers.push(format!(
+            "{} {how}, {} took over after {:.1} s",
+            old.name,
+            replicas[next].name,
+            left.elapsed().as_secs_f64()
+        ));
+        converged(ns, names.len(), Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("after {} was {how}: {e}", old.name));
+    }
+    drop(replicas);
+    let writes = log.writes();
+    let overlaps = log.overlaps();
+    let writers: BTreeMap<String, usize> = writes.iter().fold(BTreeMap::new(), |mut counts, w| {
+        *counts.entry(w.replica.clone()).or_default() += 1;
+        counts
+    });
+    let closest = closest_handover(&writes);
+    eprintln!("handovers: {handovers:#?}; writes per replica {writers:?}");
+    reliability::record(&Outcome {
+        scenario,
+        description: &format!(
+            "two controller replicas on one Lease (4 s), leadership moved {changes} times (the leader killed or stopped in turn, a fresh replica joining), Microservices changing throughout; every write of each recorded"
+        ),
+        target: "no two replicas' writes overlap in time",
+        measured: format!(
+            "{} overlapping pairs among {} writes by {} replicas; closest handover between two replicas' writes {:.2} s",
+            overlaps.len(),
+            writes.len(),
+            writers.len(),
+            closest.unwrap_or_default().as_secs_f64()
+        ),
+        met: overlaps.is_empty() && writers.len() > 2,
+    });
+    let shown: Vec<String> = overlaps
+        .iter()
+        .take(3)
+        .map(|(a, b)| format!("{} {} overlaps {} {}", a.replica, a.what, b.replica, b.what))
+        .collect();
+    assert!(
+        overlaps.is_empty(),
+        "{} overlapping writes, e.g. {shown:?}",
+        overlaps.len()
+    );
+    assert!(writers.len() > 2, "leadership moved: writes by {writers:?}");
 }
 
 #[cfg(test)]

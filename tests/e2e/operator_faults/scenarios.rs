@@ -172,8 +172,20 @@ async fn convergence_problem(ns: &TestNamespace, expected: usize) -> Option<Stri
         .map(ResourceExt::name_any)
         .collect();
     if !not_ready.is_empty() {
+        // Whether the first one waits for its rollout or for the operator to notice it ended.
+        let rollout = deployments
+            .iter()
+            .find(|d| d.name_any() == not_ready[0])
+            .and_then(|d| {
+                let status = d.status.as_ref()?;
+                Some(format!(
+                    "its Deployment: generation {:?}, observed {:?}, ready {:?} of {:?}",
+                    d.metadata.generation, status.observed_generation, status.ready_replicas, status.replicas
+                ))
+            })
+            .unwrap_or_else(|| "no Deployment status".into());
         return Some(format!(
-            "{} not Ready at their current generation, e.g. {:?}",
+            "{} not Ready at their current generation, e.g. {:?} ({rollout})",
             not_ready.len(),
             &not_ready[..not_ready.len().min(5)]
         ));

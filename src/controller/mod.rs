@@ -7,6 +7,7 @@
 //! and the admin endpoints. With leader election the writers run only in the process that holds
 //! the Lease ([`crate::leader`]).
 
+pub mod backoff;
 pub mod conditions;
 pub mod context;
 pub mod endpoints;
@@ -35,6 +36,8 @@ pub use prometheus_client::registry::Registry as Prometheus;
 use tokio::sync::{oneshot, watch};
 
 pub use context::{Context, Scope};
+
+use backoff::WatchBackoff;
 
 use crate::{
     api::{Gateway, Microservice, labels},
@@ -206,6 +209,7 @@ fn writers(
     )
     .owns(namespaced_or_all::<Deployment>(client, scope), owned.clone())
     .owns(namespaced_or_all::<Service>(client, scope), owned)
+    .trigger_backoff(WatchBackoff::default())
     .with_config(controller::Config::default().concurrency(16));
     let store = controller.store();
     let controller = controller.graceful_shutdown_on(once_ready(shutdown.clone(), store.clone()));
@@ -249,6 +253,7 @@ fn writers(
                     .collect::<Vec<_>>()
             },
         )
+        .trigger_backoff(WatchBackoff::default())
         .with_config(controller::Config::default().concurrency(4))
         .graceful_shutdown_on(once_ready(shutdown.clone(), gateways_ready));
 

@@ -44,6 +44,7 @@ mod hostile;
 mod idle;
 mod jwt;
 mod leader;
+mod operator_faults;
 mod paths;
 mod rate_limits;
 mod registry;

@@ -4,4 +4,5 @@
 //! scenarios of the e2e suite (`faults::` and `rollouts::`), and writes the report; a plain
 //! `cargo test` leaves them out, so `make test` stays short.
 
+mod operator_faults;
 mod rollout;

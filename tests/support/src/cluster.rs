@@ -6,6 +6,7 @@
 //! test quietly skips because the cluster is missing.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
@@ -27,6 +28,85 @@ pub enum ClusterError {
     Kubeconfig { path: String, reason: String },
     #[error("could not build a client from {path}: {reason}")]
     Client { path: String, reason: String },
+    #[error("could not read the cluster's state {path}: {reason}")]
+    State { path: String, reason: String },
+    #[error("etcd at {addr} did not {action}: {reason}")]
+    Etcd {
+        addr: SocketAddr,
+        action: &'static str,
+        reason: String,
+    },
+}
+
+/// Where the running control plane's parts listen (`state.env`, written by `cluster.sh up`).
+#[derive(Clone, Debug)]
+pub struct State {
+    pub api_port: u16,
+    /// etcd's client port: plain HTTP on loopback, with etcd's JSON gateway (`/v3/...`).
+    pub etcd_port: u16,
+    /// The address the API server advertises (loopback, or the private namespace's).
+    pub advertise: String,
+}
+
+/// The running control plane's ports, starting it if needed.
+pub async fn state() -> Result<State, ClusterError> {
+    config().await?;
+    let path = cluster_dir().join("state.env");
+    let error = |reason: String| ClusterError::State {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+            .ok_or_else(|| error(format!("no {key}")))
+    };
+    let port = |key: &str| {
+        value(key)?
+            .parse::<u16>()
+            .map_err(|e| error(format!("{key}: {e}")))
+    };
+    Ok(State {
+        api_port: port("API_PORT")?,
+        etcd_port: port("ETCD_PORT")?,
+        advertise: value("ADVERTISE")?,
+    })
+}
+
+/// Compacts etcd's history at its current revision (physically: the old revisions are gone),
+/// as the API server does every five minutes, and returns that revision. A watch that resumes
+/// from an earlier revision and is served by etcd rather than a watch cache gets 410 Gone.
+pub async fn compact_etcd() -> Result<i64, ClusterError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], state().await?.etcd_port));
+    let call = |action: &'static str, path: &'static str, body: String| async move {
+        let failed = |reason: String| ClusterError::Etcd { addr, action, reason };
+        let answer = crate::probe::request(addr, hyper::Method::POST, path, &body)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if !answer.status.is_success() {
+            return Err(failed(format!("{}: {}", answer.status, answer.body)));
+        }
+        serde_json::from_str::<serde_json::Value>(&answer.body).map_err(|e| failed(e.to_string()))
+    };
+    // Any read answers with the store's current revision in its header.
+    let read = call("read", "/v3/kv/range", r#"{"key":"AA==","limit":1}"#.to_owned()).await?;
+    let revision = read["header"]["revision"]
+        .as_str()
+        .and_then(|r| r.parse::<i64>().ok())
+        .ok_or_else(|| ClusterError::Etcd {
+            addr,
+            action: "report its revision",
+            reason: read.to_string(),
+        })?;
+    call(
+        "compact",
+        "/v3/kv/compaction",
+        serde_json::json!({"revision": revision.to_string(), "physical": true}).to_string(),
+    )
+    .await?;
+    Ok(revision)
 }
 
 /// The repository root: this crate lives in `tests/support`.

@@ -12,6 +12,8 @@
 //! - [`load`]: open-loop load at a fixed rate, for a bounded count, with what failed and why.
 //! - [`rollout`]: a Microservice changed (image, replicas) under load, and what that cost.
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
+//! - [`private_apiserver`]: a second API server on the cluster's etcd, without a watch cache,
+//!   that one test may stop or cut off.
 //! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
 //! - [`tls`]: a test certificate authority, `kubernetes.io/tls` Secrets, and TLS clients.
 //! - [`h2wire`]: raw HTTP/2 frames and HPACK, for tests that play a hostile client.
@@ -38,6 +40,7 @@ pub mod load;
 pub mod namespace;
 pub mod pod_env;
 pub mod pod_ips;
+pub mod private_apiserver;
 pub mod probe;
 pub mod proxy;
 pub mod redis_server;

@@ -4,7 +4,7 @@ use clap::Parser;
 use microgate::{
     cli::{
         AdminAccessArgs, Cli, Command, ControllerArgs, ExplainArgs, ExplainOutput, GatewayArgs,
-        LeaderElectionArgs, RunArgs,
+        LeaderElectionArgs, RunArgs, TracingArgs,
     },
     controller::{self, Prometheus, Scope},
     discovery::{self, DiscoveryMetrics, Registry},
@@ -14,6 +14,8 @@ use microgate::{
     },
     leader, telemetry,
 };
+use std::sync::Arc;
+
 use tokio::signal::unix::{SignalKind, signal};
 
 // glibc's allocator took about a tenth of the instructions of a proxied request (and musl's, in
@@ -196,6 +198,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let live = inspect::Live::new(registry.clone());
     let mut prometheus = Prometheus::default();
     let gateway_metrics = GatewayMetrics::register(&mut prometheus);
+    let tracer = tracer(&args.tracing, &gateway_metrics)?;
     let namespace = controller_args.namespace.clone();
     let scope = Scope {
         namespace: controller_args.namespace,
@@ -244,6 +247,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             gateway_api: args.gateway_api,
             inspect: Some(live),
             redis_url: args.redis_url,
+            tracer,
         },
         gateway_metrics,
         shutdown_signal(),
@@ -270,6 +274,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     let mut prometheus = Prometheus::default();
     let gateway_metrics = GatewayMetrics::register(&mut prometheus);
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
+    let tracer = tracer(&args.tracing, &gateway_metrics)?;
     let admin = telemetry::Admin::new(prometheus, &[gateway::ROUTES_PROGRAMMED]);
     let live = inspect::Live::new(registry.clone());
     admin.serve_also(inspect::admin::router(live.clone(), access));
@@ -298,6 +303,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         gateway_api: args.gateway_api,
         inspect: Some(live),
         redis_url: args.redis_url,
+        tracer,
     };
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
@@ -308,6 +314,25 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The tracer the flags ask for, with its export thread started; `None` when tracing is off.
+fn tracer(
+    args: &TracingArgs,
+    metrics: &GatewayMetrics,
+) -> Result<Option<Arc<gateway::trace::Tracer>>, String> {
+    let Some(settings) = args.settings() else {
+        return Ok(None);
+    };
+    let tracer = gateway::trace::Tracer::start(&settings, metrics.span_counters())
+        .map_err(|e| format!("cannot start tracing: {e}"))?;
+    tracing::info!(
+        collector = %settings.otlp_endpoint,
+        sampling_ratio = settings.sampling_ratio,
+        service = %settings.service_name,
+        "tracing on: spans of sampled requests are exported over OTLP"
+    );
+    Ok(Some(Arc::new(tracer)))
 }
 
 /// Who may read the registry and debug endpoints, as the flags say.

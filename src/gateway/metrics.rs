@@ -43,6 +43,13 @@ pub struct GatewayMetrics {
     access: Family<AccessLabels, Counter>,
     buffers: WorkerBuffers,
     accept_paused: Counter,
+    spans: crate::gateway::trace::ExportCounters,
+    spans_dropped: Family<DropLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
 }
 
 impl GatewayMetrics {
@@ -56,6 +63,20 @@ impl GatewayMetrics {
             access: Family::default(),
             buffers: WorkerBuffers::default(),
             accept_paused: Counter::default(),
+            spans: Default::default(),
+            spans_dropped: Family::default(),
+        };
+        let metrics = Self {
+            spans: crate::gateway::trace::ExportCounters {
+                exported: Counter::default(),
+                dropped_queue_full: metrics
+                    .spans_dropped
+                    .get_or_create_owned(&DropLabels { reason: "queue-full" }),
+                dropped_export_failed: metrics.spans_dropped.get_or_create_owned(&DropLabels {
+                    reason: "export-failed",
+                }),
+            },
+            ..metrics
         };
         registry.register(
             "microgate_gateway_request_duration_seconds",
@@ -104,6 +125,16 @@ impl GatewayMetrics {
             },
         );
         registry.register(
+            "microgate_gateway_spans_exported",
+            "Spans of sampled requests the OTLP collector accepted",
+            metrics.spans.exported.clone(),
+        );
+        registry.register(
+            "microgate_gateway_spans_dropped",
+            "Spans of sampled requests not exported, by reason: queue-full (the export queue was full: the collector is slow or down) or export-failed (the collector refused them or could not be reached)",
+            metrics.spans_dropped.clone(),
+        );
+        registry.register(
             "microgate_gateway_accept_paused",
             "Times a listener stopped accepting for a moment because the process or the system was out of file descriptors",
             metrics.accept_paused.clone(),
@@ -116,6 +147,11 @@ impl GatewayMetrics {
         if let Ok(mut counted) = self.buffers.0.lock() {
             counted.extend(workers);
         }
+    }
+
+    /// The counters the span exporter keeps (see [`crate::gateway::trace`]).
+    pub fn span_counters(&self) -> crate::gateway::trace::ExportCounters {
+        self.spans.clone()
     }
 
     /// A listener paused accepting: no file descriptor was left for a new connection.

@@ -49,6 +49,7 @@ mod rate_limits;
 mod registry;
 mod slow_clients;
 mod tls;
+mod tracing;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -140,10 +141,37 @@ impl Platform {
         gateway_api: bool,
         redis_url: Option<String>,
     ) -> Self {
+        Self::start_traced(
+            ns,
+            shutdown,
+            workers,
+            client_timeouts,
+            gateway_api,
+            redis_url,
+            None,
+        )
+        .await
+    }
+
+    /// [`Platform::start_configured`], tracing requests as `tracing` says.
+    async fn start_traced(
+        ns: &TestNamespace,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        workers: usize,
+        client_timeouts: gateway::listen::ClientTimeouts,
+        gateway_api: bool,
+        redis_url: Option<String>,
+        tracing: Option<gateway::trace::Settings>,
+    ) -> Self {
         microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         let registry = Registry::default();
         let mut prometheus = Prometheus::default();
         let metrics = GatewayMetrics::register(&mut prometheus);
+        let tracer = tracing.map(|settings| {
+            std::sync::Arc::new(
+                gateway::trace::Tracer::start(&settings, metrics.span_counters()).expect("start tracing"),
+            )
+        });
         let scope = Scope {
             namespace: Some(ns.name.clone()),
             label_selector: None,
@@ -179,6 +207,7 @@ impl Platform {
                 gateway_api,
                 inspect: Some(live),
                 redis_url,
+                tracer,
             },
             metrics,
             shutdown,

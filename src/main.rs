@@ -220,6 +220,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     // Ready when both halves are: a Pod that is Ready before its gateway can route would take
     // traffic only to answer 404.
     running.admin.wait_for(gateway::ROUTES_PROGRAMMED);
+    let exemplars = gateway_metrics.clone();
+    running
+        .admin
+        .annotate_metrics(move |text| exemplars.add_exemplars(text));
     running
         .admin
         .serve_also(inspect::admin::router(live.clone(), access));
@@ -276,6 +280,8 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
     let tracer = tracer(&args.tracing, &gateway_metrics)?;
     let admin = telemetry::Admin::new(prometheus, &[gateway::ROUTES_PROGRAMMED]);
+    let exemplars = gateway_metrics.clone();
+    admin.annotate_metrics(move |text| exemplars.add_exemplars(text));
     let live = inspect::Live::new(registry.clone());
     admin.serve_also(inspect::admin::router(live.clone(), access));
     let (admin_addr, serve_admin) = admin

@@ -189,6 +189,10 @@ impl Platform {
         .await
         .expect("start the controller");
         let admin = running.admin_addr;
+        let exemplars = metrics.clone();
+        running
+            .admin
+            .annotate_metrics(move |text| exemplars.add_exemplars(text));
         let live = inspect::Live::new(registry.clone());
         running
             .admin

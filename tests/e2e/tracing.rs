@@ -158,6 +158,19 @@ async fn a_retried_request_is_one_trace_in_jaeger_with_both_attempts() {
         assert_eq!(second.tag("microgate.retry.reason"), None);
         // The endpoint's parent is the attempt that reached it.
         assert_eq!(seen_parent, second.span_id, "{second:#?}");
+        // The request's latency bucket names its trace as an exemplar.
+        let metrics = probe::get(platform.admin, "/metrics")
+            .await
+            .expect("metrics")
+            .body;
+        let exemplar = format!(r#"# {{trace_id="{trace_id}"}}"#);
+        assert!(
+            metrics.lines().any(
+                |l| l.starts_with("microgate_gateway_request_duration_seconds_bucket{")
+                    && l.contains(&exemplar)
+            ),
+            "no exemplar {exemplar} in {metrics}"
+        );
         assert!(
             jaeger
                 .services()

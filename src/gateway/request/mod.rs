@@ -219,7 +219,8 @@ impl Proxy {
             },
         };
         let took = started.elapsed();
-        metrics.request(response.status(), took);
+        let sampled = trace.as_ref().filter(|t| t.sampled()).map(|t| t.trace_id().hex());
+        metrics.request(response.status(), took, sampled.as_ref());
         let reason = || {
             response
                 .headers()

@@ -39,6 +39,7 @@ test: lint licenses lint-manifests rules ## everything: format, lints, licenses,
 	cargo test --workspace --no-run
 	bash tests/h2spec/build.sh >/dev/null
 	bash tests/gwapi-conformance/build.sh >/dev/null
+	bash tests/jaeger/build.sh >/dev/null
 	bash tests/cluster/with-cluster.sh cargo test --workspace
 	$(MAKE) --no-print-directory test-netns
 
@@ -47,6 +48,7 @@ test-netns: ## the whole test suite inside a private network namespace (10.200.0
 	cargo test --workspace --no-run
 	bash tests/h2spec/build.sh >/dev/null  # the namespace has no network to fetch its modules
 	bash tests/gwapi-conformance/build.sh >/dev/null
+	bash tests/jaeger/build.sh >/dev/null
 	bash tests/cluster/netns.sh bash tests/cluster/with-cluster.sh cargo test --workspace --offline
 
 lint: ## rustfmt and clippy, warnings as errors

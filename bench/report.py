@@ -22,10 +22,13 @@ BEGIN = "<!-- bench:gateway:begin (written by make bench: edits here are overwri
 END = "<!-- bench:gateway:end -->"
 POLICY_BEGIN = "<!-- bench:policy:begin (written by make bench: edits here are overwritten) -->"
 POLICY_END = "<!-- bench:policy:end -->"
+TRACING_BEGIN = "<!-- bench:tracing:begin (written by make bench: edits here are overwritten) -->"
+TRACING_END = "<!-- bench:tracing:end -->"
 PEERS = ["nginx", "haproxy"]
 NAMES = {"direct": "direct (one backend)", "nginx": "nginx", "nginx-b": "nginx B (A/A)",
          "haproxy": "HAProxy", "microgate": "microgate", "microgate-policy": "microgate with the AccessPolicy",
-         "haproxy-policy": "HAProxy with `jwt_verify` and a stick table"}
+         "haproxy-policy": "HAProxy with `jwt_verify` and a stick table",
+         "microgate-trace1": "microgate, tracing 1 %", "microgate-trace100": "microgate, tracing 100 %"}
 
 
 def load(name):
@@ -152,14 +155,16 @@ tls_h2 = load("tls_h2.jsonl")
 tls_idle = load("tls_idle.jsonl")
 scale = load("scale.jsonl")
 policy = load("policy.jsonl")
+tracing = load("tracing.jsonl")
+tracing_spans = load("tracing_spans.jsonl")
 settings = machine.get("settings", {})
-ALL_SCENARIOS = {"throughput", "latency", "h2c", "retries", "callgrind", "tls", "scale", "policy"}
+ALL_SCENARIOS = {"throughput", "latency", "h2c", "retries", "callgrind", "tls", "scale", "policy", "tracing"}
 # A run of some scenarios only (BENCH_SCENARIOS) writes its own results, not the published ones.
 partial = set(settings.get("scenarios", ALL_SCENARIOS)) != ALL_SCENARIOS
 versions = machine.get("versions", {})
 results = {"machine": machine, "preflight": preflight, "throughput": {}, "latency": {}, "h2": {},
            "retry": {}, "callgrind": {}, "spread": spreads, "idle": idle, "targets": [],
-           "tls": {"new": {}, "keepalive": {}, "h2": {}, "idle": {}}, "scale": {}, "policy": {}}
+           "tls": {"new": {}, "keepalive": {}, "h2": {}, "idle": {}}, "scale": {}, "policy": {}, "tracing": {}}
 md = []
 
 # ---- throughput
@@ -361,6 +366,34 @@ if policy:
                                   "rounds": len(per_round(policy, rps, a, b))}
     results["policy"] = {"targets": per_target, "ratios": ratios,
                          "loadavg": sorted({(r["round"], r["loadavg"]) for r in policy})}
+
+# ---- tracing: the same gateway without tracing, and sampling 1 % and 100 % of requests
+TRACING_TARGETS = ["microgate", "microgate-trace1", "microgate-trace100"]
+if tracing:
+    per_target = {}
+    for t in TRACING_TARGETS:
+        tr = [r for r in tracing if r["target"] == t]
+        if tr:
+            per_target[t] = {
+                "rps": spread([r["rps"] for r in tr]),
+                "req_per_cpu_second": spread([req_per_cpu(r) for r in tr]),
+                "user_us": med([per_request(r, "user_seconds") for r in tr]),
+                "system_us": med([per_request(r, "system_seconds") for r in tr]),
+                "hwm_kib": max(r["hwm_kib"] for r in tr),
+                "p99": [r["p99"] for r in tr],
+                "requests": sum(r["requests"] for r in tr),
+                "non_2xx": sum(r["non_2xx"] for r in tr),
+                "socket_errors": sum(r["socket_errors"] for r in tr),
+                "rounds": len(tr),
+            }
+    ratios = {}
+    for a in ["microgate-trace1", "microgate-trace100"]:
+        if a in per_target and "microgate" in per_target:
+            ratios[f"{a}/microgate"] = {"rps": spread(per_round(tracing, rps, a, "microgate")),
+                                        "req_per_cpu_second": spread(per_round(tracing, req_per_cpu, a, "microgate")),
+                                        "rounds": len(per_round(tracing, rps, a, "microgate"))}
+    results["tracing"] = {"targets": per_target, "ratios": ratios, "spans": tracing_spans,
+                          "loadavg": sorted({(r["round"], r["loadavg"]) for r in tracing})}
 
 # ---- retries
 for t in ["direct", "nginx", "haproxy", "microgate"]:
@@ -891,11 +924,60 @@ if results["policy"]:
     md.append("### AccessPolicy cost\n")
     md.append("In its own section below (`bench:policy`), which a run of the policy scenario alone also updates.\n")
 
+tmd = []
+if results["tracing"]:
+    tro = results["tracing"]
+    tmd.append("## Tracing cost (`make bench`, scenario `tracing`)\n")
+    tmd.append(f"Run {machine.get('date', '?')} on {machine.get('nproc', '?')} CPUs ({machine.get('cpu', '?')}), shared with "
+               f"other work: load average before the run {machine.get('loadavg_before', '?')}, CPU busy with other work "
+               f"before the first measurement {preflight.get('busy_percent_before', '?')} %. microgate {versions.get('microgate', '?')}, "
+               f"wrk {versions.get('wrk', '?')}.\n")
+    if isinstance(busy, (int, float)) and busy > 10:
+        tmd.append(f"**The machine was not quiet: {busy} % of its CPU was busy with other work before the run "
+                   "started.** Read the per-round ratios with their spread.\n")
+    tmd.append(
+        "**Setup.** Three `microgate gateway` processes with 1 worker each, alike but for tracing, serve the same "
+        "Gateway on three loopback addresses in front of the same backends: *microgate* without tracing, and two "
+        "with `--tracing-otlp-endpoint` and `--tracing-sampling-ratio` 0.01 and 1.0. wrk's requests carry no "
+        "`traceparent`, so every request starts a trace, the sampled share records a server span and an attempt span, "
+        "and every request sends the backend a `traceparent`. The collector is an nginx worker that accepts every "
+        "OTLP/HTTP export and keeps nothing (`bench/peers/otlp-sink.conf`), so the rows measure the gateway's cost, "
+        "not a trace store's. "
+        f"`wrk -t2 -c{settings.get('connections', '?')} -d{settings.get('seconds', '?')}s`, {settings.get('rounds', '?')} "
+        "rounds, order reversed every other round.\n")
+    tmd.append("| target | req/s median [min–max] | req per proxy CPU-second | proxy CPU per request: user + system | peak RSS | p99 per round | requests | non-2xx / socket errors |")
+    tmd.append("|---|---|---|---|---|---|---|---|")
+    for t, e in tro["targets"].items():
+        tmd.append(f"| {NAMES[t]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second'])} | "
+                   f"{e['user_us'] * 1e6:.1f} + {e['system_us'] * 1e6:.1f} µs | {mib(e['hwm_kib'])} | {', '.join(e['p99'])} | "
+                   f"{e['requests']} | {e['non_2xx']} / {e['socket_errors']} |")
+    tmd.append("")
+    tmd.append("| per-round ratio | req/s | req per CPU-second | rounds |")
+    tmd.append("|---|---|---|---|")
+    for name, e in tro["ratios"].items():
+        a, b = name.split("/")
+        tmd.append(f"| {NAMES[a]} / {NAMES[b]} | {ratio(e['rps'])} | {ratio(e['req_per_cpu_second'])} | {e['rounds']} |")
+    tmd.append("")
+    for sp in tro["spans"]:
+        tmd.append(f"- {NAMES.get(sp['target'], sp['target'])}: {sp['requests']} requests answered over the scenario "
+                   f"(warm-up included), {sp['spans_exported']} spans exported, {sp['spans_dropped']} dropped.")
+    tmd.append("")
+    own = tro["ratios"].get("microgate-trace1/microgate", {}).get("rps")
+    if own:
+        tmd.append(f"Target: tracing at 1 % costs ≤ 3 % of throughput (ratio ≥ 0.97): {ratio(own)}, "
+                   f"{verdict(own[0] >= 0.97)}. Ratios are medians of per-round ratios [min–max] in this run.\n")
+    tmd.append("Load average per round (1/5/15 min, after its last target): " +
+               "; ".join(f"{rnd}: {l}" for rnd, l in sorted(dict(tro["loadavg"]).items())) + "\n")
+    md.append("### Tracing cost\n")
+    md.append("In its own section below (`bench:tracing`), which a run of the tracing scenario alone also updates.\n")
+
 section = "\n".join(md).rstrip() + "\n"
 with open(os.path.join(OUT, "results.md"), "w") as f:
     f.write(section)
     if pmd:
         f.write("\n" + "\n".join(pmd).rstrip() + "\n")
+    if tmd:
+        f.write("\n" + "\n".join(tmd).rstrip() + "\n")
 
 
 def write_block(text, begin, end, body, after=None):
@@ -918,14 +1000,18 @@ bench_md = os.path.join(REPO, "BENCHMARKS.md")
 text = open(bench_md).read() if os.path.exists(bench_md) else "# Benchmarks\n"
 if pmd:
     text = write_block(text, POLICY_BEGIN, POLICY_END, "\n".join(pmd).rstrip() + "\n", after=END)
+if tmd:
+    text = write_block(text, TRACING_BEGIN, TRACING_END, "\n".join(tmd).rstrip() + "\n",
+                       after=POLICY_END if POLICY_END in text else END)
 
 if partial:
     # A run of some scenarios only (BENCH_SCENARIOS) leaves the published figures alone.
-    if pmd:
+    if pmd or tmd:
         with open(bench_md, "w") as f:
             f.write(text)
     print(f"report: {os.path.join(OUT, 'results.md')} (scenarios {' '.join(settings['scenarios'])}: "
-          "BENCHMARKS.md's gateway section left as it was" + (", its policy section written" if pmd else "") + ")",
+          "BENCHMARKS.md's gateway section left as it was" + (", its policy section written" if pmd else "")
+          + (", its tracing section written" if tmd else "") + ")",
           file=sys.stderr)
     sys.exit(0)
 text = write_block(text, BEGIN, END, section)

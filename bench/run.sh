@@ -22,6 +22,10 @@
 # route without them, every request carrying the same valid token (signed for the run with
 # `openssl`, valid for a day); nginx and HAProxy, whose free builds have no JWT check, serve the same
 # requests without one.
+# The tracing scenario measures what tracing costs: two more microgate gateways, the same in all
+# but tracing (W3C headers to the backends, spans exported over OTLP/HTTP), sampling 1 % and 100 %
+# of requests, against the one without tracing; their collector is a sink that accepts every
+# export (bench/peers/otlp-sink.conf).
 #
 # Raw results: target/bench/raw/*.jsonl; the report: target/bench/results.{json,md}, the chart
 # bench/chart.png and the gateway section of BENCHMARKS.md (bench/report.py writes them).
@@ -41,7 +45,7 @@
 #   BENCH_SCALE_H2     idle h2c connections of the scale scenario (default 10000)
 #   BENCH_SCENARIOS    which measurements to run (default all): any of throughput, latency, h2c,
 #                      retries, callgrind, tls (all of tls-new, tls-keepalive, tls-h2, tls-idle),
-#                      scale (all of scale-plain, scale-tls, scale-h2), policy
+#                      scale (all of scale-plain, scale-tls, scale-h2), policy, tracing
 #   BENCH_MICROGATE    a microgate binary to measure instead of this checkout's release build (e.g.
 #                      an earlier commit's, for a before/after comparison)
 #   BENCH_PERF=1       also record where microgate's CPU goes during the new-TLS-connection rounds
@@ -72,7 +76,7 @@ scale_idle_wanted=${BENCH_SCALE_IDLE:-100000}
 scale_h2_wanted=${BENCH_SCALE_H2:-10000}
 # Loopback source addresses the scale scenario's connections come from (127.1.0.1 and up).
 scale_sources=64
-scenarios=${BENCH_SCENARIOS:-throughput latency h2c retries callgrind tls scale policy}
+scenarios=${BENCH_SCENARIOS:-throughput latency h2c retries callgrind tls scale policy tracing}
 # Whether a measurement is selected: by its own name, or by its group's (tls-new by tls).
 scenario_on() {
   local s
@@ -94,6 +98,10 @@ mg_h1=$((port + 5)) mg_retry=$((port + 105)) mg_admin=$((port + 6))
 # The policy scenario: microgate's listener whose route has the AccessPolicy, HAProxy's frontend
 # with its JWT check.
 mg_policy=$((port + 7)) haproxy_policy=$((port + 8))
+# The tracing scenario: the traced gateways' admin ports and listen addresses (their listeners take
+# the same ports as microgate's), and the OTLP sink.
+mg_trace1_admin=$((port + 9)) mg_trace100_admin=$((port + 10)) otlp_sink=$((port + 14))
+mg_trace1_address=127.0.0.8 mg_trace100_address=127.0.0.9
 # A second, identical nginx: the A/A row (the noise floor).
 nginx_b_h1=$((port + 11)) nginx_b_h2=$((port + 13)) nginx_b_retry=$((port + 111))
 # HTTPS listeners, one per certificate.
@@ -324,7 +332,7 @@ for address in $b1 $b2 $b3 $bf; do
 done
 for p in $nginx_h1 $nginx_h2 $nginx_retry $haproxy_h1 $haproxy_h2 $haproxy_retry $mg_h1 $mg_retry $mg_admin $mg_policy $haproxy_policy \
   $nginx_b_h1 $nginx_b_h2 $nginx_b_retry $nginx_tls_ecdsa $nginx_tls_rsa $haproxy_tls_ecdsa $haproxy_tls_rsa \
-  $mg_tls_ecdsa $mg_tls_rsa $nginx_b_tls_ecdsa $nginx_b_tls_rsa; do
+  $mg_tls_ecdsa $mg_tls_rsa $nginx_b_tls_ecdsa $nginx_b_tls_rsa $mg_trace1_admin $mg_trace100_admin $otlp_sink; do
   port_free 127.0.0.1 "$p" || die "127.0.0.1:$p is in use (set BENCH_PORT to move the bench's ports)"
 done
 
@@ -470,6 +478,14 @@ start_microgate() { # workers [valgrind...]
     --admin-addr "127.0.0.1:$mg_admin" "${microgate_idle_flags[@]}"
 }
 
+# A microgate gateway like start_microgate's, tracing a share of its requests to the OTLP sink.
+start_microgate_traced() { # name listen-address admin-port sampling-ratio
+  spawn "$1" env TOKIO_WORKER_THREADS=1 KUBECONFIG="$kubeconfig" RUST_LOG=warn \
+    "$microgate" gateway --workers 1 --namespace "$namespace" --listen-address "$2" \
+    --admin-addr "127.0.0.1:$3" "${microgate_idle_flags[@]}" \
+    --tracing-otlp-endpoint "http://127.0.0.1:$otlp_sink" --tracing-sampling-ratio "$4"
+}
+
 # Requests through each proxy land on each backend in turn: checked and recorded.
 spread() { # name url
   local _
@@ -485,6 +501,8 @@ url[haproxy]=http://127.0.0.1:$haproxy_h1/
 url[microgate]=http://127.0.0.1:$mg_h1/
 url[microgate-policy]=http://127.0.0.1:$mg_policy/
 url[haproxy-policy]=http://127.0.0.1:$haproxy_policy/
+url[microgate-trace1]=http://$mg_trace1_address:$mg_h1/
+url[microgate-trace100]=http://$mg_trace100_address:$mg_h1/
 declare -A h2url=(
   [nginx]=http://127.0.0.1:$nginx_h2/
   [haproxy]=http://127.0.0.1:$haproxy_h2/
@@ -507,7 +525,8 @@ declare -A h1port=([nginx]=$nginx_h1 [haproxy]=$haproxy_h1 [microgate]=$mg_h1)
 declare -A h2port=([nginx]=$nginx_h2 [haproxy]=$haproxy_h2 [microgate]=$mg_h1)
 # The process whose CPU and memory count for a target ("direct": the backend itself).
 declare -A owner=([direct]=backend-1 [nginx]=nginx [nginx-b]=nginx-b [haproxy]=haproxy [microgate]=microgate
-  [microgate-policy]=microgate [haproxy-policy]=haproxy)
+  [microgate-policy]=microgate [haproxy-policy]=haproxy [microgate-trace1]=microgate-trace1
+  [microgate-trace100]=microgate-trace100)
 # Extra wrk arguments for every throughput round (the policy scenario's Authorization header).
 wrk_flags=()
 
@@ -850,6 +869,36 @@ for workers in $workers_list; do
       say "  round $round/$rounds done (load $(loadavg))"
     done
     wrk_flags=()
+  fi
+
+  if [ "$workers" = 1 ] && scenario_on tracing; then
+    render "$here/peers/otlp-sink.conf" "$run/otlp-sink.conf" NAME=otlp-sink ADDR="127.0.0.1:$otlp_sink" RUN="$run"
+    spawn otlp-sink nginx -p "$run" -e "$run/otlp-sink.error.log" -c "$run/otlp-sink.conf"
+    start_microgate_traced microgate-trace1 "$mg_trace1_address" "$mg_trace1_admin" 0.01
+    start_microgate_traced microgate-trace100 "$mg_trace100_address" "$mg_trace100_admin" 1.0
+    tracing_targets=(microgate microgate-trace1 microgate-trace100)
+    for target in "${tracing_targets[@]}"; do wait_http "${url[$target]}" 60 "${owner[$target]}"; done
+    for target in "${tracing_targets[@]}"; do warm_up "${url[$target]}"; done
+    say "tracing: ${#tracing_targets[@]} targets × $rounds rounds × ${seconds}s (wrk -c$connections; sampling none, 1 %, 100 %)"
+    for round in $(seq 1 "$rounds"); do
+      mapfile -t order < <(in_order "$round" "${tracing_targets[@]}")
+      for target in "${order[@]}"; do throughput_round "$raw/tracing.jsonl" "$workers" "$round" "$target"; done
+      say "  round $round/$rounds done (load $(loadavg))"
+    done
+    # What the traced gateways exported and dropped over the whole scenario (warm-up included).
+    sleep 2
+    for pair in "microgate-trace1 $mg_trace1_admin 0.01" "microgate-trace100 $mg_trace100_admin 1.0"; do
+      read -r target admin ratio <<<"$pair"
+      curl -fsS "http://127.0.0.1:$admin/metrics" | awk -v t="$target" -v r="$ratio" '
+        $1 == "microgate_gateway_spans_exported_total" {exported = $2}
+        $1 ~ /^microgate_gateway_spans_dropped_total/ {dropped += $2}
+        $1 ~ /^microgate_gateway_requests_total/ {requests += $2}
+        END {printf "{\"target\": \"%s\", \"ratio\": %s, \"requests\": %d, \"spans_exported\": %d, \"spans_dropped\": %d}\n", t, r, requests, exported, dropped}' \
+        >>"$raw/tracing_spans.jsonl"
+    done
+    stop_process microgate-trace1
+    stop_process microgate-trace100
+    stop_process otlp-sink
   fi
 
   if [ "$workers" = 1 ]; then

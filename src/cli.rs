@@ -130,6 +130,44 @@ pub struct DataPlaneArgs {
     /// ready for one: so also how long an idle keep-alive connection stays open.
     #[arg(long, env = "MICROGATE_CLIENT_HEADER_TIMEOUT", default_value = "10s")]
     pub client_header_timeout: Duration,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
+}
+
+/// Distributed tracing: W3C trace headers to the services, spans exported over OTLP.
+#[derive(Debug, Args)]
+pub struct TracingArgs {
+    /// Export spans of sampled requests to this OTLP/HTTP (protobuf) collector, a base URL such
+    /// as `http://otel-collector:4318` (`/v1/traces` is added). Tracing is off without it: the
+    /// clients' trace headers then pass through untouched.
+    #[arg(long, env = "MICROGATE_TRACING_OTLP_ENDPOINT")]
+    pub tracing_otlp_endpoint: Option<String>,
+    /// The share of requests without a caller's sampling decision that start a recorded trace
+    /// (0.0 to 1.0). A request whose `traceparent` says sampled, or not, is traced as it says.
+    #[arg(long, env = "MICROGATE_TRACING_SAMPLING_RATIO", default_value = "0.01", value_parser = sampling_ratio)]
+    pub tracing_sampling_ratio: f64,
+    /// The `service.name` of the gateway's spans.
+    #[arg(long, env = "MICROGATE_TRACING_SERVICE_NAME", default_value = "microgate")]
+    pub tracing_service_name: String,
+}
+
+impl TracingArgs {
+    /// The tracing settings, if tracing is on.
+    pub fn settings(&self) -> Option<crate::gateway::trace::Settings> {
+        let endpoint = self.tracing_otlp_endpoint.as_deref().filter(|e| !e.is_empty())?;
+        Some(crate::gateway::trace::Settings {
+            otlp_endpoint: endpoint.to_owned(),
+            sampling_ratio: self.tracing_sampling_ratio,
+            service_name: self.tracing_service_name.clone(),
+        })
+    }
+}
+
+fn sampling_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{text:?} is not a ratio from 0.0 to 1.0")),
+    }
 }
 
 /// Who may read the registry and debug endpoints of the admin port.
@@ -304,6 +342,42 @@ mod tests {
         assert_eq!(election.leader_election_lease_duration, Duration::from_secs(15));
         assert_eq!(election.leader_election_renew_deadline, Duration::from_secs(10));
         assert_eq!(election.leader_election_retry_period, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn tracing_is_off_without_an_endpoint_and_ratios_are_checked() {
+        let cli = Cli::try_parse_from(["microgate", "gateway"]).expect("valid arguments");
+        let Command::Gateway(args) = cli.command else {
+            panic!("parsed {:?}", cli.command)
+        };
+        assert_eq!(args.data_plane.tracing.settings(), None);
+        assert_eq!(args.data_plane.tracing.tracing_sampling_ratio, 0.01);
+        let cli = Cli::try_parse_from([
+            "microgate",
+            "run",
+            "--tracing-otlp-endpoint=http://collector:4318",
+            "--tracing-sampling-ratio=1",
+        ])
+        .expect("valid arguments");
+        let Command::Run(args) = cli.command else {
+            panic!("parsed {:?}", cli.command)
+        };
+        let settings = args.data_plane.tracing.settings().expect("on");
+        assert_eq!(
+            (
+                settings.otlp_endpoint.as_str(),
+                settings.sampling_ratio,
+                settings.service_name.as_str()
+            ),
+            ("http://collector:4318", 1.0, "microgate")
+        );
+        for bad in ["1.5", "-0.1", "often"] {
+            assert!(
+                Cli::try_parse_from(["microgate", "gateway", &format!("--tracing-sampling-ratio={bad}")])
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use clap::Parser;
 use microgate::{
     cli::{
         AdminAccessArgs, Cli, Command, ControllerArgs, DataPlaneArgs, ExplainArgs, ExplainOutput,
-        GatewayArgs, LeaderElectionArgs, RunArgs,
+        GatewayArgs, LeaderElectionArgs, RunArgs, TracingArgs,
     },
     controller::{self, Prometheus, Scope},
     discovery::{self, DiscoveryMetrics, Registry},
@@ -14,6 +14,8 @@ use microgate::{
     },
     leader, telemetry,
 };
+use std::sync::Arc;
+
 use tokio::signal::unix::{SignalKind, signal};
 
 // glibc's allocator took about a tenth of the instructions of a proxied request (and musl's, in
@@ -196,6 +198,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let live = inspect::Live::new(registry.clone());
     let mut prometheus = Prometheus::default();
     let gateway_metrics = GatewayMetrics::register(&mut prometheus);
+    let tracer = tracer(&args.data_plane.tracing, &gateway_metrics)?;
     let namespace = controller_args.namespace.clone();
     let scope = Scope {
         namespace: controller_args.namespace,
@@ -217,6 +220,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     // Ready when both halves are: a Pod that is Ready before its gateway can route would take
     // traffic only to answer 404.
     running.admin.wait_for(gateway::ROUTES_PROGRAMMED);
+    let exemplars = gateway_metrics.clone();
+    running
+        .admin
+        .annotate_metrics(move |text| exemplars.add_exemplars(text));
     running
         .admin
         .serve_also(inspect::admin::router(live.clone(), access));
@@ -230,7 +237,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         client,
         namespace,
         registry,
-        gateway_options(args.data_plane, on_programmed, live),
+        gateway_options(args.data_plane, on_programmed, live, tracer),
         gateway_metrics,
         shutdown_signal(),
     );
@@ -256,7 +263,10 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     let mut prometheus = Prometheus::default();
     let gateway_metrics = GatewayMetrics::register(&mut prometheus);
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
+    let tracer = tracer(&args.data_plane.tracing, &gateway_metrics)?;
     let admin = telemetry::Admin::new(prometheus, &[gateway::ROUTES_PROGRAMMED]);
+    let exemplars = gateway_metrics.clone();
+    admin.annotate_metrics(move |text| exemplars.add_exemplars(text));
     let live = inspect::Live::new(registry.clone());
     admin.serve_also(inspect::admin::router(live.clone(), access));
     let (admin_addr, serve_admin) = admin
@@ -270,7 +280,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         ready.done(gateway::ROUTES_PROGRAMMED);
         tracing::info!("route table programmed; ready");
     });
-    let options = gateway_options(args.data_plane, on_programmed, live);
+    let options = gateway_options(args.data_plane, on_programmed, live, tracer);
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
         result = gateway::run(client, args.namespace, registry, options, gateway_metrics, shutdown_signal()) => {
@@ -283,11 +293,12 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
 }
 
 /// The gateway's options as the flags say; `on_programmed` turns the process ready, `live`
-/// shares the table with the admin endpoints.
+/// shares the table with the admin endpoints, `tracer` (see [`tracer`]) records spans.
 fn gateway_options(
     args: DataPlaneArgs,
     on_programmed: Box<dyn FnOnce() + Send>,
     live: inspect::Live,
+    tracer: Option<Arc<gateway::trace::Tracer>>,
 ) -> gateway::Options {
     gateway::Options {
         listen_address: args.listen_address,
@@ -305,7 +316,27 @@ fn gateway_options(
         inspect: Some(live),
         redis_url: args.redis_url,
         publish_service: args.publish_service,
+        tracer,
     }
+}
+
+/// The tracer the flags ask for, with its export thread started; `None` when tracing is off.
+fn tracer(
+    args: &TracingArgs,
+    metrics: &GatewayMetrics,
+) -> Result<Option<Arc<gateway::trace::Tracer>>, String> {
+    let Some(settings) = args.settings() else {
+        return Ok(None);
+    };
+    let tracer = gateway::trace::Tracer::start(&settings, metrics.span_counters())
+        .map_err(|e| format!("cannot start tracing: {e}"))?;
+    tracing::info!(
+        collector = %settings.otlp_endpoint,
+        sampling_ratio = settings.sampling_ratio,
+        service = %settings.service_name,
+        "tracing on: spans of sampled requests are exported over OTLP"
+    );
+    Ok(Some(Arc::new(tracer)))
 }
 
 /// Who may read the registry and debug endpoints, as the flags say.

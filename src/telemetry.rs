@@ -137,7 +137,11 @@ pub struct Admin {
     waiting: Arc<Mutex<Vec<&'static str>>>,
     /// Routes added after the server started (see [`Admin::serve_also`]).
     more: Arc<OnceLock<Router>>,
+    /// Edits each scrape's text before it is served (see [`Admin::annotate_metrics`]).
+    annotate: Arc<OnceLock<Annotator>>,
 }
+
+type Annotator = Box<dyn Fn(&mut String) + Send + Sync>;
 
 impl Admin {
     /// Serves `registry`; `/readyz` waits for each of `waiting_for` to be [`done`](Self::done).
@@ -146,6 +150,15 @@ impl Admin {
             registry: Arc::new(Mutex::new(registry)),
             waiting: Arc::new(Mutex::new(waiting_for.to_vec())),
             more: Arc::default(),
+            annotate: Arc::default(),
+        }
+    }
+
+    /// Has `annotate` edit the text of every scrape (once: a second call is ignored), e.g. to
+    /// add the gateway's exemplars ([`crate::gateway::GatewayMetrics::add_exemplars`]).
+    pub fn annotate_metrics(&self, annotate: impl Fn(&mut String) + Send + Sync + 'static) {
+        if self.annotate.set(Box::new(annotate)).is_err() {
+            tracing::warn!("metrics annotated twice; the first stays");
         }
     }
 
@@ -222,6 +235,9 @@ async fn metrics(State(admin): State<Admin>) -> Response {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         encode(&mut text, &registry)
     };
+    if let (Ok(()), Some(annotate)) = (&encoded, admin.annotate.get()) {
+        annotate(&mut text);
+    }
     match encoded {
         // prometheus-client writes OpenMetrics (a counter family is named without `_total`,
         // the text ends in `# EOF`): say so, or a scraper that reads it as the older text

@@ -43,6 +43,15 @@ pub struct GatewayMetrics {
     access: Family<AccessLabels, Counter>,
     buffers: WorkerBuffers,
     accept_paused: Counter,
+    spans: crate::gateway::trace::ExportCounters,
+    spans_dropped: Family<DropLabels, Counter>,
+    /// Every route's latency histogram by its label, for the exemplars (see [`Self::add_exemplars`]).
+    latency_by_route: Arc<Mutex<std::collections::HashMap<String, LatencyHistogram>>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
 }
 
 impl GatewayMetrics {
@@ -56,6 +65,21 @@ impl GatewayMetrics {
             access: Family::default(),
             buffers: WorkerBuffers::default(),
             accept_paused: Counter::default(),
+            spans: Default::default(),
+            spans_dropped: Family::default(),
+            latency_by_route: Arc::default(),
+        };
+        let metrics = Self {
+            spans: crate::gateway::trace::ExportCounters {
+                exported: Counter::default(),
+                dropped_queue_full: metrics
+                    .spans_dropped
+                    .get_or_create_owned(&DropLabels { reason: "queue-full" }),
+                dropped_export_failed: metrics.spans_dropped.get_or_create_owned(&DropLabels {
+                    reason: "export-failed",
+                }),
+            },
+            ..metrics
         };
         registry.register(
             "microgate_gateway_request_duration_seconds",
@@ -104,6 +128,16 @@ impl GatewayMetrics {
             },
         );
         registry.register(
+            "microgate_gateway_spans_exported",
+            "Spans of sampled requests the OTLP collector accepted",
+            metrics.spans.exported.clone(),
+        );
+        registry.register(
+            "microgate_gateway_spans_dropped",
+            "Spans of sampled requests not exported, by reason: queue-full (the export queue was full: the collector is slow or down) or export-failed (the collector refused them or could not be reached)",
+            metrics.spans_dropped.clone(),
+        );
+        registry.register(
             "microgate_gateway_accept_paused",
             "Times a listener stopped accepting for a moment because the process or the system was out of file descriptors",
             metrics.accept_paused.clone(),
@@ -116,6 +150,11 @@ impl GatewayMetrics {
         if let Ok(mut counted) = self.buffers.0.lock() {
             counted.extend(workers);
         }
+    }
+
+    /// The counters the span exporter keeps (see [`crate::gateway::trace`]).
+    pub fn span_counters(&self) -> crate::gateway::trace::ExportCounters {
+        self.spans.clone()
     }
 
     /// A listener paused accepting: no file descriptor was left for a new connection.
@@ -139,6 +178,10 @@ impl GatewayMetrics {
                 class,
             })
         };
+        let latency = self.latency.get_or_create_owned(&labels);
+        if let Ok(mut routes) = self.latency_by_route.lock() {
+            routes.insert(route.to_owned(), latency.clone());
+        }
         RouteMetrics {
             classes: [
                 class("1xx"),
@@ -147,7 +190,7 @@ impl GatewayMetrics {
                 class("4xx"),
                 class("5xx"),
             ],
-            latency: self.latency.get_or_create_owned(&labels),
+            latency,
             retries: self.retries.get_or_create_owned(&labels),
             budget_exhausted: self.budget_exhausted.get_or_create_owned(&labels),
         }
@@ -155,6 +198,43 @@ impl GatewayMetrics {
 }
 
 impl GatewayMetrics {
+    /// Adds to the OpenMetrics `text` of a scrape the exemplars of the request latency
+    /// histogram: on each bucket line, the trace id of the last sampled request counted there,
+    /// its latency and when it was answered (`# {trace_id="…"} 0.0031 1764633600.123`).
+    ///
+    /// Done on the text because prometheus-client 0.26 makes exemplars only inside its own
+    /// histogram, which takes a lock per observation; the gateway's histogram counts with
+    /// atomics, and keeps exemplars aside for sampled requests only.
+    pub fn add_exemplars(&self, text: &mut String) {
+        const BUCKET: &str = "microgate_gateway_request_duration_seconds_bucket{";
+        let Ok(routes) = self.latency_by_route.lock() else {
+            return;
+        };
+        if !text.contains(BUCKET) || routes.values().all(|h| !h.has_exemplars()) {
+            return;
+        }
+        let mut out = String::with_capacity(text.len() + 1024);
+        for line in text.split_inclusive('\n') {
+            let exemplar = line
+                .strip_prefix(BUCKET)
+                .and_then(|rest| {
+                    let le = label_value(rest, "le")?;
+                    let route = label_value(rest, "route")?;
+                    Some((bucket_index(le)?, routes.get(route)?))
+                })
+                .and_then(|(bucket, histogram)| histogram.exemplar(bucket));
+            match exemplar {
+                Some(exemplar) => {
+                    out.push_str(line.trim_end_matches('\n'));
+                    exemplar.write(&mut out);
+                    out.push('\n');
+                }
+                None => out.push_str(line),
+            }
+        }
+        *text = out;
+    }
+
     /// The counter of `route`'s access decisions that ended in `outcome`.
     pub fn access_decisions(&self, route: &str, outcome: &'static str) -> Counter {
         self.access.get_or_create_owned(&AccessLabels {
@@ -174,10 +254,15 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn request(&self, status: http::StatusCode, took: std::time::Duration) {
+    /// Counts a request answered with `status` after `took`; `trace_id` (hex): the trace of a
+    /// sampled request, kept as the exemplar of its latency bucket.
+    pub fn request(&self, status: http::StatusCode, took: std::time::Duration, trace_id: Option<&[u8; 32]>) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.classes[class].inc();
-        self.latency.observe(took);
+        let bucket = self.latency.observe(took);
+        if let Some(trace_id) = trace_id {
+            self.latency.keep_exemplar(bucket, took, trace_id);
+        }
     }
 
     pub fn retry(&self) {
@@ -236,15 +321,90 @@ struct LatencyCounts {
     /// Per bucket (not cumulative); the last one is +Inf.
     buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
     sum_us: AtomicU64,
+    /// The last sampled request of each bucket; written only for sampled requests.
+    exemplars: Mutex<[Option<Exemplar>; LATENCY_BOUNDS_US.len() + 1]>,
+    has_exemplars: std::sync::atomic::AtomicBool,
+}
+
+/// A sampled request's trace, as an example of its latency bucket.
+#[derive(Clone, Copy, Debug)]
+struct Exemplar {
+    trace_id: [u8; 32],
+    seconds: f64,
+    at: std::time::SystemTime,
+}
+
+impl Exemplar {
+    fn write(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let at = self
+            .at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let trace_id = std::str::from_utf8(&self.trace_id).unwrap_or("");
+        let _ = write!(out, " # {{trace_id=\"{trace_id}\"}} {} {at:.3}", self.seconds);
+    }
 }
 
 impl LatencyHistogram {
-    pub fn observe(&self, took: Duration) {
+    /// Counts `took`; its bucket's index.
+    pub fn observe(&self, took: Duration) -> usize {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
         self.0.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.0.sum_us.fetch_add(us, Ordering::Relaxed);
+        bucket
     }
+
+    /// Keeps `trace_id` as `bucket`'s exemplar. Never waits: while a scrape or another worker
+    /// holds the exemplars, this one is skipped (an exemplar is an example, not a count).
+    fn keep_exemplar(&self, bucket: usize, took: Duration, trace_id: &[u8; 32]) {
+        if let Ok(mut exemplars) = self.0.exemplars.try_lock()
+            && let Some(slot) = exemplars.get_mut(bucket)
+        {
+            *slot = Some(Exemplar {
+                trace_id: *trace_id,
+                // The observed value, in the bucket's own resolution (microseconds).
+                seconds: took.as_micros() as f64 / 1e6,
+                at: std::time::SystemTime::now(),
+            });
+            self.0.has_exemplars.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn has_exemplars(&self) -> bool {
+        self.0.has_exemplars.load(Ordering::Relaxed)
+    }
+
+    fn exemplar(&self, bucket: usize) -> Option<Exemplar> {
+        self.0.exemplars.lock().ok()?.get(bucket).copied().flatten()
+    }
+}
+
+/// The value of label `name` in a series' label list (`le="0.005",route="a/b/c"} 3`).
+fn label_value<'t>(labels: &'t str, name: &str) -> Option<&'t str> {
+    let start = labels
+        .match_indices(name)
+        .find(|(i, _)| {
+            labels[i + name.len()..].starts_with("=\"") && (*i == 0 || labels[..*i].ends_with(','))
+        })?
+        .0
+        + name.len()
+        + 2;
+    let end = start + labels[start..].find('"')?;
+    Some(&labels[start..end])
+}
+
+/// The index of the latency bucket whose upper bound `le` names.
+fn bucket_index(le: &str) -> Option<usize> {
+    if le == "+Inf" {
+        return Some(LATENCY_BOUNDS_US.len());
+    }
+    let seconds: f64 = le.parse().ok()?;
+    LATENCY_BOUNDS_US
+        .iter()
+        .position(|&us| ((us as f64 / 1e6) - seconds).abs() < 1e-9)
 }
 
 impl TypedMetric for LatencyHistogram {
@@ -279,15 +439,16 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
         let route = metrics.route("shop/gw/orders");
-        route.request(http::StatusCode::OK, std::time::Duration::from_millis(3));
+        route.request(http::StatusCode::OK, std::time::Duration::from_millis(3), None);
         route.request(
             http::StatusCode::SERVICE_UNAVAILABLE,
             std::time::Duration::from_millis(1),
+            None,
         );
         route.retry();
         metrics
             .route("shop/gw/orders")
-            .request(http::StatusCode::OK, std::time::Duration::ZERO);
+            .request(http::StatusCode::OK, std::time::Duration::ZERO, None);
         let mut text = String::new();
         encode(&mut text, &registry).expect("encode");
         assert!(
@@ -323,5 +484,44 @@ mod tests {
             text.contains(r#"microgate_gateway_request_duration_seconds_sum{route="shop/gw/orders"} 0.004"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_sampled_requests_trace_id_is_its_latency_buckets_exemplar() {
+        let mut registry = Registry::default();
+        let metrics = GatewayMetrics::register(&mut registry);
+        let route = metrics.route("shop/gw/orders");
+        let untraced = metrics.route("shop/gw/other");
+        let trace_id = *b"0af7651916cd43dd8448eb211c80319c";
+        route.request(
+            http::StatusCode::OK,
+            Duration::from_micros(3_100),
+            Some(&trace_id),
+        );
+        route.request(http::StatusCode::OK, Duration::from_micros(200), None);
+        untraced.request(http::StatusCode::OK, Duration::from_micros(3_100), None);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encode");
+        metrics.add_exemplars(&mut text);
+        let with_exemplar: Vec<&str> = text.lines().filter(|l| l.contains(" # {")).collect();
+        assert_eq!(with_exemplar.len(), 1, "{text}");
+        let line = with_exemplar[0];
+        assert!(
+            line.starts_with(
+                r#"microgate_gateway_request_duration_seconds_bucket{le="0.005",route="shop/gw/orders"} 2 # {trace_id="0af7651916cd43dd8448eb211c80319c"} 0.0031 "#
+            ),
+            "{line}"
+        );
+        let at: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .expect("a timestamp");
+        assert!(at > 1.7e9, "{line}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(bucket_index("+Inf"), Some(LATENCY_BOUNDS_US.len()));
+        assert_eq!(bucket_index("0.0005"), Some(0));
+        assert_eq!(label_value(r#"le="1.0",route="a/b""#, "route"), Some("a/b"));
+        assert_eq!(label_value(r#"le="1.0",xroute="a/b""#, "route"), None);
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! 1. plumbing: [`random`], [`http`] (HTTP vocabulary), [`buffers`], [`workers`], [`limits`],
 //!    [`metrics`];
-//! 2. sending to endpoints and choosing them: [`upstream`], [`balance`], [`retry`];
+//! 2. sending to endpoints and choosing them: [`upstream`], [`balance`], [`retry`], and tracing
+//!    the attempts ([`trace`]);
 //! 3. policies and TLS: [`policy`], [`tls`];
 //! 4. the compiled route table and what builds it: [`table`], [`compile`], [`watches`];
 //! 5. serving and reporting: [`request`], [`listen`], [`status`], [`inspect`] (what the admin
@@ -34,6 +35,7 @@ pub mod retry;
 pub mod status;
 pub mod table;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod watches;
 pub mod workers;
@@ -89,6 +91,8 @@ pub struct Options {
     /// The Service clients reach the gateway through (in a cluster, the chart's): Gateway API
     /// Gateways publish its addresses in their status instead of the address they listen on.
     pub publish_service: Option<PublishedService>,
+    /// Traces requests (see [`trace`]); `None`: tracing is off.
+    pub tracer: Option<Arc<trace::Tracer>>,
 }
 
 /// A Service named as `namespace/name` (see [`Options::publish_service`]).
@@ -205,11 +209,10 @@ pub async fn run(
         .take()
         .unwrap_or_else(|| inspect::Live::new(registry.clone()));
     let table = live.table().clone();
-    let proxy = Arc::new(request::Proxy::new(
-        table.clone(),
-        metrics.clone(),
-        options.access_log,
-    ));
+    let proxy = Arc::new(
+        request::Proxy::new(table.clone(), metrics.clone(), options.access_log)
+            .with_tracer(options.tracer.take()),
+    );
     let tunnels = proxy.tunnels().clone();
     limits::raise_open_files();
     let workers = workers::Workers::start(options.workers)?;

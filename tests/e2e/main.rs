@@ -51,6 +51,7 @@ mod registry;
 mod rollouts;
 mod slow_clients;
 mod tls;
+mod tracing;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -80,6 +81,8 @@ struct Settings {
     gateway_api: bool,
     redis_url: Option<String>,
     publish_service: Option<gateway::PublishedService>,
+    /// Trace requests (export to a collector) as these settings say.
+    tracing: Option<gateway::trace::Settings>,
 }
 
 impl Default for Settings {
@@ -90,6 +93,7 @@ impl Default for Settings {
             gateway_api: false,
             redis_url: None,
             publish_service: None,
+            tracing: None,
         }
     }
 }
@@ -181,6 +185,7 @@ impl Platform {
             gateway_api,
             redis_url,
             publish_service,
+            tracing,
         } = settings;
         if gateway_api {
             microgate_test_support::gwapi_conformance::install_crds("standard");
@@ -189,6 +194,11 @@ impl Platform {
         let registry = Registry::default();
         let mut prometheus = Prometheus::default();
         let metrics = GatewayMetrics::register(&mut prometheus);
+        let tracer = tracing.map(|settings| {
+            std::sync::Arc::new(
+                gateway::trace::Tracer::start(&settings, metrics.span_counters()).expect("start tracing"),
+            )
+        });
         let scope = Scope {
             namespace: Some(ns.name.clone()),
             label_selector: None,
@@ -206,6 +216,10 @@ impl Platform {
         .await
         .expect("start the controller");
         let admin = running.admin_addr;
+        let exemplars = metrics.clone();
+        running
+            .admin
+            .annotate_metrics(move |text| exemplars.add_exemplars(text));
         let live = inspect::Live::new(registry.clone());
         running
             .admin
@@ -225,6 +239,7 @@ impl Platform {
                 inspect: Some(live),
                 redis_url,
                 publish_service,
+                tracer,
             },
             metrics,
             shutdown,

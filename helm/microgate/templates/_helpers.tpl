@@ -189,6 +189,16 @@ namespace is watched). */}}
 - name: MICROGATE_GATEWAY_ADDRESSES
   value: {{ .Values.gatewayAPI.addresses | quote }}
 {{- end }}
+{{- with .Values.gateway.tracing }}
+{{- if .otlpEndpoint }}
+- name: MICROGATE_TRACING_OTLP_ENDPOINT
+  value: {{ .otlpEndpoint | quote }}
+- name: MICROGATE_TRACING_SAMPLING_RATIO
+  value: {{ .samplingRatio | quote }}
+- name: MICROGATE_TRACING_SERVICE_NAME
+  value: {{ .serviceName | quote }}
+{{- end }}
+{{- end }}
 {{- with .Values.gateway.redisURLSecret }}
 {{- if .name }}
 - name: MICROGATE_REDIS_URL

@@ -35,6 +35,7 @@ use crate::{
         random::random_below,
         retry::{self, Failure},
         table::{Backend, HashOn, Rewrite, Route, Upstream},
+        trace::{Outcome, RequestTrace},
         upstream::{self, Limits, UpstreamBody, UpstreamError},
     },
 };
@@ -53,6 +54,7 @@ impl Proxy {
         host: Option<&str>,
         started: Instant,
         request: Request<B>,
+        trace: Option<&mut RequestTrace>,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = request.into_parts();
         if let Some(edit) = &route.request_headers {
@@ -113,6 +115,7 @@ impl Proxy {
             return tunnel::open(&self.tunnels, upstream, parts, client, origin, host, client_side).await;
         }
         let mut exchange = Exchange::new(route, upstream, client, origin, host, started, parts, body);
+        exchange.trace = trace;
         let mut failed: Option<Arc<EndpointState>> = None;
         let mut attempt = 0;
         loop {
@@ -147,6 +150,9 @@ impl Proxy {
             {
                 if route.budget.withdraw() {
                     route.metrics.retry();
+                    if let Some(trace) = exchange.trace.as_deref_mut() {
+                        trace.retrying(failure);
+                    }
                     failed = Some(endpoint);
                     tokio::time::sleep(wait).await;
                     continue;
@@ -174,6 +180,8 @@ struct Exchange<'r> {
     /// The most attempts this request may take.
     attempts: u32,
     idempotent: bool,
+    /// The request's trace, when tracing is on.
+    trace: Option<&'r mut RequestTrace>,
 }
 
 impl<'r> Exchange<'r> {
@@ -235,12 +243,17 @@ impl<'r> Exchange<'r> {
             deadline: route.timeout.map(|t| started + t),
             attempts,
             idempotent,
+            trace: None,
         }
     }
 
     /// Sends attempt number `attempt` to `endpoint`, within the per-try and route timeouts.
     async fn send(&mut self, endpoint: &Arc<EndpointState>, attempt: u32) -> Attempt {
         let upstream = self.upstream;
+        let trace = self
+            .trace
+            .as_deref_mut()
+            .map(|trace| trace.attempt(attempt, endpoint.addr, &endpoint.pod, &upstream.service));
         // HTTP/1.1 writes the client's headers as they are, filtered; HTTP/2 needs a request of
         // its own, with the scheme and authority as well.
         let outgoing = if upstream.http2 {
@@ -262,6 +275,9 @@ impl<'r> Exchange<'r> {
             };
             self.forwarding.apply(request.headers_mut());
             request.headers_mut().remove(header::HOST);
+            if let Some(trace) = &trace {
+                trace.apply(request.headers_mut());
+            }
             Either::Right(request)
         } else {
             Either::Left(self.body.for_attempt())
@@ -283,6 +299,7 @@ impl<'r> Exchange<'r> {
                         target: self.path.as_str(),
                         headers: &self.parts.headers,
                         forwarding: &self.forwarding,
+                        trace: trace.as_ref(),
                     };
                     upstream::send_http1(endpoint, upstream.pool.endpoints(), upstream.breaker, head, body)
                         .await
@@ -298,6 +315,9 @@ impl<'r> Exchange<'r> {
         };
         if let (Some(sent), Attempt::Answered(_)) = (sent, &result) {
             endpoint.observe(sent.elapsed());
+        }
+        if let Some(trace) = self.trace.as_deref_mut() {
+            trace.attempt_ended(result.outcome());
         }
         result
     }
@@ -444,6 +464,20 @@ enum Attempt {
     Answered(Response<UpstreamBody>),
     Failed(UpstreamError),
     TimedOut,
+}
+
+impl Attempt {
+    /// The attempt's end, as its span tells it.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Attempt::Answered(response) => Outcome::Status(response.status().as_u16()),
+            Attempt::Failed(error) if error.is_connect() => Outcome::Error("connect-failure"),
+            Attempt::Failed(error) if error.is_invalid_response() => Outcome::Error("upstream-invalid"),
+            Attempt::Failed(UpstreamError::PendingOverflow { .. }) => Outcome::Error("pending-overflow"),
+            Attempt::Failed(_) => Outcome::Error("reset"),
+            Attempt::TimedOut => Outcome::Error("timeout"),
+        }
+    }
 }
 
 impl From<Result<Response<UpstreamBody>, UpstreamError>> for Attempt {

@@ -127,6 +127,8 @@ impl MirroredRequest {
                 target: self.path.as_str(),
                 headers: &self.headers,
                 forwarding: &self.forwarding,
+                // A copy is no part of the request's trace: its headers go as the client sent them.
+                trace: None,
             };
             upstream::send_http1(&endpoint, upstream.pool.endpoints(), upstream.breaker, head, body).await?
         };

@@ -8,7 +8,7 @@
 //!    judge the answer, retry within policy and budget; or, for a WebSocket upgrade, splice the
 //!    connection to one endpoint's ([`tunnel`]);
 //! 4. [`respond`]: the client's answer, an endpoint's or the gateway's own;
-//! 5. account: metrics and the access log.
+//! 5. account: metrics, the access log, and the request's spans ([`trace`](super::trace)).
 //!
 //! The route table is loaded once per request, without a lock.
 
@@ -38,6 +38,7 @@ use super::{
     policy::{client_ip, cors::Cors},
     table::{DEFAULT_MAX_CONNECTIONS, RouteTable},
     tls::TlsPort,
+    trace::{Answered, Tracer},
 };
 
 /// Request bodies up to this size are buffered so that they can be retried; larger ones are
@@ -51,6 +52,8 @@ pub struct Proxy {
     unrouted: RouteMetrics,
     metrics: GatewayMetrics,
     tunnels: Tunnels,
+    /// Traces requests, when tracing is on.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Proxy {
@@ -63,12 +66,19 @@ impl Proxy {
             unrouted,
             access_log,
             tunnels: Tunnels::default(),
+            tracer: None,
         }
     }
 
     /// The WebSocket tunnels this proxy has opened (for the drain: they outlive their requests).
     pub fn tunnels(&self) -> &Tunnels {
         &self.tunnels
+    }
+
+    /// Traces requests with `tracer` (W3C trace headers to the endpoints, spans exported).
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// The most client connections the listener at `local` holds open at once.
@@ -95,6 +105,7 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let (listen_at, client_addr) = (client.local, client.addr);
         let started = Instant::now();
+        let mut trace = self.tracer.as_ref().map(|tracer| tracer.begin(&request));
         let table = self.table.load_full();
         // Owned handles (reference counts, no copies), so that the request itself can move on.
         let authority = request.uri().authority().cloned();
@@ -183,7 +194,16 @@ impl Proxy {
                                 .and_then(|m| m.path.as_ref())
                                 .and_then(|p| p.prefix());
                             let mut response = self
-                                .forward(route, prefix, client, origin, host.as_deref(), started, request)
+                                .forward(
+                                    route,
+                                    prefix,
+                                    client,
+                                    origin,
+                                    host.as_deref(),
+                                    started,
+                                    request,
+                                    trace.as_mut(),
+                                )
                                 .await;
                             if let Some(edit) = &route.response_headers {
                                 edit_response_headers(&mut response, edit);
@@ -208,19 +228,38 @@ impl Proxy {
             },
         };
         let took = started.elapsed();
-        metrics.request(response.status(), took);
-        if let Some((method, uri)) = logged {
-            let reason = response
+        let sampled = trace.as_ref().filter(|t| t.sampled()).map(|t| t.trace_id().hex());
+        metrics.request(response.status(), took, sampled.as_ref());
+        let reason = || {
+            response
                 .headers()
                 .get("x-microgate-reason")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+                .unwrap_or("")
+        };
+        if let Some((method, uri)) = logged {
+            let trace_id = trace.as_ref().map(|t| t.trace_id().hex());
             tracing::info!(
                 target: "microgate::access",
                 client = %origin.ip, peer = %client_addr, %method, %uri, host = host.as_deref().unwrap_or(""),
-                route = route_id, status = response.status().as_u16(), reason,
+                route = route_id, status = response.status().as_u16(), reason = reason(),
                 access = access_note.as_deref().unwrap_or(""), ms = took.as_secs_f64() * 1000.0,
+                trace_id = trace_id.as_ref().and_then(|id| std::str::from_utf8(id).ok()).unwrap_or(""),
                 "request"
+            );
+        }
+        if let (Some(tracer), Some(trace)) = (&self.tracer, trace) {
+            tracer.finish(
+                trace,
+                Answered {
+                    route: route_id,
+                    status: response.status().as_u16(),
+                    reason: reason(),
+                    client: origin.ip,
+                    peer: client_addr,
+                    host: host.as_deref(),
+                    scheme: client.scheme(),
+                },
             );
         }
         response

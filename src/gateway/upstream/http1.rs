@@ -23,6 +23,7 @@ use crate::gateway::http::{
     forwarding::{Forwarding, is_connection_listed, is_hop_by_hop_name, names_other_headers},
     wire::{WireHeaders, chunk_size, decimal, parse_content_length, write_header},
 };
+use crate::gateway::trace::{UpstreamTrace, context::TRACEPARENT};
 
 /// A request as an endpoint gets it: the client's head, and what the gateway adds.
 pub struct RequestHead<'a> {
@@ -32,6 +33,8 @@ pub struct RequestHead<'a> {
     /// The client's headers, hop-by-hop ones included (they are left out as the head is written).
     pub headers: &'a HeaderMap,
     pub forwarding: &'a Forwarding,
+    /// The trace headers of this attempt, which replace the client's (tracing on).
+    pub trace: Option<&'a UpstreamTrace>,
 }
 
 /// The most a response head may take, status line and headers together.
@@ -254,12 +257,18 @@ fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, body_len: Option<usize
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in head.headers {
-        if name != header::CONTENT_LENGTH && head.forwarding.passes(name, head.headers) {
+        if name != header::CONTENT_LENGTH
+            && head.forwarding.passes(name, head.headers)
+            && !head.trace.is_some_and(|trace| trace.replaces(name.as_str()))
+        {
             write_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     for (name, value) in head.forwarding.added() {
         write_header(out, name.as_str().as_bytes(), value);
+    }
+    if let Some(trace) = head.trace {
+        write_header(out, TRACEPARENT.as_str().as_bytes(), &trace.traceparent);
     }
     if let Some(host) = host {
         write_header(out, b"host", host.to_string().as_bytes());
@@ -846,10 +855,58 @@ mod tests {
             target,
             headers: &with_id,
             forwarding: &forwarding,
+            trace: None,
         };
         let mut out = Vec::new();
         encode_head(&mut out, &head, body_len, None);
         String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn an_attempts_traceparent_replaces_the_clients_and_tracestate_goes_only_with_its_trace() {
+        let client = crate::gateway::http::client::Client::new(
+            "0.0.0.0:80".parse().expect("addr"),
+            "10.0.0.7:1000".parse().expect("addr"),
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("shop"));
+        headers.insert(
+            &crate::gateway::http::forwarding::X_REQUEST_ID,
+            HeaderValue::from_static("id"),
+        );
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        headers.insert("tracestate", HeaderValue::from_static("vendor=1"));
+        let forwarding = Forwarding::new(&headers, &client, Some("shop"));
+        let ours = *b"00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+        for keep_tracestate in [true, false] {
+            let trace = UpstreamTrace {
+                traceparent: ours,
+                keep_tracestate,
+            };
+            let head = RequestHead {
+                method: &Method::GET,
+                target: "/",
+                headers: &headers,
+                forwarding: &forwarding,
+                trace: Some(&trace),
+            };
+            let mut out = Vec::new();
+            encode_head(&mut out, &head, Some(0), None);
+            let text = String::from_utf8(out).expect("ascii");
+            assert_eq!(text.matches("traceparent:").count(), 1, "{text}");
+            assert!(
+                text.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01\r\n"),
+                "{text}"
+            );
+            assert_eq!(
+                text.contains("tracestate: vendor=1\r\n"),
+                keep_tracestate,
+                "{text}"
+            );
+        }
     }
 
     #[test]

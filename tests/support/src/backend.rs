@@ -51,7 +51,7 @@ pub const SEEN_PATH_HEADER: &str = "x-seen-path";
 pub const SEEN_FORWARDED_FOR_HEADER: &str = "x-seen-forwarded-for";
 /// Request headers whose names start with this come back with `x-seen-` before their names
 /// (`x-identity-user` as `x-seen-x-identity-user`), so that a client can check what the gateway
-/// passed on; so does `x-microgate-client`.
+/// passed on; so do `x-microgate-client` and the W3C trace headers (`traceparent`, `tracestate`).
 pub const ECHOED_HEADER_PREFIX: &str = "x-identity-";
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -342,7 +342,8 @@ async fn handle(
         .headers()
         .iter()
         .filter(|(name, _)| {
-            name.as_str().starts_with(ECHOED_HEADER_PREFIX) || name.as_str() == "x-microgate-client"
+            name.as_str().starts_with(ECHOED_HEADER_PREFIX)
+                || matches!(name.as_str(), "x-microgate-client" | "traceparent" | "tracestate")
         })
         .filter_map(|(name, value)| {
             let seen = hyper::header::HeaderName::try_from(format!("x-seen-{name}")).ok()?;

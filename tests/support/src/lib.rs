@@ -19,6 +19,8 @@
 //! - [`h2wire`]: raw HTTP/2 frames and HPACK, for tests that play a hostile client.
 //! - [`h2spec`]: the HTTP/2 conformance suite, built from a pinned module and run on a listener.
 //! - [`gwapi_conformance`]: the Gateway API conformance suite and echo-basic, built from a pinned module.
+//! - [`jaeger`]: a real Jaeger (all-in-one, in memory) for the tracing tests: OTLP in, query API
+//!   out, built from a pinned module.
 //! - [`usage`]: CPU time and memory of a process or a thread, from `/proc`.
 //! - [`redis_server`]: a real `redis-server` on a loopback port, for global rate limits; it can
 //!   be stopped, restarted and frozen mid-test.
@@ -34,6 +36,7 @@ pub mod gwapi_conformance;
 pub mod h2spec;
 pub mod h2wire;
 pub mod hostile;
+pub mod jaeger;
 pub mod kubelet;
 pub mod kubelet_logs;
 pub mod load;

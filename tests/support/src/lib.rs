@@ -10,6 +10,8 @@
 //! - [`pod_env`]: a container's environment and Secret files, as a kubelet resolves them.
 //! - [`pod_ips`]: where Pod addresses come from (`127.0.0.0/8`, or a private namespace's range).
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
+//! - [`load`]: an open-loop load generator (a fixed rate, a bounded count) and its report.
+//! - [`sockets`]: the TCP sockets open to an address, from `/proc/net/tcp`.
 //! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
 //! - [`tls`]: a test certificate authority, `kubernetes.io/tls` Secrets, and TLS clients.
 //! - [`h2wire`]: raw HTTP/2 frames and HPACK, for tests that play a hostile client.
@@ -32,6 +34,7 @@ pub mod h2wire;
 pub mod hostile;
 pub mod kubelet;
 pub mod kubelet_logs;
+pub mod load;
 pub mod namespace;
 pub mod pod_env;
 pub mod pod_ips;
@@ -39,6 +42,7 @@ pub mod probe;
 pub mod proxy;
 pub mod redis_server;
 pub mod reliability;
+pub mod sockets;
 pub mod tls;
 pub mod usage;
 pub mod wait;

@@ -30,6 +30,7 @@ pub(crate) use platform::{
 mod access;
 mod client_ip;
 mod explain;
+mod faults;
 mod gateway_api;
 mod gateway_process;
 mod global_rate_limit;

@@ -27,6 +27,10 @@ use serde_json::json;
 
 use crate::platform::{Platform, pods_of};
 
+/// Held by each scenario while it runs: their loads would otherwise overlap on a small machine,
+/// and a figure would measure the other scenario's load as much as its own fault.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A route's retry policy: `attempts` retries on `retry_on`, a short backoff, and a budget
 /// roomy enough that only the fault decides what happens (the retry-storm scenario sets its own).
 fn retry(attempts: u32, retry_on: &[&str]) -> serde_json::Value {
@@ -99,6 +103,7 @@ fn executions(backends: &[Backend]) -> HashMap<String, u32> {
 /// Microservice, `posts` POSTs, each with a request id), at `rate` per second: no GET may fail,
 /// and no POST may be executed twice.
 pub async fn backend_killed(ns: &TestNamespace, gets: usize, posts: usize, rate: u32, scenario_suffix: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let platform = Platform::start(ns).await;
     let ejection = json!({"outlierDetection": {"consecutiveFailures": 3, "baseEjectionTime": "30s"}});
     platform.microservice(ns, "echo", 3, ejection.clone()).await;
@@ -217,6 +222,7 @@ pub async fn backend_killed(ns: &TestNamespace, gets: usize, posts: usize, rate:
 /// One Pod of three has its port closed while Kubernetes still calls it Ready: every request
 /// that picks it is refused and must be retried elsewhere.
 pub async fn connection_refused(ns: &TestNamespace, count: usize, rate: u32) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let platform = Platform::start(ns).await;
     platform.microservice(ns, "echo", 3, no_ejection()).await;
     platform
@@ -269,6 +275,7 @@ async fn run_gets_and_posts(listener: SocketAddr, count: usize, rate: u32, ids: 
 /// One Pod of three reads each request and then resets the connection without answering: a
 /// GET is retried elsewhere, a POST is answered 502 and never sent again.
 pub async fn reset_after_read(ns: &TestNamespace, count: usize, rate: u32) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let platform = Platform::start(ns).await;
     platform.microservice(ns, "echo", 3, no_ejection()).await;
     platform
@@ -329,6 +336,7 @@ pub async fn reset_after_read(ns: &TestNamespace, count: usize, rate: u32) {
 /// to another Pod. A route whose only Pod is that slow answers 504 at its `deadline`. The slow
 /// Pods see every abandoned request's connection closed.
 pub async fn slow_backend(ns: &TestNamespace, count: usize) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let per_try = Duration::from_millis(500);
     let deadline = Duration::from_secs(1);
     let platform = Platform::start(ns).await;
@@ -478,6 +486,7 @@ async fn peak_sockets_during<T>(addr: SocketAddr, until: impl Future<Output = T>
 /// moves on), then it completes no handshake at all (the connect timeout moves on). No request
 /// outlives its route timeout, and the sockets to the dead Pod stay within maxConnections.
 pub async fn black_hole(ns: &TestNamespace, rate: u32, seconds: u32) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     const MAX_CONNECTIONS: usize = 32;
     let platform = Platform::start(ns).await;
     let policy = json!({"outlierDetection": {"consecutiveFailures": 0},
@@ -573,6 +582,7 @@ pub async fn black_hole(ns: &TestNamespace, rate: u32, seconds: u32) {
 /// The Microservice scales 3 → 6 → 3 every 2 s for `seconds` under GETs at `rate`: no request
 /// may fail.
 pub async fn endpoint_churn(ns: &TestNamespace, rate: u32, seconds: u32, scenario: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let platform = Platform::start(ns).await;
     platform.microservice(ns, "echo", 3, json!({})).await;
     platform
@@ -631,6 +641,7 @@ pub async fn idle_close_race(
     idle: Duration,
     scenario: &str,
 ) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let platform = Platform::start(ns).await;
     let mut routes = Vec::new();
     for stream in 0..streams {
@@ -709,6 +720,7 @@ fn random_fraction() -> f64 {
 /// request stay within the retry budget (20 % + 10/s), and success returns within a second of
 /// recovery.
 pub async fn retry_storm(ns: &TestNamespace, rate: u32, outage: Duration, scenario: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let platform = Platform::start(ns).await;
     platform.microservice(ns, "echo", 3, no_ejection()).await;
     platform
@@ -781,6 +793,7 @@ pub async fn retry_storm(ns: &TestNamespace, rate: u32, outage: Duration, scenar
 /// Microservice (300 ms, route timeout 10 s) and a fast one (route timeout 100 ms): no request
 /// fails, and those in flight at an edit finish on the table they started with.
 pub async fn route_edited(ns: &TestNamespace, rate: u32, seconds: u32) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let platform = Platform::start(ns).await;
     platform.microservice(ns, "blue", 2, json!({})).await;
     platform.microservice(ns, "green", 2, json!({})).await;

@@ -82,6 +82,20 @@ pub struct GatewayArgs {
     /// Serve only this namespace's Gateways (default: all namespaces).
     #[arg(long, short, env = "MICROGATE_NAMESPACE")]
     pub namespace: Option<String>,
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub admin_access: AdminAccessArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// How the gateway serves traffic: options of `microgate gateway` and `microgate run` alike.
+#[derive(Debug, Args)]
+pub struct DataPlaneArgs {
     /// The address the Gateways' listeners bind (their ports come from the Gateway resources).
     #[arg(long, env = "MICROGATE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: std::net::IpAddr,
@@ -93,6 +107,11 @@ pub struct GatewayArgs {
     /// it); without it, every Gateway listens on --listen-address.
     #[arg(long, env = "MICROGATE_GATEWAY_ADDRESSES")]
     pub gateway_addresses: Option<ipnet::IpNet>,
+    /// The Service (`namespace/name`) clients reach the gateway through: Gateway API Gateways
+    /// publish its load balancer's addresses (else its cluster IP) in `status.addresses`
+    /// instead of the address they listen on. The chart sets it to the gateway's Service.
+    #[arg(long, env = "MICROGATE_PUBLISH_SERVICE")]
+    pub publish_service: Option<crate::gateway::PublishedService>,
     /// Serve the Kubernetes Gateway API (GatewayClasses whose controllerName is
     /// microgate.dev/gateway-controller, their Gateways and HTTPRoutes) beside microgate's own
     /// Gateways. Its CRDs must be installed.
@@ -111,13 +130,6 @@ pub struct GatewayArgs {
     /// ready for one: so also how long an idle keep-alive connection stays open.
     #[arg(long, env = "MICROGATE_CLIENT_HEADER_TIMEOUT", default_value = "10s")]
     pub client_header_timeout: Duration,
-    /// Where /metrics, /healthz and /readyz are served.
-    #[arg(long, env = "MICROGATE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
-    pub admin_addr: SocketAddr,
-    #[command(flatten)]
-    pub admin_access: AdminAccessArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 /// Who may read the registry and debug endpoints of the admin port.
@@ -135,35 +147,8 @@ pub struct AdminAccessArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub controller: ControllerArgs,
-    /// The address the Gateways' listeners bind (their ports come from the Gateway resources).
-    #[arg(long, env = "MICROGATE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
-    pub listen_address: std::net::IpAddr,
-    /// Log one line per request (target microgate::access; JSON with --log-json).
-    #[arg(long, env = "MICROGATE_ACCESS_LOG")]
-    pub access_log: bool,
-    /// Give each Gateway API Gateway an address of its own from this range, so that Gateways
-    /// may share a port (the addresses must be local to the machine, e.g. a range routed to
-    /// it); without it, every Gateway listens on --listen-address.
-    #[arg(long, env = "MICROGATE_GATEWAY_ADDRESSES")]
-    pub gateway_addresses: Option<ipnet::IpNet>,
-    /// Serve the Kubernetes Gateway API (GatewayClasses whose controllerName is
-    /// microgate.dev/gateway-controller, their Gateways and HTTPRoutes) beside microgate's own
-    /// Gateways. Its CRDs must be installed.
-    #[arg(long, env = "MICROGATE_GATEWAY_API")]
-    pub gateway_api: bool,
-    /// Where AccessPolicies' Global rate limits keep their buckets, shared by every gateway
-    /// replica (`redis://host:6379`, `rediss://` for TLS, a password as `redis://:secret@host`).
-    /// Without it, a policy with a Global limit cannot be enforced and its routes refuse.
-    #[arg(long, env = "MICROGATE_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Threads serving traffic, each with its own listening sockets (default: one per CPU the
-    /// process may use).
-    #[arg(long, env = "MICROGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
-    pub workers: Option<u16>,
-    /// How long a client may take to send a request's head, counted from when its connection is
-    /// ready for one: so also how long an idle keep-alive connection stays open.
-    #[arg(long, env = "MICROGATE_CLIENT_HEADER_TIMEOUT", default_value = "10s")]
-    pub client_header_timeout: Duration,
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
     #[command(flatten)]
     pub admin_access: AdminAccessArgs,
 }
@@ -250,6 +235,30 @@ mod tests {
         };
         assert_eq!(args.namespace, None);
         assert_eq!(args.admin_addr.port(), 9090);
+    }
+
+    #[test]
+    fn the_published_service_is_a_namespace_and_a_name() {
+        let cli = Cli::try_parse_from([
+            "microgate",
+            "gateway",
+            "--publish-service",
+            "edge/microgate-gateway",
+        ])
+        .expect("valid arguments");
+        let Command::Gateway(args) = cli.command else {
+            panic!("parsed {:?}", cli.command)
+        };
+        let published = args.data_plane.publish_service.expect("a published Service");
+        assert_eq!(
+            (published.namespace.as_str(), published.name.as_str()),
+            ("edge", "microgate-gateway")
+        );
+        for bad in ["microgate-gateway", "/name", "ns/", "a/b/c"] {
+            let error = Cli::try_parse_from(["microgate", "run", "--publish-service", bad])
+                .expect_err("not namespace/name");
+            assert!(error.to_string().contains("namespace/name"), "{bad}: {error}");
+        }
     }
 
     #[test]

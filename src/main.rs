@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use microgate::{
     cli::{
-        AdminAccessArgs, Cli, Command, ControllerArgs, ExplainArgs, ExplainOutput, GatewayArgs,
-        LeaderElectionArgs, RunArgs,
+        AdminAccessArgs, Cli, Command, ControllerArgs, DataPlaneArgs, ExplainArgs, ExplainOutput,
+        GatewayArgs, LeaderElectionArgs, RunArgs,
     },
     controller::{self, Prometheus, Scope},
     discovery::{self, DiscoveryMetrics, Registry},
@@ -221,30 +221,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .admin
         .serve_also(inspect::admin::router(live.clone(), access));
     let ready = running.admin.clone();
+    let on_programmed = Box::new(move || {
+        ready.done(gateway::ROUTES_PROGRAMMED);
+        tracing::info!("route table programmed");
+    });
     // Both halves stop on the signal; the gateway drains its requests in flight first.
     let gateway = gateway::run(
         client,
         namespace,
         registry,
-        gateway::Options {
-            listen_address: args.listen_address,
-            access_log: args.access_log,
-            on_programmed: Some(Box::new(move || {
-                ready.done(gateway::ROUTES_PROGRAMMED);
-                tracing::info!("route table programmed");
-            })),
-            workers: args
-                .workers
-                .map_or_else(gateway::workers::default_count, usize::from),
-            client_timeouts: gateway::listen::ClientTimeouts {
-                header_read: args.client_header_timeout.get(),
-                ..Default::default()
-            },
-            gateway_addresses: args.gateway_addresses,
-            gateway_api: args.gateway_api,
-            inspect: Some(live),
-            redis_url: args.redis_url,
-        },
+        gateway_options(args.data_plane, on_programmed, live),
         gateway_metrics,
         shutdown_signal(),
     );
@@ -280,13 +266,33 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     tracing::info!(admin = %admin_addr, "gateway started");
     let namespace = args.namespace.clone();
     let ready = admin.clone();
-    let options = gateway::Options {
+    let on_programmed = Box::new(move || {
+        ready.done(gateway::ROUTES_PROGRAMMED);
+        tracing::info!("route table programmed; ready");
+    });
+    let options = gateway_options(args.data_plane, on_programmed, live);
+    tokio::select! {
+        () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
+        result = gateway::run(client, args.namespace, registry, options, gateway_metrics, shutdown_signal()) => {
+            result.map_err(|e| format!("cannot start the gateway's worker threads: {e}"))?;
+        }
+        () = serve_admin => {}
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The gateway's options as the flags say; `on_programmed` turns the process ready, `live`
+/// shares the table with the admin endpoints.
+fn gateway_options(
+    args: DataPlaneArgs,
+    on_programmed: Box<dyn FnOnce() + Send>,
+    live: inspect::Live,
+) -> gateway::Options {
+    gateway::Options {
         listen_address: args.listen_address,
         access_log: args.access_log,
-        on_programmed: Some(Box::new(move || {
-            ready.done(gateway::ROUTES_PROGRAMMED);
-            tracing::info!("route table programmed; ready");
-        })),
+        on_programmed: Some(on_programmed),
         workers: args
             .workers
             .map_or_else(gateway::workers::default_count, usize::from),
@@ -298,16 +304,8 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         gateway_api: args.gateway_api,
         inspect: Some(live),
         redis_url: args.redis_url,
-    };
-    tokio::select! {
-        () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
-        result = gateway::run(client, args.namespace, registry, options, gateway_metrics, shutdown_signal()) => {
-            result.map_err(|e| format!("cannot start the gateway's worker threads: {e}"))?;
-        }
-        () = serve_admin => {}
+        publish_service: args.publish_service,
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Who may read the registry and debug endpoints, as the flags say.

@@ -46,11 +46,11 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{WatchStreamExt, predicates, reflector, reflector::ObjectRef, watcher},
+    runtime::{reflector::ObjectRef, watcher},
 };
 use tokio::sync::Notify;
 
@@ -86,6 +86,32 @@ pub struct Options {
     /// Where Global rate limits keep their buckets (`redis://…`); `None`: policies with one
     /// cannot be enforced.
     pub redis_url: Option<String>,
+    /// The Service clients reach the gateway through (in a cluster, the chart's): Gateway API
+    /// Gateways publish its addresses in their status instead of the address they listen on.
+    pub publish_service: Option<PublishedService>,
+}
+
+/// A Service named as `namespace/name` (see [`Options::publish_service`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedService {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for PublishedService {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err(format!("{value:?} is not a Service as namespace/name")),
+        }
+    }
 }
 
 /// What a gateway's readiness waits for (see [`Options::on_programmed`]).
@@ -105,27 +131,7 @@ pub async fn run(
     metrics: GatewayMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let (gateways, gateways_writer) = reflector::store::<Gateway>();
-    let (microservices, microservices_writer) = reflector::store::<Microservice>();
-    let (secrets, secrets_writer) = reflector::store::<Secret>();
-    let (access_policies, access_policies_writer) = reflector::store::<AccessPolicy>();
     let changed = Arc::new(Notify::new());
-    let api = |client: Client| match &namespace {
-        Some(ns) => (
-            Api::<Gateway>::namespaced(client.clone(), ns),
-            Api::<Microservice>::namespaced(client.clone(), ns),
-            Api::<Secret>::namespaced(client.clone(), ns),
-            Api::<AccessPolicy>::namespaced(client.clone(), ns),
-            Api::<ConfigMap>::namespaced(client, ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client),
-        ),
-    };
     let status_client = client.clone();
     // The Gateway API is a second front end, watched only when asked for and where its CRDs
     // are installed.
@@ -136,64 +142,55 @@ pub async fn run(
     } else {
         (None, futures::future::pending().boxed())
     };
-    let (gateway_api, microservice_api, secret_api, access_policy_api, config_map_api) = api(client);
-    let watch_gateways = {
-        let changed = changed.clone();
-        reflector(gateways_writer, watcher(gateway_api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects()
-            .for_each(move |_| {
-                changed.notify_one();
-                async {}
-            })
+    let (published_service, watch_published_service) = match &options.publish_service {
+        Some(service) => {
+            let (store, run) = watches::watch_filtered(
+                Api::<Service>::namespaced(client.clone(), &service.namespace),
+                watcher::Config::default().fields(&format!("metadata.name={}", service.name)),
+                watches::Changes::Any,
+                changed.clone(),
+            );
+            (Some(store), run)
+        }
+        None => (None, futures::future::pending().boxed()),
     };
-    let watch_microservices = {
-        let changed = changed.clone();
-        reflector(
-            microservices_writer,
-            watcher(microservice_api, watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        // Only spec changes matter here (the traffic policy); status churns with every Pod.
-        .predicate_filter(predicates::generation, Default::default())
-        .for_each(move |_| {
-            changed.notify_one();
-            async {}
-        })
-    };
-
-    let watch_access_policies = {
-        let changed = changed.clone();
-        reflector(
-            access_policies_writer,
-            watcher(access_policy_api, watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        // Status is the gateway's own writing: only spec changes matter.
-        .predicate_filter(predicates::generation, Default::default())
-        .for_each(move |_| {
-            changed.notify_one();
-            async {}
-        })
-    };
+    let every = watcher::Config::default;
+    let (gateways, watch_gateways) = watches::watch_filtered(
+        watches::scoped::<Gateway>(&client, namespace.as_deref()),
+        every(),
+        watches::Changes::Any,
+        changed.clone(),
+    );
+    // Only spec changes matter here (the traffic policy); status churns with every Pod.
+    let (microservices, watch_microservices) = watches::watch_filtered(
+        watches::scoped::<Microservice>(&client, namespace.as_deref()),
+        every(),
+        watches::Changes::Spec,
+        changed.clone(),
+    );
+    // Status is the gateway's own writing: only spec changes matter.
+    let (access_policies, watch_access_policies) = watches::watch_filtered(
+        watches::scoped::<AccessPolicy>(&client, namespace.as_deref()),
+        every(),
+        watches::Changes::Spec,
+        changed.clone(),
+    );
     // JSON Web Key Sets that AccessPolicies read from ConfigMaps.
-    let (config_maps, watch_config_maps) = watches::watch::<ConfigMap>(config_map_api, changed.clone());
+    let (config_maps, watch_config_maps) = watches::watch_filtered(
+        watches::scoped::<ConfigMap>(&client, namespace.as_deref()),
+        every(),
+        watches::Changes::Any,
+        changed.clone(),
+    );
     // Secrets of the kinds listeners (certificates) and access policies (API keys, htpasswd
     // files, key sets) read. Helm's release records and service-account tokens are never read
     // into memory.
-    let watch_secrets = {
-        let changed = changed.clone();
-        let readable = watcher::Config::default().fields(SECRET_TYPES_READ);
-        reflector(secrets_writer, watcher(secret_api, readable))
-            .default_backoff()
-            .touched_objects()
-            .for_each(move |_| {
-                changed.notify_one();
-                async {}
-            })
-    };
+    let (secrets, watch_secrets) = watches::watch_filtered(
+        watches::scoped::<Secret>(&client, namespace.as_deref()),
+        every().fields(SECRET_TYPES_READ),
+        watches::Changes::Any,
+        changed.clone(),
+    );
     let mut certificates = tls::CertificateStore::default();
     let redis = options.redis_url.as_deref().and_then(|url| {
         policy::rate_limit::RedisLimiter::new(url)
@@ -312,7 +309,14 @@ pub async fn run(
                 status::access_policy::report(&status_client, policy, &compiled_policies, &served).await;
             }
             if let Some(report) = &kube_report {
-                status::gateway_api::report(&status_client, report, &listeners).await;
+                let published = published_service.as_ref().map(|store| {
+                    store
+                        .state()
+                        .first()
+                        .map(|service| status::gateway_api::service_addresses(service))
+                        .unwrap_or_default()
+                });
+                status::gateway_api::report(&status_client, report, &listeners, published.as_deref()).await;
             }
             tokio::select! {
                 () = changed.notified() => {}
@@ -332,6 +336,7 @@ pub async fn run(
         () = watch_access_policies => {}
         () = watch_config_maps => {}
         () = watch_gateway_api => {}
+        () = watch_published_service => {}
         () = live.follow() => {}
         () = program => {}
     }
@@ -366,7 +371,7 @@ pub(crate) struct KubeSnapshot {
     pub(crate) gateways: Vec<Arc<api::gateway_api::KubeGateway>>,
     pub(crate) routes: Vec<Arc<api::gateway_api::HTTPRoute>>,
     pub(crate) grants: Vec<Arc<api::gateway_api::ReferenceGrant>>,
-    pub(crate) services: Vec<Arc<k8s_openapi::api::core::v1::Service>>,
+    pub(crate) services: Vec<Arc<Service>>,
     pub(crate) slices: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
     pub(crate) namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
 }

@@ -13,7 +13,7 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, Resource,
     api::ListParams,
-    runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
+    runtime::{WatchStreamExt, predicates, reflector, reflector::Store, watcher},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -101,7 +101,8 @@ impl GatewayApiWatches {
     }
 }
 
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// `K`s of `namespace`, or of every namespace.
+pub(super) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,
@@ -112,19 +113,84 @@ where
     }
 }
 
+/// Which changes to a watched object call for a new table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changes {
+    Any,
+    /// Only changes of its spec (a new generation): its status is someone's report, not an input.
+    Spec,
+}
+
 /// A store of `api`'s objects and the watch that fills it, notifying `changed` on each change.
 pub(super) fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, BoxFuture<'static, ()>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    watch_filtered(api, watcher::Config::default(), Changes::Any, changed)
+}
+
+/// [`watch`], of the objects `config` selects, notifying `changed` of the `changes` that matter.
+pub(super) fn watch_filtered<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changes: Changes,
+    changed: Arc<Notify>,
+) -> (Store<K>, BoxFuture<'static, ()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let (store, writer) = reflector::store();
-    let run = reflector(writer, watcher(api, watcher::Config::default()))
+    let touched = reflector(writer, watcher(api, config).modify(trim))
         .default_backoff()
-        .touched_objects()
-        .for_each(move |_| {
-            changed.notify_one();
-            async {}
-        });
-    (store, run.boxed())
+        .touched_objects();
+    let notify = move |_| {
+        changed.notify_one();
+        async {}
+    };
+    let run = match changes {
+        Changes::Any => touched.for_each(notify).boxed(),
+        Changes::Spec => touched
+            .predicate_filter(predicates::generation, Default::default())
+            .for_each(notify)
+            .boxed(),
+    };
+    (store, run)
+}
+
+/// The annotation `kubectl apply` keeps a whole copy of the object in (a Secret's data too).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Leaves out of the stores what the gateway never reads and what can outweigh the object
+/// itself: the field managers' records and `kubectl apply`'s copy of the object.
+fn trim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimming_keeps_what_the_gateway_reads_and_drops_the_copies() {
+        let mut secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "keys",
+                "annotations": {LAST_APPLIED: "{\"data\":{\"ci\":\"azE=\"}}", "team": "payments"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "data": {"ci": "azE="},
+        }))
+        .expect("a Secret");
+        trim(&mut secret);
+        assert_eq!(secret.metadata.managed_fields, None);
+        let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["team"]);
+        assert!(secret.data.is_some_and(|d| d.contains_key("ci")));
+    }
 }

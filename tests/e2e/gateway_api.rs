@@ -7,14 +7,17 @@
 use std::collections::BTreeSet;
 
 use hyper::{HeaderMap, Method, StatusCode};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams},
 };
-use microgate::api::{
-    AccessPolicy,
-    gateway_api::{GatewayClass, HTTPRoute, KubeGateway},
+use microgate::{
+    api::{
+        AccessPolicy,
+        gateway_api::{GatewayClass, HTTPRoute, KubeGateway},
+    },
+    gateway,
 };
 use microgate_test_support::{
     backend::POD_NAME_HEADER,
@@ -24,7 +27,7 @@ use microgate_test_support::{
 };
 use serde_json::{Value, json};
 
-use super::{Platform, WAIT, pods_of};
+use super::{Platform, Settings, WAIT, pods_of};
 
 /// The condition `type_` of `conditions`, as (status, reason).
 fn condition(conditions: &Value, type_: &str) -> Option<(String, String)> {
@@ -125,6 +128,27 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
             )
             .await
             .expect("create the HTTPRoute");
+        // A rule whose ExtensionRef names an AccessPolicy that does not exist.
+        ns.api::<HTTPRoute>()
+            .patch(
+                "vault",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "vault"},
+                    "spec": {
+                        "parentRefs": [{"name": "shop", "sectionName": "http"}],
+                        "hostnames": ["vault.example.com"],
+                        "rules": [
+                            {"filters": [{"type": "ExtensionRef", "extensionRef":
+                                {"group": "microgate.dev", "kind": "AccessPolicy", "name": "absent"}}],
+                             "backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]},
+                        ],
+                    },
+                })),
+            )
+            .await
+            .expect("create the HTTPRoute naming a missing AccessPolicy");
 
         // Traffic: both Pods of the Microservice answer, for the route's host only.
         let mut host = HeaderMap::new();
@@ -172,6 +196,13 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
             .await
             .expect("an answer");
         assert_eq!(unrouted.status, StatusCode::NOT_FOUND, "{}", unrouted.body);
+        // A filter that cannot be applied is not skipped: the rule refuses its requests.
+        let mut vault_host = HeaderMap::new();
+        vault_host.insert("host", "vault.example.com".parse().expect("a header value"));
+        let vault = probe::request_with(platform.listener, Method::GET, "/secrets", vault_host, "")
+            .await
+            .expect("an answer");
+        assert_eq!(vault.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", vault.body);
 
         // Status: what each resource shows.
         let statuses = wait::until("the Gateway API statuses", WAIT, || async {
@@ -210,7 +241,7 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
         );
         let listeners = gateway_status["listeners"].as_array().expect("listener statuses");
         let http = listeners.iter().find(|l| l["name"] == "http").expect("the http listener");
-        assert_eq!(http["attachedRoutes"], 1);
+        assert_eq!(http["attachedRoutes"], 2, "shop and vault");
         assert_eq!(condition(&http["conditions"], "Programmed"), pair("True", "Programmed"));
         let udp = listeners.iter().find(|l| l["name"] == "udp").expect("the udp listener");
         assert_eq!(
@@ -226,6 +257,131 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
             "{parent}"
         );
 
+        // The route naming the missing AccessPolicy says so, not that its references resolved.
+        let vault = wait::until("the vault route's status", WAIT, || async {
+            let route = serde_json::to_value(ns.api::<HTTPRoute>().get("vault").await.expect("the route"))
+                .expect("JSON");
+            let conditions = route["status"]["parents"][0]["conditions"].clone();
+            match condition(&conditions, "ResolvedRefs") {
+                Some(_) => Probe::Done(conditions),
+                None => Probe::NotYet(format!("{}", route["status"])),
+            }
+        })
+        .await
+        .expect("the vault route's status is written");
+        assert_eq!(condition(&vault, "ResolvedRefs"), pair("False", "BackendNotFound"), "{vault}");
+        let message = vault
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "ResolvedRefs"))
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or_default();
+        assert!(message.contains("AccessPolicy") && message.contains("absent"), "{vault}");
+
+        classes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .expect("delete the GatewayClass");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateway_publishes_the_address_of_the_service_clients_reach_it_through() {
+    with_namespace("e2e-gwapi-publish", |ns| async move {
+        let settings = Settings {
+            publish_service: Some(gateway::PublishedService {
+                namespace: ns.name.clone(),
+                name: "edge".to_owned(),
+            }),
+            ..Settings::gateway_api()
+        };
+        let platform = Platform::start_configured(&ns, std::future::pending(), settings).await;
+        let apply = PatchParams::apply("e2e").force();
+        let class_name = format!("microgate-{}", ns.name);
+        let classes: Api<GatewayClass> = Api::all(ns.client.clone());
+        classes
+            .patch(
+                &class_name,
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                    "metadata": {"name": class_name},
+                    "spec": {"controllerName": "microgate.dev/gateway-controller"},
+                })),
+            )
+            .await
+            .expect("create the GatewayClass");
+        let services = ns.api::<Service>();
+        services
+            .patch(
+                "edge",
+                &apply,
+                &Patch::Apply(
+                    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge"},
+                    "spec": {"type": "LoadBalancer", "selector": {"app": "gateway"},
+                             "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+                ),
+            )
+            .await
+            .expect("create the gateway's Service");
+        let cluster_ip = services
+            .get("edge")
+            .await
+            .expect("the Service")
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .expect("a cluster IP");
+        let port = platform.listener.port();
+        ns.api::<KubeGateway>()
+            .patch(
+                "edge",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "edge"},
+                    "spec": {"gatewayClassName": class_name, "listeners": [
+                        {"name": "http", "port": port, "protocol": "HTTP"},
+                    ]},
+                })),
+            )
+            .await
+            .expect("create the Gateway");
+        let addresses = |wanted: Value| {
+            let ns = &ns;
+            async move {
+                wait::until("the Gateway's published addresses", WAIT, || async {
+                    let gateway = ns.api::<KubeGateway>().get("edge").await.expect("the Gateway");
+                    let status = serde_json::to_value(&gateway.status).expect("JSON");
+                    if status["addresses"] == wanted {
+                        Probe::Done(())
+                    } else {
+                        Probe::NotYet(format!("{}", status["addresses"]))
+                    }
+                })
+                .await
+            }
+        };
+        // No load balancer yet: the Service's cluster IP, not the address the gateway listens on.
+        addresses(json!([{"type": "IPAddress", "value": cluster_ip}]))
+            .await
+            .expect("the cluster IP is published");
+        // The load balancer's ingress points once it has them (as a cloud controller writes them).
+        services
+            .patch_status(
+                "edge",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [
+                    {"ip": "203.0.113.7"}, {"hostname": "edge.example.net"},
+                ]}}})),
+            )
+            .await
+            .expect("set the load balancer's ingress");
+        addresses(json!([
+            {"type": "IPAddress", "value": "203.0.113.7"},
+            {"type": "Hostname", "value": "edge.example.net"},
+        ]))
+        .await
+        .expect("the load balancer's addresses are published");
         classes
             .delete(&class_name, &DeleteParams::default())
             .await

@@ -43,6 +43,38 @@ impl Drop for Platform {
     }
 }
 
+/// How a test's gateway runs (the defaults: one worker, the default client timeouts, only
+/// microgate's own Gateways).
+pub(crate) struct Settings {
+    pub(crate) workers: usize,
+    pub(crate) client_timeouts: gateway::listen::ClientTimeouts,
+    /// Serve the Kubernetes Gateway API too (installs its CRDs).
+    pub(crate) gateway_api: bool,
+    pub(crate) redis_url: Option<String>,
+    pub(crate) publish_service: Option<gateway::PublishedService>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            client_timeouts: Default::default(),
+            gateway_api: false,
+            redis_url: None,
+            publish_service: None,
+        }
+    }
+}
+
+impl Settings {
+    pub(crate) fn gateway_api() -> Self {
+        Self {
+            gateway_api: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// The bearer token that admits remote clients to every platform's registry and debug
 /// endpoints.
 pub(crate) const ADMIN_TOKEN: &str = "e2e-admin-token";
@@ -85,38 +117,49 @@ impl Platform {
         shutdown: impl Future<Output = ()> + Send + 'static,
         workers: usize,
     ) -> Self {
-        Self::start_configured(ns, shutdown, workers, Default::default(), false, None).await
+        Self::start_configured(
+            ns,
+            shutdown,
+            Settings {
+                workers,
+                ..Settings::default()
+            },
+        )
+        .await
     }
 
     /// A platform whose gateway also serves the Kubernetes Gateway API (its CRDs installed).
     pub(crate) async fn start_with_gateway_api(ns: &TestNamespace) -> Self {
-        microgate_test_support::gwapi_conformance::install_crds("standard");
-        Self::start_configured(ns, std::future::pending(), 1, Default::default(), true, None).await
+        Self::start_configured(ns, std::future::pending(), Settings::gateway_api()).await
     }
 
     /// A platform whose gateway keeps Global rate limits in the Redis at `redis_url`, serving
     /// traffic on two threads (so that local limits are shared across workers).
     pub(crate) async fn start_with_redis(ns: &TestNamespace, redis_url: String) -> Self {
-        Self::start_configured(
-            ns,
-            std::future::pending(),
-            2,
-            Default::default(),
-            false,
-            Some(redis_url),
-        )
-        .await
+        let settings = Settings {
+            workers: 2,
+            redis_url: Some(redis_url),
+            ..Settings::default()
+        };
+        Self::start_configured(ns, std::future::pending(), settings).await
     }
 
-    /// A platform whose gateway gives clients `client_timeouts`.
+    /// A platform whose gateway runs as `settings` say.
     pub(crate) async fn start_configured(
         ns: &TestNamespace,
         shutdown: impl Future<Output = ()> + Send + 'static,
-        workers: usize,
-        client_timeouts: gateway::listen::ClientTimeouts,
-        gateway_api: bool,
-        redis_url: Option<String>,
+        settings: Settings,
     ) -> Self {
+        let Settings {
+            workers,
+            client_timeouts,
+            gateway_api,
+            redis_url,
+            publish_service,
+        } = settings;
+        if gateway_api {
+            microgate_test_support::gwapi_conformance::install_crds("standard");
+        }
         microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         let registry = Registry::default();
         let mut prometheus = Prometheus::default();
@@ -156,6 +199,7 @@ impl Platform {
                 gateway_api,
                 inspect: Some(live),
                 redis_url,
+                publish_service,
             },
             metrics,
             shutdown,

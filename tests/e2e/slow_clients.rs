@@ -24,7 +24,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{Platform, WAIT, free_port, pods_of};
+use crate::{Platform, Settings, WAIT, free_port, pods_of};
 
 /// Short deadlines, so that the tests wait seconds, not the defaults' tens of seconds.
 const TIMEOUTS: ClientTimeouts = ClientTimeouts {
@@ -41,7 +41,11 @@ pub(super) async fn platform_with_echo(
     ns: &microgate_test_support::TestNamespace,
     timeouts: ClientTimeouts,
 ) -> Platform {
-    let platform = Platform::start_configured(ns, std::future::pending(), 1, timeouts, false, None).await;
+    let settings = Settings {
+        client_timeouts: timeouts,
+        ..Settings::default()
+    };
+    let platform = Platform::start_configured(ns, std::future::pending(), settings).await;
     platform.microservice(ns, "echo", 1, json!({})).await;
     platform
         .gateway(

@@ -17,8 +17,14 @@ use std::{
 };
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, events::v1::Event as KubeEvent};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use microgate::api::{AccessPolicy, Gateway, Microservice};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use microgate::api::{
+    AccessPolicy, Gateway, Microservice,
+    gateway_api::{GatewayClass, HTTPRoute, KubeGateway},
+};
 use microgate_test_support::{
     TestNamespace,
     backend::POD_NAME_HEADER,
@@ -289,6 +295,105 @@ fn condition(
         .unwrap_or_default()
 }
 
+/// An HTTPRoute to the scenario's Microservice through a Gateway of class `class`: the
+/// GatewayClass Accepted, the Gateway Programmed, the route Accepted, and a request answered.
+async fn gateway_api_scenario(ns: &TestNamespace, class: &str) {
+    let apply = PatchParams::apply("least-privilege").force();
+    let classes: Api<GatewayClass> = Api::all(ns.client.clone());
+    classes
+        .patch(
+            class,
+            &apply,
+            &Patch::Apply(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                "metadata": {"name": class},
+                "spec": {"controllerName": "microgate.dev/gateway-controller"},
+            })),
+        )
+        .await
+        .expect("create the GatewayClass");
+    let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    ns.api::<KubeGateway>()
+        .patch(
+            "web",
+            &apply,
+            &Patch::Apply(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "web"},
+                "spec": {"gatewayClassName": class,
+                         "listeners": [{"name": "http", "port": listener.port(), "protocol": "HTTP"}]},
+            })),
+        )
+        .await
+        .expect("create the Gateway");
+    ns.api::<HTTPRoute>()
+        .patch(
+            "web",
+            &apply,
+            &Patch::Apply(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": "web"},
+                "spec": {"parentRefs": [{"name": "web"}],
+                         "rules": [{"backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]}]},
+            })),
+        )
+        .await
+        .expect("create the HTTPRoute");
+    wait::until(
+        "the GatewayClass, Gateway and HTTPRoute statuses",
+        WAIT,
+        || async {
+            let class = classes
+                .get(class)
+                .await
+                .map(|c| c.status.map(|s| s.conditions).unwrap_or_default());
+            let gateway = ns
+                .api::<KubeGateway>()
+                .get("web")
+                .await
+                .map(|g| g.status.map(|s| s.conditions).unwrap_or_default());
+            let route = ns.api::<HTTPRoute>().get("web").await.map(|r| {
+                r.status
+                    .and_then(|s| s.parents.into_iter().next())
+                    .map(|p| p.conditions)
+                    .unwrap_or_default()
+            });
+            match (class, gateway, route) {
+                (Ok(class), Ok(gateway), Ok(route)) => {
+                    let seen = (
+                        condition(&class, "Accepted"),
+                        condition(&gateway, "Programmed"),
+                        condition(&route, "Accepted"),
+                    );
+                    if seen.0.starts_with("True/")
+                        && seen.1.starts_with("True/")
+                        && seen.2.starts_with("True/")
+                    {
+                        Probe::Done(())
+                    } else {
+                        Probe::NotYet(format!("{seen:?}"))
+                    }
+                }
+                other => Probe::NotYet(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("the Gateway API resources are served");
+    wait::until("a request through the HTTPRoute", WAIT, || async {
+        match probe::get(listener, "/hello").await {
+            Ok(answer) if answer.status == 200 => Probe::Done(()),
+            other => Probe::NotYet(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("the HTTPRoute reaches the Microservice");
+    classes
+        .delete(class, &DeleteParams::default())
+        .await
+        .expect("delete the GatewayClass");
+}
+
 /// Events in `ns` about the object `name`, by the controller.
 async fn events_about(ns: &TestNamespace, name: &str) -> Result<Vec<KubeEvent>, String> {
     let list = ns
@@ -307,8 +412,9 @@ async fn events_about(ns: &TestNamespace, name: &str) -> Result<Vec<KubeEvent>, 
 /// Everything microgate does, driven through the API server: a Microservice becomes a
 /// Deployment and a Service with its endpoints in status, a Gateway is accepted and programmed
 /// and routes a request to a backend, drift is corrected, a repeated failure becomes an event
-/// series, and deletion cleans up.
-async fn scenario(ns: &TestNamespace) {
+/// series, and deletion cleans up. With `gateway_class`, an HTTPRoute routes to the Microservice
+/// too (see [`gateway_api_scenario`]).
+async fn scenario(ns: &TestNamespace, gateway_class: Option<&str>) {
     let microservices = ns.api::<Microservice>();
     let deployments = ns.api::<Deployment>();
     let services = ns.api::<Service>();
@@ -484,6 +590,9 @@ async fn scenario(ns: &TestNamespace) {
         .delete("taken", &DeleteParams::default())
         .await
         .expect("delete the Microservice");
+    if let Some(class) = gateway_class {
+        gateway_api_scenario(ns, class).await;
+    }
 
     // Deletion: the owned Deployment and Service go with the Microservice; the listener closes
     // with the Gateway.
@@ -525,13 +634,15 @@ struct Process<'a> {
 /// Runs the scenario through `processes` (each as its own service account), then checks their
 /// logs, and that the audit log shows for each exactly the permissions its rules grant: all
 /// used, nothing refused.
-async fn prove_least_privilege(ns: &TestNamespace, processes: &[Process<'_>]) {
+/// `gateway_class`: also route through the Kubernetes Gateway API, with a GatewayClass of that
+/// name.
+async fn prove_least_privilege(ns: &TestNamespace, processes: &[Process<'_>], gateway_class: Option<&str>) {
     let audit = Audit::from_now();
     let mut running = Vec::new();
     for process in processes {
         running.push(HostOperator::start(process.deployment, process.namespace, process.name).await);
     }
-    scenario(ns).await;
+    scenario(ns, gateway_class).await;
     for (process, operator) in processes.iter().zip(running) {
         let log = operator.stop().await;
         // How the API server words an RBAC refusal (the audit log below is the exhaustive check).
@@ -650,7 +761,7 @@ async fn the_plain_installs_service_account_can_do_everything_microgate_does_and
             name: "microgate",
             objects,
         };
-        prove_least_privilege(&ns, &[operator]).await;
+        prove_least_privilege(&ns, &[operator], None).await;
     })
     .await;
 }
@@ -674,7 +785,7 @@ async fn namespaced_only_mode_needs_only_a_role_in_its_namespace() {
             name: "mg-scoped",
             objects: &objects,
         };
-        prove_least_privilege(&ns, &[operator]).await;
+        prove_least_privilege(&ns, &[operator], None).await;
     })
     .await;
 }
@@ -699,7 +810,60 @@ async fn a_dedicated_gateway_needs_only_to_read_and_report_programmed() {
             name: "mg-split-gateway",
             objects: &objects,
         };
-        prove_least_privilege(&ns, &[controller, gateway]).await;
+        prove_least_privilege(&ns, &[controller, gateway], None).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_gateway_api_in_one_namespace_needs_a_role_and_to_read_gateway_classes() {
+    let _turn = PLAIN_INSTALL.lock().await;
+    microgate_test_support::gwapi_conformance::install_crds("standard");
+    with_namespace("gateway-api-rbac", |ns| async move {
+        let values = format!(
+            "gateway.mode=dedicated,watchNamespace={},gatewayAPI.enabled=true,gatewayAPI.gatewayClassName=",
+            ns.name
+        );
+        let objects = render("mg-gwapi", &ns.name, &["--set", &values]);
+        // Each account, Role and RoleBinding of the controller and the gateway; the leader election's.
+        apply_rbac(&objects, &ns.name, 8);
+        // The one cluster-wide grant: GatewayClasses, to the gateway's account.
+        let cluster_wide: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["kind"].as_str().is_some_and(|k| k.starts_with("Cluster")))
+            .collect();
+        assert_eq!(cluster_wide.len(), 2, "{}", kinds(&objects));
+        let binding = object(
+            &objects,
+            "ClusterRoleBinding",
+            &format!("{}-mg-gwapi-gateway-classes", ns.name),
+        );
+        assert_eq!(binding["subjects"][0]["name"], "mg-gwapi-gateway", "{binding}");
+        let file = cluster::cluster_dir().join(format!("rbac-cluster-{}.yaml", ns.name));
+        let yaml: Vec<String> = cluster_wide
+            .iter()
+            .map(|o| serde_json::to_string(o).expect("JSON"))
+            .collect();
+        std::fs::write(&file, yaml.join("\n---\n")).expect("write the cluster-wide RBAC objects");
+        let path = file.display().to_string();
+        kubectl(&["apply", "-f", &path]);
+        let controller = Process {
+            deployment: object(&objects, "Deployment", "mg-gwapi"),
+            namespace: &ns.name,
+            name: "mg-gwapi",
+            objects: &objects,
+        };
+        let gateway = Process {
+            deployment: object(&objects, "Deployment", "mg-gwapi-gateway"),
+            namespace: &ns.name,
+            name: "mg-gwapi-gateway",
+            objects: &objects,
+        };
+        let class = format!("microgate-{}", ns.name);
+        prove_least_privilege(&ns, &[controller, gateway], Some(&class)).await;
+        // Cluster-wide objects outlive the namespace.
+        kubectl(&["delete", "-f", &path]);
+        let _ = std::fs::remove_file(&file);
     })
     .await;
 }

@@ -24,24 +24,43 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if eq .Values.gateway.mode "embedded" }}true{{ else if eq .Values.gateway.mode "dedicated" }}{{ else }}{{ fail (printf "gateway.mode must be embedded or dedicated, not %q" .Values.gateway.mode) }}{{ end }}
 {{- end }}
 
-{{/* What the gateway's Gateway API front end reads and writes (gatewayAPI.enabled). */}}
+{{/* What the gateway's Gateway API front end reads and writes (gatewayAPI.enabled) in the
+namespaces it serves; cluster-wide, also the GatewayClasses and Namespaces. */}}
 {{- define "microgate.gatewayAPIRules" -}}
 {{- if .Values.gatewayAPI.enabled }}
 # The Gateway API's resources, and the status of those served.
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["gatewayclasses", "gateways", "httproutes", "referencegrants"]
+  resources: ["gateways", "httproutes", "referencegrants"]
   verbs: ["list", "watch"]
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["gatewayclasses/status", "gateways/status", "httproutes/status"]
+  resources: ["gateways/status", "httproutes/status"]
   verbs: ["patch"]
-# Backends: Services and their EndpointSlices; Namespaces for allowedRoutes selectors.
+# Backends: Services and their EndpointSlices.
 - apiGroups: [""]
-  resources: ["services", "namespaces"]
+  resources: ["services"]
   verbs: ["list", "watch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["list", "watch"]
+{{- if not .Values.watchNamespace }}
+{{- include "microgate.gatewayClassRules" . | nindent 0 }}
+# Namespaces, for allowedRoutes selectors.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* GatewayClasses are cluster-wide objects: even a gateway serving one namespace reads them
+(which are microgate's) and reports their Accepted condition. */}}
+{{- define "microgate.gatewayClassRules" -}}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gatewayclasses"]
+  verbs: ["list", "watch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gatewayclasses/status"]
+  verbs: ["patch"]
 {{- end }}
 
 {{/* Exactly the API calls the operator makes (microgate controller, or run in embedded mode). */}}
@@ -158,6 +177,13 @@ capabilities:
 {{- if .Values.metrics.adminTokenSecret }}
 - name: MICROGATE_ADMIN_TOKEN_FILE
   value: /var/run/microgate/admin-token/token
+{{- end }}
+{{- /* Gateway API Gateways publish the address of the chart's gateway Service, read with the
+Services grant the Gateway API needs (which covers the release's namespace unless another
+namespace is watched). */}}
+{{- if and .Values.gatewayAPI.enabled (has .Values.watchNamespace (list "" .Release.Namespace)) }}
+- name: MICROGATE_PUBLISH_SERVICE
+  value: "{{ .Release.Namespace }}/{{ .Release.Name }}-gateway"
 {{- end }}
 {{- if .Values.gatewayAPI.addresses }}
 - name: MICROGATE_GATEWAY_ADDRESSES

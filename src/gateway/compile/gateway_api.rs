@@ -865,6 +865,15 @@ fn compile_rules(
         }
         if let Some(extension) = rule.filters.iter().find_map(|f| f.extension_ref.as_ref()) {
             let (access, cors) = if extension.group == crate::api::GROUP && extension.kind == "AccessPolicy" {
+                if !builder.access_policy_exists(&namespace, &extension.name) && resolved.status {
+                    // The rule refuses its requests until the policy appears (see
+                    // access_policy); its status must say why rather than claim resolution.
+                    let why = format!(
+                        "extensionRef names AccessPolicy {namespace}/{}, which does not exist",
+                        extension.name
+                    );
+                    resolved = Desired::new(reason::RESOLVED_REFS, false, reason::BACKEND_NOT_FOUND, why);
+                }
                 builder.access_policy(&compiled_rule.id, &namespace, &extension.name)
             } else {
                 // A filter microgate cannot apply must not be skipped: the rule's requests

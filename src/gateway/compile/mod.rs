@@ -165,6 +165,13 @@ impl<'a> TableBuilder<'a> {
         (RouteAccess { control, metrics }, cors)
     }
 
+    /// Whether the AccessPolicy `namespace/name` exists; a route naming one that does not
+    /// refuses its requests (see [`Self::access_policy`]).
+    pub fn access_policy_exists(&self, namespace: &str, name: &str) -> bool {
+        self.access_policies
+            .is_some_and(|p| p.get(namespace, name).is_some())
+    }
+
     /// An access check for route `route` that refuses every request, saying `why`.
     pub fn refusing_access(&mut self, route: &str, why: String) -> (RouteAccess, Option<Cors>) {
         let control = Arc::new(AccessControl::refusing(route.into(), why));

@@ -4,7 +4,7 @@
 //! listeners are bound, so that Programmed and Accepted never run ahead of the data plane; and
 //! only when something changed.
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{api::core::v1::Service, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
@@ -23,14 +23,21 @@ use crate::{
     },
 };
 
-/// Writes every status in `report` that differs from what its object shows.
-pub async fn report(client: &Client, report: &Report, listeners: &Listeners) {
+/// Writes every status in `report` that differs from what its object shows. `published`: the
+/// addresses of the Service clients reach the gateway through, which every Gateway publishes
+/// instead of the address it listens on (`None`: no such Service; each publishes its own).
+pub async fn report(
+    client: &Client,
+    report: &Report,
+    listeners: &Listeners,
+    published: Option<&[GatewayAddress]>,
+) {
     let now = Timestamp::now();
     for class in &report.classes {
         write_class(client, class, now).await;
     }
     for gateway in &report.gateways {
-        write_gateway(client, gateway, listeners, now).await;
+        write_gateway(client, gateway, listeners, published, now).await;
     }
     for route in &report.routes {
         write_route(client, &route.route, &route.parents, now).await;
@@ -62,7 +69,54 @@ async fn write_class(client: &Client, class: &GatewayClass, now: Timestamp) {
     patch_if_changed(&api, &class.name_any(), &current, &status).await;
 }
 
-async fn write_gateway(client: &Client, report: &GatewayReport, listeners: &Listeners, now: Timestamp) {
+/// Where clients reach `service`: its load balancer's ingress points once it has them, else
+/// its cluster IPs (none for a headless Service).
+pub fn service_addresses(service: &Service) -> Vec<GatewayAddress> {
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| {
+            ingress
+                .iter()
+                .filter_map(|point| match (&point.ip, &point.hostname) {
+                    (Some(ip), _) => Some(address("IPAddress", ip)),
+                    (None, Some(hostname)) => Some(address("Hostname", hostname)),
+                    (None, None) => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if !ingress.is_empty() {
+        return ingress;
+    }
+    let spec = service.spec.as_ref();
+    let cluster_ips = spec
+        .and_then(|s| s.cluster_ips.clone())
+        .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+        .unwrap_or_default();
+    cluster_ips
+        .iter()
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .map(|ip| address("IPAddress", ip))
+        .collect()
+}
+
+fn address(type_: &str, value: &str) -> GatewayAddress {
+    GatewayAddress {
+        type_: Some(type_.to_owned()),
+        value: value.to_owned(),
+    }
+}
+
+async fn write_gateway(
+    client: &Client,
+    report: &GatewayReport,
+    listeners: &Listeners,
+    published: Option<&[GatewayAddress]>,
+    now: Timestamp,
+) {
     let gateway: &KubeGateway = &report.gateway;
     let generation = gateway.metadata.generation;
     let current = gateway.status.clone().unwrap_or_default();
@@ -130,15 +184,16 @@ async fn write_gateway(client: &Client, report: &GatewayReport, listeners: &List
         report.accepted.reason,
         report.accepted.message.clone(),
     );
-    let status = KubeGatewayStatus {
-        addresses: report
+    let addresses = match published {
+        Some(published) => published.to_vec(),
+        None => report
             .address
-            .map(|address| GatewayAddress {
-                type_: Some("IPAddress".to_owned()),
-                value: address.to_string(),
-            })
+            .map(|listening| address("IPAddress", &listening.to_string()))
             .into_iter()
             .collect(),
+    };
+    let status = KubeGatewayStatus {
+        addresses,
         conditions: merge(&current.conditions, vec![accepted, programmed], generation, now),
         listeners: listener_statuses,
     };

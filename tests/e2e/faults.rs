@@ -75,7 +75,7 @@ async fn every_backend_failing_for_ten_seconds_keeps_retries_within_the_budget()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_edited_under_load_costs_no_request_and_lets_requests_finish_on_the_old_table() {
     with_namespace("faults-edit", |ns| async move {
-        scenarios::route_edited(&ns, 200, 6).await;
+        scenarios::route_edited(&ns, 100, 6).await;
     })
     .await;
 }

@@ -110,15 +110,24 @@ pub fn wait_before_retry(
 
 /// Retries may be at most `percent` of requests over the last 10 seconds, plus `min_per_second`.
 /// Lock-free: one-second slots of counters, reused as time moves on.
+///
+/// Slots are whole seconds, and a window of them never lines up with the last 10 seconds
+/// exactly: retries are counted over the slots that cover at least the last 10 seconds (11, the
+/// current one partly), requests only over those within them (10), so that no 10 seconds ever
+/// see more retries than the budget allows. Counting both over 10 slots let the retries of the
+/// oldest second drop out of the count up to a second early: an outage straddling the window's
+/// edge got an extra second of allowance.
 #[derive(Debug)]
 pub struct RetryBudget {
     percent: u64,
     min_per_second: u64,
     epoch: Instant,
-    slots: [Slot; WINDOW_SECONDS as usize],
+    slots: [Slot; SLOTS as usize],
 }
 
 const WINDOW_SECONDS: u64 = 10;
+/// One slot more than the window, for the retries of the second partly in it.
+const SLOTS: u64 = WINDOW_SECONDS + 1;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -139,17 +148,29 @@ impl RetryBudget {
 
     /// Counts a request (not a retry).
     pub fn deposit(&self) {
-        self.slot(self.now()).requests.fetch_add(1, Ordering::Relaxed);
+        self.deposit_at(self.now());
     }
 
     /// Takes one retry from the budget; `false` when the budget is spent.
     pub fn withdraw(&self) -> bool {
-        let now = self.now();
+        self.withdraw_at(self.now())
+    }
+
+    fn deposit_at(&self, now: u64) {
+        self.slot(now).requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn withdraw_at(&self, now: u64) -> bool {
         let (mut requests, mut retries) = (0, 0);
         for slot in &self.slots {
             let second = slot.second.load(Ordering::Relaxed);
-            if second + WINDOW_SECONDS > now && second <= now {
+            if second > now {
+                continue;
+            }
+            if second + WINDOW_SECONDS > now {
                 requests += slot.requests.load(Ordering::Relaxed);
+            }
+            if second + SLOTS > now {
                 retries += slot.retries.load(Ordering::Relaxed);
             }
         }
@@ -167,7 +188,7 @@ impl RetryBudget {
     }
 
     fn slot(&self, now: u64) -> &Slot {
-        let slot = &self.slots[(now % WINDOW_SECONDS) as usize];
+        let slot = &self.slots[(now % SLOTS) as usize];
         let second = slot.second.load(Ordering::Relaxed);
         if second != now
             && slot
@@ -299,6 +320,37 @@ mod tests {
             (0..100).filter(|_| floor.withdraw()).count(),
             10,
             "1/s over a 10 s window"
+        );
+    }
+
+    #[test]
+    fn no_ten_seconds_see_more_retries_than_the_budget_allows() {
+        // An outage from second 1: 100 requests a second, every one failing.
+        let budget = RetryBudget::new(20, 1);
+        let mut retries_by_second = Vec::new();
+        for second in 1..=30 {
+            let mut retried = 0;
+            for _ in 0..100 {
+                budget.deposit_at(second);
+                if budget.withdraw_at(second) {
+                    retried += 1;
+                }
+            }
+            retries_by_second.push(retried);
+        }
+        // A second's slot stands for any instant in it: the last 10 seconds may begin anywhere
+        // in the slot 10 back, so every run of 11 slots is held to one window's allowance.
+        for run in retries_by_second.windows(11) {
+            let retries: u64 = run.iter().sum();
+            assert!(
+                retries <= 10 + 20 * 100,
+                "{retries} retries in 11 slots: {retries_by_second:?}"
+            );
+        }
+        let total: u64 = retries_by_second.iter().sum();
+        assert!(
+            total >= 3 * 200 - 40,
+            "the budget still allows its share: {total}"
         );
     }
 }

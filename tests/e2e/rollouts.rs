@@ -12,7 +12,7 @@ use kube::api::DeleteParams;
 use microgate::discovery::ServiceKey;
 use microgate_test_support::{
     TestNamespace,
-    load::{self, Load},
+    background_load::{self, Load},
     reliability::{self, Outcome},
     rollout::{self, Change, Figures},
     wait::{self, Probe},
@@ -169,7 +169,7 @@ async fn a_terminating_pod_gets_no_new_requests_and_its_idle_connections_are_clo
         platform.gateway(&ns, route(false)).await;
         let victim = pods_of(&ns, "echo").await[0].clone();
         let backend = ns.backend(&victim).expect("the victim's backend");
-        let load = load::start(Load::get(platform.listener, PATH, 200, 1_200));
+        let load = background_load::start(Load::get(platform.listener, PATH, 200, 1_200));
         wait::until("the victim to carry traffic", WAIT, || async {
             match backend.requests() {
                 0 => Probe::NotYet("no request yet".to_owned()),

@@ -4,5 +4,14 @@
 //! scenarios of the e2e suite (`faults::` and `rollouts::`), and writes the report; a plain
 //! `cargo test` leaves them out, so `make test` stays short.
 
+// The e2e suite's platform and fault scenarios, at full size here; not every helper is used.
+#[allow(dead_code)]
+#[path = "../e2e/platform.rs"]
+mod platform;
+#[allow(dead_code)]
+#[path = "../e2e/faults/scenarios.rs"]
+mod scenarios;
+
+mod faults;
 mod operator_faults;
 mod rollout;

@@ -10,9 +10,9 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 use kube::api::PostParams;
 use microgate::api::{Gateway, Microservice};
 use microgate_test_support::{
-    TestNamespace, cluster,
-    load::Load,
-    probe,
+    TestNamespace,
+    background_load::Load,
+    cluster, probe,
     reliability::{self, Outcome},
     rollout::{self, Change},
     wait::{self, Probe},

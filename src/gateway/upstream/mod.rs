@@ -7,6 +7,11 @@
 //! Microservice has fewer than `circuitBreaker.maxConnections`; beyond that, an HTTP/2 request
 //! shares another worker's connection, and up to `maxPendingRequests` requests wait for one to be
 //! freed, and the rest are refused at once.
+//!
+//! An endpoint may close a kept-alive connection at the moment a request is sent on it. A
+//! request that can be sent twice finds out and is sent again; one that cannot (a POST) would
+//! fail, so it is sent only on connections younger than the endpoint's own idle timeout, as the
+//! gateway learns it (see [`IdleTimeout`]).
 
 mod http1;
 
@@ -17,7 +22,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -135,6 +140,8 @@ pub struct Connections {
     /// The HTTP/2 connection of each worker (made on first use, like `idle`): its task runs on
     /// that worker, so that its requests need no other thread.
     http2: OnceLock<Box<[ArcSwapOption<http2::SendRequest<OutgoingBody>>]>>,
+    /// How long the endpoint keeps an idle connection open, as far as the gateway has seen.
+    idle_timeout: IdleTimeout,
 }
 
 impl Connections {
@@ -143,11 +150,14 @@ impl Connections {
             limits,
             idle: OnceLock::new(),
             http2: OnceLock::new(),
+            idle_timeout: IdleTimeout::default(),
         }
     }
 
-    fn take_idle(&self) -> Option<Box<http1::Connection>> {
-        self.idle.get()?.get(workers::current())?.take()
+    /// This worker's idle connection used last, and how long it has been idle.
+    fn take_idle(&self) -> Option<(Box<http1::Connection>, Duration)> {
+        let (since, connection) = self.idle.get()?.get(workers::current())?.take()?;
+        Some((connection, since.elapsed()))
     }
 
     fn put_idle(&self, connection: Box<http1::Connection>) {
@@ -201,8 +211,9 @@ impl<C> std::fmt::Debug for IdleStack<C> {
 }
 
 impl<C> IdleStack<C> {
-    fn take(&self) -> Option<C> {
-        self.lock().pop_back().map(|(_, connection)| connection)
+    /// The connection used last, with when it went idle.
+    fn take(&self) -> Option<(Instant, C)> {
+        self.lock().pop_back()
     }
 
     /// Puts `connection` on top; returns one to close: the oldest, if it has been idle for
@@ -239,6 +250,51 @@ impl<C> IdleStack<C> {
         // Nothing is left half-done under the lock: a panic elsewhere does not spoil the stack.
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// How long an endpoint keeps a kept-alive connection open while it is idle, learned from what
+/// the gateway sees: an idle connection found closed at age `a` says the timeout is at most
+/// `a`; one that carried a request at age `b` well beyond what was known (half as long again)
+/// says it has grown, as when a restarted endpoint closed every connection at once. (Only well
+/// beyond: an endpoint's timer fires a little late now and then, and creeping up with it would
+/// let a POST meet the close the margin is there to avoid.) Requests that cannot be
+/// sent twice skip connections within a fifth of the timeout of their end, so that the endpoint
+/// does not close one under them (a POST on a connection the endpoint is closing cannot be
+/// told apart from one the endpoint received and died on: it would be answered 502).
+#[derive(Debug, Default)]
+struct IdleTimeout {
+    /// Microseconds; 0 while unknown.
+    micros: AtomicU64,
+}
+
+impl IdleTimeout {
+    fn closed_at(&self, idle: Duration) {
+        let idle = micros(idle).max(1);
+        let _ = self
+            .micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |known| {
+                (known == 0 || idle < known).then_some(idle)
+            });
+    }
+
+    fn open_at(&self, idle: Duration) {
+        let idle = micros(idle);
+        let known = self.micros.load(Ordering::Relaxed);
+        // Only a known timeout is corrected: an endpoint that never closed one has none to learn.
+        if known != 0 && idle.saturating_mul(2) > known.saturating_mul(3) {
+            self.micros.fetch_max(idle, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a connection idle this long may be closed by the endpoint any moment now.
+    fn nearly_over(&self, idle: Duration) -> bool {
+        let known = self.micros.load(Ordering::Relaxed);
+        known != 0 && micros(idle).saturating_mul(5) >= known.saturating_mul(4)
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Why a request could not be sent to an endpoint.
@@ -317,12 +373,21 @@ pub async fn send_http1<D: Destination>(
             *head.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
         );
+    let idle_timeout = &endpoint.connections().idle_timeout;
     loop {
-        let mut connection = acquire_http1(endpoint, siblings, breaker, !replayable).await?;
+        let (mut connection, idle) = acquire_http1(endpoint, siblings, breaker, !replayable).await?;
         let reused = connection.reused;
         match connection.exchange(&head, &mut body).await {
-            Ok(head) => return Ok(UpstreamBody::http1(head, connection, endpoint)),
-            Err(error) if reused && replayable && error.is_stale_connection() => continue,
+            Ok(head) => {
+                if reused {
+                    idle_timeout.open_at(idle);
+                }
+                return Ok(UpstreamBody::http1(head, connection, endpoint));
+            }
+            Err(error) if reused && replayable && error.is_stale_connection() => {
+                idle_timeout.closed_at(idle);
+                continue;
+            }
             Err(source) => {
                 return Err(UpstreamError::Http1 {
                     addr: endpoint.addr(),
@@ -333,23 +398,30 @@ pub async fn send_http1<D: Destination>(
     }
 }
 
-/// An HTTP/1.1 connection to `endpoint` for one exchange: an idle one, else a new one if
-/// `maxConnections` allows, else one freed while waiting (within `maxPendingRequests`).
-/// `probe`: skip idle connections the endpoint has closed.
+/// An HTTP/1.1 connection to `endpoint` for one exchange, and how long it was idle: an idle
+/// one, else a new one if `maxConnections` allows, else one freed while waiting (within
+/// `maxPendingRequests`). `probe`: skip idle connections the endpoint has closed or may close
+/// any moment (they are closed).
 async fn acquire_http1<D: Destination>(
     endpoint: &Arc<D>,
     siblings: &[Arc<D>],
     breaker: CircuitBreaker,
     probe: bool,
-) -> Result<Box<http1::Connection>, UpstreamError> {
+) -> Result<(Box<http1::Connection>, Duration), UpstreamError> {
     let connections = endpoint.connections();
     let limits = &connections.limits;
     loop {
-        while let Some(connection) = connections.take_idle() {
-            if probe && !connection.is_open() {
-                continue;
+        while let Some((connection, idle)) = connections.take_idle() {
+            if probe {
+                if !connection.is_open() {
+                    connections.idle_timeout.closed_at(idle);
+                    continue;
+                }
+                if connections.idle_timeout.nearly_over(idle) {
+                    continue;
+                }
             }
-            return Ok(connection);
+            return Ok((connection, idle));
         }
         // Registered before the limit is checked, so that a slot freed in between is not missed.
         let freed = limits.freed.notified();
@@ -357,7 +429,7 @@ async fn acquire_http1<D: Destination>(
         freed.as_mut().enable();
         if let Some(slot) = limits.open_slot(breaker.max_connections) {
             let stream = connect(endpoint.addr()).await?;
-            return Ok(Box::new(http1::Connection::new(stream, slot)));
+            return Ok((Box::new(http1::Connection::new(stream, slot)), Duration::ZERO));
         }
         let waiting = limits.pending.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(limits);
@@ -591,10 +663,10 @@ mod tests {
         for (n, at) in [(1, 0), (2, 1), (3, 2)] {
             assert_eq!(stack.put(n, start + Duration::from_secs(at)), None);
         }
-        assert_eq!(stack.take(), Some(3));
+        assert_eq!(stack.take().map(|(_, c)| c), Some(3));
         assert_eq!(stack.take_oldest(), Some(1));
-        assert_eq!(stack.take(), Some(2));
-        assert_eq!(stack.take(), None);
+        assert_eq!(stack.take().map(|(_, c)| c), Some(2));
+        assert_eq!(stack.take().map(|(_, c)| c), None);
         assert_eq!(stack.take_oldest(), None);
     }
 
@@ -606,13 +678,13 @@ mod tests {
         assert_eq!(stack.put("hot", start), None);
         // The hot one is taken and put back again and again; the burst's one stays below it.
         for s in 1..IDLE_TIMEOUT.as_secs() {
-            assert_eq!(stack.take(), Some("hot"));
+            assert_eq!(stack.take().map(|(_, c)| c), Some("hot"));
             assert_eq!(stack.put("hot", start + Duration::from_secs(s)), None);
         }
-        assert_eq!(stack.take(), Some("hot"));
+        assert_eq!(stack.take().map(|(_, c)| c), Some("hot"));
         assert_eq!(stack.put("hot", start + IDLE_TIMEOUT), Some("burst"));
-        assert_eq!(stack.take(), Some("hot"));
-        assert_eq!(stack.take(), None);
+        assert_eq!(stack.take().map(|(_, c)| c), Some("hot"));
+        assert_eq!(stack.take().map(|(_, c)| c), None);
     }
 
     #[test]
@@ -631,8 +703,35 @@ mod tests {
             stack.take_expired(start + IDLE_TIMEOUT + Duration::from_secs(5)),
             vec![1, 2]
         );
-        assert_eq!(stack.take(), Some(3));
-        assert_eq!(stack.take(), None);
+        assert_eq!(stack.take().map(|(_, c)| c), Some(3));
+        assert_eq!(stack.take().map(|(_, c)| c), None);
+    }
+
+    #[test]
+    fn the_idle_timeout_is_learned_from_closed_and_reused_connections() {
+        let timeout = IdleTimeout::default();
+        let ms = Duration::from_millis;
+        assert!(
+            !timeout.nearly_over(ms(10_000)),
+            "unknown: every connection may be used"
+        );
+        timeout.open_at(ms(500));
+        assert!(
+            !timeout.nearly_over(ms(10_000)),
+            "carrying requests teaches nothing alone"
+        );
+        timeout.closed_at(ms(1_050));
+        assert!(timeout.nearly_over(ms(900)) && !timeout.nearly_over(ms(800)));
+        timeout.closed_at(ms(1_010));
+        assert!(timeout.nearly_over(ms(808)), "the earliest close counts");
+        // A timer that fired a little late does not move it.
+        timeout.open_at(ms(1_030));
+        assert!(timeout.nearly_over(ms(808)));
+        // A restarted endpoint closed everything at once; the timeout it really has comes back.
+        timeout.closed_at(ms(5));
+        assert!(timeout.nearly_over(ms(4)));
+        timeout.open_at(ms(950));
+        assert!(!timeout.nearly_over(ms(700)) && timeout.nearly_over(ms(800)));
     }
 
     #[test]
@@ -643,7 +742,7 @@ mod tests {
             assert_eq!(stack.put(n, now), None);
         }
         assert_eq!(stack.put(IDLE_PER_ENDPOINT, now), Some(0));
-        assert_eq!(stack.take(), Some(IDLE_PER_ENDPOINT));
+        assert_eq!(stack.take().map(|(_, c)| c), Some(IDLE_PER_ENDPOINT));
         assert_eq!(stack.take_oldest(), Some(1));
     }
 }

@@ -9,14 +9,24 @@
 //! connection, so the address refuses connections as a dead Pod's would; terminating it is what a
 //! server does on SIGTERM: it stops accepting, finishes the requests in flight, closes its idle
 //! keep-alive connections, and exits.
+//!
+//! For the fault scenarios it also plays worse deaths: [`RunningBackend::kill`] makes the
+//! listener and every connection vanish at once with a reset (a container killed with SIGKILL),
+//! [`Backend::reset_after_reading`] reads a request and then resets its connection without an
+//! answer, and [`Backend::stop_accepting`] turns the address into a black hole that completes no
+//! handshake. It remembers each request's [`REQUEST_ID_HEADER`] and how many times it executed
+//! it, and counts the requests whose connection closed before their answer was ready
+//! ([`Backend::cancelled`]).
 
 use std::{
-    convert::Infallible,
+    collections::HashMap,
     net::SocketAddr,
+    pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -28,8 +38,9 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
-    net::TcpListener,
-    sync::watch,
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::{Notify, watch},
     task::{JoinError, JoinSet},
 };
 
@@ -53,6 +64,9 @@ pub const SEEN_FORWARDED_FOR_HEADER: &str = "x-seen-forwarded-for";
 /// (`x-identity-user` as `x-seen-x-identity-user`), so that a client can check what the gateway
 /// passed on; so do `x-microgate-client` and the W3C trace headers (`traceparent`, `tracestate`).
 pub const ECHOED_HEADER_PREFIX: &str = "x-identity-";
+/// Request header: the client's id for the request; the backend counts how many times it
+/// executed each id (see [`Backend::executions`]).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -84,6 +98,19 @@ struct State {
     connections: AtomicU64,
     open: AtomicU64,
     peak_open: AtomicU64,
+    /// Read each request, then reset its connection without answering.
+    reset_after_reading: AtomicBool,
+    /// Killed: every connection closes with a reset as it goes.
+    killed: AtomicBool,
+    /// Requests whose handler is running now.
+    in_flight: AtomicU64,
+    /// Requests whose connection went away before their answer was ready.
+    cancelled: AtomicU64,
+    /// How many times each request id was executed.
+    executions: Mutex<HashMap<String, u32>>,
+    /// Asks the accept loop to stop completing handshakes; `dark` once it has.
+    go_dark: Notify,
+    dark: AtomicBool,
 }
 
 impl Backend {
@@ -97,7 +124,6 @@ impl Backend {
         &self.state.pod
     }
 
-    /// Requests received so far, including failed ones.
     /// Connections open now.
     pub fn open_connections(&self) -> u64 {
         self.state.open.load(Ordering::Relaxed)
@@ -113,8 +139,46 @@ impl Backend {
         self.state.peak_open.load(Ordering::Relaxed)
     }
 
+    /// Requests received so far, including failed ones.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> u64 {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose connection closed while the backend was still working on them (a client
+    /// or proxy that gave up and cancelled).
+    pub fn cancelled(&self) -> u64 {
+        self.state.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// How many times each request id (the [`REQUEST_ID_HEADER`]) was executed.
+    pub fn executions(&self) -> HashMap<String, u32> {
+        lock(&self.state.executions).clone()
+    }
+
+    /// Read every request whole, then reset its connection without a word of answer: the
+    /// request reached the service, and the client cannot know what became of it.
+    pub fn reset_after_reading(&self, enabled: bool) {
+        self.state.reset_after_reading.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Becomes a black hole: connections already open get no answer any more, and new ones never
+    /// complete their handshake (the listener is replaced by one whose backlog is full, so the
+    /// kernel drops their SYNs). Returns once a new connection would hang.
+    pub async fn stop_accepting(&self) {
+        self.delay(Duration::from_secs(3600));
+        self.state.go_dark.notify_one();
+        for _ in 0..500 {
+            if self.state.dark.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("backend {} did not stop accepting within 5 s", self.state.pod);
     }
 
     /// Answer every request with `status` (the body still names the Pod).
@@ -172,7 +236,12 @@ impl Backend {
         self.answer_in_chunks(false);
         self.pad_bodies(0);
         self.state.idle_timeout_ms.store(0, Ordering::Relaxed);
+        self.reset_after_reading(false);
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A backend's server task; dropping it stops the server and closes all its connections.
@@ -203,6 +272,13 @@ impl RunningBackend {
             connections: AtomicU64::new(0),
             open: AtomicU64::new(0),
             peak_open: AtomicU64::new(0),
+            reset_after_reading: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            executions: Mutex::default(),
+            go_dark: Notify::new(),
+            dark: AtomicBool::new(false),
         });
         let (terminating, terminated) = watch::channel(false);
         let mut server = JoinSet::new();
@@ -238,6 +314,94 @@ impl RunningBackend {
             self.server.shutdown().await;
         }
     }
+
+    /// Dies as a process killed with SIGKILL does: the listener and every connection vanish
+    /// at once, each connection with a reset, whatever it was doing.
+    pub async fn kill(mut self) {
+        self.handle.state.killed.store(true, Ordering::Relaxed);
+        self.server.shutdown().await;
+    }
+}
+
+/// An accepted connection that can end with a reset instead of a FIN: when it is dropped after
+/// its backend was killed, or after a request asked for it.
+struct Socket {
+    stream: TcpStream,
+    state: Arc<State>,
+    reset: Arc<AtomicBool>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::Relaxed) || self.state.killed.load(Ordering::Relaxed) {
+            // SO_LINGER 0: the close sends a RST and drops whatever is unsent.
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Replaces `listener` with one on the same address that never accepts and whose backlog is
+/// full, so that the kernel drops new SYNs: a host that has fallen off the network. Returns
+/// the new listener and the connections that fill its backlog; both must be kept.
+async fn black_hole(listener: TcpListener) -> std::io::Result<(TcpListener, Vec<TcpStream>)> {
+    let addr = listener.local_addr()?;
+    drop(listener);
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let silent = socket.listen(0)?;
+    // Fillers connect from the Pod's own address, so that counting the gateway's sockets to it
+    // can tell them apart.
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(addr.ip(), 0))?;
+        match tokio::time::timeout(Duration::from_millis(200), socket.connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            Ok(Err(error)) => return Err(error),
+            // The backlog is full: handshakes hang from now on.
+            Err(_) => return Ok((silent, fillers)),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{addr} kept accepting after 16 unaccepted connections"
+    )))
 }
 
 /// Completes once the backend is told to terminate (or its handle is gone).
@@ -260,6 +424,18 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut terminated: w
     loop {
         let (stream, _) = tokio::select! {
             () = terminating(&mut terminated) => break,
+            () = state.go_dark.notified() => {
+                match black_hole(listener).await {
+                    Ok(kept) => {
+                        state.dark.store(true, Ordering::Release);
+                        // Holds the silent listener, its fillers and the open connections.
+                        let _kept = kept;
+                        std::future::pending::<()>().await;
+                    }
+                    Err(error) => tracing::warn!(%error, "could not turn the backend into a black hole"),
+                }
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -277,10 +453,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut terminated: w
         state.connections.fetch_add(1, Ordering::Relaxed);
         let open = state.open.fetch_add(1, Ordering::Relaxed) + 1;
         state.peak_open.fetch_max(open, Ordering::Relaxed);
+        let reset = Arc::new(AtomicBool::new(false));
+        let stream = Socket {
+            stream,
+            state: state.clone(),
+            reset: reset.clone(),
+        };
         connections.spawn(async move {
             let service = {
                 let state = state.clone();
-                service_fn(move |request| handle(state.clone(), request))
+                service_fn(move |request| handle(state.clone(), reset.clone(), request))
             };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             let idle_timeout = state.idle_timeout_ms.load(Ordering::Relaxed);
@@ -315,11 +497,52 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut terminated: w
     }
 }
 
+/// Counts a request in flight, and as cancelled if its handler is dropped before it answers.
+struct Handling {
+    state: Arc<State>,
+    answered: bool,
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.answered {
+            self.state.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn handle(
     state: Arc<State>,
+    reset: Arc<AtomicBool>,
     request: Request<hyper::body::Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, std::io::Error> {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let mut handling = Handling {
+        state: state.clone(),
+        answered: false,
+    };
+    if let Some(id) = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        *lock(&state.executions).entry(id.to_owned()).or_default() += 1;
+    }
+    let answer = answer(&state, request).await;
+    handling.answered = true;
+    if state.reset_after_reading.load(Ordering::Relaxed) {
+        reset.store(true, Ordering::Relaxed);
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset after reading the request",
+        ));
+    }
+    Ok(answer)
+}
+
+async fn answer(state: &Arc<State>, request: Request<hyper::body::Incoming>) -> Response<Body> {
     let requested_delay_ms = requested_delay_ms(request.uri());
     let version = format!("{:?}", request.version());
     let seen_authority = request.uri().authority().map(|a| a.to_string());
@@ -376,14 +599,14 @@ async fn handle(
                 "closed mid-response",
             )),
         ]);
-        return Ok(response(
+        return response(
             StatusCode::OK,
             &state.pod,
             &version,
             body.len(),
             received,
             BodyExt::boxed(StreamBody::new(chunks)),
-        ));
+        );
     }
 
     let failing = state
@@ -447,7 +670,7 @@ async fn handle(
             .headers_mut()
             .insert(hyper::header::RETRY_AFTER, retry_after.into());
     }
-    Ok(answer)
+    answer
 }
 
 /// The query parameter with which a request asks to be answered this many milliseconds late

@@ -258,6 +258,25 @@ impl Kubelet {
         names
     }
 
+    /// Kills `pod`'s backends as SIGKILL kills a container: listeners and connections vanish at
+    /// once, with resets. The Pod itself stays as it is (Ready, until someone says otherwise),
+    /// as it does until a real kubelet's probe notices. Returns the killed backends' handles,
+    /// whose counters stay readable.
+    pub async fn kill(&self, namespace: &str, pod: &str) -> Result<Vec<Backend>, KubeletError> {
+        let killed = {
+            let mut pods = lock(&self.shared.pods);
+            let running = pods
+                .get_mut(&key(namespace, pod))
+                .ok_or_else(|| KubeletError::UnknownPod(format!("{namespace}/{pod}")))?;
+            std::mem::take(&mut running.backends)
+        };
+        let handles = killed.iter().map(|b| b.handle().clone()).collect();
+        for backend in killed {
+            backend.kill().await;
+        }
+        Ok(handles)
+    }
+
     /// Reports the Pod's readiness as a readiness probe would; the backend keeps running.
     pub async fn set_ready(&self, namespace: &str, pod: &str, ready: bool) -> Result<(), KubeletError> {
         if !lock(&self.shared.pods).contains_key(&key(namespace, pod)) {

@@ -9,11 +9,13 @@
 //! - [`echo_basic`]: the Gateway API conformance suite's backend, emulated byte for byte.
 //! - [`pod_env`]: a container's environment and Secret files, as a kubelet resolves them.
 //! - [`pod_ips`]: where Pod addresses come from (`127.0.0.0/8`, or a private namespace's range).
-//! - [`load`]: open-loop load at a fixed rate, for a bounded count, with what failed and why.
+//! - [`background_load`]: open-loop load at a fixed rate, sent while a test changes something.
 //! - [`rollout`]: a Microservice changed (image, replicas) under load, and what that cost.
 //! - [`probe`] and [`wait`]: ask an address what it answers; wait with a deadline.
 //! - [`private_apiserver`]: a second API server on the cluster's etcd, without a watch cache,
 //!   that one test may stop or cut off.
+//! - [`load`]: an open-loop load generator (a fixed rate, a bounded count) and its report.
+//! - [`sockets`]: the TCP sockets open to an address, from `/proc/net/tcp`.
 //! - [`proxy`]: a TCP proxy a test can cut, to break connections like a partition.
 //! - [`tls`]: a test certificate authority, `kubernetes.io/tls` Secrets, and TLS clients.
 //! - [`h2wire`]: raw HTTP/2 frames and HPACK, for tests that play a hostile client.
@@ -30,6 +32,7 @@
 //! The `fake-kubelet` binary runs the same kubelet outside `cargo test`, for the demo.
 
 pub mod backend;
+pub mod background_load;
 pub mod cluster;
 pub mod echo_basic;
 pub mod gwapi_conformance;
@@ -49,6 +52,7 @@ pub mod proxy;
 pub mod redis_server;
 pub mod reliability;
 pub mod rollout;
+pub mod sockets;
 pub mod tls;
 pub mod usage;
 pub mod wait;

@@ -133,6 +133,17 @@ impl TestNamespace {
         self.pod_ip(pod).map(|ip| SocketAddr::from((ip, port)))
     }
 
+    /// Kills `pod`'s backend abruptly (see [`Kubelet::kill`]); returns its handle.
+    pub async fn kill(&self, pod: &str) -> Result<Backend, HarnessError> {
+        let killed = self.kubelet.kill(&self.name, pod).await?;
+        killed.into_iter().next().ok_or_else(|| {
+            HarnessError::Kubelet(KubeletError::UnknownPod(format!(
+                "{}/{pod} has no backend",
+                self.name
+            )))
+        })
+    }
+
     /// Flips `pod`'s readiness, as a passing or failing readiness probe would.
     pub async fn set_ready(&self, pod: &str, ready: bool) -> Result<(), HarnessError> {
         Ok(self.kubelet.set_ready(&self.name, pod, ready).await?)

@@ -1,7 +1,7 @@
 //! A change to a Microservice under steady load, measured: the rollout scenarios of the e2e
 //! suite and of `make reliability` share it.
 //!
-//! [`under_load`] starts open-loop [load](crate::load) through a gateway, changes the
+//! [`under_load`] starts open-loop [load](crate::background_load) through a gateway, changes the
 //! Microservice (a new image, or a replica count) once a share of the load has been sent (or
 //! several times: [`changes_under_load`]), waits for each change to be complete (every Pod of the new template Ready and every old one gone),
 //! and lets the load run to its end. The Microservice is patched as plain JSON: this crate does
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::{
     TestNamespace,
-    load::{self, Load, LoadReport},
+    background_load::{self, Load, LoadReport},
     probe,
     wait::{self, Probe},
 };
@@ -90,7 +90,7 @@ pub async fn changes_under_load(
 ) -> Figures {
     let retries_before = gateway_retries(admin).await;
     let started = Instant::now();
-    let running = load::start(load);
+    let running = background_load::start(load);
     let mut took = Vec::with_capacity(changes.len());
     for (at, change) in changes {
         tokio::time::sleep_until(started + *at).await;

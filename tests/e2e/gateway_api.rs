@@ -20,6 +20,7 @@ use microgate::{
     gateway,
 };
 use microgate_test_support::{
+    TestNamespace,
     backend::POD_NAME_HEADER,
     probe,
     wait::{self, Probe},
@@ -47,27 +48,33 @@ fn pair(status: &str, reason: &str) -> Option<(String, String)> {
     Some((status.to_owned(), reason.to_owned()))
 }
 
+/// A GatewayClass of microgate's controller for the test namespace `ns` (GatewayClasses are
+/// cluster-wide: one per test namespace); the test deletes it when it is done.
+pub(crate) async fn create_class(ns: &TestNamespace) -> (Api<GatewayClass>, String) {
+    let name = format!("microgate-{}", ns.name);
+    let classes: Api<GatewayClass> = Api::all(ns.client.clone());
+    classes
+        .patch(
+            &name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                "metadata": {"name": name},
+                "spec": {"controllerName": "microgate.dev/gateway-controller"},
+            })),
+        )
+        .await
+        .expect("create the GatewayClass");
+    (classes, name)
+}
+
 #[tokio::test]
 async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened() {
     with_namespace("e2e-gwapi", |ns| async move {
         let platform = Platform::start_with_gateway_api(&ns).await;
         platform.microservice(&ns, "echo", 2, json!({})).await;
         let apply = PatchParams::apply("e2e").force();
-        // GatewayClasses are cluster-wide: one per test namespace.
-        let class_name = format!("microgate-{}", ns.name);
-        let classes: Api<GatewayClass> = Api::all(ns.client.clone());
-        classes
-            .patch(
-                &class_name,
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                    "metadata": {"name": class_name},
-                    "spec": {"controllerName": "microgate.dev/gateway-controller"},
-                })),
-            )
-            .await
-            .expect("create the GatewayClass");
+        let (classes, class_name) = create_class(&ns).await;
         // An AccessPolicy that an HTTPRoute rule names in an ExtensionRef filter.
         ns.api::<Secret>()
             .patch(
@@ -303,20 +310,7 @@ async fn a_gateway_publishes_the_address_of_the_service_clients_reach_it_through
         };
         let platform = Platform::start_configured(&ns, std::future::pending(), settings).await;
         let apply = PatchParams::apply("e2e").force();
-        let class_name = format!("microgate-{}", ns.name);
-        let classes: Api<GatewayClass> = Api::all(ns.client.clone());
-        classes
-            .patch(
-                &class_name,
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                    "metadata": {"name": class_name},
-                    "spec": {"controllerName": "microgate.dev/gateway-controller"},
-                })),
-            )
-            .await
-            .expect("create the GatewayClass");
+        let (classes, class_name) = create_class(&ns).await;
         let services = ns.api::<Service>();
         services
             .patch(

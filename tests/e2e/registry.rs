@@ -318,27 +318,12 @@ async fn only_loopback_clients_or_those_with_the_token_may_read_the_registry() {
 #[tokio::test]
 async fn a_service_port_of_the_gateway_api_is_listed_with_its_zone_and_node() {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-    use kube::{
-        Api,
-        api::{Patch, PatchParams},
-    };
-    use microgate::api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway};
+    use kube::api::{Patch, PatchParams};
+    use microgate::api::gateway_api::{HTTPRoute, KubeGateway};
     with_namespace("e2e-registry-service", |ns| async move {
         let platform = Platform::start_with_gateway_api(&ns).await;
         let apply = PatchParams::apply("e2e").force();
-        let class_name = format!("microgate-{}", ns.name);
-        Api::<GatewayClass>::all(ns.client.clone())
-            .patch(
-                &class_name,
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                    "metadata": {"name": class_name},
-                    "spec": {"controllerName": "microgate.dev/gateway-controller"},
-                })),
-            )
-            .await
-            .expect("create the GatewayClass");
+        let (_, class_name) = crate::gateway_api::create_class(&ns).await;
         let port = platform.listener.port();
         ns.api::<KubeGateway>()
             .patch(

@@ -51,6 +51,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle HTTP/1.1 connections kept per endpoint and worker; beyond that the oldest is closed.
 const IDLE_PER_ENDPOINT: usize = 256;
 
+/// How long a connection may have been idle and still carry a request that cannot be sent twice,
+/// to an endpoint whose idle timeout the gateway has not seen yet: below any server's default
+/// (Node's 5 s, Apache's 5 s, gunicorn's 2 s), so that a pause in traffic costs a new connection,
+/// never a POST answered 502.
+const UNPROVEN_IDLE: Duration = Duration::from_millis(50);
+
 /// An idle HTTP/1.1 connection not used for this long is closed (nginx's upstream
 /// `keepalive_timeout` default): a burst's extra connections do not stay open for good.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -260,7 +266,9 @@ impl<C> IdleStack<C> {
 /// let a POST meet the close the margin is there to avoid.) Requests that cannot be
 /// sent twice skip connections within a fifth of the timeout of their end, so that the endpoint
 /// does not close one under them (a POST on a connection the endpoint is closing cannot be
-/// told apart from one the endpoint received and died on: it would be answered 502).
+/// told apart from one the endpoint received and died on: it would be answered 502). While no
+/// close has been seen, any moment may be the end: they take only connections idle for less
+/// than [`UNPROVEN_IDLE`] (under steady traffic, all of them).
 #[derive(Debug, Default)]
 struct IdleTimeout {
     /// Microseconds; 0 while unknown.
@@ -288,8 +296,10 @@ impl IdleTimeout {
 
     /// Whether a connection idle this long may be closed by the endpoint any moment now.
     fn nearly_over(&self, idle: Duration) -> bool {
-        let known = self.micros.load(Ordering::Relaxed);
-        known != 0 && micros(idle).saturating_mul(5) >= known.saturating_mul(4)
+        match self.micros.load(Ordering::Relaxed) {
+            0 => idle >= UNPROVEN_IDLE,
+            known => micros(idle).saturating_mul(5) >= known.saturating_mul(4),
+        }
     }
 }
 
@@ -712,12 +722,12 @@ mod tests {
         let timeout = IdleTimeout::default();
         let ms = Duration::from_millis;
         assert!(
-            !timeout.nearly_over(ms(10_000)),
-            "unknown: every connection may be used"
+            !timeout.nearly_over(ms(49)) && timeout.nearly_over(UNPROVEN_IDLE),
+            "unknown: only connections idle for a moment may be used"
         );
         timeout.open_at(ms(500));
         assert!(
-            !timeout.nearly_over(ms(10_000)),
+            timeout.nearly_over(ms(100)),
             "carrying requests teaches nothing alone"
         );
         timeout.closed_at(ms(1_050));

@@ -90,6 +90,8 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub admin_access: AdminAccessArgs,
     #[command(flatten)]
+    pub watch: WatchArgs,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -206,6 +208,8 @@ pub struct ControllerArgs {
     #[command(flatten)]
     pub leader_election: LeaderElectionArgs,
     #[command(flatten)]
+    pub watch: WatchArgs,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -235,6 +239,16 @@ pub struct LeaderElectionArgs {
     /// How often a standby tries to take the Lease, and the leader renews it.
     #[arg(long, env = "MICROGATE_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s")]
     pub leader_election_retry_period: Duration,
+}
+
+/// How the long-running subcommands watch the API server.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// How long each watch stays open before it is opened again (whole seconds). A watch whose
+    /// connection went silent without closing is noticed only then (and 5 s later): keep it
+    /// below the idle timeout of every load balancer between microgate and the API server.
+    #[arg(long, env = "MICROGATE_WATCH_TIMEOUT", default_value = "120s")]
+    pub watch_timeout: Duration,
 }
 
 /// Logging options shared by the long-running subcommands.

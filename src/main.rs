@@ -164,6 +164,7 @@ fn leader_election(args: &LeaderElectionArgs) -> Result<Option<leader::Config>, 
 
 async fn controller(args: ControllerArgs) -> Result<(), String> {
     telemetry::init_logging(args.log.log_json);
+    microgate::watch::set_timeout(args.watch.watch_timeout.into());
     let election = leader_election(&args.leader_election)?;
     let client = kube_client().await?;
     let scope = Scope {
@@ -191,6 +192,7 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
 async fn run(args: RunArgs) -> Result<(), String> {
     let controller_args = args.controller;
     telemetry::init_logging(controller_args.log.log_json);
+    microgate::watch::set_timeout(controller_args.watch.watch_timeout.into());
     let election = leader_election(&controller_args.leader_election)?;
     let access = admin_access(&args.admin_access)?;
     let client = kube_client().await?;
@@ -257,6 +259,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
 
 async fn gateway(args: GatewayArgs) -> Result<(), String> {
     telemetry::init_logging(args.log.log_json);
+    microgate::watch::set_timeout(args.watch.watch_timeout.into());
     let access = admin_access(&args.admin_access)?;
     let client = kube_client().await?;
     let registry = Registry::default();

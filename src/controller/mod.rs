@@ -7,7 +7,6 @@
 //! and the admin endpoints. With leader election the writers run only in the process that holds
 //! the Lease ([`crate::leader`]).
 
-pub mod backoff;
 pub mod conditions;
 pub mod context;
 pub mod endpoints;
@@ -28,7 +27,6 @@ use kube::{
     runtime::{
         Controller, controller,
         reflector::{ObjectRef, Store},
-        watcher,
     },
 };
 use prometheus_client::metrics::gauge::Gauge;
@@ -37,7 +35,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use context::{Context, Scope};
 
-use backoff::WatchBackoff;
+use crate::watch::WatchBackoff;
 
 use crate::{
     api::{Gateway, Microservice, labels},
@@ -197,12 +195,12 @@ fn writers(
     admin: &Admin,
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + use<> {
-    let mut microservices = watcher::Config::default().any_semantic();
+    let mut microservices = crate::watch::config().any_semantic();
     if let Some(selector) = &scope.label_selector {
         microservices = microservices.labels(selector);
     }
     // Only what microgate made: the owned watches stay small in a big cluster.
-    let owned = watcher::Config::default().labels(&format!("{}=microgate", labels::MANAGED_BY));
+    let owned = crate::watch::config().labels(&format!("{}=microgate", labels::MANAGED_BY));
     let controller = Controller::new(
         namespaced_or_all::<DeserializeGuard<Microservice>>(client, scope),
         microservices,
@@ -220,7 +218,7 @@ fn writers(
         ctx.metrics.endpoint_status_writes.clone(),
     );
 
-    let mut gateways_config = watcher::Config::default().any_semantic();
+    let mut gateways_config = crate::watch::config().any_semantic();
     if let Some(selector) = &scope.label_selector {
         gateways_config = gateways_config.labels(selector);
     }

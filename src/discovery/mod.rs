@@ -23,7 +23,7 @@ pub use endpoint::{Endpoint, ServiceKey};
 pub use metrics::{DiscoveryMetrics, ServiceLabels};
 pub use registry::{Registry, ServiceEndpoints, Snapshot};
 
-use crate::api::labels;
+use crate::{api::labels, watch::WatchBackoff};
 
 /// Watches the Pods of every Microservice (in `namespace`, or all) and keeps `registry` up to
 /// date until the watch stream ends (it retries errors with backoff, so: forever).
@@ -32,8 +32,8 @@ pub async fn run(client: Client, namespace: Option<String>, registry: Registry, 
         Some(namespace) => Api::namespaced(client, namespace),
         None => Api::all(client),
     };
-    let config = watcher::Config::default().labels(labels::MICROSERVICE);
-    let mut events = watcher(pods, config).default_backoff().boxed();
+    let config = crate::watch::config().labels(labels::MICROSERVICE);
+    let mut events = watcher(pods, config).backoff(WatchBackoff::default()).boxed();
     let mut index = PodIndex::new(registry, metrics);
     loop {
         match events.try_next().await {

@@ -50,10 +50,7 @@ use std::{
 use arc_swap::ArcSwap;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::{
-    Api, Client, ResourceExt,
-    runtime::{reflector::ObjectRef, watcher},
-};
+use kube::{Api, Client, ResourceExt, runtime::reflector::ObjectRef};
 use tokio::sync::Notify;
 
 pub use metrics::GatewayMetrics;
@@ -61,6 +58,7 @@ pub use metrics::GatewayMetrics;
 use crate::{
     api::{self, AccessPolicy, Gateway, Microservice},
     discovery::{Registry, ServiceKey},
+    watch,
 };
 
 /// How the data plane runs.
@@ -150,7 +148,7 @@ pub async fn run(
         Some(service) => {
             let (store, run) = watches::watch_filtered(
                 Api::<Service>::namespaced(client.clone(), &service.namespace),
-                watcher::Config::default().fields(&format!("metadata.name={}", service.name)),
+                watch::config().fields(&format!("metadata.name={}", service.name)),
                 watches::Changes::Any,
                 changed.clone(),
             );
@@ -158,7 +156,7 @@ pub async fn run(
         }
         None => (None, futures::future::pending().boxed()),
     };
-    let every = watcher::Config::default;
+    let every = watch::config;
     let (gateways, watch_gateways) = watches::watch_filtered(
         watches::scoped::<Gateway>(&client, namespace.as_deref()),
         every(),

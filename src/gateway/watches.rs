@@ -18,7 +18,10 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway, ReferenceGrant};
+use crate::{
+    api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway, ReferenceGrant},
+    watch::{self, WatchBackoff},
+};
 
 /// The stores, filled by the watches [`GatewayApiWatches::start`] returns.
 pub struct GatewayApiWatches {
@@ -127,7 +130,7 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    watch_filtered(api, watcher::Config::default(), Changes::Any, changed)
+    watch_filtered(api, watch::config(), Changes::Any, changed)
 }
 
 /// [`watch`], of the objects `config` selects, notifying `changed` of the `changes` that matter.
@@ -143,7 +146,7 @@ where
 {
     let (store, writer) = reflector::store();
     let touched = reflector(writer, watcher(api, config).modify(trim))
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .touched_objects();
     let notify = move |_| {
         changed.notify_one();

@@ -28,6 +28,7 @@ pub(crate) use platform::{
 };
 
 mod access;
+mod api_server_faults;
 mod client_ip;
 mod explain;
 mod faults;

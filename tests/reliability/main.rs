@@ -12,6 +12,7 @@ mod platform;
 #[path = "../e2e/faults/scenarios.rs"]
 mod scenarios;
 
+mod api_server_faults;
 mod faults;
 mod operator_faults;
 mod rollout;

@@ -129,6 +129,29 @@ pub fn kubeconfig_path() -> PathBuf {
     cluster_dir().join("kubeconfig")
 }
 
+/// A copy of the admin kubeconfig that reaches the API server at `server` instead (a private
+/// API server, or a proxy in front of one; the certificates' names cover every loopback port).
+pub fn kubeconfig_for(server: SocketAddr) -> Result<PathBuf, ClusterError> {
+    let original = kubeconfig_path();
+    let text = std::fs::read_to_string(&original).map_err(|e| ClusterError::Kubeconfig {
+        path: original.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let rewritten: Vec<String> = text
+        .lines()
+        .map(|line| match line.split_once("server: ") {
+            Some((indent, _)) => format!("{indent}server: https://{server}"),
+            None => line.to_owned(),
+        })
+        .collect();
+    let path = cluster_dir().join(format!("kubeconfig-{}", server.port()));
+    std::fs::write(&path, rewritten.join("\n") + "\n").map_err(|e| ClusterError::Kubeconfig {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(path)
+}
+
 /// The pinned binaries (`kubectl`, `helm`, ...) built for the cluster.
 pub fn bin_dir() -> PathBuf {
     repo_root().join("target/cluster/bin")

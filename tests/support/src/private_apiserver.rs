@@ -42,8 +42,6 @@ impl PrivateApiServer {
     /// Starts it on a free loopback port with `--watch-cache=false` and waits until `/readyz`
     /// answers ok (with the admin's client certificate).
     pub async fn start() -> Result<Self, PrivateApiServerError> {
-        let state = cluster::state().await?;
-        let certs = cluster::cluster_dir().join("certs");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -51,12 +49,24 @@ impl PrivateApiServer {
                 binary: "a free port".into(),
                 source,
             })?;
+        Self::start_on(port).await
+    }
+
+    /// Starts it on `port` (e.g. again, where a stopped one listened), as [`Self::start`] does.
+    pub async fn start_on(port: u16) -> Result<Self, PrivateApiServerError> {
+        let state = cluster::state().await?;
+        let certs = cluster::cluster_dir().join("certs");
         let scratch = std::env::temp_dir().join(format!("microgate-apiserver-{}-{port}", std::process::id()));
         let log = cluster::cluster_dir().join(format!("logs/kube-apiserver-private-{port}.log"));
-        let log_file = std::fs::File::create(&log).map_err(|source| PrivateApiServerError::Spawn {
-            binary: log.display().to_string(),
-            source,
-        })?;
+        // Appended to: a server started again on the same port adds to its predecessor's log.
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|source| PrivateApiServerError::Spawn {
+                binary: log.display().to_string(),
+                source,
+            })?;
         let stderr = log_file
             .try_clone()
             .map_err(|source| PrivateApiServerError::Spawn {

@@ -1,6 +1,8 @@
 //! A loopback TCP proxy that a test can cut: every open connection is dropped and new ones are
 //! refused until it is restored. Put between a client and the API server, it breaks watches the
-//! way a network partition would.
+//! way a network partition would. It can also silence the open connections instead: they stay
+//! open and carry nothing more, with no FIN and no reset, as when a load balancer forgets a flow
+//! or packets are dropped on the way; new connections work.
 
 use std::{
     net::SocketAddr,
@@ -21,6 +23,7 @@ pub struct CuttableProxy {
     addr: SocketAddr,
     open: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
+    silence: watch::Sender<u64>,
     _accept: JoinSet<()>,
 }
 
@@ -31,6 +34,7 @@ impl CuttableProxy {
         let addr = listener.local_addr()?;
         let open = Arc::new(AtomicBool::new(true));
         let (cut, cuts) = watch::channel(0u64);
+        let (silence, silences) = watch::channel(0u64);
         let mut accept = JoinSet::new();
         let accepting = open.clone();
         accept.spawn(async move {
@@ -41,8 +45,10 @@ impl CuttableProxy {
                     continue;
                 }
                 let mut cuts = cuts.clone();
-                // Only cuts from now on end this connection.
+                let mut silences = silences.clone();
+                // Only cuts and silences from now on touch this connection.
                 cuts.borrow_and_update();
+                silences.borrow_and_update();
                 connections.spawn(async move {
                     let Ok(mut server) = TcpStream::connect(upstream).await else {
                         return;
@@ -51,6 +57,12 @@ impl CuttableProxy {
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cuts.changed() => {}
+                        _ = silences.changed() => {
+                            // Both sockets stay open, unread and unwritten, until a cut or the
+                            // proxy's end.
+                            let _ = cuts.changed().await;
+                            drop((client, server));
+                        }
                     }
                 });
                 while connections.try_join_next().is_some() {}
@@ -60,6 +72,7 @@ impl CuttableProxy {
             addr,
             open,
             cut,
+            silence,
             _accept: accept,
         })
     }
@@ -72,6 +85,12 @@ impl CuttableProxy {
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Stops every open connection from carrying anything more, without closing it; new
+    /// connections work.
+    pub fn silence(&self) {
+        self.silence.send_modify(|n| *n += 1);
     }
 
     /// Accepts connections again.

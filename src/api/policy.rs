@@ -167,9 +167,9 @@ pub struct RetryPolicy {
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("perTryTimeout must be positive"))]
     pub per_try_timeout: Option<Duration>,
     /// Which failures are retried: connect-failure, reset, 5xx, gateway-error (502, 503, 504),
-    /// retriable-status-codes (the codes in retriableStatusCodes).
+    /// retriable-status-codes (the codes in retriableStatusCodes), per-try-timeout.
     #[serde(default = "default_retry_on")]
-    #[schemars(length(max = 5))]
+    #[schemars(length(max = 6))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub retry_on: Vec<RetryOn>,
     /// HTTP status codes retried when retryOn has retriable-status-codes.
@@ -205,7 +205,7 @@ fn default_retry_on() -> Vec<RetryOn> {
     vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::GatewayError]
 }
 
-/// A class of failure that may be retried (Envoy's names).
+/// A class of failure that may be retried (Envoy's names, where Envoy has one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum RetryOn {
     /// The connection to the endpoint could not be made (never reached the service: always safe).
@@ -223,6 +223,10 @@ pub enum RetryOn {
     /// A code listed in retriableStatusCodes.
     #[serde(rename = "retriable-status-codes")]
     RetriableStatusCodes,
+    /// The attempt's perTryTimeout passed without a response (5xx and gateway-error retry it
+    /// too, as the 504 it would be answered with; this retries it without retrying answers).
+    #[serde(rename = "per-try-timeout")]
+    PerTryTimeout,
 }
 
 /// Exponential backoff with full jitter between attempts.

@@ -45,7 +45,9 @@ pub fn should_retry(policy: &RetryPolicy, failure: Failure, idempotent: bool) ->
     match failure {
         Failure::Connect => on(RetryOn::ConnectFailure),
         Failure::Reset => on(RetryOn::Reset),
-        Failure::Timeout => on(RetryOn::ServerError) || on(RetryOn::GatewayError),
+        Failure::Timeout => {
+            on(RetryOn::PerTryTimeout) || on(RetryOn::ServerError) || on(RetryOn::GatewayError)
+        }
         Failure::Status(status) => {
             (status.is_server_error() && on(RetryOn::ServerError))
                 || (matches!(status.as_u16(), 502..=504) && on(RetryOn::GatewayError))
@@ -260,6 +262,22 @@ mod tests {
             Failure::Timeout,
             true
         ));
+    }
+
+    #[test]
+    fn per_try_timeout_retries_a_timeout_and_no_answer() {
+        let p = policy(vec![RetryOn::PerTryTimeout], vec![]);
+        assert!(should_retry(&p, Failure::Timeout, true));
+        assert!(
+            !should_retry(&p, Failure::Timeout, false),
+            "a POST may have reached the service"
+        );
+        assert!(!should_retry(
+            &p,
+            Failure::Status(StatusCode::GATEWAY_TIMEOUT),
+            true
+        ));
+        assert!(!should_retry(&p, Failure::Reset, true));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The Kubernetes Gateway API front end with Microservices as backends (`group: microgate.dev`):
 //! traffic through an HTTPRoute reaches the Microservice's Pods with its traffic policy, and the
 //! GatewayClass, Gateway and HTTPRoute say so in their status; a rule's `ExtensionRef` filter
-//! applies an AccessPolicy. (Service backends, resolved from
+//! applies an AccessPolicy; a rule's `retry` tries another endpoint after a broken connection
+//! or a `backendRequest` timeout. (Service backends, resolved from
 //! EndpointSlices, are proven by the official suite: `make conformance`.)
 
 use std::collections::BTreeSet;
@@ -382,6 +383,156 @@ async fn a_gateway_publishes_the_address_of_the_service_clients_reach_it_through
         ]))
         .await
         .expect("the load balancer's addresses are published");
+        classes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .expect("delete the GatewayClass");
+    })
+    .await;
+}
+
+/// Sends `count` GETs for `path` one after another; each answer's status and serving Pod.
+async fn answers(platform: &Platform, path: &str, count: usize) -> Vec<(StatusCode, String)> {
+    let mut answers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let answer = probe::get(platform.listener, path).await.expect("an answer");
+        let pod = answer
+            .headers
+            .get(POD_NAME_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        answers.push((answer.status, pod));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn an_httproute_retry_tries_again_after_a_broken_connection_or_a_backend_request_timeout() {
+    with_namespace("e2e-gwapi-retry", |ns| async move {
+        let platform = Platform::start_with_gateway_api(&ns).await;
+        // Round robin sends every other request to the failing Pod, and no ejection takes it
+        // out of rotation: each phase below meets its failure about ten times.
+        let policy =
+            json!({"loadBalancer": {"policy": "RoundRobin"}, "outlierDetection": {"consecutiveFailures": 0}});
+        platform.microservice(&ns, "echo", 2, policy).await;
+        let pods = pods_of(&ns, "echo").await;
+        let failing = ns.backend(&pods[0]).expect("the first Pod's backend");
+        let healthy = pods[1].clone();
+        let apply = PatchParams::apply("e2e").force();
+        let (classes, class_name) = create_class(&ns).await;
+        let port = platform.listener.port();
+        ns.api::<KubeGateway>()
+            .patch(
+                "edge",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "edge"},
+                    "spec": {"gatewayClassName": class_name, "listeners": [
+                        {"name": "http", "port": port, "protocol": "HTTP"},
+                    ]},
+                })),
+            )
+            .await
+            .expect("create the Gateway");
+        let echo = json!([{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]);
+        let prefix = |value: &str| json!([{"path": {"type": "PathPrefix", "value": value}}]);
+        ns.api::<HTTPRoute>()
+            .patch(
+                "retries",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "retries"},
+                    "spec": {
+                        "parentRefs": [{"name": "edge"}],
+                        "rules": [
+                            // No codes: only the failures without an answer are retried.
+                            {"matches": prefix("/retried"), "backendRefs": echo,
+                             "retry": {"attempts": 1},
+                             "timeouts": {"backendRequest": "200ms"}},
+                            {"matches": prefix("/once"), "backendRefs": echo,
+                             "timeouts": {"backendRequest": "200ms"}},
+                        ],
+                    },
+                })),
+            )
+            .await
+            .expect("create the HTTPRoute");
+        let route = ns.api::<HTTPRoute>().get("retries").await.expect("the HTTPRoute");
+        assert!(
+            serde_json::to_value(&route.spec).expect("JSON")["rules"][0]["retry"].is_object(),
+            "the experimental CRD keeps the rule's retry"
+        );
+        wait::until("both rules to reach both Pods", WAIT, || async {
+            for path in ["/retried", "/once"] {
+                let mut seen = BTreeSet::new();
+                for _ in 0..4 {
+                    match probe::get(platform.listener, path).await {
+                        Ok(answer) if answer.status == StatusCode::OK => {
+                            if let Some(pod) =
+                                answer.headers.get(POD_NAME_HEADER).and_then(|v| v.to_str().ok())
+                            {
+                                seen.insert(pod.to_owned());
+                            }
+                        }
+                        Ok(answer) => {
+                            return Probe::NotYet(format!(
+                                "{path}: {} {}",
+                                answer.status,
+                                answer.body.trim()
+                            ));
+                        }
+                        Err(error) => return Probe::NotYet(error.to_string()),
+                    }
+                }
+                if seen.len() != 2 {
+                    return Probe::NotYet(format!("{path} reached {seen:?}"));
+                }
+            }
+            Probe::Done(())
+        })
+        .await
+        .expect("the HTTPRoute serves");
+
+        // HTTPRouteRetryConnectionError: the connection breaks after the request was read.
+        failing.reset_after_reading(true);
+        let before = failing.requests();
+        let retried = answers(&platform, "/retried", 20).await;
+        assert!(
+            retried
+                .iter()
+                .all(|(status, pod)| *status == StatusCode::OK && *pod == healthy),
+            "every request answered by the healthy Pod: {retried:?}"
+        );
+        assert!(failing.requests() - before >= 5, "the failing Pod was tried");
+        let once = answers(&platform, "/once", 20).await;
+        assert!(
+            once.iter().any(|(status, _)| *status == StatusCode::BAD_GATEWAY),
+            "without retry the broken connections reach the client: {once:?}"
+        );
+        failing.reset_after_reading(false);
+
+        // HTTPRouteRetryBackendTimeout: the attempt outlives backendRequest.
+        failing.delay(std::time::Duration::from_secs(2));
+        let before = failing.requests();
+        let retried = answers(&platform, "/retried", 20).await;
+        assert!(
+            retried
+                .iter()
+                .all(|(status, pod)| *status == StatusCode::OK && *pod == healthy),
+            "every request answered by the healthy Pod: {retried:?}"
+        );
+        assert!(failing.requests() - before >= 5, "the slow Pod was tried");
+        let once = answers(&platform, "/once", 20).await;
+        assert!(
+            once.iter()
+                .any(|(status, _)| *status == StatusCode::GATEWAY_TIMEOUT),
+            "without retry the timeouts reach the client: {once:?}"
+        );
+        failing.delay(std::time::Duration::ZERO);
+
         classes
             .delete(&class_name, &DeleteParams::default())
             .await

@@ -162,7 +162,8 @@ impl Platform {
             tracing,
         } = settings;
         if gateway_api {
-            microgate_test_support::gwapi_conformance::install_crds("standard");
+            // The experimental channel: a superset of the standard one, with the rules' `retry`.
+            microgate_test_support::gwapi_conformance::install_crds("experimental");
         }
         microgate_test_support::cluster::install_crds(&ns.client, microgate::api::crds()).await;
         let registry = Registry::default();

@@ -835,7 +835,7 @@ async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
                 https_listener("any", 8443, &[]),
             ],
             "routes": [
-                route(json!({"listeners": ["shop", "any"]})),
+                route(json!({"listeners": ["shop", "any"], "retry": {"retryOn": ["per-try-timeout"]}})),
                 {"name": "to-https", "listeners": ["web"], "redirect": {"scheme": "https"}},
             ],
         }));
@@ -955,6 +955,7 @@ async fn valid_objects_are_accepted_with_the_schema_defaults_filled_in() {
             .expect("serialize");
         for (pointer, value) in [
             ("/spec/listeners/1/tls/minVersion", json!("1.2")),
+            ("/spec/routes/0/retry/retryOn", json!(["per-try-timeout"])),
             ("/spec/routes/1/redirect/statusCode", json!(302)),
         ] {
             assert_eq!(at(&stored, pointer), &value, "Gateway {pointer} in {stored}");

@@ -70,6 +70,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteRetry",
+    // No conformance test in v1.6.3: tests/e2e/gateway_api.rs proves these two.
+    "HTTPRouteRetryConnectionError",
+    "HTTPRouteRetryBackendTimeout",
     "HTTPRouteRequestMirror",
     "HTTPRouteRequestMultipleMirrors",
     "HTTPRouteRequestPercentageMirror",
@@ -914,8 +917,11 @@ fn compile_rules(
 }
 
 /// A rule's `retry` (experimental channel) and `timeouts.backendRequest` as a retry policy: the
-/// listed status codes (and failed connections, which never reached the backend) are retried
-/// `attempts` times, each attempt within `backendRequest`.
+/// listed status codes are retried `attempts` times, each attempt within `backendRequest`. So
+/// are the failures with no answer, which the Gateway API retries whenever `retry` is there,
+/// codes or not: a connection that failed or broke (HTTPRouteRetryConnectionError), and an
+/// attempt that outlived `backendRequest` (HTTPRouteRetryBackendTimeout). A request that may
+/// have reached the backend is tried again only if its method is idempotent.
 fn retry_policy(rule: &HttpRouteRule) -> Option<RetryPolicy> {
     let per_try_timeout = rule
         .timeouts
@@ -937,7 +943,12 @@ fn retry_policy(rule: &HttpRouteRule) -> Option<RetryPolicy> {
     Some(RetryPolicy {
         attempts: retry.attempts.unwrap_or(1).clamp(0, 10),
         per_try_timeout,
-        retry_on: vec![RetryOn::ConnectFailure, RetryOn::RetriableStatusCodes],
+        retry_on: vec![
+            RetryOn::ConnectFailure,
+            RetryOn::Reset,
+            RetryOn::PerTryTimeout,
+            RetryOn::RetriableStatusCodes,
+        ],
         retriable_status_codes: retry.codes.clone(),
         backoff,
         ..RetryPolicy::default()
@@ -1244,6 +1255,58 @@ mod tests {
         // Nonsense the CRD refuses still makes a share: never a zero denominator.
         assert_eq!(mirror_share(&mirror(None, Some((3, Some(0))))), (1, 1));
         assert_eq!(mirror_share(&mirror(Some(-5), None)), (0, 100));
+    }
+
+    fn rule(value: serde_json::Value) -> HttpRouteRule {
+        serde_json::from_value(value).expect("an HTTPRoute rule")
+    }
+
+    #[test]
+    fn a_retry_stanza_retries_its_codes_and_every_failure_without_an_answer() {
+        use crate::gateway::retry::{Failure, should_retry};
+        let policy = retry_policy(&rule(serde_json::json!({
+            "retry": {"codes": [500], "attempts": 3, "backoff": "100ms"},
+            "timeouts": {"backendRequest": "200ms"},
+        })))
+        .expect("a policy");
+        assert_eq!(policy.attempts, 3);
+        assert_eq!(
+            policy.per_try_timeout.map(|d| d.get()),
+            Some(std::time::Duration::from_millis(200))
+        );
+        assert_eq!(policy.backoff.base.get(), std::time::Duration::from_millis(100));
+        let retried = |failure| should_retry(&policy, failure, true);
+        assert!(retried(Failure::Status(StatusCode::INTERNAL_SERVER_ERROR)));
+        assert!(
+            !retried(Failure::Status(StatusCode::SERVICE_UNAVAILABLE)),
+            "not a listed code"
+        );
+        assert!(retried(Failure::Connect), "HTTPRouteRetryConnectionError");
+        assert!(retried(Failure::Reset), "HTTPRouteRetryConnectionError");
+        assert!(retried(Failure::Timeout), "HTTPRouteRetryBackendTimeout");
+
+        // No codes: only the failures without an answer are retried.
+        let bare = retry_policy(&rule(serde_json::json!({"retry": {"attempts": 2}}))).expect("a policy");
+        assert!(should_retry(&bare, Failure::Timeout, true));
+        assert!(should_retry(&bare, Failure::Reset, true));
+        assert!(!should_retry(
+            &bare,
+            Failure::Status(StatusCode::GATEWAY_TIMEOUT),
+            true
+        ));
+    }
+
+    #[test]
+    fn a_backend_request_timeout_without_retry_bounds_the_one_attempt() {
+        let policy =
+            retry_policy(&rule(serde_json::json!({"timeouts": {"backendRequest": "1s"}}))).expect("a policy");
+        assert_eq!(policy.attempts, 0, "no retry stanza: never retried");
+        assert_eq!(
+            policy.per_try_timeout.map(|d| d.get()),
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert!(retry_policy(&rule(serde_json::json!({"timeouts": {"backendRequest": "0s"}}))).is_none());
+        assert!(retry_policy(&rule(serde_json::json!({}))).is_none());
     }
 
     #[test]

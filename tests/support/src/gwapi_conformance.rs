@@ -83,13 +83,62 @@ pub fn crd_dir(channel: &str) -> Result<PathBuf, BuildError> {
     Ok(dir)
 }
 
+/// The admission policy the Gateway API installs beside its CRDs, which refuses experimental CRDs
+/// over standard ones "unless it is uninstalled", as its message says.
+const SAFE_UPGRADES: &str = "safe-upgrades.gateway.networking.k8s.io";
+
 /// Installs the pinned Gateway API's CRDs of `channel` on the test control plane (server-side
 /// apply, so that a cluster that has them already is left as it is) and waits until they are
-/// served; panics saying why not (a test helper).
+/// served; panics saying why not (a test helper). The experimental channel replaces a standard
+/// one the cluster may have from another test: without the safe-upgrades policy, which forbids
+/// exactly that.
 pub fn install_crds(channel: &str) {
     let dir = crd_dir(channel).unwrap_or_else(|e| panic!("{e}"));
-    let dir = dir.to_string_lossy().into_owned();
-    crate::cluster::kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &dir]);
+    let experimental = channel == "experimental";
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.ends_with(".yaml")
+                && name != "kustomization.yaml"
+                && !(experimental && name.contains("vap_safeupgrades"))
+        })
+        .map(|path| path.to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    if experimental {
+        crate::cluster::kubectl(&[
+            "delete",
+            "--ignore-not-found",
+            &format!("validatingadmissionpolicybinding/{SAFE_UPGRADES}"),
+            &format!("validatingadmissionpolicy/{SAFE_UPGRADES}"),
+        ]);
+    }
+    let mut apply = vec!["apply", "--server-side", "--force-conflicts"];
+    for file in &files {
+        apply.extend(["-f", file.as_str()]);
+    }
+    // The API server's admission learns of the deleted policy through a watch: a moment later.
+    let mut attempts = 0;
+    loop {
+        let output = std::process::Command::new(crate::cluster::bin_dir().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(crate::cluster::kubeconfig_path())
+            .args(&apply)
+            .output()
+            .expect("run kubectl");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            break;
+        }
+        attempts += 1;
+        assert!(
+            experimental && stderr.contains(SAFE_UPGRADES) && attempts < 50,
+            "kubectl {apply:?}: {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     crate::cluster::kubectl(&[
         "wait",
         "--for=condition=Established",

@@ -31,7 +31,7 @@ pub struct GatewayApiWatches {
     pub grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
-    /// Filled only when the gateway serves every namespace (for `allowedRoutes` selectors).
+    /// For `allowedRoutes` selectors: every Namespace, or the gateway's own when it serves one.
     pub namespaces: Store<Namespace>,
 }
 
@@ -61,12 +61,16 @@ impl GatewayApiWatches {
         let (grants, grants_watch) = watch(scoped(&client, namespace), changed.clone());
         let (services, services_watch) = watch(scoped(&client, namespace), changed.clone());
         let (slices, slices_watch) = watch(scoped(&client, namespace), changed.clone());
+        // A gateway of one namespace takes routes of that namespace only: its own Namespace is
+        // all an `allowedRoutes` selector can match (and all its RBAC lets it read).
         let (namespaces, namespaces_watch) = match namespace {
             None => watch(Api::all(client), changed),
-            Some(_) => {
-                let (store, _writer) = reflector::store();
-                (store, futures::future::ready(()).boxed())
-            }
+            Some(namespace) => watch_filtered(
+                Api::all(client),
+                watch::config().fields(&format!("metadata.name={namespace}")),
+                Changes::Any,
+                changed,
+            ),
         };
         let run = async move {
             tokio::join!(

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use hyper::{HeaderMap, Method, StatusCode};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams},
@@ -533,6 +533,90 @@ async fn an_httproute_retry_tries_again_after_a_broken_connection_or_a_backend_r
         );
         failing.delay(std::time::Duration::ZERO);
 
+        classes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .expect("delete the GatewayClass");
+    })
+    .await;
+}
+
+/// A gateway serving one namespace reads that Namespace alone (its RBAC allows no more), which is
+/// all a listener's `allowedRoutes` selector can match for it: a route is taken once the
+/// Namespace's labels match, and refused (NotAllowedByListeners) while they do not.
+#[tokio::test]
+async fn a_listener_selecting_namespaces_by_label_takes_routes_once_the_namespace_matches() {
+    with_namespace("e2e-gwapi-selector", |ns| async move {
+        let platform = Platform::start_with_gateway_api(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        let apply = PatchParams::apply("e2e").force();
+        let (classes, class_name) = create_class(&ns).await;
+        let port = platform.listener.port();
+        ns.api::<KubeGateway>()
+            .patch(
+                "teams",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "teams"},
+                    "spec": {"gatewayClassName": class_name, "listeners": [
+                        {"name": "http", "port": port, "protocol": "HTTP", "allowedRoutes": {"namespaces": {
+                            "from": "Selector",
+                            "selector": {"matchLabels": {"e2e.microgate.dev/team": "orders"}}}}},
+                    ]},
+                })),
+            )
+            .await
+            .expect("create the Gateway");
+        ns.api::<HTTPRoute>()
+            .patch(
+                "orders",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "orders"},
+                    "spec": {"parentRefs": [{"name": "teams"}], "rules": [
+                        {"backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]},
+                    ]},
+                })),
+            )
+            .await
+            .expect("create the HTTPRoute");
+        let accepted = |wanted: Option<(String, String)>| {
+            let ns = &ns;
+            async move {
+                wait::until("the HTTPRoute's Accepted condition", WAIT, || async {
+                    let route = ns.api::<HTTPRoute>().get("orders").await.expect("the HTTPRoute");
+                    let status = serde_json::to_value(&route.status).expect("JSON");
+                    let got = condition(&status["parents"][0]["conditions"], "Accepted");
+                    if got == wanted {
+                        Probe::Done(())
+                    } else {
+                        Probe::NotYet(format!("{got:?}"))
+                    }
+                })
+                .await
+            }
+        };
+        accepted(pair("False", "NotAllowedByListeners"))
+            .await
+            .expect("refused while the Namespace has no matching label");
+        let refused = probe::get(platform.listener, "/").await.expect("an answer");
+        assert_eq!(refused.status, StatusCode::NOT_FOUND, "{refused:?}");
+
+        Api::<Namespace>::all(ns.client.clone())
+            .patch(
+                &ns.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"e2e.microgate.dev/team": "orders"}}})),
+            )
+            .await
+            .expect("label the Namespace");
+        accepted(pair("True", "Accepted"))
+            .await
+            .expect("taken once the Namespace's labels match");
+        let taken = probe::get(platform.listener, "/").await.expect("an answer");
+        assert_eq!(taken.status, StatusCode::OK, "{taken:?}");
         classes
             .delete(&class_name, &DeleteParams::default())
             .await

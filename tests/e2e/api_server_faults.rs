@@ -1,6 +1,6 @@
-//! The API server failing the gateway, short versions (each under a minute): stopped for 20 s,
-//! and its connections gone silent under open watches. The reliability suite runs the outage
-//! for 5 minutes.
+//! The API server failing microgate, short versions (each under a minute): stopped for 20 s
+//! under the gateway, and every connection gone silent under the gateway's watches and under
+//! the operator's. The reliability suite runs the outage for 5 minutes.
 
 pub(crate) mod scenarios;
 
@@ -20,6 +20,14 @@ async fn the_gateway_serves_its_last_table_while_the_api_server_is_down_and_catc
 async fn a_watch_gone_silent_is_opened_again_within_the_watch_timeout() {
     with_namespace("faults-silent-watch", |ns| async move {
         scenarios::silent_watch(&ns, Duration::from_secs(10), "silent-watch").await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_carries_out_a_change_after_its_connections_went_silent() {
+    with_namespace("faults-silent-operator", |ns| async move {
+        scenarios::silent_controller(&ns, Duration::from_secs(10), "silent-operator").await;
     })
     .await;
 }

@@ -1,8 +1,9 @@
-//! The API server failing the gateway, each a function of its size: `api_server_faults` runs
-//! them short in every `make test`, the reliability suite runs the outage at full length. The
-//! gateway under test is `microgate gateway`, its own process, reaching the API server through
-//! what the scenario breaks; the test's platform (controller, fake kubelet, and a gateway of its
-//! own) keeps the shared API server, so the Pods stay as they were.
+//! The API server failing microgate, each a function of its size: `api_server_faults` runs
+//! them short in every `make test`, the reliability suite runs the outage at full length. What
+//! is under test runs as its own process (`microgate gateway`, or `microgate controller`),
+//! reaching the API server through what the scenario breaks; the rest of the test (the
+//! platform's controller and gateway, the fake kubelet) keeps the shared API server, so the
+//! Pods stay as they were.
 
 use std::{
     net::SocketAddr,
@@ -12,7 +13,7 @@ use std::{
 };
 
 use kube::api::{Patch, PatchParams};
-use microgate::api::Gateway;
+use microgate::api::{Gateway, Microservice};
 use microgate_test_support::{
     TestNamespace, cluster,
     load::{self, Plan, ms},
@@ -20,6 +21,7 @@ use microgate_test_support::{
     probe,
     proxy::CuttableProxy,
     reliability::{self, Outcome},
+    wait::{self, Probe},
 };
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -223,4 +225,101 @@ pub async fn silent_watch(ns: &TestNamespace, watch_timeout: Duration, scenario:
         seen <= target,
         "the change reached the gateway {seen:?} after the silence"
     );
+}
+
+/// `microgate controller` reaches the API server through a proxy that silences every open
+/// connection (its watches and the connections its client keeps for the next request); a
+/// Microservice is then scaled. The change must reach its Deployment, and the new replica the
+/// status, once the watches give up on the silence.
+pub async fn silent_controller(ns: &TestNamespace, watch_timeout: Duration, scenario: &str) {
+    // The watch timeout, kube's margin, the longest backoff, and a few seconds for the
+    // reconcile, the rollout and the status.
+    let target = watch_timeout + Duration::from_secs(5) + Duration::from_secs(2) + Duration::from_secs(5);
+    let _alone = ONE_AT_A_TIME.lock().await;
+    cluster::install_crds(&ns.client, microgate::api::crds()).await;
+    let api_port = cluster::state().await.expect("the cluster's state").api_port;
+    let proxy = CuttableProxy::start(SocketAddr::from(([127, 0, 0, 1], api_port)))
+        .await
+        .expect("start the proxy");
+    let kubeconfig = cluster::kubeconfig_for(proxy.addr()).expect("a kubeconfig through the proxy");
+    let admin = SocketAddr::from((GATEWAY_IP, free_port()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_microgate"))
+        .args(["controller"])
+        .arg(format!("--namespace={}", ns.name))
+        .arg(format!("--admin-addr={admin}"))
+        .arg(format!("--watch-timeout={}s", watch_timeout.as_secs()))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start microgate controller");
+    let microservices = ns.api::<Microservice>();
+    let spec = json!({"apiVersion": "microgate.dev/v1alpha1", "kind": "Microservice",
+        "metadata": {"name": "orders"}, "spec": {"image": "registry.example/echo:1", "replicas": 1}});
+    microservices
+        .patch("orders", &PatchParams::apply("e2e"), &Patch::Apply(&spec))
+        .await
+        .expect("create the Microservice");
+    let ready = |replicas: i32, within: Duration| {
+        let microservices = microservices.clone();
+        async move {
+            wait::until(
+                format!("orders with {replicas} ready replicas"),
+                within,
+                || async {
+                    let ms = microservices.get("orders").await.expect("the Microservice");
+                    let ready = ms.status.as_ref().map(|s| s.ready_replicas);
+                    if ready == Some(replicas) {
+                        Probe::Done(Instant::now())
+                    } else {
+                        Probe::NotYet(format!("{ready:?} ready"))
+                    }
+                },
+            )
+            .await
+        }
+    };
+    ready(1, Duration::from_secs(60))
+        .await
+        .expect("the first replica is ready");
+    // Let the client's connections go back to its pool between requests.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    proxy.silence();
+    let silenced = Instant::now();
+    microservices
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .expect("scale the Microservice");
+    let outcome = ready(2, target * 3).await.map(|at| at - silenced);
+    let alive = child.try_wait().ok().flatten().is_none();
+    let measured = match &outcome {
+        Ok(took) => format!(
+            "scaled and both replicas reported Ready {:.1} s after the silence",
+            took.as_secs_f64()
+        ),
+        Err(problem) => format!("not scaled: {problem}"),
+    };
+    reliability::record(&Outcome {
+        scenario,
+        description: &format!(
+            "every connection of the operator to the API server goes silent (watches and kept-alive connections) with --watch-timeout {} s; a Microservice is scaled at once",
+            watch_timeout.as_secs()
+        ),
+        target: &format!(
+            "the change carried out within the watch timeout, kube's 5 s margin, the backoff and 5 s (≤ {} s), without a restart",
+            target.as_secs()
+        ),
+        measured,
+        met: alive && outcome.as_ref().is_ok_and(|took| *took <= target),
+    });
+    assert!(alive, "the controller process ended");
+    let took = outcome.expect("the operator carries out the change after the silence");
+    assert!(took <= target, "carried out {took:?} after the silence");
+    let _ = child.start_kill();
 }

@@ -45,6 +45,7 @@ pub struct GatewayMetrics {
     accept_paused: Counter,
     spans: crate::gateway::trace::ExportCounters,
     spans_dropped: Family<DropLabels, Counter>,
+    mirror_copies: Family<MirrorLabels, Counter>,
     /// Every route's latency histogram by its label, for the exemplars (see [`Self::add_exemplars`]).
     latency_by_route: Arc<Mutex<std::collections::HashMap<String, LatencyHistogram>>>,
 }
@@ -52,6 +53,43 @@ pub struct GatewayMetrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    namespace: String,
+    service: String,
+    outcome: &'static str,
+}
+
+/// What became of one request's copy for a mirror backend (see [`crate::gateway::request`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MirrorOutcome {
+    /// The mirror answered, and its answer was read to the end.
+    Answered,
+    /// Sending failed (no connection, a broken one, an invalid answer).
+    Failed,
+    /// No answer within the mirror timeout.
+    TimedOut,
+    /// The mirror had no ready endpoint.
+    NoEndpoint,
+    /// Not sent: as many copies as the gateway allows were in flight.
+    Dropped,
+    /// Not sent: the request's body was streamed, not buffered, so there was nothing to copy.
+    Streamed,
+}
+
+impl MirrorOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed-out",
+            Self::NoEndpoint => "no-endpoint",
+            Self::Dropped => "dropped",
+            Self::Streamed => "streamed",
+        }
+    }
 }
 
 impl GatewayMetrics {
@@ -67,6 +105,7 @@ impl GatewayMetrics {
             accept_paused: Counter::default(),
             spans: Default::default(),
             spans_dropped: Family::default(),
+            mirror_copies: Family::default(),
             latency_by_route: Arc::default(),
         };
         let metrics = Self {
@@ -138,6 +177,11 @@ impl GatewayMetrics {
             metrics.spans_dropped.clone(),
         );
         registry.register(
+            "microgate_gateway_mirror_copies",
+            "Copies of requests for mirror backends, by mirror and outcome: answered, failed, timed-out, no-endpoint; or not sent: dropped (too many copies in flight) or streamed (the request's body was not buffered)",
+            metrics.mirror_copies.clone(),
+        );
+        registry.register(
             "microgate_gateway_accept_paused",
             "Times a listener stopped accepting for a moment because the process or the system was out of file descriptors",
             metrics.accept_paused.clone(),
@@ -160,6 +204,17 @@ impl GatewayMetrics {
     /// A listener paused accepting: no file descriptor was left for a new connection.
     pub fn accept_paused(&self) {
         self.accept_paused.inc();
+    }
+
+    /// Counts one request's copy for the mirror `service`.
+    pub fn mirror_copy(&self, service: &crate::discovery::ServiceKey, outcome: MirrorOutcome) {
+        self.mirror_copies
+            .get_or_create(&MirrorLabels {
+                namespace: service.namespace.to_string(),
+                service: service.name.to_string(),
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     pub fn ejection(&self, service: &crate::discovery::ServiceKey) {

@@ -624,3 +624,106 @@ async fn a_listener_selecting_namespaces_by_label_takes_routes_once_the_namespac
     })
     .await;
 }
+
+/// The value of the series of `name` with `labels` on /metrics (0 when it is not there).
+async fn metric(admin: std::net::SocketAddr, name: &str, labels: &str) -> f64 {
+    let text = probe::get(admin, "/metrics").await.expect("/metrics").body;
+    text.lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A rule's RequestMirror filters copy each request to their backends (Microservices here);
+/// the client's answer comes from the rule's backend alone, and what became of each copy is
+/// counted by mirror: answered by the Pod that got it, or not sent for want of an endpoint.
+#[tokio::test]
+async fn request_mirrors_get_a_copy_of_each_request_and_count_what_became_of_it() {
+    with_namespace("e2e-gwapi-mirror", |ns| async move {
+        let platform = Platform::start_with_gateway_api(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        platform.microservice(&ns, "shadow", 1, json!({})).await;
+        platform.microservice(&ns, "empty", 0, json!({})).await;
+        let apply = PatchParams::apply("e2e").force();
+        let (classes, class_name) = create_class(&ns).await;
+        let port = platform.listener.port();
+        ns.api::<KubeGateway>()
+            .patch(
+                "shop",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "shop"},
+                    "spec": {"gatewayClassName": class_name, "listeners": [
+                        {"name": "http", "port": port, "protocol": "HTTP"},
+                    ]},
+                })),
+            )
+            .await
+            .expect("create the Gateway");
+        let microservice = |name: &str| json!({"group": "microgate.dev", "kind": "Microservice", "name": name});
+        ns.api::<HTTPRoute>()
+            .patch(
+                "shop",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "shop"},
+                    "spec": {"parentRefs": [{"name": "shop"}], "rules": [{
+                        "filters": [
+                            {"type": "RequestMirror", "requestMirror": {"backendRef": microservice("shadow")}},
+                            {"type": "RequestMirror", "requestMirror": {"backendRef": microservice("empty")}},
+                        ],
+                        "backendRefs": [microservice("echo")],
+                    }]},
+                })),
+            )
+            .await
+            .expect("create the HTTPRoute");
+        wait::until("the route to serve", WAIT, || async {
+            match probe::get(platform.listener, "/").await {
+                Ok(answer) if answer.status == StatusCode::OK => Probe::Done(()),
+                other => Probe::NotYet(format!("{other:?}")),
+            }
+        })
+        .await
+        .expect("the route serves");
+        let shadow_pod = pods_of(&ns, "shadow").await.remove(0);
+        let shadow = ns.backend(&shadow_pod).expect("the shadow Pod's backend");
+        let (answered_before, no_endpoint_before) = (
+            metric(platform.admin, "microgate_gateway_mirror_copies_total", r#"service="shadow",outcome="answered""#).await,
+            metric(platform.admin, "microgate_gateway_mirror_copies_total", r#"service="empty",outcome="no-endpoint""#).await,
+        );
+        let copies_before = shadow.requests();
+
+        for n in 0..10 {
+            let answer = probe::get(platform.listener, &format!("/orders/{n}"))
+                .await
+                .expect("an answer");
+            assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+            let pod = answer
+                .headers
+                .get(POD_NAME_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(pod.starts_with("echo-"), "answered by the rule's backend, not a mirror: {pod}");
+        }
+        wait::until("every copy counted", WAIT, || async {
+            let answered = metric(platform.admin, "microgate_gateway_mirror_copies_total", r#"service="shadow",outcome="answered""#).await - answered_before;
+            let no_endpoint = metric(platform.admin, "microgate_gateway_mirror_copies_total", r#"service="empty",outcome="no-endpoint""#).await - no_endpoint_before;
+            let copies = shadow.requests() - copies_before;
+            if answered == 10.0 && no_endpoint == 10.0 && copies == 10 {
+                Probe::Done(())
+            } else {
+                Probe::NotYet(format!("{answered} answered, {no_endpoint} without an endpoint, {copies} at the shadow Pod"))
+            }
+        })
+        .await
+        .expect("10 copies answered by the shadow Pod and 10 counted without an endpoint");
+        classes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .expect("delete the GatewayClass");
+    })
+    .await;
+}

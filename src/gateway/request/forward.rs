@@ -77,7 +77,15 @@ impl Proxy {
                 RequestBody::Buffered(bytes) => Some(bytes),
                 RequestBody::Streaming(_) => None,
             };
-            mirror::send_copies(&route.mirrors, &parts, buffered, client, origin, host);
+            mirror::send_copies(
+                &route.mirrors,
+                &parts,
+                buffered,
+                client,
+                origin,
+                host,
+                &self.metrics,
+            );
         }
         let policy = route.retry.as_ref();
         // Only routes that retry spend from a budget; the others need not count their requests.

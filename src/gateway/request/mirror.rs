@@ -4,7 +4,8 @@
 //!
 //! Copies are bounded: at most [`MAX_IN_FLIGHT`] at once in the process (a copy beyond that is
 //! not sent), each given [`MIRROR_TIMEOUT`] to be answered. Only a buffered body (up to
-//! `MAX_BUFFERED_BODY`) can be copied: a request whose body is streamed is not mirrored.
+//! `MAX_BUFFERED_BODY`) can be copied: a request whose body is streamed is not mirrored. What
+//! became of each copy is counted (`microgate_gateway_mirror_copies`).
 
 use std::{
     sync::{
@@ -20,6 +21,7 @@ use http_body_util::{BodyExt, Either};
 
 use crate::gateway::{
     http::{body::Whole, client::Client, forwarding::Forwarding},
+    metrics::{GatewayMetrics, MirrorOutcome},
     policy::client_ip::ClientIp,
     random::random_below,
     table::{Mirror, Upstream},
@@ -42,20 +44,21 @@ pub(super) fn send_copies(
     client: &Client,
     origin: ClientIp,
     host: Option<&str>,
+    metrics: &GatewayMetrics,
 ) {
-    let Some(body) = body else {
-        tracing::debug!("a streamed request body is not mirrored");
-        return;
-    };
     for mirror in mirrors {
         if !takes(mirror) {
             continue;
         }
+        let service = &mirror.upstream.service;
+        let Some(body) = body else {
+            tracing::debug!(%service, "a streamed request body is not mirrored");
+            metrics.mirror_copy(service, MirrorOutcome::Streamed);
+            continue;
+        };
         let Some(slot) = Slot::take() else {
-            tracing::debug!(
-                service = %mirror.upstream.service,
-                "mirror copy dropped: {MAX_IN_FLIGHT} copies are in flight"
-            );
+            tracing::debug!(%service, "mirror copy dropped: {MAX_IN_FLIGHT} copies are in flight");
+            metrics.mirror_copy(service, MirrorOutcome::Dropped);
             continue;
         };
         let copy = MirroredRequest {
@@ -70,14 +73,22 @@ pub(super) fn send_copies(
             forwarding: Forwarding::for_peer(&parts.headers, client, host, origin.peer_trusted),
             body: body.clone(),
         };
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = copy.upstream.service.clone();
-            match tokio::time::timeout(MIRROR_TIMEOUT, copy.send()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(%service, %error, "mirror copy failed"),
-                Err(_) => tracing::debug!(%service, "mirror copy timed out"),
-            }
+            let outcome = match tokio::time::timeout(MIRROR_TIMEOUT, copy.send()).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(error)) => {
+                    tracing::debug!(%service, %error, "mirror copy failed");
+                    MirrorOutcome::Failed
+                }
+                Err(_) => {
+                    tracing::debug!(%service, "mirror copy timed out");
+                    MirrorOutcome::TimedOut
+                }
+            };
+            metrics.mirror_copy(&service, outcome);
         });
     }
 }
@@ -99,10 +110,10 @@ struct MirroredRequest {
 }
 
 impl MirroredRequest {
-    async fn send(mut self) -> Result<(), upstream::UpstreamError> {
+    async fn send(mut self) -> Result<MirrorOutcome, upstream::UpstreamError> {
         let upstream = &self.upstream;
         let Some(endpoint) = upstream.pool.pick(None, None) else {
-            return Ok(());
+            return Ok(MirrorOutcome::NoEndpoint);
         };
         let body = Either::Left(Whole::new(self.body.clone()));
         let response = if upstream.http2 {
@@ -136,10 +147,10 @@ impl MirroredRequest {
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
             if frame.is_err() {
-                break;
+                return Ok(MirrorOutcome::Failed);
             }
         }
-        Ok(())
+        Ok(MirrorOutcome::Answered)
     }
 }
 

@@ -47,6 +47,18 @@ pub fn config() -> watcher::Config {
     watcher::Config::default().timeout(TIMEOUT_SECS.load(Ordering::Relaxed))
 }
 
+/// Logs an error of a watch of `kind` as what it is: a 410 Gone is the routine end of a watch
+/// whose resourceVersion the API server no longer has (the watcher lists again), the rest are
+/// failures the watcher retries after its backoff.
+pub fn log_error(kind: &str, error: &watcher::Error) {
+    match error {
+        watcher::Error::WatchError(status) if status.code == 410 => {
+            tracing::debug!(kind, "watch expired (410 Gone): listing again");
+        }
+        error => tracing::warn!(kind, %error, "watch failed; trying again after a backoff"),
+    }
+}
+
 /// The first wait after an error.
 const FIRST: Duration = Duration::from_millis(250);
 /// The longest wait, however many errors in a row.

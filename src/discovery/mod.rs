@@ -39,7 +39,7 @@ pub async fn run(client: Client, namespace: Option<String>, registry: Registry, 
         match events.try_next().await {
             Ok(Some(event)) => index.handle(event),
             Ok(None) => return,
-            Err(error) => tracing::warn!(%error, "pod watch failed; the watcher retries with backoff"),
+            Err(error) => crate::watch::log_error("Pod", &error),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
+use futures::{FutureExt, StreamExt, TryStreamExt, future::BoxFuture};
 use k8s_openapi::api::{
     core::v1::{Namespace, Service},
     discovery::v1::EndpointSlice,
@@ -149,9 +149,11 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
+    let kind = K::kind(&Default::default()).into_owned();
     let touched = reflector(writer, watcher(api, config).modify(trim))
         .backoff(WatchBackoff::default())
-        .touched_objects();
+        .touched_objects()
+        .inspect_err(move |error| watch::log_error(&kind, error));
     let notify = move |_| {
         changed.notify_one();
         async {}

@@ -239,12 +239,14 @@ impl Proxy {
         };
         if let Some((method, uri)) = logged {
             let trace_id = trace.as_ref().map(|t| t.trace_id().hex());
+            // Fields without a value (no Host, no reason, no policy, tracing off) are left out.
+            let reason = Some(reason()).filter(|r| !r.is_empty());
             tracing::info!(
                 target: "microgate::access",
-                client = %origin.ip, peer = %client_addr, %method, %uri, host = host.as_deref().unwrap_or(""),
-                route = route_id, status = response.status().as_u16(), reason = reason(),
-                access = access_note.as_deref().unwrap_or(""), ms = took.as_secs_f64() * 1000.0,
-                trace_id = trace_id.as_ref().and_then(|id| std::str::from_utf8(id).ok()).unwrap_or(""),
+                client = %origin.ip, peer = %client_addr, %method, %uri, host = host.as_deref(),
+                route = route_id, status = response.status().as_u16(), reason,
+                access = access_note.as_deref(), ms = took.as_secs_f64() * 1000.0,
+                trace_id = trace_id.as_ref().and_then(|id| std::str::from_utf8(id).ok()),
                 "request"
             );
         }

@@ -76,8 +76,18 @@ pub enum ExplainOutput {
     Json,
 }
 
-/// Options of `microgate gateway`.
+/// Options of `microgate gateway`. Its leader election decides which replica writes the
+/// statuses of what they all serve; every replica serves traffic.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("leader_elect", |arg| arg.help(
+        "Write the statuses of Gateways, HTTPRoutes and AccessPolicies only while holding the \
+         leader Lease (for running several replicas; each serves traffic regardless)"
+    )),
+    mut_arg("leader_election_lease_name", |arg| arg
+        .default_value(GATEWAY_LEASE)
+        .env("MICROGATE_GATEWAY_LEASE_NAME")),
+)]
 pub struct GatewayArgs {
     /// Serve only this namespace's Gateways (default: all namespaces).
     #[arg(long, short, env = "MICROGATE_NAMESPACE")]
@@ -90,10 +100,16 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub admin_access: AdminAccessArgs,
     #[command(flatten)]
+    pub leader_election: LeaderElectionArgs,
+    #[command(flatten)]
     pub watch: WatchArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
+
+/// The Lease `microgate gateway` replicas elect their status writer with: not the controller's,
+/// which may live in the same namespace.
+pub const GATEWAY_LEASE: &str = "microgate-gateway";
 
 /// How the gateway serves traffic: options of `microgate gateway` and `microgate run` alike.
 #[derive(Debug, Args)]
@@ -356,6 +372,31 @@ mod tests {
         assert_eq!(election.leader_election_lease_duration, Duration::from_secs(15));
         assert_eq!(election.leader_election_renew_deadline, Duration::from_secs(10));
         assert_eq!(election.leader_election_retry_period, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn gateway_replicas_elect_their_status_writer_on_a_lease_of_their_own() {
+        let parse = |extra: &[&str]| {
+            let cli =
+                Cli::try_parse_from(["microgate", "gateway"].iter().chain(extra)).expect("valid arguments");
+            let Command::Gateway(args) = cli.command else {
+                panic!("parsed {:?}", cli.command)
+            };
+            args.leader_election
+        };
+        let election = parse(&[]);
+        assert!(!election.leader_elect);
+        assert_eq!(election.leader_election_lease_name, GATEWAY_LEASE);
+        let election = parse(&["--leader-elect", "--leader-election-lease-name", "edge-status"]);
+        assert!(election.leader_elect);
+        assert_eq!(election.leader_election_lease_name, "edge-status");
+        let help = Cli::command()
+            .find_subcommand_mut("gateway")
+            .expect("the gateway subcommand")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("Write the statuses"), "{help}");
+        assert!(help.contains("MICROGATE_GATEWAY_LEASE_NAME"), "{help}");
     }
 
     #[test]

@@ -157,7 +157,7 @@ fn leader_election(args: &LeaderElectionArgs) -> Result<Option<leader::Config>, 
     tracing::info!(
         lease = %format!("{}/{}", config.namespace, config.lease_name),
         identity = %config.identity,
-        "leader election on: reconciling only while holding the Lease"
+        "leader election on: writing only while holding the Lease"
     );
     Ok(Some(config))
 }
@@ -239,7 +239,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
         client,
         namespace,
         registry,
-        gateway_options(args.data_plane, on_programmed, live, tracer),
+        gateway_options(
+            args.data_plane,
+            on_programmed,
+            live,
+            tracer,
+            // The process that reconciles reports what its gateway serves.
+            gateway::status::Writer::while_true(running.leading.clone()),
+        ),
         gateway_metrics,
         shutdown_signal(),
     );
@@ -260,6 +267,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
 async fn gateway(args: GatewayArgs) -> Result<(), String> {
     telemetry::init_logging(args.log.log_json);
     microgate::watch::set_timeout(args.watch.watch_timeout.into());
+    let election = leader_election(&args.leader_election)?;
     let access = admin_access(&args.admin_access)?;
     let client = kube_client().await?;
     let registry = Registry::default();
@@ -283,7 +291,20 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         ready.done(gateway::ROUTES_PROGRAMMED);
         tracing::info!("route table programmed; ready");
     });
-    let options = gateway_options(args.data_plane, on_programmed, live, tracer);
+    // Every replica serves; one writes the statuses (see gateway::status::Writer). The election
+    // runs beside the gateway and, on the shutdown signal, lets the Lease go.
+    let (status_writer, election) = match election {
+        None => (gateway::status::Writer::always(), None),
+        Some(config) => {
+            let (writing, written) = tokio::sync::watch::channel(false);
+            let elector = leader::Elector::new(client.clone(), config);
+            (
+                gateway::status::Writer::while_true(written),
+                Some(tokio::spawn(elect_status_writer(elector, writing))),
+            )
+        }
+    };
+    let options = gateway_options(args.data_plane, on_programmed, live, tracer, status_writer);
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
         result = gateway::run(client, args.namespace, registry, options, gateway_metrics, shutdown_signal()) => {
@@ -291,17 +312,36 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         }
         () = serve_admin => {}
     }
+    // Another replica writes the statuses as soon as the Lease is released.
+    if let Some(election) = election {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Runs `elector` until the shutdown signal (then it releases the Lease), telling `writing`
+/// whether this replica holds the Lease.
+async fn elect_status_writer(elector: leader::Elector, writing: tokio::sync::watch::Sender<bool>) {
+    let (role, mut roles) = tokio::sync::watch::channel(leader::Role::Unknown);
+    let follow = async move {
+        while roles.changed().await.is_ok() {
+            let leading = *roles.borrow_and_update() == leader::Role::Leader;
+            writing.send_replace(leading);
+        }
+    };
+    tokio::join!(elector.run(&role, shutdown_signal()), follow);
+}
+
 /// The gateway's options as the flags say; `on_programmed` turns the process ready, `live`
-/// shares the table with the admin endpoints, `tracer` (see [`tracer`]) records spans.
+/// shares the table with the admin endpoints, `tracer` (see [`tracer`]) records spans,
+/// `status_writer` says when this process writes statuses.
 fn gateway_options(
     args: DataPlaneArgs,
     on_programmed: Box<dyn FnOnce() + Send>,
     live: inspect::Live,
     tracer: Option<Arc<gateway::trace::Tracer>>,
+    status_writer: gateway::status::Writer,
 ) -> gateway::Options {
     gateway::Options {
         listen_address: args.listen_address,
@@ -320,6 +360,7 @@ fn gateway_options(
         redis_url: args.redis_url,
         publish_service: args.publish_service,
         tracer,
+        status_writer,
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Running<F> {
     /// What `/readyz` waits for: [`CACHES_SYNCED`], and whatever else the caller adds before it
     /// awaits `serve`.
     pub admin: Admin,
+    /// Whether the writers run now: always without leader election, else while the Lease is
+    /// held (what else this process writes, such as its gateway's statuses, can follow it).
+    pub leading: watch::Receiver<bool>,
     pub serve: F,
 }
 
@@ -89,7 +92,11 @@ pub async fn start(
 ) -> std::io::Result<Running<impl Future<Output = ()>>> {
     let metrics = ControllerMetrics::register(&mut prometheus);
     let discovery_metrics = DiscoveryMetrics::register(&mut prometheus);
-    let leading = metrics.leader.clone();
+    let leading = Leading {
+        gauge: metrics.leader.clone(),
+        now: watch::channel(false).0,
+    };
+    let leading_now = leading.now.subscribe();
     let admin = Admin::new(prometheus, &[CACHES_SYNCED]);
     let (admin_addr, serve_admin) = admin.bind(admin_addr).await?;
     let ctx = Context::new(client.clone(), registry.clone(), metrics);
@@ -111,7 +118,7 @@ pub async fn start(
         let controllers = async move {
             match election {
                 None => {
-                    leading.set(1);
+                    leading.set(true);
                     writers().await;
                 }
                 Some(config) => {
@@ -130,6 +137,7 @@ pub async fn start(
     Ok(Running {
         admin_addr,
         admin: running_admin,
+        leading: leading_now,
         serve,
     })
 }
@@ -140,7 +148,7 @@ async fn lead<W, F>(
     elector: leader::Elector,
     mut writers: W,
     admin: &Admin,
-    leading: &Gauge,
+    leading: &Leading,
     shutdown: Shutdown,
 ) where
     W: FnMut() -> F,
@@ -156,7 +164,7 @@ async fn lead<W, F>(
             let current = *roles.borrow_and_update();
             match current {
                 Role::Leader => {
-                    leading.set(1);
+                    leading.set(true);
                     let term = writers();
                     let lost = tokio::select! {
                         // Only a graceful shutdown ends the writers.
@@ -164,7 +172,7 @@ async fn lead<W, F>(
                         _ = roles.wait_for(|r| *r != Role::Leader) => true,
                     };
                     // Dropping the writers aborts their reconciliations in flight.
-                    leading.set(0);
+                    leading.set(false);
                     if !lost {
                         break;
                     }
@@ -183,6 +191,19 @@ async fn lead<W, F>(
         let _ = stop.send(());
     };
     tokio::join!(election, supervise);
+}
+
+/// Whether the writers run: the leader gauge and the same for the rest of the process.
+struct Leading {
+    gauge: Gauge,
+    now: watch::Sender<bool>,
+}
+
+impl Leading {
+    fn set(&self, leading: bool) {
+        self.gauge.set(i64::from(leading));
+        self.now.send_replace(leading);
+    }
 }
 
 /// The writers: the Microservice and Gateway reconcilers and the endpoints publisher. The

@@ -91,6 +91,8 @@ pub struct Options {
     pub publish_service: Option<PublishedService>,
     /// Traces requests (see [`trace`]); `None`: tracing is off.
     pub tracer: Option<Arc<trace::Tracer>>,
+    /// Whether this replica writes the statuses of what it serves (see [`status::Writer`]).
+    pub status_writer: status::Writer,
 }
 
 /// A Service named as `namespace/name` (see [`Options::publish_service`]).
@@ -226,6 +228,7 @@ pub async fn run(
     );
     let mut registry_changes = registry.subscribe();
     let mut on_programmed = options.on_programmed;
+    let mut status_writer = options.status_writer.clone();
     let program = async {
         tokio::pin!(shutdown);
         tokio::select! {
@@ -296,32 +299,37 @@ pub async fn run(
                 programmed();
             }
             let served = table.load();
-            for gateway in &all_gateways {
-                status::microgate::report(
-                    &status_client,
-                    gateway,
-                    options.listen_address,
-                    &listeners,
-                    &served,
-                    &certificates,
-                )
-                .await;
-            }
-            for policy in &all_policies {
-                status::access_policy::report(&status_client, policy, &compiled_policies, &served).await;
-            }
-            if let Some(report) = &kube_report {
-                let published = published_service.as_ref().map(|store| {
-                    store
-                        .state()
-                        .first()
-                        .map(|service| status::gateway_api::service_addresses(service))
-                        .unwrap_or_default()
-                });
-                status::gateway_api::report(&status_client, report, &listeners, published.as_deref()).await;
+            if status_writer.writes() {
+                for gateway in &all_gateways {
+                    status::microgate::report(
+                        &status_client,
+                        gateway,
+                        options.listen_address,
+                        &listeners,
+                        &served,
+                        &certificates,
+                    )
+                    .await;
+                }
+                for policy in &all_policies {
+                    status::access_policy::report(&status_client, policy, &compiled_policies, &served).await;
+                }
+                if let Some(report) = &kube_report {
+                    let published = published_service.as_ref().map(|store| {
+                        store
+                            .state()
+                            .first()
+                            .map(|service| status::gateway_api::service_addresses(service))
+                            .unwrap_or_default()
+                    });
+                    status::gateway_api::report(&status_client, report, &listeners, published.as_deref())
+                        .await;
+                }
             }
             tokio::select! {
                 () = changed.notified() => {}
+                // A replica that starts reporting reports at once.
+                () = status_writer.changed() => {}
                 result = registry_changes.changed() => if result.is_err() { break },
                 // A listener that could not bind is tried again.
                 () = tokio::time::sleep(Duration::from_secs(30)) => {}

@@ -215,6 +215,8 @@ impl Platform {
                 redis_url,
                 publish_service,
                 tracer,
+                // As in `microgate run`: the process that reconciles reports.
+                status_writer: gateway::status::Writer::while_true(running.leading.clone()),
             },
             metrics,
             shutdown,

@@ -198,14 +198,12 @@ impl HostOperator {
         let args = container["args"].as_array().expect("args");
         if args.iter().any(|a| a == "--leader-elect") {
             // A Lease left by an earlier run on this cluster would leave `create` unused.
-            kubectl(&[
-                "delete",
-                "lease",
-                "microgate-controller",
-                "-n",
-                namespace,
-                "--ignore-not-found",
-            ]);
+            let lease = if args.first().is_some_and(|a| a == "gateway") {
+                microgate::cli::GATEWAY_LEASE
+            } else {
+                "microgate-controller"
+            };
+            kubectl(&["delete", "lease", lease, "-n", namespace, "--ignore-not-found"]);
         }
         for arg in args {
             command.arg(arg.as_str().expect("a string"));
@@ -796,8 +794,9 @@ async fn a_dedicated_gateway_needs_only_to_read_and_report_programmed() {
     with_namespace("dedicated-gateway", |ns| async move {
         let values = format!("gateway.mode=dedicated,watchNamespace={}", ns.name);
         let objects = render("mg-split", &ns.name, &["--set", &values]);
-        // Each account, Role and RoleBinding of the controller and the gateway; the leader election's.
-        apply_rbac(&objects, &ns.name, 8);
+        // Each account, Role and RoleBinding of the controller and the gateway; each one's leader
+        // election Role and RoleBinding.
+        apply_rbac(&objects, &ns.name, 10);
         let controller = Process {
             deployment: object(&objects, "Deployment", "mg-split"),
             namespace: &ns.name,
@@ -825,8 +824,9 @@ async fn the_gateway_api_in_one_namespace_needs_a_role_and_to_read_gateway_class
             ns.name
         );
         let objects = render("mg-gwapi", &ns.name, &["--set", &values]);
-        // Each account, Role and RoleBinding of the controller and the gateway; the leader election's.
-        apply_rbac(&objects, &ns.name, 8);
+        // Each account, Role and RoleBinding of the controller and the gateway; each one's leader
+        // election Role and RoleBinding.
+        apply_rbac(&objects, &ns.name, 10);
         // The one cluster-wide grant: GatewayClasses, to the gateway's account.
         let cluster_wide: Vec<&Value> = objects
             .iter()

@@ -167,9 +167,10 @@ fn values_choose_the_mode_the_scope_and_leader_election() {
         args(object(&dedicated, "Deployment", "microgate")),
         ["controller", "--leader-elect"]
     );
+    // Its replicas elect the one that writes statuses.
     assert_eq!(
         args(object(&dedicated, "Deployment", "microgate-gateway")),
-        ["gateway"]
+        ["gateway", "--leader-elect"]
     );
     let selector = &object(&dedicated, "Service", "microgate-gateway")["spec"]["selector"];
     assert_eq!(selector["app.kubernetes.io/component"], "gateway");

@@ -116,7 +116,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
             .get(&format!("{release}-gateway"))
             .await
             .expect("the gateway Deployment");
-        assert_eq!(args(&gateway), Some(Some(vec!["gateway".to_owned()])));
+        assert_eq!(
+            args(&gateway),
+            Some(Some(vec!["gateway".to_owned(), "--leader-elect".to_owned()]))
+        );
         wait_for_pod(
             &ns.client,
             &ns.name,

@@ -16,7 +16,7 @@ use microgate_test_support::{
 };
 use serde_json::json;
 
-use crate::{Platform, WAIT};
+use crate::{Platform, WAIT, metric};
 
 pub(crate) use shared::{create_policy, header};
 
@@ -93,15 +93,6 @@ async fn await_ready(ns: &TestNamespace, name: &str, status: &str) -> (String, S
     })
     .await
     .expect("the policy's status")
-}
-
-/// The value of the series of `name` with `labels` (e.g. `outcome="forbidden"`) on /metrics.
-async fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
-    let text = probe::get(admin, "/metrics").await.expect("/metrics").body;
-    text.lines()
-        .filter(|line| line.starts_with(name) && line.contains(labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ use microgate_test_support::{
 };
 use serde_json::{Value, json};
 
-use super::{Platform, Settings, WAIT, pods_of};
+use super::{Platform, Settings, WAIT, metric, pods_of};
 
 /// The condition `type_` of `conditions`, as (status, reason).
 fn condition(conditions: &Value, type_: &str) -> Option<(String, String)> {
@@ -51,6 +51,22 @@ fn pair(status: &str, reason: &str) -> Option<(String, String)> {
 
 /// A GatewayClass of microgate's controller for the test namespace `ns` (GatewayClasses are
 /// cluster-wide: one per test namespace); the test deletes it when it is done.
+/// Applies the Gateway `name` of the GatewayClass `class`, with `listeners`.
+pub(crate) async fn apply_gateway(ns: &TestNamespace, name: &str, class: &str, listeners: Value) {
+    ns.api::<KubeGateway>()
+        .patch(
+            name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": name},
+                "spec": {"gatewayClassName": class, "listeners": listeners},
+            })),
+        )
+        .await
+        .expect("create the Gateway");
+}
+
 pub(crate) async fn create_class(ns: &TestNamespace) -> (Api<GatewayClass>, String) {
     let name = format!("microgate-{}", ns.name);
     let classes: Api<GatewayClass> = Api::all(ns.client.clone());
@@ -97,21 +113,11 @@ async fn an_httproute_sends_to_microservices_and_every_status_says_what_happened
             .await
             .expect("create the AccessPolicy");
         let port = platform.listener.port();
-        ns.api::<KubeGateway>()
-            .patch(
-                "shop",
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                    "metadata": {"name": "shop"},
-                    "spec": {"gatewayClassName": class_name, "listeners": [
-                        {"name": "http", "port": port, "protocol": "HTTP", "hostname": "*.example.com"},
-                        {"name": "udp", "port": port + 1, "protocol": "UDP"},
-                    ]},
-                })),
-            )
-            .await
-            .expect("create the Gateway");
+        apply_gateway(&ns, "shop", &class_name, json!([
+            {"name": "http", "port": port, "protocol": "HTTP", "hostname": "*.example.com"},
+            {"name": "udp", "port": port + 1, "protocol": "UDP"},
+        ]))
+        .await;
         ns.api::<HTTPRoute>()
             .patch(
                 "shop",
@@ -333,20 +339,15 @@ async fn a_gateway_publishes_the_address_of_the_service_clients_reach_it_through
             .and_then(|s| s.cluster_ip)
             .expect("a cluster IP");
         let port = platform.listener.port();
-        ns.api::<KubeGateway>()
-            .patch(
-                "edge",
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                    "metadata": {"name": "edge"},
-                    "spec": {"gatewayClassName": class_name, "listeners": [
-                        {"name": "http", "port": port, "protocol": "HTTP"},
-                    ]},
-                })),
-            )
-            .await
-            .expect("create the Gateway");
+        apply_gateway(
+            &ns,
+            "edge",
+            &class_name,
+            json!([
+                {"name": "http", "port": port, "protocol": "HTTP"},
+            ]),
+        )
+        .await;
         let addresses = |wanted: Value| {
             let ns = &ns;
             async move {
@@ -422,20 +423,15 @@ async fn an_httproute_retry_tries_again_after_a_broken_connection_or_a_backend_r
         let apply = PatchParams::apply("e2e").force();
         let (classes, class_name) = create_class(&ns).await;
         let port = platform.listener.port();
-        ns.api::<KubeGateway>()
-            .patch(
-                "edge",
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                    "metadata": {"name": "edge"},
-                    "spec": {"gatewayClassName": class_name, "listeners": [
-                        {"name": "http", "port": port, "protocol": "HTTP"},
-                    ]},
-                })),
-            )
-            .await
-            .expect("create the Gateway");
+        apply_gateway(
+            &ns,
+            "edge",
+            &class_name,
+            json!([
+                {"name": "http", "port": port, "protocol": "HTTP"},
+            ]),
+        )
+        .await;
         let echo = json!([{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]);
         let prefix = |value: &str| json!([{"path": {"type": "PathPrefix", "value": value}}]);
         ns.api::<HTTPRoute>()
@@ -552,22 +548,17 @@ async fn a_listener_selecting_namespaces_by_label_takes_routes_once_the_namespac
         let apply = PatchParams::apply("e2e").force();
         let (classes, class_name) = create_class(&ns).await;
         let port = platform.listener.port();
-        ns.api::<KubeGateway>()
-            .patch(
-                "teams",
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                    "metadata": {"name": "teams"},
-                    "spec": {"gatewayClassName": class_name, "listeners": [
-                        {"name": "http", "port": port, "protocol": "HTTP", "allowedRoutes": {"namespaces": {
-                            "from": "Selector",
-                            "selector": {"matchLabels": {"e2e.microgate.dev/team": "orders"}}}}},
-                    ]},
-                })),
-            )
-            .await
-            .expect("create the Gateway");
+        let from_team = json!({"namespaces": {"from": "Selector",
+            "selector": {"matchLabels": {"e2e.microgate.dev/team": "orders"}}}});
+        apply_gateway(
+            &ns,
+            "teams",
+            &class_name,
+            json!([
+                {"name": "http", "port": port, "protocol": "HTTP", "allowedRoutes": from_team},
+            ]),
+        )
+        .await;
         ns.api::<HTTPRoute>()
             .patch(
                 "orders",
@@ -625,15 +616,6 @@ async fn a_listener_selecting_namespaces_by_label_takes_routes_once_the_namespac
     .await;
 }
 
-/// The value of the series of `name` with `labels` on /metrics (0 when it is not there).
-async fn metric(admin: std::net::SocketAddr, name: &str, labels: &str) -> f64 {
-    let text = probe::get(admin, "/metrics").await.expect("/metrics").body;
-    text.lines()
-        .filter(|line| line.starts_with(name) && line.contains(labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A rule's RequestMirror filters copy each request to their backends (Microservices here);
 /// the client's answer comes from the rule's backend alone, and what became of each copy is
 /// counted by mirror: answered by the Pod that got it, or not sent for want of an endpoint.
@@ -647,20 +629,10 @@ async fn request_mirrors_get_a_copy_of_each_request_and_count_what_became_of_it(
         let apply = PatchParams::apply("e2e").force();
         let (classes, class_name) = create_class(&ns).await;
         let port = platform.listener.port();
-        ns.api::<KubeGateway>()
-            .patch(
-                "shop",
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                    "metadata": {"name": "shop"},
-                    "spec": {"gatewayClassName": class_name, "listeners": [
-                        {"name": "http", "port": port, "protocol": "HTTP"},
-                    ]},
-                })),
-            )
-            .await
-            .expect("create the Gateway");
+        apply_gateway(&ns, "shop", &class_name, json!([
+            {"name": "http", "port": port, "protocol": "HTTP"},
+        ]))
+        .await;
         let microservice = |name: &str| json!({"group": "microgate.dev", "kind": "Microservice", "name": name});
         ns.api::<HTTPRoute>()
             .patch(
@@ -690,10 +662,13 @@ async fn request_mirrors_get_a_copy_of_each_request_and_count_what_became_of_it(
         .expect("the route serves");
         let shadow_pod = pods_of(&ns, "shadow").await.remove(0);
         let shadow = ns.backend(&shadow_pod).expect("the shadow Pod's backend");
-        let (answered_before, no_endpoint_before) = (
-            metric(platform.admin, "microgate_gateway_mirror_copies_total", r#"service="shadow",outcome="answered""#).await,
-            metric(platform.admin, "microgate_gateway_mirror_copies_total", r#"service="empty",outcome="no-endpoint""#).await,
-        );
+        let admin = platform.admin;
+        let copies_counted = |service: &str, outcome: &str| {
+            let labels = format!(r#"service="{service}",outcome="{outcome}""#);
+            async move { metric(admin, "microgate_gateway_mirror_copies_total", &labels).await }
+        };
+        let answered_before = copies_counted("shadow", "answered").await;
+        let no_endpoint_before = copies_counted("empty", "no-endpoint").await;
         let copies_before = shadow.requests();
 
         for n in 0..10 {
@@ -709,8 +684,8 @@ async fn request_mirrors_get_a_copy_of_each_request_and_count_what_became_of_it(
             assert!(pod.starts_with("echo-"), "answered by the rule's backend, not a mirror: {pod}");
         }
         wait::until("every copy counted", WAIT, || async {
-            let answered = metric(platform.admin, "microgate_gateway_mirror_copies_total", r#"service="shadow",outcome="answered""#).await - answered_before;
-            let no_endpoint = metric(platform.admin, "microgate_gateway_mirror_copies_total", r#"service="empty",outcome="no-endpoint""#).await - no_endpoint_before;
+            let answered = copies_counted("shadow", "answered").await - answered_before;
+            let no_endpoint = copies_counted("empty", "no-endpoint").await - no_endpoint_before;
             let copies = shadow.requests() - copies_before;
             if answered == 10.0 && no_endpoint == 10.0 && copies == 10 {
                 Probe::Done(())

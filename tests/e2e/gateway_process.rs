@@ -187,20 +187,15 @@ async fn of_several_gateway_replicas_the_one_holding_the_lease_writes_the_status
         let (classes, class_name) = super::gateway_api::create_class(&ns).await;
         let apply = PatchParams::apply("e2e").force();
         let port = free_port();
-        ns.api::<KubeGateway>()
-            .patch(
-                "edge",
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                    "metadata": {"name": "edge"},
-                    "spec": {"gatewayClassName": class_name, "listeners": [
-                        {"name": "http", "port": port, "protocol": "HTTP"},
-                    ]},
-                })),
-            )
-            .await
-            .expect("create the Gateway");
+        super::gateway_api::apply_gateway(
+            &ns,
+            "edge",
+            &class_name,
+            json!([
+                {"name": "http", "port": port, "protocol": "HTTP"},
+            ]),
+        )
+        .await;
         let route = |header: &str| {
             json!({
                 "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",

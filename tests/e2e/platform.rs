@@ -350,3 +350,13 @@ pub(crate) async fn pods_of(ns: &TestNamespace, service: &str) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The sum of the series of `name` with `labels` (e.g. `outcome="forbidden"`) on `admin`'s
+/// /metrics (0 when there is none).
+pub(crate) async fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
+    let text = probe::get(admin, "/metrics").await.expect("/metrics").body;
+    text.lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

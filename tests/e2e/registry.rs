@@ -319,25 +319,19 @@ async fn only_loopback_clients_or_those_with_the_token_may_read_the_registry() {
 async fn a_service_port_of_the_gateway_api_is_listed_with_its_zone_and_node() {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use kube::api::{Patch, PatchParams};
-    use microgate::api::gateway_api::{HTTPRoute, KubeGateway};
+    use microgate::api::gateway_api::HTTPRoute;
     with_namespace("e2e-registry-service", |ns| async move {
         let platform = Platform::start_with_gateway_api(&ns).await;
         let apply = PatchParams::apply("e2e").force();
         let (_, class_name) = crate::gateway_api::create_class(&ns).await;
         let port = platform.listener.port();
-        ns.api::<KubeGateway>()
-            .patch(
-                "web",
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                    "metadata": {"name": "web"},
-                    "spec": {"gatewayClassName": class_name, "listeners": [
-                        {"name": "http", "port": port, "protocol": "HTTP"}]},
-                })),
-            )
-            .await
-            .expect("create the Gateway");
+        crate::gateway_api::apply_gateway(
+            &ns,
+            "web",
+            &class_name,
+            json!([{"name": "http", "port": port, "protocol": "HTTP"}]),
+        )
+        .await;
         // A selector-less Service whose slice someone else writes; the address is never sent
         // to here (documentation range, accepted by the API server unlike loopback).
         ns.api::<Service>()

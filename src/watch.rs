@@ -34,7 +34,7 @@ use kube::runtime::{utils::Backoff, watcher};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Seconds; set once at start from the command line ([`set_timeout`]), read by every watch.
-static TIMEOUT_SECS: AtomicU32 = AtomicU32::new(120);
+static TIMEOUT_SECS: AtomicU32 = AtomicU32::new(DEFAULT_TIMEOUT.as_secs() as u32);
 
 /// Sets how long every watch opened from now on stays open (whole seconds, at least 1).
 pub fn set_timeout(timeout: Duration) {

@@ -146,9 +146,8 @@ fn elected_gateway(
 ) -> tokio::process::Child {
     let listen = std::net::Ipv4Addr::from(ip);
     let admin = SocketAddr::from((ip, free_port()));
-    Command::new(env!("CARGO_BIN_EXE_microgate"))
+    super::microgate_process("gateway", ns, admin, &cluster::kubeconfig_path())
         .args([
-            "gateway",
             "--gateway-api",
             "--leader-elect",
             "--leader-election-lease-duration=4s",
@@ -156,14 +155,8 @@ fn elected_gateway(
             "--leader-election-retry-period=1s",
         ])
         .arg(format!("--listen-address={listen}"))
-        .arg(format!("--namespace={}", ns.name))
-        .arg(format!("--admin-addr={admin}"))
-        .env("KUBECONFIG", cluster::kubeconfig_path())
         .env("POD_NAMESPACE", &ns.name)
         .env("POD_NAME", pod)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start microgate gateway")
 }

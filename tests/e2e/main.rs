@@ -24,7 +24,8 @@ use serde_json::json;
 mod platform;
 
 pub(crate) use platform::{
-    ADMIN_TOKEN, Platform, Settings, WAIT, create_gateway, create_gateway_spec, free_port, metric, pods_of,
+    ADMIN_TOKEN, Platform, Settings, WAIT, create_gateway, create_gateway_spec, free_port, metric,
+    microgate_process, pods_of,
 };
 
 mod access;

@@ -360,3 +360,24 @@ pub(crate) async fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The binary under test as `microgate <subcommand>` for `ns`, its admin endpoints on `admin`,
+/// reaching the API server as `kubeconfig` says; warnings logged to the test's output, killed
+/// when dropped. Callers add their flags and spawn it.
+pub(crate) fn microgate_process(
+    subcommand: &str,
+    ns: &TestNamespace,
+    admin: SocketAddr,
+    kubeconfig: &std::path::Path,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_microgate"));
+    command
+        .arg(subcommand)
+        .arg(format!("--namespace={}", ns.name))
+        .arg(format!("--admin-addr={admin}"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}

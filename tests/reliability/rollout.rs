@@ -19,7 +19,9 @@ use microgate_test_support::{
     with_namespace,
 };
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
+
+use crate::platform::{free_port, microgate_process};
 
 const RATE: u32 = 1_000;
 const COUNT: u64 = 100_000;
@@ -28,26 +30,12 @@ const PATH: &str = "/?delay-ms=10";
 const WAIT: Duration = Duration::from_secs(60);
 const TARGET: &str = "0 failed of 100 000 (1000 req/s for 100 s)";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// `microgate run` for the test's namespace, its admin port on `admin`.
 async fn start_microgate(ns: &TestNamespace, admin: SocketAddr) -> Child {
     cluster::install_crds(&ns.client, microgate::api::crds()).await;
-    let child = Command::new(env!("CARGO_BIN_EXE_microgate"))
-        .args(["run", "--listen-address=127.0.0.1"])
-        .arg(format!("--namespace={}", ns.name))
-        .arg(format!("--admin-addr={admin}"))
-        .env("KUBECONFIG", cluster::kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
+    let child = microgate_process("run", ns, admin, &cluster::kubeconfig_path())
+        .arg("--listen-address=127.0.0.1")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("start microgate run");
     wait::until("microgate run to be ready", WAIT, || async {

@@ -8,7 +8,6 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -24,9 +23,9 @@ use microgate_test_support::{
     wait::{self, Probe},
 };
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::platform::{Platform, free_port};
+use crate::platform::{Platform, free_port, microgate_process};
 
 /// Where the gateway under test listens: its own loopback address, on the platform's port.
 const GATEWAY_IP: [u8; 4] = [127, 0, 0, 4];
@@ -50,15 +49,9 @@ impl GatewayProcess {
         watch_timeout: Duration,
     ) -> Self {
         let admin = SocketAddr::from((GATEWAY_IP, free_port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_microgate"))
-            .args(["gateway", "--listen-address=127.0.0.4"])
-            .arg(format!("--namespace={}", ns.name))
-            .arg(format!("--admin-addr={admin}"))
+        let child = microgate_process("gateway", ns, admin, kubeconfig)
+            .arg("--listen-address=127.0.0.4")
             .arg(format!("--watch-timeout={}s", watch_timeout.as_secs()))
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("start microgate gateway");
         let listener = SocketAddr::from((GATEWAY_IP, platform.listener.port()));
@@ -243,15 +236,8 @@ pub async fn silent_controller(ns: &TestNamespace, watch_timeout: Duration, scen
         .expect("start the proxy");
     let kubeconfig = cluster::kubeconfig_for(proxy.addr()).expect("a kubeconfig through the proxy");
     let admin = SocketAddr::from((GATEWAY_IP, free_port()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_microgate"))
-        .args(["controller"])
-        .arg(format!("--namespace={}", ns.name))
-        .arg(format!("--admin-addr={admin}"))
+    let mut child = microgate_process("controller", ns, admin, &kubeconfig)
         .arg(format!("--watch-timeout={}s", watch_timeout.as_secs()))
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start microgate controller");
     let microservices = ns.api::<Microservice>();

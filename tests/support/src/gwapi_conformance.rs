@@ -4,8 +4,6 @@
 
 use std::{path::PathBuf, process::Stdio};
 
-use tokio::process::Command;
-
 use crate::cluster::repo_root;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,22 +22,9 @@ pub struct Binaries {
 /// Builds the binaries unless this machine has them for the pinned version; fails saying why
 /// when either is missing afterwards.
 pub async fn build() -> Result<Binaries, BuildError> {
-    let script = repo_root().join("tests/gwapi-conformance/build.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
+    let dir = crate::pinned_tool::build("gwapi-conformance")
         .await
-        .map_err(|e| BuildError(e.to_string()))?;
-    if !output.status.success() {
-        return Err(BuildError(format!(
-            "{} exited with {}: {}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        .map_err(BuildError)?;
     let binaries = Binaries {
         suite: dir.join("gwapi-conformance.test"),
         echo_basic: dir.join("echo-basic"),

@@ -6,8 +6,6 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use tokio::process::Command;
 
-use crate::cluster::repo_root;
-
 /// How long one whole run may take (146 cases, each given `CASE_TIMEOUT_SECONDS`).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// h2spec's `-o`: how long a case waits for the server's answer.
@@ -81,28 +79,9 @@ impl Report {
 
 /// The h2spec binary, built first if this machine has none of the pinned version.
 pub async fn binary() -> Result<PathBuf, H2specError> {
-    let script = repo_root().join("tests/h2spec/build.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
+    crate::pinned_tool::build_binary("h2spec")
         .await
-        .map_err(|e| H2specError::Build(e.to_string()))?;
-    if !output.status.success() {
-        return Err(H2specError::Build(format!(
-            "{} exited with {}: {}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    if !path.is_file() {
-        return Err(H2specError::Build(format!(
-            "it printed {path:?}, which is no file"
-        )));
-    }
-    Ok(path)
+        .map_err(H2specError::Build)
 }
 
 /// Runs every case (not `--strict`) against `target` and reads the JUnit report.

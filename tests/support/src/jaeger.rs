@@ -16,7 +16,7 @@ use tokio::{
     time::{Instant, sleep},
 };
 
-use crate::{cluster::repo_root, probe};
+use crate::probe;
 
 /// How long a starting Jaeger may take to answer its query API.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,28 +55,9 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Jaeger
 
 /// The Jaeger binary, built first if this machine has none of the pinned version.
 pub async fn binary() -> Result<PathBuf, JaegerError> {
-    let script = repo_root().join("tests/jaeger/build.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
+    crate::pinned_tool::build_binary("jaeger")
         .await
-        .map_err(|e| JaegerError::Build(e.to_string()))?;
-    if !output.status.success() {
-        return Err(JaegerError::Build(format!(
-            "{} exited with {}: {}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    if !path.is_file() {
-        return Err(JaegerError::Build(format!(
-            "it printed {path:?}, which is no file"
-        )));
-    }
-    Ok(path)
+        .map_err(JaegerError::Build)
 }
 
 /// A running Jaeger.

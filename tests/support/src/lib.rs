@@ -23,6 +23,7 @@
 //! - [`gwapi_conformance`]: the Gateway API conformance suite and echo-basic, built from a pinned module.
 //! - [`jaeger`]: a real Jaeger (all-in-one, in memory) for the tracing tests: OTLP in, query API
 //!   out, built from a pinned module.
+//! - [`pinned_tool`]: runs a pinned tool's `build.sh` (h2spec, Jaeger, the Gateway API suite).
 //! - [`usage`]: CPU time and memory of a process or a thread, from `/proc`.
 //! - [`redis_server`]: a real `redis-server` on a loopback port, for global rate limits; it can
 //!   be stopped, restarted and frozen mid-test.
@@ -44,6 +45,7 @@ pub mod kubelet;
 pub mod kubelet_logs;
 pub mod load;
 pub mod namespace;
+pub mod pinned_tool;
 pub mod pod_env;
 pub mod pod_ips;
 pub mod private_apiserver;

@@ -1,5 +1,5 @@
 //! The Kubernetes Gateway API (`gateway.networking.k8s.io`) as microgate reads and writes it:
-//! GatewayClass, Gateway and HTTPRoute (v1) and ReferenceGrant (v1beta1), with the fields
+//! GatewayClass, Gateway, ListenerSet and HTTPRoute (v1) and ReferenceGrant (v1beta1), with the fields
 //! microgate implements. Its CRDs are the project's own (installed by the user, never generated
 //! here), so these types only (de)serialize: fields microgate does not know are ignored on read
 //! and never written.
@@ -78,6 +78,17 @@ pub struct KubeGatewaySpec {
     pub addresses: Vec<GatewayAddress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infrastructure: Option<Infrastructure>,
+    /// Which ListenerSets may add listeners to this Gateway (none when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_listeners: Option<AllowedListeners>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedListeners {
+    /// `from`: `None` (the default), `Same`, `All` or `Selector`, as `allowedRoutes` says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<RouteNamespaces>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -170,6 +181,9 @@ pub struct KubeGatewayStatus {
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub listeners: Vec<ListenerStatus>,
+    /// How many ListenerSets are attached (allowed, and Accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_listener_sets: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -179,6 +193,47 @@ pub struct ListenerStatus {
     pub supported_kinds: Vec<RouteGroupKind>,
     pub attached_routes: i32,
     pub conditions: Vec<Condition>,
+}
+
+/// Listeners added to a Gateway from outside it (by another team, in another namespace), where
+/// the Gateway's `allowedListeners` lets them. Routes attach to them through a parentRef of kind
+/// ListenerSet.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "ListenerSet",
+    namespaced,
+    status = "ListenerSetStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSetSpec {
+    pub parent_ref: ParentGatewayReference,
+    /// Entries have a Gateway listener's fields.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentGatewayReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSetStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
 }
 
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]

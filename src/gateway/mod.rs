@@ -140,8 +140,13 @@ pub async fn run(
     // The Gateway API is a second front end, watched only when asked for and where its CRDs
     // are installed.
     let (kube_stores, watch_gateway_api) = if options.gateway_api && watches::installed(&client).await {
-        let (stores, run) =
-            watches::GatewayApiWatches::start(client.clone(), namespace.as_deref(), changed.clone());
+        let listener_sets = watches::listener_sets_installed(&client, namespace.as_deref()).await;
+        let (stores, run) = watches::GatewayApiWatches::start(
+            client.clone(),
+            namespace.as_deref(),
+            listener_sets,
+            changed.clone(),
+        );
         (Some(stores), run)
     } else {
         (None, futures::future::pending().boxed())
@@ -380,6 +385,7 @@ pub const STATUS_FIELD_MANAGER: &str = "microgate-gateway";
 pub(crate) struct KubeSnapshot {
     pub(crate) classes: Vec<Arc<api::gateway_api::GatewayClass>>,
     pub(crate) gateways: Vec<Arc<api::gateway_api::KubeGateway>>,
+    pub(crate) listener_sets: Vec<Arc<api::gateway_api::ListenerSet>>,
     pub(crate) routes: Vec<Arc<api::gateway_api::HTTPRoute>>,
     pub(crate) grants: Vec<Arc<api::gateway_api::ReferenceGrant>>,
     pub(crate) services: Vec<Arc<Service>>,
@@ -392,6 +398,11 @@ impl KubeSnapshot {
         Self {
             classes: stores.classes.state(),
             gateways: stores.gateways.state(),
+            listener_sets: stores
+                .listener_sets
+                .as_ref()
+                .map(|store| store.state())
+                .unwrap_or_default(),
             routes: stores.routes.state(),
             grants: stores.grants.state(),
             services: stores.services.state(),
@@ -417,6 +428,7 @@ impl KubeSnapshot {
         compile::gateway_api::Resources {
             classes: &self.classes,
             gateways: &self.gateways,
+            listener_sets: &self.listener_sets,
             routes: &self.routes,
             grants: &self.grants,
             services: &self.services,

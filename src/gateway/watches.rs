@@ -1,7 +1,9 @@
 //! The Gateway API resources the gateway compiles from, each kind watched once into a store:
-//! GatewayClasses, Gateways, HTTPRoutes, ReferenceGrants, and the Services, EndpointSlices and
-//! Namespaces their references and rules read. Watched only with `--gateway-api`, and where the
-//! Gateway API's CRDs are installed (checked at start: install them, then restart the gateway).
+//! GatewayClasses, Gateways, ListenerSets, HTTPRoutes, ReferenceGrants, and the Services,
+//! EndpointSlices and Namespaces their references and rules read. Watched only with
+//! `--gateway-api`, and where the Gateway API's CRDs are installed (checked at start: install
+//! them, then restart the gateway). ListenerSets are watched where their CRD is installed too
+//! (the Gateway API's v1.5 and later).
 
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::{
-    api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway, ReferenceGrant},
+    api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway, ListenerSet, ReferenceGrant},
     watch::{self, WatchBackoff},
 };
 
@@ -27,6 +29,8 @@ use crate::{
 pub struct GatewayApiWatches {
     pub classes: Store<GatewayClass>,
     pub gateways: Store<KubeGateway>,
+    /// None where the installed CRDs have no ListenerSet.
+    pub listener_sets: Option<Store<ListenerSet>>,
     pub routes: Store<HTTPRoute>,
     pub grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
@@ -47,16 +51,36 @@ pub async fn installed(client: &Client) -> bool {
     }
 }
 
+/// Whether the installed Gateway API has ListenerSets (its CRDs before v1.5 do not).
+pub async fn listener_sets_installed(client: &Client, namespace: Option<&str>) -> bool {
+    let api: Api<ListenerSet> = scoped(client, namespace);
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "ListenerSets not served: the installed Gateway API CRDs have none (or they are not readable)");
+            false
+        }
+    }
+}
+
 impl GatewayApiWatches {
     /// Starts watching, in `namespace` (or all); each change notifies `changed`. Returns the
     /// stores and the future that runs the watches.
+    /// `listener_sets`: whether to watch ListenerSets (see [`listener_sets_installed`]).
     pub fn start(
         client: Client,
         namespace: Option<&str>,
+        listener_sets: bool,
         changed: Arc<Notify>,
     ) -> (Self, BoxFuture<'static, ()>) {
         let (classes, classes_watch) = watch(Api::all(client.clone()), changed.clone());
         let (gateways, gateways_watch) = watch(scoped(&client, namespace), changed.clone());
+        let (listener_sets, listener_sets_watch) = if listener_sets {
+            let (store, run) = watch(scoped(&client, namespace), changed.clone());
+            (Some(store), run)
+        } else {
+            (None, futures::future::ready(()).boxed())
+        };
         let (routes, routes_watch) = watch(scoped(&client, namespace), changed.clone());
         let (grants, grants_watch) = watch(scoped(&client, namespace), changed.clone());
         let (services, services_watch) = watch(scoped(&client, namespace), changed.clone());
@@ -76,6 +100,7 @@ impl GatewayApiWatches {
             tokio::join!(
                 classes_watch,
                 gateways_watch,
+                listener_sets_watch,
                 routes_watch,
                 grants_watch,
                 services_watch,
@@ -86,6 +111,7 @@ impl GatewayApiWatches {
         let watches = Self {
             classes,
             gateways,
+            listener_sets,
             routes,
             grants,
             services,
@@ -97,9 +123,15 @@ impl GatewayApiWatches {
 
     /// Waits until every store holds its first complete list.
     pub async fn wait_until_ready(&self) {
+        let listener_sets = async {
+            if let Some(store) = &self.listener_sets {
+                let _ = store.wait_until_ready().await;
+            }
+        };
         let _ = tokio::join!(
             self.classes.wait_until_ready(),
             self.gateways.wait_until_ready(),
+            listener_sets,
             self.routes.wait_until_ready(),
             self.grants.wait_until_ready(),
             self.services.wait_until_ready(),

@@ -1,8 +1,8 @@
 // The Gateway API conformance suite, run by `make conformance` (build.sh compiles it and the
 // suite's echo-basic backend, and caches both under $HOME). Both modules are pinned to one
 // version: the suite checks that the installed CRDs carry its own bundle version.
-// v1.6.3 rather than v1.7.0: v1.7.0's go.mod requires Go 1.27, and builds use the machine's
-// Go 1.26 (GOTOOLCHAIN=local).
+// v1.6.3 rather than v1.7.0: v1.7.0's conformance module imports
+// sigs.k8s.io/gateway-api-conformance-images, which the module proxy does not serve.
 module microgate.dev/tests/gwapi-conformance
 
 go 1.26.0

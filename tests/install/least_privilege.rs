@@ -23,7 +23,7 @@ use kube::{
 };
 use microgate::api::{
     AccessPolicy, Gateway, Microservice,
-    gateway_api::{GatewayClass, HTTPRoute, KubeGateway},
+    gateway_api::{GatewayClass, HTTPRoute, KubeGateway, ListenerSet},
 };
 use microgate_test_support::{
     TestNamespace,
@@ -293,8 +293,9 @@ fn condition(
         .unwrap_or_default()
 }
 
-/// An HTTPRoute to the scenario's Microservice through a Gateway of class `class`: the
-/// GatewayClass Accepted, the Gateway Programmed, the route Accepted, and a request answered.
+/// An HTTPRoute to the scenario's Microservice through a Gateway of class `class` and a
+/// ListenerSet that adds a listener to it: the GatewayClass Accepted, the Gateway and the
+/// ListenerSet Programmed, the route Accepted under both, and a request answered on each.
 async fn gateway_api_scenario(ns: &TestNamespace, class: &str) {
     let apply = PatchParams::apply("least-privilege").force();
     let classes: Api<GatewayClass> = Api::all(ns.client.clone());
@@ -311,6 +312,7 @@ async fn gateway_api_scenario(ns: &TestNamespace, class: &str) {
         .await
         .expect("create the GatewayClass");
     let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let added_listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
     ns.api::<KubeGateway>()
         .patch(
             "web",
@@ -319,11 +321,25 @@ async fn gateway_api_scenario(ns: &TestNamespace, class: &str) {
                 "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
                 "metadata": {"name": "web"},
                 "spec": {"gatewayClassName": class,
+                         "allowedListeners": {"namespaces": {"from": "Same"}},
                          "listeners": [{"name": "http", "port": listener.port(), "protocol": "HTTP"}]},
             })),
         )
         .await
         .expect("create the Gateway");
+    ns.api::<ListenerSet>()
+        .patch(
+            "more",
+            &apply,
+            &Patch::Apply(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
+                "metadata": {"name": "more"},
+                "spec": {"parentRef": {"name": "web"},
+                         "listeners": [{"name": "http", "port": added_listener.port(), "protocol": "HTTP"}]},
+            })),
+        )
+        .await
+        .expect("create the ListenerSet");
     ns.api::<HTTPRoute>()
         .patch(
             "web",
@@ -331,14 +347,14 @@ async fn gateway_api_scenario(ns: &TestNamespace, class: &str) {
             &Patch::Apply(json!({
                 "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
                 "metadata": {"name": "web"},
-                "spec": {"parentRefs": [{"name": "web"}],
+                "spec": {"parentRefs": [{"name": "web"}, {"kind": "ListenerSet", "name": "more"}],
                          "rules": [{"backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]}]},
             })),
         )
         .await
         .expect("create the HTTPRoute");
     wait::until(
-        "the GatewayClass, Gateway and HTTPRoute statuses",
+        "the GatewayClass, Gateway, ListenerSet and HTTPRoute statuses",
         WAIT,
         || async {
             let class = classes
@@ -350,22 +366,29 @@ async fn gateway_api_scenario(ns: &TestNamespace, class: &str) {
                 .get("web")
                 .await
                 .map(|g| g.status.map(|s| s.conditions).unwrap_or_default());
+            let set = ns
+                .api::<ListenerSet>()
+                .get("more")
+                .await
+                .map(|l| l.status.map(|s| s.conditions).unwrap_or_default());
             let route = ns.api::<HTTPRoute>().get("web").await.map(|r| {
                 r.status
-                    .and_then(|s| s.parents.into_iter().next())
-                    .map(|p| p.conditions)
+                    .map(|s| s.parents.into_iter().map(|p| p.conditions).collect::<Vec<_>>())
                     .unwrap_or_default()
             });
-            match (class, gateway, route) {
-                (Ok(class), Ok(gateway), Ok(route)) => {
+            match (class, gateway, set, route) {
+                (Ok(class), Ok(gateway), Ok(set), Ok(route)) => {
                     let seen = (
                         condition(&class, "Accepted"),
                         condition(&gateway, "Programmed"),
-                        condition(&route, "Accepted"),
+                        condition(&set, "Programmed"),
+                        route.iter().map(|c| condition(c, "Accepted")).collect::<Vec<_>>(),
                     );
                     if seen.0.starts_with("True/")
                         && seen.1.starts_with("True/")
                         && seen.2.starts_with("True/")
+                        && seen.3.len() == 2
+                        && seen.3.iter().all(|c| c.starts_with("True/"))
                     {
                         Probe::Done(())
                     } else {
@@ -378,14 +401,16 @@ async fn gateway_api_scenario(ns: &TestNamespace, class: &str) {
     )
     .await
     .expect("the Gateway API resources are served");
-    wait::until("a request through the HTTPRoute", WAIT, || async {
-        match probe::get(listener, "/hello").await {
-            Ok(answer) if answer.status == 200 => Probe::Done(()),
-            other => Probe::NotYet(format!("{other:?}")),
-        }
-    })
-    .await
-    .expect("the HTTPRoute reaches the Microservice");
+    for listener in [listener, added_listener] {
+        wait::until("a request through the HTTPRoute", WAIT, || async {
+            match probe::get(listener, "/hello").await {
+                Ok(answer) if answer.status == 200 => Probe::Done(()),
+                other => Probe::NotYet(format!("{other:?}")),
+            }
+        })
+        .await
+        .expect("the HTTPRoute reaches the Microservice on the Gateway's and the ListenerSet's listeners");
+    }
     classes
         .delete(class, &DeleteParams::default())
         .await

@@ -30,10 +30,10 @@ namespaces it serves; cluster-wide, also the GatewayClasses and Namespaces. */}}
 {{- if .Values.gatewayAPI.enabled }}
 # The Gateway API's resources, and the status of those served.
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["gateways", "httproutes", "referencegrants"]
+  resources: ["gateways", "listenersets", "httproutes", "referencegrants"]
   verbs: ["list", "watch"]
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["gateways/status", "httproutes/status"]
+  resources: ["gateways/status", "listenersets/status", "httproutes/status"]
   verbs: ["patch"]
 # Backends: Services and their EndpointSlices.
 - apiGroups: [""]

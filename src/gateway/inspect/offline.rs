@@ -219,6 +219,14 @@ async fn list_gateway_api(client: &Client, namespace: Option<&str>) -> Result<Ku
     Ok(KubeSnapshot {
         classes: list_all(&Api::all(client.clone()), "GatewayClasses", &all).await?,
         gateways: list(client, namespace, "Gateway API Gateways", &all).await?,
+        // ListenerSets came with the Gateway API v1.5: older CRDs serve none.
+        listener_sets: match list(client, namespace, "ListenerSets", &all).await {
+            Err(OfflineError::List {
+                source: kube::Error::Api(status),
+                ..
+            }) if status.code == 404 => Vec::new(),
+            listed => listed?,
+        },
         routes: list(client, namespace, "HTTPRoutes", &all).await?,
         grants: list(client, namespace, "ReferenceGrants", &all).await?,
         services: list(client, namespace, "Services", &all).await?,

@@ -1,8 +1,8 @@
 //! Publishes what the Gateway API front end decided (see `compile::gateway_api::Report`): each
 //! GatewayClass's Accepted and supported features, each Gateway's addresses, conditions and
-//! listeners, and each HTTPRoute's parents. Written after the table is in place and the
-//! listeners are bound, so that Programmed and Accepted never run ahead of the data plane; and
-//! only when something changed.
+//! listeners, each ListenerSet's conditions and listeners, and each HTTPRoute's parents. Written
+//! after the table is in place and the listeners are bound, so that Programmed and Accepted never
+//! run ahead of the data plane; and only when something changed.
 
 use k8s_openapi::{api::core::v1::Service, jiff::Timestamp};
 use kube::{
@@ -14,11 +14,14 @@ use serde::Serialize;
 use crate::{
     api::gateway_api::{
         CONTROLLER_NAME, GatewayAddress, GatewayClass, GatewayClassStatus, HTTPRoute, KubeGateway,
-        KubeGatewayStatus, ListenerStatus, ParentReference, RouteParentStatus, SupportedFeature,
+        KubeGatewayStatus, ListenerSet, ListenerSetStatus, ListenerStatus, ParentReference,
+        RouteParentStatus, SupportedFeature,
     },
     controller::conditions::{Desired, merge},
     gateway::{
-        compile::gateway_api::{GatewayReport, Report, SUPPORTED_FEATURES, reason},
+        compile::gateway_api::{
+            GatewayReport, ListenerReport, ListenerSetReport, Report, SUPPORTED_FEATURES, reason,
+        },
         listen::Listeners,
     },
 };
@@ -38,6 +41,9 @@ pub async fn report(
     }
     for gateway in &report.gateways {
         write_gateway(client, gateway, listeners, published, now).await;
+    }
+    for set in &report.listener_sets {
+        write_listener_set(client, set, listeners, now).await;
     }
     for route in &report.routes {
         write_route(client, &route.route, &route.parents, now).await;
@@ -110,6 +116,52 @@ fn address(type_: &str, value: &str) -> GatewayAddress {
     }
 }
 
+/// The status of each listener in `reports`, Programmed where its address is bound; and how
+/// many are.
+fn listener_statuses(
+    reports: &[ListenerReport],
+    current: &[ListenerStatus],
+    listeners: &Listeners,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> (Vec<ListenerStatus>, usize) {
+    let mut statuses = Vec::with_capacity(reports.len());
+    let mut bound = 0;
+    for listener in reports {
+        let failure = listener.local.and_then(|local| listeners.failure(local));
+        let not_programmed = |message: String| {
+            Desired::new(reason::PROGRAMMED, false, listener.not_programmed_reason, message)
+        };
+        let programmed = match (listener.local, failure, &listener.not_served) {
+            (Some(_), None, _) => {
+                bound += 1;
+                Desired::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "serving")
+            }
+            (_, Some(failure), _) => Desired::new(reason::PROGRAMMED, false, reason::INVALID, failure),
+            (None, None, Some(why)) => not_programmed(why.clone()),
+            (None, None, None) => not_programmed("not served".to_owned()),
+        };
+        let mut desired: Vec<Desired> = listener
+            .conditions
+            .iter()
+            .map(|d| Desired::new(d.type_, d.status, d.reason, d.message.clone()))
+            .collect();
+        desired.push(programmed);
+        let previous = current
+            .iter()
+            .find(|l| l.name == listener.name)
+            .map(|l| l.conditions.as_slice())
+            .unwrap_or_default();
+        statuses.push(ListenerStatus {
+            name: listener.name.clone(),
+            supported_kinds: listener.supported_kinds.clone(),
+            attached_routes: listener.attached_routes,
+            conditions: merge(previous, desired, generation, now),
+        });
+    }
+    (statuses, bound)
+}
+
 async fn write_gateway(
     client: &Client,
     report: &GatewayReport,
@@ -120,38 +172,8 @@ async fn write_gateway(
     let gateway: &KubeGateway = &report.gateway;
     let generation = gateway.metadata.generation;
     let current = gateway.status.clone().unwrap_or_default();
-    let mut listener_statuses = Vec::with_capacity(report.listeners.len());
-    let mut bound = 0;
-    for listener in &report.listeners {
-        let failure = listener.local.and_then(|local| listeners.failure(local));
-        let programmed = match (listener.local, failure, &listener.not_served) {
-            (Some(_), None, _) => {
-                bound += 1;
-                Desired::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "serving")
-            }
-            (_, Some(failure), _) => Desired::new(reason::PROGRAMMED, false, reason::INVALID, failure),
-            (None, None, Some(why)) => Desired::new(reason::PROGRAMMED, false, reason::INVALID, why.clone()),
-            (None, None, None) => Desired::new(reason::PROGRAMMED, false, reason::INVALID, "not served"),
-        };
-        let mut desired: Vec<Desired> = listener
-            .conditions
-            .iter()
-            .map(|d| Desired::new(d.type_, d.status, d.reason, d.message.clone()))
-            .collect();
-        desired.push(programmed);
-        let previous = current
-            .listeners
-            .iter()
-            .find(|l| l.name == listener.name)
-            .map(|l| l.conditions.as_slice())
-            .unwrap_or_default();
-        listener_statuses.push(ListenerStatus {
-            name: listener.name.clone(),
-            supported_kinds: listener.supported_kinds.clone(),
-            attached_routes: listener.attached_routes,
-            conditions: merge(previous, desired, generation, now),
-        });
-    }
+    let (listener_statuses, bound) =
+        listener_statuses(&report.listeners, &current.listeners, listeners, generation, now);
     let programmed = match (report.accepted.status, report.address) {
         (false, _) => Desired::new(
             reason::PROGRAMMED,
@@ -196,9 +218,61 @@ async fn write_gateway(
         addresses,
         conditions: merge(&current.conditions, vec![accepted, programmed], generation, now),
         listeners: listener_statuses,
+        attached_listener_sets: Some(report.attached_listener_sets),
     };
     let api: Api<KubeGateway> = Api::namespaced(client.clone(), &gateway.namespace().unwrap_or_default());
     patch_if_changed(&api, &gateway.name_any(), &current, &status).await;
+}
+
+async fn write_listener_set(
+    client: &Client,
+    report: &ListenerSetReport,
+    listeners: &Listeners,
+    now: Timestamp,
+) {
+    let set: &ListenerSet = &report.set;
+    let generation = set.metadata.generation;
+    let current = set.status.clone().unwrap_or_default();
+    let (listener_statuses, bound) =
+        listener_statuses(&report.listeners, &current.listeners, listeners, generation, now);
+    let accepted = &report.accepted;
+    let programmed = if !accepted.status {
+        Desired::new(
+            reason::PROGRAMMED,
+            false,
+            accepted.reason,
+            accepted.message.clone(),
+        )
+    } else if bound == 0 {
+        Desired::new(
+            reason::PROGRAMMED,
+            false,
+            reason::PENDING,
+            match report.address {
+                Some(address) => format!("no listener is served on {address}"),
+                None => "the Gateway has no address yet".to_owned(),
+            },
+        )
+    } else {
+        Desired::new(
+            reason::PROGRAMMED,
+            true,
+            reason::PROGRAMMED,
+            format!("{bound} of {} listeners served", report.listeners.len()),
+        )
+    };
+    let accepted = Desired::new(
+        accepted.type_,
+        accepted.status,
+        accepted.reason,
+        accepted.message.clone(),
+    );
+    let status = ListenerSetStatus {
+        conditions: merge(&current.conditions, vec![accepted, programmed], generation, now),
+        listeners: listener_statuses,
+    };
+    let api: Api<ListenerSet> = Api::namespaced(client.clone(), &set.namespace().unwrap_or_default());
+    patch_if_changed(&api, &set.name_any(), &current, &status).await;
 }
 
 async fn write_route(

@@ -23,8 +23,8 @@ use crate::{
         gateway::{PathMatchType, TlsVersion},
         gateway_api::{
             CONTROLLER_NAME, GROUP, GatewayClass, HTTPRoute, HeaderModifier, HttpRouteFilter, HttpRouteMatch,
-            HttpRouteRule, KubeGateway, Listener, ObjectReference, ParentReference, PathModifier,
-            ReferenceGrant, RequestMirror, RouteGroupKind,
+            HttpRouteRule, KubeGateway, Listener, ListenerSet, ObjectReference, ParentReference,
+            PathModifier, ReferenceGrant, RequestMirror, RouteGroupKind,
         },
         microservice::Protocol,
         policy::{Backoff, RetryOn, RetryPolicy},
@@ -78,9 +78,12 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRequestPercentageMirror",
     "HTTPRouteCORS",
     "HTTPRouteBackendProtocolWebSocket",
+    "ListenerSet",
 ];
 
 /// Condition types and reasons, as the Gateway API spells them.
+mod listener_sets;
+
 pub mod reason {
     pub const ACCEPTED: &str = "Accepted";
     pub const PROGRAMMED: &str = "Programmed";
@@ -103,6 +106,9 @@ pub mod reason {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
+    pub const NOT_ALLOWED: &str = "NotAllowed";
+    pub const PARENT_NOT_ACCEPTED: &str = "ParentNotAccepted";
+    pub const PENDING: &str = "Pending";
 }
 
 /// A namespaced object's namespace and name.
@@ -112,6 +118,7 @@ pub type ObjectKey = (String, String);
 pub struct Resources<'a> {
     pub classes: &'a [Arc<GatewayClass>],
     pub gateways: &'a [Arc<KubeGateway>],
+    pub listener_sets: &'a [Arc<ListenerSet>],
     pub routes: &'a [Arc<HTTPRoute>],
     pub grants: &'a [Arc<ReferenceGrant>],
     pub services: &'a [Arc<Service>],
@@ -127,6 +134,7 @@ pub struct Report {
     /// The GatewayClasses microgate serves.
     pub classes: Vec<Arc<GatewayClass>>,
     pub gateways: Vec<GatewayReport>,
+    pub listener_sets: Vec<ListenerSetReport>,
     pub routes: Vec<RouteReport>,
 }
 
@@ -136,11 +144,27 @@ pub struct GatewayReport {
     pub address: Option<IpAddr>,
     pub accepted: Desired,
     pub listeners: Vec<ListenerReport>,
+    /// ListenerSets allowed to add listeners, and Accepted.
+    pub attached_listener_sets: i32,
+}
+
+/// A ListenerSet whose parent is one of microgate's Gateways.
+#[derive(Debug)]
+pub struct ListenerSetReport {
+    pub set: Arc<ListenerSet>,
+    /// Its Gateway's, where its listeners listen.
+    pub address: Option<IpAddr>,
+    /// Its Programmed condition, when not Accepted, takes the same reason.
+    pub accepted: Desired,
+    /// One per listener of its spec, in order; none when the set is not attached.
+    pub listeners: Vec<ListenerReport>,
 }
 
 #[derive(Debug)]
 pub struct ListenerReport {
     pub name: String,
+    /// How the table names it.
+    pub id: Arc<str>,
     /// Where it listens, when it is served.
     pub local: Option<SocketAddr>,
     pub supported_kinds: Vec<RouteGroupKind>,
@@ -150,6 +174,19 @@ pub struct ListenerReport {
     pub conditions: Vec<Desired>,
     /// Why the table does not serve it, if it does not.
     pub not_served: Option<String>,
+    /// The reason of its Programmed condition when it is not served.
+    pub not_programmed_reason: &'static str,
+}
+
+impl ListenerReport {
+    fn condition(&self, type_: &str) -> bool {
+        self.conditions.iter().any(|c| c.type_ == type_ && c.status)
+    }
+
+    /// Accepted, and every reference resolved.
+    fn valid(&self) -> bool {
+        self.condition(reason::ACCEPTED) && self.condition(reason::RESOLVED_REFS)
+    }
 }
 
 #[derive(Debug)]
@@ -159,27 +196,40 @@ pub struct RouteReport {
     pub parents: Vec<(ParentReference, Vec<Desired>)>,
 }
 
-/// The Secrets the served Gateways' HTTPS listeners may use (those a ReferenceGrant lets them).
+/// The Secrets the served Gateways' HTTPS listeners, and those of the ListenerSets attached to
+/// them, may use (those a ReferenceGrant lets them).
 pub fn certificate_refs(resources: &Resources<'_>) -> Vec<SecretKey> {
-    let classes = our_classes(resources.classes);
     let mut refs = Vec::new();
-    for gateway in resources.gateways {
-        if !classes.contains(gateway.spec.gateway_class_name.as_str()) {
-            continue;
-        }
-        let namespace = gateway.namespace().unwrap_or_default();
-        for listener in &gateway.spec.listeners {
+    let mut add = |listeners: &[Listener], namespace: &str, kind: &str| {
+        for listener in listeners {
             for reference in listener.tls.iter().flat_map(|t| &t.certificate_refs) {
-                if let Ok(key) = secret_key(reference, &namespace, resources.grants) {
+                if let Ok(key) = secret_key(reference, namespace, kind, resources.grants) {
                     refs.push(key);
                 }
             }
+        }
+    };
+    let served = served_gateways(resources.classes, resources.gateways);
+    for gateway in &served {
+        add(
+            &gateway.spec.listeners,
+            &gateway.namespace().unwrap_or_default(),
+            "Gateway",
+        );
+    }
+    for set in resources.listener_sets {
+        if served.iter().any(|g| listener_sets::parent_is(set, g)) {
+            add(
+                &set.spec.listeners,
+                &set.namespace().unwrap_or_default(),
+                "ListenerSet",
+            );
         }
     }
     refs
 }
 
-/// How the table names a Gateway API listener: apart from microgate.dev's by the group.
+/// How the table names a Gateway's listener: apart from microgate.dev's by the group.
 pub fn listener_id(gateway: &KubeGateway, listener: &Listener) -> Arc<str> {
     format!(
         "{GROUP}/{}/{}/{}",
@@ -213,7 +263,8 @@ fn our_classes(classes: &[Arc<GatewayClass>]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Adds the Gateway API's Gateways and routes to `builder`, and says what became of each.
+/// Adds the Gateway API's Gateways, their ListenerSets and the routes to `builder`, and says
+/// what became of each.
 pub fn compile(builder: &mut TableBuilder<'_>, resources: &Resources<'_>) -> Report {
     let classes = our_classes(resources.classes);
     let mut report = Report {
@@ -226,14 +277,19 @@ pub fn compile(builder: &mut TableBuilder<'_>, resources: &Resources<'_>) -> Rep
         ..Report::default()
     };
     for gateway in served_gateways(resources.classes, resources.gateways) {
-        report.gateways.push(add_gateway(builder, gateway, resources));
+        let mut gateway_report = add_gateway(builder, gateway, resources);
+        // A Gateway's own listeners come first, then its ListenerSets'.
+        report
+            .listener_sets
+            .extend(listener_sets::add(builder, &mut gateway_report, resources));
+        report.gateways.push(gateway_report);
     }
     let mut routes: Vec<&Arc<HTTPRoute>> = resources.routes.iter().collect();
     // The Gateway API's tie-break between equally specific rules: the oldest route, then by
     // namespace and name.
     routes.sort_by_key(|r| (r.creation_timestamp(), r.namespace(), r.name_any()));
     for route in routes {
-        if let Some(route_report) = add_route(builder, route, resources, &mut report.gateways) {
+        if let Some(route_report) = add_route(builder, route, resources, &mut report) {
             report.routes.push(route_report);
         }
     }
@@ -256,6 +312,7 @@ fn add_gateway(
         address,
         accepted: Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted"),
         listeners: Vec::new(),
+        attached_listener_sets: 0,
     };
     if let Some(parameters) = gateway
         .spec
@@ -275,121 +332,25 @@ fn add_gateway(
         return report;
     }
     let conflicts = conflicts(&gateway.spec.listeners);
+    let owner = Owner {
+        kind: "Gateway",
+        namespace: &namespace,
+        address,
+    };
     for listener in &gateway.spec.listeners {
+        let conflict = match conflicts.get(listener.name.as_str()) {
+            Some(why) => Conflict::Shared(why),
+            None => Conflict::None,
+        };
         let id = listener_id(gateway, listener);
-        let mut listener_report = ListenerReport {
-            name: listener.name.clone(),
-            local: None,
-            supported_kinds: Vec::new(),
-            attached_routes: 0,
-            conditions: Vec::new(),
-            not_served: None,
-        };
-        let https = match listener.protocol.as_str() {
-            "HTTP" => false,
-            "HTTPS" => true,
-            other => {
-                listener_report.conditions.push(Desired::new(
-                    reason::ACCEPTED,
-                    false,
-                    reason::UNSUPPORTED_PROTOCOL,
-                    format!("protocol {other} is not supported: HTTP and HTTPS are"),
-                ));
-                listener_report.not_served = Some(format!("protocol {other} is not supported"));
-                report.listeners.push(listener_report);
-                continue;
-            }
-        };
-        let (kinds, invalid_kinds) = route_kinds(listener);
-        listener_report.supported_kinds = kinds;
-        let mut resolved = if invalid_kinds.is_empty() {
-            Desired::new(
-                reason::RESOLVED_REFS,
-                true,
-                reason::RESOLVED_REFS,
-                "every reference resolved",
-            )
-        } else {
-            Desired::new(
-                reason::RESOLVED_REFS,
-                false,
-                reason::INVALID_ROUTE_KINDS,
-                format!("route kinds not supported: {}", invalid_kinds.join(", ")),
-            )
-        };
-        let mut tls = None;
-        if https {
-            match listener_certificates(listener, &namespace, resources.grants, builder) {
-                Ok(certificates) => {
-                    tls = Some(ListenerTls {
-                        certificates,
-                        min_version: TlsVersion::default(),
-                    })
-                }
-                Err((why_reason, message)) => {
-                    resolved = Desired::new(reason::RESOLVED_REFS, false, why_reason, message.clone());
-                    listener_report.not_served = Some(message);
-                }
-            }
-        }
-        let conflict = conflicts.get(listener.name.as_str()).copied();
-        listener_report
-            .conditions
-            .push(Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted"));
-        listener_report.conditions.push(resolved);
-        listener_report.conditions.push(match conflict {
-            None => Desired::new(reason::CONFLICTED, false, reason::NO_CONFLICTS, "no conflicts"),
-            Some(why) => Desired::new(
-                reason::CONFLICTED,
-                true,
-                why,
-                "another listener of this Gateway holds the port",
-            ),
-        });
-        if conflict.is_some() {
-            listener_report.not_served = Some("conflicts with another listener".to_owned());
-        }
-        let (Some(address), None, Ok(port)) =
-            (address, &listener_report.not_served, u16::try_from(listener.port))
-        else {
-            if address.is_none() && listener_report.not_served.is_none() {
-                listener_report.not_served = Some("the Gateway has no address yet".to_owned());
-            }
-            report.listeners.push(listener_report);
-            continue;
-        };
-        if https && tls.is_none() {
-            report.listeners.push(listener_report);
-            continue;
-        }
-        let local = SocketAddr::new(address, port);
-        let settings = ListenerSettings {
-            id: id.clone(),
-            local,
-            hostnames: listener
-                .hostname
-                .iter()
-                .map(|h| HostPattern::parse_any_depth(h))
-                .collect(),
-            tls,
-            trusted_proxies: None,
-            path_policy: PathPolicy::default(),
-            max_connections: None,
-        };
-        match builder.listener(settings) {
-            Ok(()) => listener_report.local = Some(local),
-            Err(why) => listener_report.not_served = Some(why),
-        }
-        report.listeners.push(listener_report);
+        report
+            .listeners
+            .push(add_listener(builder, listener, id, &owner, conflict, resources));
     }
     let valid = report
         .listeners
         .iter()
-        .filter(|l| {
-            l.conditions
-                .iter()
-                .all(|c| c.type_ != reason::ACCEPTED || c.status)
-        })
+        .filter(|l| l.condition(reason::ACCEPTED))
         .count();
     if valid < report.listeners.len() {
         report.accepted = Desired::new(
@@ -406,40 +367,205 @@ fn add_gateway(
     report
 }
 
+/// Whose listener it is: a Gateway's or a ListenerSet's, of `namespace` (where its certificate
+/// references start), listening on `address`.
+struct Owner<'a> {
+    kind: &'static str,
+    namespace: &'a str,
+    address: Option<IpAddr>,
+}
+
+/// A listener's conflict with others on its port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conflict {
+    None,
+    /// With a listener of the same Gateway: neither is served.
+    Shared(&'static str),
+    /// With a listener that comes first (the Gateway's own, or an older ListenerSet's): that
+    /// one is served, this one is not accepted.
+    Outranked(&'static str),
+}
+
+/// Decides one listener's conditions and, where it can be served, adds it to the table.
+fn add_listener(
+    builder: &mut TableBuilder<'_>,
+    listener: &Listener,
+    id: Arc<str>,
+    owner: &Owner<'_>,
+    conflict: Conflict,
+    resources: &Resources<'_>,
+) -> ListenerReport {
+    let (kinds, invalid_kinds) = route_kinds(listener);
+    let mut report = ListenerReport {
+        name: listener.name.clone(),
+        id: id.clone(),
+        local: None,
+        supported_kinds: kinds,
+        attached_routes: 0,
+        conditions: Vec::new(),
+        not_served: None,
+        not_programmed_reason: reason::INVALID,
+    };
+    let mut resolved = if invalid_kinds.is_empty() {
+        Desired::new(
+            reason::RESOLVED_REFS,
+            true,
+            reason::RESOLVED_REFS,
+            "every reference resolved",
+        )
+    } else {
+        Desired::new(
+            reason::RESOLVED_REFS,
+            false,
+            reason::INVALID_ROUTE_KINDS,
+            format!("route kinds not supported: {}", invalid_kinds.join(", ")),
+        )
+    };
+    if let Conflict::Outranked(why) = conflict {
+        let message = "a listener that comes first holds the port";
+        report
+            .conditions
+            .push(Desired::new(reason::ACCEPTED, false, why, message));
+        report.conditions.push(resolved);
+        report
+            .conditions
+            .push(Desired::new(reason::CONFLICTED, true, why, message));
+        report.not_served = Some(message.to_owned());
+        report.not_programmed_reason = why;
+        return report;
+    }
+    let https = match listener.protocol.as_str() {
+        "HTTP" => false,
+        "HTTPS" => true,
+        other => {
+            report.conditions.push(Desired::new(
+                reason::ACCEPTED,
+                false,
+                reason::UNSUPPORTED_PROTOCOL,
+                format!("protocol {other} is not supported: HTTP and HTTPS are"),
+            ));
+            report.conditions.push(resolved);
+            report.not_served = Some(format!("protocol {other} is not supported"));
+            return report;
+        }
+    };
+    let mut tls = None;
+    if https {
+        match listener_certificates(listener, owner, resources.grants, builder) {
+            Ok(certificates) => {
+                tls = Some(ListenerTls {
+                    certificates,
+                    min_version: TlsVersion::default(),
+                })
+            }
+            Err((why_reason, message)) => {
+                resolved = Desired::new(reason::RESOLVED_REFS, false, why_reason, message.clone());
+                report.not_served = Some(message);
+            }
+        }
+    }
+    report
+        .conditions
+        .push(Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted"));
+    report.conditions.push(resolved);
+    report.conditions.push(match conflict {
+        Conflict::Shared(why) => {
+            report.not_served = Some("conflicts with another listener".to_owned());
+            Desired::new(
+                reason::CONFLICTED,
+                true,
+                why,
+                "another listener of this Gateway holds the port",
+            )
+        }
+        Conflict::None | Conflict::Outranked(_) => {
+            Desired::new(reason::CONFLICTED, false, reason::NO_CONFLICTS, "no conflicts")
+        }
+    });
+    let (Some(address), None, Ok(port)) = (owner.address, &report.not_served, u16::try_from(listener.port))
+    else {
+        if owner.address.is_none() && report.not_served.is_none() {
+            report.not_served = Some("the Gateway has no address yet".to_owned());
+        }
+        return report;
+    };
+    if https && tls.is_none() {
+        return report;
+    }
+    let local = SocketAddr::new(address, port);
+    let settings = ListenerSettings {
+        id,
+        local,
+        hostnames: listener
+            .hostname
+            .iter()
+            .map(|h| HostPattern::parse_any_depth(h))
+            .collect(),
+        tls,
+        trusted_proxies: None,
+        path_policy: PathPolicy::default(),
+        max_connections: None,
+    };
+    match builder.listener(settings) {
+        Ok(()) => report.local = Some(local),
+        Err(why) => report.not_served = Some(why),
+    }
+    report
+}
+
 /// The listeners of one Gateway that conflict, by name, with the reason: two protocols on one
 /// port, or one port, protocol and hostname twice.
 fn conflicts(listeners: &[Listener]) -> HashMap<&str, &'static str> {
     let mut found = HashMap::new();
     for (i, a) in listeners.iter().enumerate() {
         for (j, b) in listeners.iter().enumerate() {
-            if i == j || a.port != b.port {
+            if i == j {
                 continue;
             }
-            if a.protocol != b.protocol {
-                found.insert(a.name.as_str(), reason::PROTOCOL_CONFLICT);
-            } else if a.hostname == b.hostname {
-                found.entry(a.name.as_str()).or_insert(reason::HOSTNAME_CONFLICT);
+            if let Some(why) = conflict_between(a, b) {
+                let entry = found.entry(a.name.as_str()).or_insert(why);
+                // Two protocols on one port is the graver conflict.
+                if why == reason::PROTOCOL_CONFLICT {
+                    *entry = why;
+                }
             }
         }
     }
     found
 }
 
-/// The route kinds a listener takes (only HTTPRoute is supported), and those it names that are
-/// not supported.
+/// Whether two listeners cannot both be served, and why.
+fn conflict_between(a: &Listener, b: &Listener) -> Option<&'static str> {
+    if a.port != b.port {
+        None
+    } else if a.protocol != b.protocol {
+        Some(reason::PROTOCOL_CONFLICT)
+    } else if a.hostname == b.hostname {
+        Some(reason::HOSTNAME_CONFLICT)
+    } else {
+        None
+    }
+}
+
+/// The route kinds a listener takes (only HTTPRoute, on HTTP and HTTPS listeners), and those it
+/// names that are not supported.
 fn route_kinds(listener: &Listener) -> (Vec<RouteGroupKind>, Vec<String>) {
     let http_route = RouteGroupKind {
         group: Some(GROUP.to_owned()),
         kind: "HTTPRoute".to_owned(),
     };
+    let serves_http = matches!(listener.protocol.as_str(), "HTTP" | "HTTPS");
     let Some(kinds) = listener.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) else {
-        return (vec![http_route], Vec::new());
+        return (
+            if serves_http { vec![http_route] } else { Vec::new() },
+            Vec::new(),
+        );
     };
     let mut supported = Vec::new();
     let mut invalid = Vec::new();
     for kind in kinds {
         let group = kind.group.as_deref().unwrap_or(GROUP);
-        if group == GROUP && kind.kind == "HTTPRoute" {
+        if serves_http && group == GROUP && kind.kind == "HTTPRoute" {
             if !supported.contains(&http_route) {
                 supported.push(http_route.clone());
             }
@@ -450,10 +576,12 @@ fn route_kinds(listener: &Listener) -> (Vec<RouteGroupKind>, Vec<String>) {
     (supported, invalid)
 }
 
-/// The Secret a certificate reference names, if the reference may be followed.
+/// The Secret a certificate reference of a `from_kind` in `from_namespace` names, if the
+/// reference may be followed.
 fn secret_key(
     reference: &ObjectReference,
-    gateway_namespace: &str,
+    from_namespace: &str,
+    from_kind: &str,
     grants: &[Arc<ReferenceGrant>],
 ) -> Result<SecretKey, (&'static str, String)> {
     let group = reference.group.as_deref().unwrap_or("");
@@ -464,13 +592,13 @@ fn secret_key(
             format!("certificateRefs name a {group}/{kind}: only core Secrets hold certificates"),
         ));
     }
-    let namespace = reference.namespace.as_deref().unwrap_or(gateway_namespace);
-    if namespace != gateway_namespace
+    let namespace = reference.namespace.as_deref().unwrap_or(from_namespace);
+    if namespace != from_namespace
         && !permitted(
             grants,
             GROUP,
-            "Gateway",
-            gateway_namespace,
+            from_kind,
+            from_namespace,
             "",
             "Secret",
             namespace,
@@ -480,7 +608,7 @@ fn secret_key(
         return Err((
             reason::REF_NOT_PERMITTED,
             format!(
-                "no ReferenceGrant in {namespace} lets Gateways of {gateway_namespace} use Secret {}",
+                "no ReferenceGrant in {namespace} lets {from_kind}s of {from_namespace} use Secret {}",
                 reference.name
             ),
         ));
@@ -495,7 +623,7 @@ fn secret_key(
 /// do not resolve.
 fn listener_certificates(
     listener: &Listener,
-    namespace: &str,
+    owner: &Owner<'_>,
     grants: &[Arc<ReferenceGrant>],
     builder: &TableBuilder<'_>,
 ) -> Result<Vec<SecretKey>, (&'static str, String)> {
@@ -517,7 +645,7 @@ fn listener_certificates(
     }
     let mut keys = Vec::new();
     for reference in &tls.certificate_refs {
-        let key = secret_key(reference, namespace, grants)?;
+        let key = secret_key(reference, owner.namespace, owner.kind, grants)?;
         if let Some(problem) = builder.certificates().problem(&key) {
             return Err((
                 reason::INVALID_CERTIFICATE_REF,
@@ -565,10 +693,10 @@ fn add_route(
     builder: &mut TableBuilder<'_>,
     route: &Arc<HTTPRoute>,
     resources: &Resources<'_>,
-    gateways: &mut [GatewayReport],
+    report: &mut Report,
 ) -> Option<RouteReport> {
     let namespace = route.namespace().unwrap_or_default();
-    let mut report = RouteReport {
+    let mut route_report = RouteReport {
         route: route.clone(),
         parents: Vec::new(),
     };
@@ -577,61 +705,99 @@ fn add_route(
     for parent in &route.spec.parent_refs {
         let group = parent.group.as_deref().unwrap_or(GROUP);
         let kind = parent.kind.as_deref().unwrap_or("Gateway");
-        if group != GROUP || kind != "Gateway" {
-            continue;
-        }
         let parent_namespace = parent.namespace.clone().unwrap_or_else(|| namespace.clone());
-        let Some(gateway_report) = gateways.iter_mut().find(|g| {
-            g.gateway.namespace().as_deref() == Some(parent_namespace.as_str())
-                && g.gateway.name_any() == parent.name
-        }) else {
-            // Not a Gateway of microgate's: its own controller reports.
-            continue;
+        let named = |object_namespace: Option<String>, name: String| {
+            object_namespace.as_deref() == Some(parent_namespace.as_str()) && name == parent.name
         };
-        let accepted = attach(
-            builder,
-            route,
-            &namespace,
-            parent,
-            gateway_report,
-            resources.namespaces,
-            &rules,
-        );
-        report
+        // Not one of microgate's: its own controller reports.
+        let (parent_accepted, listeners, specs, owner_namespace) = match (group, kind) {
+            (GROUP, "Gateway") => {
+                let Some(gateway) = report
+                    .gateways
+                    .iter_mut()
+                    .find(|g| named(g.gateway.namespace(), g.gateway.name_any()))
+                else {
+                    continue;
+                };
+                (
+                    gateway.accepted.status,
+                    &mut gateway.listeners,
+                    &gateway.gateway.spec.listeners,
+                    gateway.gateway.namespace().unwrap_or_default(),
+                )
+            }
+            (GROUP, "ListenerSet") => {
+                let Some(set) = report
+                    .listener_sets
+                    .iter_mut()
+                    .find(|s| named(s.set.namespace(), s.set.name_any()))
+                else {
+                    continue;
+                };
+                (
+                    set.accepted.status,
+                    &mut set.listeners,
+                    &set.set.spec.listeners,
+                    set.set.namespace().unwrap_or_default(),
+                )
+            }
+            _ => continue,
+        };
+        let accepted = if parent_accepted {
+            attach(
+                builder,
+                route,
+                &namespace,
+                parent,
+                Parent {
+                    namespace: &owner_namespace,
+                    specs,
+                    listeners,
+                },
+                resources.namespaces,
+                &rules,
+            )
+        } else {
+            Desired::new(
+                reason::ACCEPTED,
+                false,
+                reason::NO_MATCHING_PARENT,
+                format!("the {kind} is not accepted"),
+            )
+        };
+        route_report
             .parents
             .push((parent.clone(), vec![accepted, resolved.clone()]));
     }
-    (!report.parents.is_empty()).then_some(report)
+    (!route_report.parents.is_empty()).then_some(route_report)
 }
 
-/// Attaches the route's compiled rules to the listeners of `gateway` that `parent` names and
+/// The listeners a route may attach to under one parentRef: a Gateway's own, or a ListenerSet's.
+struct Parent<'p> {
+    /// Where `allowedRoutes.namespaces: Same` points.
+    namespace: &'p str,
+    specs: &'p [Listener],
+    /// One per spec, in order.
+    listeners: &'p mut [ListenerReport],
+}
+
+/// Attaches the route's compiled rules to the listeners of `parent` that `parent_ref` names and
 /// that take the route; its Accepted condition under that parent.
 fn attach(
     builder: &mut TableBuilder<'_>,
     route: &HTTPRoute,
     route_namespace: &str,
-    parent: &ParentReference,
-    gateway: &mut GatewayReport,
+    parent_ref: &ParentReference,
+    parent: Parent<'_>,
     namespaces: &[Arc<Namespace>],
     rules: &[Arc<Route>],
 ) -> Desired {
-    if !gateway.accepted.status {
-        return Desired::new(
-            reason::ACCEPTED,
-            false,
-            reason::NO_MATCHING_PARENT,
-            "the Gateway is not accepted",
-        );
-    }
-    let gateway_namespace = gateway.gateway.namespace().unwrap_or_default();
-    let named: Vec<usize> = gateway
-        .gateway
-        .spec
-        .listeners
+    let named: Vec<usize> = parent
+        .specs
         .iter()
         .enumerate()
-        .filter(|(_, l)| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
-        .filter(|(_, l)| parent.port.is_none_or(|p| p == l.port))
+        .filter(|(_, l)| parent_ref.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|(_, l)| parent_ref.port.is_none_or(|p| p == l.port))
         .map(|(i, _)| i)
         .collect();
     if named.is_empty() {
@@ -639,18 +805,17 @@ fn attach(
             reason::ACCEPTED,
             false,
             reason::NO_MATCHING_PARENT,
-            "no listener of the Gateway has the sectionName and port the parentRef names",
+            "no listener of the parent has the sectionName and port the parentRef names",
         );
     }
     let allowed: Vec<usize> = named
         .into_iter()
         .filter(|i| {
-            let listener = &gateway.gateway.spec.listeners[*i];
-            let kinds_ok = gateway.listeners[*i]
-                .supported_kinds
-                .iter()
-                .any(|k| k.kind == "HTTPRoute");
-            kinds_ok && namespace_allowed(listener, &gateway_namespace, route_namespace, namespaces)
+            let kinds_ok = parent
+                .listeners
+                .get(*i)
+                .is_some_and(|l| l.supported_kinds.iter().any(|k| k.kind == "HTTPRoute"));
+            kinds_ok && namespace_allowed(&parent.specs[*i], parent.namespace, route_namespace, namespaces)
         })
         .collect();
     if allowed.is_empty() {
@@ -663,10 +828,7 @@ fn attach(
     }
     let matching: Vec<usize> = allowed
         .into_iter()
-        .filter(|i| {
-            let listener = &gateway.gateway.spec.listeners[*i];
-            hostnames_intersect(listener.hostname.as_deref(), &route.spec.hostnames)
-        })
+        .filter(|i| hostnames_intersect(parent.specs[*i].hostname.as_deref(), &route.spec.hostnames))
         .collect();
     if matching.is_empty() {
         return Desired::new(
@@ -677,14 +839,12 @@ fn attach(
         );
     }
     for i in matching {
-        let listener_report = &mut gateway.listeners[i];
+        let listener_report = &mut parent.listeners[i];
         listener_report.attached_routes += 1;
         let Some(local) = listener_report.local else {
             continue;
         };
-        let listener = &gateway.gateway.spec.listeners[i];
-        let id = listener_id(&gateway.gateway, listener);
-        let listener_hostnames: Vec<HostPattern> = listener
+        let listener_hostnames: Vec<HostPattern> = parent.specs[i]
             .hostname
             .iter()
             .map(|h| HostPattern::parse_any_depth(h))
@@ -699,7 +859,7 @@ fn attach(
                 builder.attach(
                     local,
                     Attached {
-                        listener: id.clone(),
+                        listener: listener_report.id.clone(),
                         listener_hostnames: listener_hostnames.clone(),
                         route: rule.clone(),
                         matcher,
@@ -714,7 +874,7 @@ fn attach(
 /// Whether a listener's `allowedRoutes.namespaces` takes routes of `route_namespace`.
 fn namespace_allowed(
     listener: &Listener,
-    gateway_namespace: &str,
+    owner_namespace: &str,
     route_namespace: &str,
     namespaces: &[Arc<Namespace>],
 ) -> bool {
@@ -735,7 +895,7 @@ fn namespace_allowed(
                 .unwrap_or_default();
             selector_matches(selector, &labels)
         }
-        _ => route_namespace == gateway_namespace,
+        _ => route_namespace == owner_namespace,
     }
 }
 
@@ -1229,7 +1389,7 @@ mod tests {
 
     #[test]
     fn the_gateway_class_claims_exactly_what_make_conformance_claims() {
-        let claimed: Vec<&str> = include_str!("../../../tests/gwapi-conformance/supported-features.txt")
+        let claimed: Vec<&str> = include_str!("../../../../tests/gwapi-conformance/supported-features.txt")
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))

@@ -103,6 +103,8 @@ pub struct Infrastructure {
 pub struct GatewayAddress {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
+    /// Empty in `spec.addresses`: any address of the type.
+    #[serde(default)]
     pub value: String,
 }
 

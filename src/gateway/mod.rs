@@ -416,14 +416,14 @@ impl KubeSnapshot {
         &self,
         range: Option<ipnet::IpNet>,
         listen_address: IpAddr,
-    ) -> std::collections::BTreeMap<compile::gateway_api::ObjectKey, IpAddr> {
+    ) -> compile::addresses::Addresses {
         let gateways = compile::gateway_api::served_gateways(&self.classes, &self.gateways);
         compile::addresses::allocate(&gateways, range, listen_address)
     }
 
     pub(crate) fn resources<'a>(
         &'a self,
-        addresses: &'a std::collections::BTreeMap<compile::gateway_api::ObjectKey, IpAddr>,
+        addresses: &'a compile::addresses::Addresses,
     ) -> compile::gateway_api::Resources<'a> {
         compile::gateway_api::Resources {
             classes: &self.classes,

@@ -11,7 +11,9 @@
 # the suite, and stops everything it started.
 #
 # The Gateways' own addresses come from 10.200.255.0/24 (MICROGATE_GATEWAY_ADDRESSES), which no
-# Pod gets: the suite dials status.addresses[0] on the listeners' ports (80, 443, 8080).
+# Pod gets: the suite dials status.addresses[0] on the listeners' ports (80, 443, 8080). The
+# static-address test asks for 10.200.255.250 (in the range, above what the suite's Gateways
+# take) and for 10.200.254.250 (outside it: not usable).
 #
 # Environment:
 #   CONFORMANCE_RUN_TEST=<ShortName>  run one test (e.g. HTTPRouteSimpleSameNamespace); its report
@@ -126,6 +128,7 @@ set +e
   -gateway-class=microgate -conformance-profiles=GATEWAY-HTTP \
   -supported-features="$features" "${selection[@]}" "${debug[@]}" "${extra[@]}" \
   -cleanup-base-resources=false \
+  -usable-address=10.200.255.250 -unusable-address=10.200.254.250 \
   -report-output="$report" \
   -organization="${CONFORMANCE_ORGANIZATION:-microgate}" -project=microgate \
   -url="${CONFORMANCE_URL:-https://microgate.dev}" -version="$CONFORMANCE_VERSION" \

@@ -181,12 +181,15 @@ async fn write_gateway(
             reason::INVALID,
             "the Gateway is not accepted",
         ),
-        (true, None) => Desired::new(
-            reason::PROGRAMMED,
-            false,
-            reason::ADDRESS_NOT_ASSIGNED,
-            "no address is free for this Gateway",
-        ),
+        (true, None) => match &report.address_not_usable {
+            Some(why) => Desired::new(reason::PROGRAMMED, false, reason::ADDRESS_NOT_USABLE, why.clone()),
+            None => Desired::new(
+                reason::PROGRAMMED,
+                false,
+                reason::ADDRESS_NOT_ASSIGNED,
+                "no address is free for this Gateway",
+            ),
+        },
         (true, Some(address)) if bound == 0 && !report.listeners.is_empty() => Desired::new(
             reason::PROGRAMMED,
             false,

@@ -17,7 +17,10 @@ use k8s_openapi::api::{
 };
 use kube::ResourceExt;
 
-use super::{ListenerSettings, ListenerTls, TableBuilder};
+use super::{
+    ListenerSettings, ListenerTls, TableBuilder,
+    addresses::{Addresses, Refused},
+};
 use crate::{
     api::{
         gateway::{PathMatchType, TlsVersion},
@@ -79,6 +82,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteCORS",
     "HTTPRouteBackendProtocolWebSocket",
     "ListenerSet",
+    "GatewayStaticAddresses",
+    "GatewayAddressEmpty",
 ];
 
 /// Condition types and reasons, as the Gateway API spells them.
@@ -106,6 +111,8 @@ pub mod reason {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
+    pub const ADDRESS_NOT_USABLE: &str = "AddressNotUsable";
+    pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const NOT_ALLOWED: &str = "NotAllowed";
     pub const PARENT_NOT_ACCEPTED: &str = "ParentNotAccepted";
     pub const PENDING: &str = "Pending";
@@ -124,8 +131,8 @@ pub struct Resources<'a> {
     pub services: &'a [Arc<Service>],
     pub slices: &'a [Arc<EndpointSlice>],
     pub namespaces: &'a [Arc<Namespace>],
-    /// Where each Gateway listens (see `gateway::addresses`); one without is not programmed.
-    pub addresses: &'a BTreeMap<ObjectKey, IpAddr>,
+    /// Where each Gateway listens (see `compile::addresses`); one without is not programmed.
+    pub addresses: &'a Addresses,
 }
 
 /// Every condition the front end decided, for the status writer.
@@ -142,6 +149,8 @@ pub struct Report {
 pub struct GatewayReport {
     pub gateway: Arc<KubeGateway>,
     pub address: Option<IpAddr>,
+    /// Why the Gateway has no address, when it asked for one it cannot have.
+    pub address_not_usable: Option<String>,
     pub accepted: Desired,
     pub listeners: Vec<ListenerReport>,
     /// ListenerSets allowed to add listeners, and Accepted.
@@ -303,17 +312,24 @@ fn add_gateway(
 ) -> GatewayReport {
     let namespace = gateway.namespace().unwrap_or_default();
     let name = gateway.name_any();
-    let address = resources
-        .addresses
-        .get(&(namespace.clone(), name.clone()))
-        .copied();
+    let key = (namespace.clone(), name);
+    let address = resources.addresses.given.get(&key).copied();
     let mut report = GatewayReport {
         gateway: gateway.clone(),
         address,
+        address_not_usable: None,
         accepted: Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted"),
         listeners: Vec::new(),
         attached_listener_sets: 0,
     };
+    match resources.addresses.refused.get(&key) {
+        Some(Refused::Unsupported(why)) => {
+            report.accepted = Desired::new(reason::ACCEPTED, false, reason::UNSUPPORTED_ADDRESS, why.clone());
+            return report;
+        }
+        Some(Refused::NotUsable(why)) => report.address_not_usable = Some(why.clone()),
+        None => {}
+    }
     if let Some(parameters) = gateway
         .spec
         .infrastructure

@@ -215,7 +215,8 @@ pub struct ControllerArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, short, env = "MICROGATE_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Reconcile only Microservices whose labels match this selector (e.g. `shard=a`).
+    /// Reconcile only Microservices and Gateways whose labels match this selector (e.g.
+    /// `shard=a`); in `microgate run`, its gateway serves only those too (both read one watch).
     #[arg(long, short = 'l', env = "MICROGATE_SELECTOR")]
     pub selector: Option<String>,
     /// Where /metrics, /healthz and /readyz are served.

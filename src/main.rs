@@ -246,6 +246,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
             tracer,
             // The process that reconciles reports what its gateway serves.
             gateway::status::Writer::while_true(running.leading.clone()),
+            // One watch per kind: the gateway reads the controller's.
+            Some(running.watches.clone()),
         ),
         gateway_metrics,
         shutdown_signal(),
@@ -304,7 +306,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
             )
         }
     };
-    let options = gateway_options(args.data_plane, on_programmed, live, tracer, status_writer);
+    let options = gateway_options(args.data_plane, on_programmed, live, tracer, status_writer, None);
     tokio::select! {
         () = discovery::run(client.clone(), namespace, registry.clone(), discovery_metrics) => {}
         result = gateway::run(client, args.namespace, registry, options, gateway_metrics, shutdown_signal()) => {
@@ -335,13 +337,15 @@ async fn elect_status_writer(elector: leader::Elector, writing: tokio::sync::wat
 
 /// The gateway's options as the flags say; `on_programmed` turns the process ready, `live`
 /// shares the table with the admin endpoints, `tracer` (see [`tracer`]) records spans,
-/// `status_writer` says when this process writes statuses.
+/// `status_writer` says when this process writes statuses, `watches` are the controller's of
+/// the same process (`None`: the gateway watches on its own).
 fn gateway_options(
     args: DataPlaneArgs,
     on_programmed: Box<dyn FnOnce() + Send>,
     live: inspect::Live,
     tracer: Option<Arc<gateway::trace::Tracer>>,
     status_writer: gateway::status::Writer,
+    watches: Option<microgate::watch::OwnKinds>,
 ) -> gateway::Options {
     gateway::Options {
         listen_address: args.listen_address,
@@ -361,6 +365,7 @@ fn gateway_options(
         publish_service: args.publish_service,
         tracer,
         status_writer,
+        watches,
     }
 }
 

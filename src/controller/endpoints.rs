@@ -12,7 +12,7 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams},
     core::DeserializeGuard,
-    runtime::reflector::{ObjectRef, Store},
+    runtime::reflector::ObjectRef,
 };
 use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::{
     api::{Microservice, microservice::EndpointStatus},
     discovery::{Registry, ServiceKey, Snapshot},
+    watch::Shared,
 };
 
 /// The shortest time between two status writes for one Microservice.
@@ -35,15 +36,14 @@ const CONCURRENT_WRITES: usize = 16;
 pub async fn publish(
     client: Client,
     registry: Registry,
-    microservices: Store<DeserializeGuard<Microservice>>,
+    watched: Shared<DeserializeGuard<Microservice>>,
     writes: Counter,
 ) {
     let mut changes = registry.subscribe();
     let mut published: HashMap<ServiceKey, u64> = HashMap::new();
     // Until the Microservices are known, every snapshot would be skipped as out of scope.
-    if microservices.wait_until_ready().await.is_err() {
-        return;
-    }
+    watched.ready().await;
+    let microservices = watched.store();
     loop {
         let pass = Instant::now();
         let mut due = Vec::new();

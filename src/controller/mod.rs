@@ -24,10 +24,7 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{
     Api, Client, ResourceExt,
     core::DeserializeGuard,
-    runtime::{
-        Controller, controller,
-        reflector::{ObjectRef, Store},
-    },
+    runtime::{Controller, controller, reflector::ObjectRef},
 };
 use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::registry::Registry as Prometheus;
@@ -35,10 +32,10 @@ use tokio::sync::{oneshot, watch};
 
 pub use context::{Context, Scope};
 
-use crate::watch::WatchBackoff;
+use crate::watch::{self as watches, OwnKinds, WatchBackoff};
 
 use crate::{
-    api::{Gateway, Microservice, labels},
+    api::{Microservice, labels},
     discovery::{self, DiscoveryMetrics, Registry},
     leader::{self, Role},
     telemetry::{Admin, ControllerMetrics},
@@ -65,6 +62,9 @@ pub struct Running<F> {
     /// Whether the writers run now: always without leader election, else while the Lease is
     /// held (what else this process writes, such as its gateway's statuses, can follow it).
     pub leading: watch::Receiver<bool>,
+    /// The watches of Microservices and Gateways, for the gateway of the same process to read
+    /// too (one watch per kind).
+    pub watches: OwnKinds,
     pub serve: F,
 }
 
@@ -107,12 +107,29 @@ pub async fn start(
         registry.clone(),
         discovery_metrics,
     );
+    // Watched throughout, leader or not: the gateway of the same process reads them too.
+    let watches = OwnKinds::start(
+        &client,
+        scope.namespace.as_deref(),
+        scope.label_selector.as_deref(),
+    );
     let election_client = client.clone();
     let running_admin = admin.clone();
     let writers = {
         let admin = admin.clone();
         let shutdown = shutdown.clone();
-        move || writers(&client, &scope, &registry, &ctx, &admin, shutdown.clone())
+        let watches = watches.clone();
+        move || {
+            writers(
+                &client,
+                &scope,
+                &watches,
+                &registry,
+                &ctx,
+                &admin,
+                shutdown.clone(),
+            )
+        }
     };
     let serve = async move {
         let controllers = async move {
@@ -138,6 +155,7 @@ pub async fn start(
         admin_addr,
         admin: running_admin,
         leading: leading_now,
+        watches,
         serve,
     })
 }
@@ -211,51 +229,38 @@ impl Leading {
 fn writers(
     client: &Client,
     scope: &Scope,
+    watches: &OwnKinds,
     registry: &Registry,
     ctx: &Arc<Context>,
     admin: &Admin,
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + use<> {
-    let mut microservices = crate::watch::config().any_semantic();
-    if let Some(selector) = &scope.label_selector {
-        microservices = microservices.labels(selector);
-    }
     // Only what microgate made: the owned watches stay small in a big cluster.
     let owned = crate::watch::config().labels(&format!("{}=microgate", labels::MANAGED_BY));
-    let controller = Controller::new(
-        namespaced_or_all::<DeserializeGuard<Microservice>>(client, scope),
-        microservices,
-    )
-    .owns(namespaced_or_all::<Deployment>(client, scope), owned.clone())
-    .owns(namespaced_or_all::<Service>(client, scope), owned)
-    .trigger_backoff(WatchBackoff::default())
-    .with_config(controller::Config::default().concurrency(16));
-    let store = controller.store();
-    let controller = controller.graceful_shutdown_on(once_ready(shutdown.clone(), store.clone()));
+    // A new term starts with every Microservice in the (already filled) store: each is
+    // reconciled, as after a list.
+    let controller =
+        Controller::for_shared_stream(watches.microservices.subscribe(), watches.microservices.store())
+            .owns(namespaced_or_all::<Deployment>(client, scope), owned.clone())
+            .owns(namespaced_or_all::<Service>(client, scope), owned)
+            .trigger_backoff(WatchBackoff::default())
+            .with_config(controller::Config::default().concurrency(16));
+    let controller =
+        controller.graceful_shutdown_on(once_ready(shutdown.clone(), watches.microservices.clone()));
     let publish_endpoints = endpoints::publish(
         client.clone(),
         registry.clone(),
-        store.clone(),
+        watches.microservices.clone(),
         ctx.metrics.endpoint_status_writes.clone(),
     );
 
-    let mut gateways_config = crate::watch::config().any_semantic();
-    if let Some(selector) = &scope.label_selector {
-        gateways_config = gateways_config.labels(selector);
-    }
-    let gateway_controller = Controller::new(
-        namespaced_or_all::<Gateway>(client, scope),
-        gateways_config.clone(),
-    );
-    let gateways = gateway_controller.store();
-    let gateways_ready = gateways.clone();
+    let gateways = watches.gateways.store();
     // A Microservice appearing, going or changing readiness changes the status of every Gateway
     // of its namespace that routes to it.
-    let gateway_controller = gateway_controller
-        .watches(
-            namespaced_or_all::<Microservice>(client, scope),
-            gateways_config,
-            move |ms: Microservice| {
+    let gateway_controller = Controller::for_shared_stream(watches.gateways.subscribe(), gateways.clone())
+        .watches_shared_stream(
+            watches.microservices.subscribe(),
+            move |ms: Arc<DeserializeGuard<Microservice>>| {
                 let namespace = ms.namespace();
                 let name = ms.name_any();
                 gateways
@@ -274,16 +279,16 @@ fn writers(
         )
         .trigger_backoff(WatchBackoff::default())
         .with_config(controller::Config::default().concurrency(4))
-        .graceful_shutdown_on(once_ready(shutdown.clone(), gateways_ready));
+        .graceful_shutdown_on(once_ready(shutdown.clone(), watches.gateways.clone()));
 
     let ctx = ctx.clone();
     let admin = admin.clone();
+    let microservices = watches.microservices.clone();
     async move {
         let ready = async move {
-            if store.wait_until_ready().await.is_ok() {
-                admin.done(CACHES_SYNCED);
-                tracing::info!("caches synced; reconciling");
-            }
+            microservices.ready().await;
+            admin.done(CACHES_SYNCED);
+            tracing::info!("caches synced; reconciling");
             std::future::pending::<()>().await
         };
         let microservices = controller
@@ -315,13 +320,14 @@ fn writers(
 /// How long the reconcilers may take to finish their work in flight after the shutdown signal.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
-/// `shutdown`, but not before `store` has been filled: kube-runtime's graceful shutdown stops
-/// the watches, and a controller whose store was not filled yet would wait for it forever.
-async fn once_ready<K>(shutdown: Shutdown, store: Store<K>)
+/// `shutdown`, but not before `watched` has been listed: kube-runtime's graceful shutdown stops
+/// the controller's watches, and a controller whose store was not filled yet would wait for it
+/// forever.
+async fn once_ready<K>(shutdown: Shutdown, watched: watches::Shared<K>)
 where
-    K: kube::Resource + Clone + Send + Sync + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + std::hash::Hash + Eq + Clone + Send + Sync,
 {
     shutdown.await;
-    let _ = store.wait_until_ready().await;
+    watched.ready().await;
 }

@@ -56,7 +56,7 @@ use tokio::sync::Notify;
 pub use metrics::GatewayMetrics;
 
 use crate::{
-    api::{self, AccessPolicy, Gateway, Microservice},
+    api::{self, AccessPolicy},
     discovery::{Registry, ServiceKey},
     watch,
 };
@@ -93,6 +93,9 @@ pub struct Options {
     pub tracer: Option<Arc<trace::Tracer>>,
     /// Whether this replica writes the statuses of what it serves (see [`status::Writer`]).
     pub status_writer: status::Writer,
+    /// The watches of Microservices and microgate.dev Gateways, when the process has them
+    /// already (the controller's, in `microgate run`); `None`: the gateway starts its own.
+    pub watches: Option<watch::OwnKinds>,
 }
 
 /// A Service named as `namespace/name` (see [`Options::publish_service`]).
@@ -164,19 +167,16 @@ pub async fn run(
         None => (None, futures::future::pending().boxed()),
     };
     let every = watch::config;
-    let (gateways, watch_gateways) = watches::watch_filtered(
-        watches::scoped::<Gateway>(&client, namespace.as_deref()),
-        every(),
-        watches::Changes::Any,
-        changed.clone(),
-    );
+    // In `microgate run`, the controller's watches of microgate's own kinds; alone, its own.
+    let own_kinds = options
+        .watches
+        .take()
+        .unwrap_or_else(|| watch::OwnKinds::start(&client, namespace.as_deref(), None));
+    let (gateways, watch_gateways) =
+        watches::follow(&own_kinds.gateways, watches::Changes::Any, changed.clone());
     // Only spec changes matter here (the traffic policy); status churns with every Pod.
-    let (microservices, watch_microservices) = watches::watch_filtered(
-        watches::scoped::<Microservice>(&client, namespace.as_deref()),
-        every(),
-        watches::Changes::Spec,
-        changed.clone(),
-    );
+    let (microservices, watch_microservices) =
+        watches::follow(&own_kinds.microservices, watches::Changes::Spec, changed.clone());
     // Status is the gateway's own writing: only spec changes matter.
     let (access_policies, watch_access_policies) = watches::watch_filtered(
         watches::scoped::<AccessPolicy>(&client, namespace.as_deref()),
@@ -239,7 +239,8 @@ pub async fn run(
         tokio::select! {
             _ = async {
                 let _ = tokio::join!(
-                    gateways.wait_until_ready(),
+                    own_kinds.gateways.ready(),
+                    own_kinds.microservices.ready(),
                     secrets.wait_until_ready(),
                     access_policies.wait_until_ready(),
                     config_maps.wait_until_ready(),
@@ -251,12 +252,15 @@ pub async fn run(
             () = &mut shutdown => return,
         }
         loop {
+            // A Microservice that does not deserialize has no settings to apply (the controller
+            // reports it in its status).
             let services: HashMap<ServiceKey, _> = microservices
                 .state()
                 .iter()
-                .map(|ms| {
+                .filter_map(|guarded| {
+                    let ms = guarded.0.as_ref().ok()?;
                     let key = ServiceKey::new(&ms.namespace().unwrap_or_default(), &ms.name_any());
-                    (key, compile::ServiceSettings::of(ms))
+                    Some((key, compile::ServiceSettings::of(ms)))
                 })
                 .collect();
             let previous = table.load_full();

@@ -5,7 +5,7 @@
 //! them, then restart the gateway). ListenerSets are watched where their CRD is installed too
 //! (the Gateway API's v1.5 and later).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use futures::{FutureExt, StreamExt, TryStreamExt, future::BoxFuture};
 use k8s_openapi::api::{
@@ -15,14 +15,18 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, Resource,
     api::ListParams,
-    runtime::{WatchStreamExt, predicates, reflector, reflector::Store, watcher},
+    runtime::{
+        WatchStreamExt, predicates, reflector,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::{
     api::gateway_api::{GatewayClass, HTTPRoute, KubeGateway, ListenerSet, ReferenceGrant},
-    watch::{self, WatchBackoff},
+    watch::{self, Shared, WatchBackoff},
 };
 
 /// The stores, filled by the watches [`GatewayApiWatches::start`] returns.
@@ -160,6 +164,46 @@ pub enum Changes {
     Spec,
 }
 
+/// The store of a watch the process shares (see [`Shared`]), and the future that notifies
+/// `changed` of the `changes` that matter among the objects it touches.
+pub(super) fn follow<K>(
+    shared: &Shared<K>,
+    changes: Changes,
+    changed: Arc<Notify>,
+) -> (Store<K>, BoxFuture<'static, ()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let store = shared.store();
+    let present = store.clone();
+    let mut generations: HashMap<ObjectRef<K>, Option<i64>> = HashMap::new();
+    let run = shared
+        .subscribe()
+        .for_each(move |object| {
+            let matters = match changes {
+                Changes::Any => true,
+                Changes::Spec => {
+                    let key = ObjectRef::from_obj(&*object);
+                    if present.get(&key).is_none() {
+                        // Deleted (the store forgets an object before its deletion is fed).
+                        generations.remove(&key);
+                        true
+                    } else {
+                        let generation = object.meta().generation;
+                        generations.insert(key, generation) != Some(generation)
+                    }
+                }
+            };
+            if matters {
+                changed.notify_one();
+            }
+            async {}
+        })
+        .boxed();
+    (store, run)
+}
+
 /// A store of `api`'s objects and the watch that fills it, notifying `changed` on each change.
 pub(super) fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, BoxFuture<'static, ()>)
 where
@@ -182,7 +226,7 @@ where
 {
     let (store, writer) = reflector::store();
     let kind = K::kind(&Default::default()).into_owned();
-    let touched = reflector(writer, watcher(api, config).modify(trim))
+    let touched = reflector(writer, watcher(api, config).modify(watch::trim))
         .backoff(WatchBackoff::default())
         .touched_objects()
         .inspect_err(move |error| watch::log_error(&kind, error));
@@ -198,40 +242,4 @@ where
             .boxed(),
     };
     (store, run)
-}
-
-/// The annotation `kubectl apply` keeps a whole copy of the object in (a Secret's data too).
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// Leaves out of the stores what the gateway never reads and what can outweigh the object
-/// itself: the field managers' records and `kubectl apply`'s copy of the object.
-fn trim<K: Resource>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trimming_keeps_what_the_gateway_reads_and_drops_the_copies() {
-        let mut secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "keys",
-                "annotations": {LAST_APPLIED: "{\"data\":{\"ci\":\"azE=\"}}", "team": "payments"},
-                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
-            },
-            "data": {"ci": "azE="},
-        }))
-        .expect("a Secret");
-        trim(&mut secret);
-        assert_eq!(secret.metadata.managed_fields, None);
-        let annotations = secret.metadata.annotations.clone().unwrap_or_default();
-        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["team"]);
-        assert!(secret.data.is_some_and(|d| d.contains_key("ci")));
-    }
 }

@@ -217,6 +217,7 @@ impl Platform {
                 tracer,
                 // As in `microgate run`: the process that reconciles reports.
                 status_writer: gateway::status::Writer::while_true(running.leading.clone()),
+                watches: Some(running.watches.clone()),
             },
             metrics,
             shutdown,

@@ -659,7 +659,12 @@ struct Process<'a> {
 /// used, nothing refused.
 /// `gateway_class`: also route through the Kubernetes Gateway API, with a GatewayClass of that
 /// name.
-async fn prove_least_privilege(ns: &TestNamespace, processes: &[Process<'_>], gateway_class: Option<&str>) {
+/// Returns the audit log of the run, for more checks.
+async fn prove_least_privilege(
+    ns: &TestNamespace,
+    processes: &[Process<'_>],
+    gateway_class: Option<&str>,
+) -> Audit {
     let audit = Audit::from_now();
     let mut running = Vec::new();
     for process in processes {
@@ -679,9 +684,21 @@ async fn prove_least_privilege(ns: &TestNamespace, processes: &[Process<'_>], ga
             &bound_rules(process.objects, process.namespace, process.name),
         );
     }
+    audit
 }
 
 impl Audit {
+    /// How many watches of `group`/`resource` `user` opened since [`Audit::from_now`].
+    fn watches_opened(&self, user: &str, group: &str, resource: &str) -> usize {
+        self.events_of(user)
+            .iter()
+            .filter(|e| e["verb"] == "watch" && e["objectRef"]["apiGroup"] == group)
+            .filter(|e| e["objectRef"]["resource"] == resource)
+            .filter_map(|e| e["auditID"].as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
     /// What `user` did since [`Audit::from_now`] is exactly what `rules` grant, and nothing was refused.
     fn check(&self, user: &str, rules: &[Value]) {
         let events = self.events_of(user);
@@ -784,7 +801,18 @@ async fn the_plain_installs_service_account_can_do_everything_microgate_does_and
             name: "microgate",
             objects,
         };
-        prove_least_privilege(&ns, &[operator], None).await;
+        let audit = prove_least_privilege(&ns, &[operator], None).await;
+        // `microgate run` (the plain install's mode): its controller and its gateway read
+        // Microservices and Gateways through one watch of each. The scenario is shorter than a
+        // watch's timeout (120 s), so none was opened twice.
+        let user = "system:serviceaccount:microgate-system:microgate";
+        for resource in ["microservices", "gateways"] {
+            assert_eq!(
+                audit.watches_opened(user, "microgate.dev", resource),
+                1,
+                "watches of {resource} opened by microgate run"
+            );
+        }
     })
     .await;
 }

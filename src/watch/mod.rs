@@ -28,7 +28,14 @@ use std::{
     time::Duration,
 };
 
-use kube::runtime::{utils::Backoff, watcher};
+use kube::{
+    Resource,
+    runtime::{utils::Backoff, watcher},
+};
+
+mod shared;
+
+pub use shared::{OwnKinds, Shared};
 
 /// How long a watch stays open unless `--watch-timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -56,6 +63,19 @@ pub fn log_error(kind: &str, error: &watcher::Error) {
             tracing::debug!(kind, "watch expired (410 Gone): listing again");
         }
         error => tracing::warn!(kind, %error, "watch failed; trying again after a backoff"),
+    }
+}
+
+/// The annotation `kubectl apply` keeps a whole copy of the object in (a Secret's data too).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Leaves out of a store what microgate never reads and what can outweigh the object itself:
+/// the field managers' records and `kubectl apply`'s copy of the object.
+pub fn trim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
     }
 }
 
@@ -95,6 +115,24 @@ impl Backoff for WatchBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trimming_keeps_what_is_read_and_drops_the_copies() {
+        let mut secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "keys",
+                "annotations": {LAST_APPLIED: "{\"data\":{\"ci\":\"azE=\"}}", "team": "payments"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "data": {"ci": "azE="},
+        }))
+        .expect("a Secret");
+        trim(&mut secret);
+        assert_eq!(secret.metadata.managed_fields, None);
+        let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["team"]);
+        assert!(secret.data.is_some_and(|d| d.contains_key("ci")));
+    }
 
     #[test]
     fn the_default_timeout_is_the_one_watches_start_with() {

@@ -184,7 +184,8 @@ pub async fn run(
         watches::Changes::Spec,
         changed.clone(),
     );
-    // JSON Web Key Sets that AccessPolicies read from ConfigMaps.
+    // JSON Web Key Sets that AccessPolicies read from ConfigMaps, and the CA bundles Gateway API
+    // Gateways check client certificates against.
     let (config_maps, watch_config_maps) = watches::watch_filtered(
         watches::scoped::<ConfigMap>(&client, namespace.as_deref()),
         every(),
@@ -293,9 +294,11 @@ pub async fn run(
                     .with_access_policies(&compiled_policies);
             builder.signal_ejections(live.ejections());
             compile::microgate::add(&mut builder, &all_gateways, options.listen_address);
+            let config_map =
+                |namespace: &str, name: &str| config_maps.get(&ObjectRef::new(name).within(namespace));
             let kube_report = kube_resources
                 .as_ref()
-                .map(|resources| compile::gateway_api::compile(&mut builder, resources));
+                .map(|resources| compile::gateway_api::compile(&mut builder, resources, &config_map));
             let compiled = builder.finish();
             let addresses: Vec<SocketAddr> = compiled.listeners.keys().copied().collect();
             table.store(Arc::new(compiled));

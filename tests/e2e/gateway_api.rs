@@ -2,16 +2,17 @@
 //! traffic through an HTTPRoute reaches the Microservice's Pods with its traffic policy, and the
 //! GatewayClass, Gateway and HTTPRoute say so in their status; a rule's `ExtensionRef` filter
 //! applies an AccessPolicy; a rule's `retry` tries another endpoint after a broken connection
-//! or a `backendRequest` timeout. (Service backends, resolved from
+//! or a `backendRequest` timeout; a Gateway's frontend TLS checks client certificates on its
+//! HTTPS listeners. (Service backends, resolved from
 //! EndpointSlices, are proven by the official suite: `make conformance`.)
 
 use std::collections::BTreeSet;
 
 use hyper::{HeaderMap, Method, StatusCode};
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use kube::{
     Api,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use microgate::{
     api::{
@@ -24,6 +25,7 @@ use microgate_test_support::{
     TestNamespace,
     backend::POD_NAME_HEADER,
     probe,
+    tls::{TestCa, TlsClient},
     wait::{self, Probe},
     with_namespace,
 };
@@ -695,6 +697,137 @@ async fn request_mirrors_get_a_copy_of_each_request_and_count_what_became_of_it(
         })
         .await
         .expect("10 copies answered by the shadow Pod and 10 counted without an endpoint");
+        classes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .expect("delete the GatewayClass");
+    })
+    .await;
+}
+
+/// A Gateway's `spec.tls.frontend` makes its HTTPS listener ask clients for a certificate: one
+/// the named CA signed gets through, a client without one or with a stranger's is refused in
+/// the handshake; with `AllowInsecureFallback` every client gets through and the Gateway says
+/// so in its `InsecureFrontendValidationMode` condition.
+#[tokio::test]
+async fn an_https_listener_checking_client_certificates_refuses_clients_its_ca_did_not_sign() {
+    with_namespace("e2e-gwapi-mtls", |ns| async move {
+        let platform = Platform::start_with_gateway_api(&ns).await;
+        platform.microservice(&ns, "echo", 1, json!({})).await;
+        let apply = PatchParams::apply("e2e").force();
+        let (classes, class_name) = create_class(&ns).await;
+        let host = "shop.example.com";
+        let server_ca = TestCa::new();
+        ns.api::<Secret>()
+            .create(
+                &PostParams::default(),
+                &server_ca.issue(&[host]).secret("shop-tls"),
+            )
+            .await
+            .expect("create the certificate Secret");
+        let client_ca = TestCa::named("shop clients");
+        ns.api::<ConfigMap>()
+            .patch(
+                "client-ca",
+                &apply,
+                &Patch::Apply(
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "client-ca"},
+                    "data": {"ca.crt": client_ca.cert_pem()}}),
+                ),
+            )
+            .await
+            .expect("create the CA ConfigMap");
+        let gateway = |mode: &str| {
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "shop"},
+                "spec": {
+                    "gatewayClassName": class_name,
+                    "tls": {"frontend": {"default": {"validation": {
+                        "mode": mode,
+                        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "client-ca"}],
+                    }}}},
+                    "listeners": [{"name": "https", "port": platform.listener.port(), "protocol": "HTTPS",
+                        "hostname": host, "tls": {"certificateRefs": [{"name": "shop-tls"}]}}],
+                },
+            })
+        };
+        let gateways = ns.api::<KubeGateway>();
+        gateways
+            .patch("shop", &apply, &Patch::Apply(gateway("AllowValidOnly")))
+            .await
+            .expect("create the Gateway");
+        ns.api::<HTTPRoute>()
+            .patch(
+                "shop",
+                &apply,
+                &Patch::Apply(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "shop"},
+                    "spec": {"parentRefs": [{"name": "shop"}], "rules": [
+                        {"backendRefs": [{"group": "microgate.dev", "kind": "Microservice", "name": "echo"}]},
+                    ]},
+                })),
+            )
+            .await
+            .expect("create the HTTPRoute");
+        let addr = platform.listener;
+        let signed = server_ca.http1_client_presenting(&client_ca.issue_client("orders"));
+        let stranger =
+            server_ca.http1_client_presenting(&TestCa::named("strangers").issue_client("intruder"));
+        let anonymous = server_ca.http1_client();
+        let served = |client: TlsClient, what: &'static str| async move {
+            wait::until(what, WAIT, || async {
+                match client.get(addr, host, "/").await {
+                    Ok(answer) if answer.status == StatusCode::OK => Probe::Done(()),
+                    other => Probe::NotYet(format!("{other:?}")),
+                }
+            })
+            .await
+        };
+        served(signed.clone(), "a client the CA signed to be served")
+            .await
+            .expect("served with a certificate the CA signed");
+        let refused = anonymous
+            .get(addr, host, "/")
+            .await
+            .expect_err("no certificate: refused");
+        assert!(refused.contains("CertificateRequired"), "{refused}");
+        let refused = stranger
+            .get(addr, host, "/")
+            .await
+            .expect_err("a stranger's certificate: refused");
+        assert!(refused.contains("UnknownCA"), "{refused}");
+
+        gateways
+            .patch("shop", &apply, &Patch::Apply(gateway("AllowInsecureFallback")))
+            .await
+            .expect("let clients in without a valid certificate");
+        served(anonymous, "a client without a certificate to be served")
+            .await
+            .expect("insecure fallback: served without a certificate");
+        served(stranger, "a client with a stranger's certificate to be served")
+            .await
+            .expect("insecure fallback: served with a certificate the CA did not sign");
+        served(signed, "a client the CA signed to be served")
+            .await
+            .expect("still served with a certificate the CA signed");
+        wait::until(
+            "the Gateway to say clients are let in without a valid certificate",
+            WAIT,
+            || async {
+                let gateway = gateways.get("shop").await.expect("the Gateway");
+                let status = serde_json::to_value(&gateway.status).expect("JSON");
+                let got = condition(&status["conditions"], "InsecureFrontendValidationMode");
+                if got == pair("True", "ConfigurationChanged") {
+                    Probe::Done(())
+                } else {
+                    Probe::NotYet(format!("{got:?}"))
+                }
+            },
+        )
+        .await
+        .expect("InsecureFrontendValidationMode is True");
         classes
             .delete(&class_name, &DeleteParams::default())
             .await

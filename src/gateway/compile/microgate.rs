@@ -236,6 +236,7 @@ fn listener_settings(
                     })
                     .collect(),
                 min_version: tls.min_version,
+                client_auth: None,
             })
         }
     };

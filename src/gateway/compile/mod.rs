@@ -31,7 +31,7 @@ use super::{
         Attached, DEFAULT_MAX_CONNECTIONS, HashOn, HostPattern, RouteAccess, RouteTable, Upstream,
         UpstreamKey,
     },
-    tls::{self, CertificateStore, SecretKey, TlsListener, TlsPort},
+    tls::{self, CertificateStore, ClientAuth, SecretKey, TlsListener, TlsPort},
     upstream::CircuitBreaker,
 };
 use crate::{
@@ -85,6 +85,8 @@ pub struct ListenerSettings {
 pub struct ListenerTls {
     pub certificates: Vec<SecretKey>,
     pub min_version: TlsVersion,
+    /// Set when the listener checks its clients' certificates.
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// The ports of a table being compiled, by protocol.
@@ -261,26 +263,35 @@ impl<'a> TableBuilder<'a> {
                 taken.id
             ));
         }
+        let previous_listener = self.previous.and_then(|p| p.tls_listener(id));
+        // A resumed session skips the client certificate check: once the listener checks its
+        // clients differently, the sessions from before are forgotten.
+        let sessions_kept = previous_listener.is_none_or(|old| old.client_auth == tls.client_auth);
         let session_cache = self
             .previous
+            .filter(|_| sessions_kept)
             .and_then(|p| p.tls_sessions.get(id))
             .cloned()
             .unwrap_or_else(|| ServerSessionMemoryCache::new(TLS_SESSIONS_PER_LISTENER));
         self.table.tls_sessions.insert(id.clone(), session_cache.clone());
         // An unchanged listener keeps its configuration.
-        let reused = self
-            .previous
-            .and_then(|p| p.tls_listener(id))
+        let reused = previous_listener
             .filter(|old| {
                 old.min_version == tls.min_version
+                    && old.client_auth == tls.client_auth
                     && old.certificates.len() == keys.len()
                     && old.certificates.iter().zip(&keys).all(|(a, b)| Arc::ptr_eq(a, b))
             })
             .map(|old| old.config.clone());
         let config = match reused {
             Some(config) => config,
-            None => tls::server_config(keys.clone(), tls.min_version, session_cache)
-                .map_err(|error| format!("TLS configuration refused: {error}"))?,
+            None => tls::server_config(
+                keys.clone(),
+                tls.min_version,
+                tls.client_auth.as_ref(),
+                session_cache,
+            )
+            .map_err(|error| format!("TLS configuration refused: {error}"))?,
         };
         port_listeners.listeners.push(TlsListener {
             id: id.clone(),
@@ -288,6 +299,7 @@ impl<'a> TableBuilder<'a> {
             config,
             certificates: keys,
             min_version: tls.min_version,
+            client_auth: tls.client_auth.clone(),
         });
         Ok(())
     }

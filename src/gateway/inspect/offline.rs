@@ -129,7 +129,11 @@ pub async fn build(
             )),
         }
     }
-    if !policies.is_empty() {
+    // Key sets for AccessPolicies, CA bundles for Gateways that check client certificates.
+    let checks_clients = resources
+        .as_ref()
+        .is_some_and(|r| r.gateways.iter().any(|g| g.spec.tls.is_some()));
+    if !policies.is_empty() || checks_clients {
         match list::<ConfigMap>(&client, namespace, "ConfigMaps", &ListParams::default()).await {
             Ok(listed) => {
                 config_maps = listed
@@ -138,7 +142,8 @@ pub async fn build(
                     .collect();
             }
             Err(error) => notes.push(format!(
-                "{error}: AccessPolicies that read key sets from ConfigMaps show as not enforceable"
+                "{error}: AccessPolicies that read key sets from ConfigMaps show as not enforceable, \
+                 and HTTPS listeners that check client certificates are left out"
             )),
         }
     }
@@ -172,7 +177,7 @@ pub async fn build(
         .with_access_policies(&compiled_policies);
     compile::microgate::add(&mut builder, &gateways, listen_address);
     if let Some(resources) = &resources {
-        compile::gateway_api::compile(&mut builder, resources);
+        compile::gateway_api::compile(&mut builder, resources, &config_map);
     }
     Ok(Offline {
         table: builder.finish(),

@@ -217,9 +217,19 @@ async fn write_gateway(
             .into_iter()
             .collect(),
     };
+    let mut conditions = vec![accepted, programmed];
+    // Present only while the Gateway lets clients in without a valid certificate.
+    if let Some(why) = &report.insecure_frontend_validation {
+        conditions.push(Desired::new(
+            reason::INSECURE_FRONTEND_VALIDATION_MODE,
+            true,
+            reason::CONFIGURATION_CHANGED,
+            why.clone(),
+        ));
+    }
     let status = KubeGatewayStatus {
         addresses,
-        conditions: merge(&current.conditions, vec![accepted, programmed], generation, now),
+        conditions: merge(&current.conditions, conditions, generation, now),
         listeners: listener_statuses,
         attached_listener_sets: Some(report.attached_listener_sets),
     };

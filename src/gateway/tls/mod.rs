@@ -4,9 +4,11 @@
 //! A connection's handshake reads the ClientHello first (`LazyConfigAcceptor`), picks the
 //! listener of its port whose hostnames take the SNI (an exact name before a wildcard, then the
 //! listener without hostnames), and completes with that listener's configuration. No listener:
-//! the handshake is refused, never answered with another host's certificate.
+//! the handshake is refused, never answered with another host's certificate. A listener that
+//! checks client certificates asks for one in that handshake (see [`ClientAuth`]).
 
 mod certificate;
+mod client_auth;
 mod store;
 mod validity;
 
@@ -20,6 +22,7 @@ use rustls::{
 };
 
 pub use certificate::{CertificateError, TLS_SECRET_TYPE};
+pub use client_auth::{CaBundleError, ClientAuth, read_ca_bundle};
 pub use store::{CertificateStore, SecretKey};
 
 use super::http::host::HostPattern;
@@ -50,6 +53,7 @@ pub struct TlsListener {
     /// What `config` was made from, so that an unchanged listener keeps it.
     pub certificates: Vec<Arc<CertifiedKey>>,
     pub min_version: TlsVersion,
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// The HTTPS listeners sharing one port.
@@ -101,22 +105,26 @@ impl TlsPort {
 }
 
 /// The rustls configuration of a listener serving `certificates` (in order of preference),
-/// from `min_version` on, with ALPN `h2` and `http/1.1`. `sessions` is shared by every
-/// configuration made for the listener, so that a new route table does not end the sessions
-/// clients would resume.
+/// from `min_version` on, with ALPN `h2` and `http/1.1`, checking client certificates as
+/// `client_auth` says (unset: none are asked for). `sessions` is shared by every configuration
+/// made for the listener, so that a new route table does not end the sessions clients would
+/// resume.
 pub fn server_config(
     certificates: Vec<Arc<CertifiedKey>>,
     min_version: TlsVersion,
+    client_auth: Option<&ClientAuth>,
     sessions: Arc<dyn StoresServerSessions>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Certificates(certificates)));
+    let builder = ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+    let builder = match client_auth {
+        Some(auth) => builder.with_client_cert_verifier(client_auth::verifier(auth)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(Certificates(certificates)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = sessions;
     Ok(Arc::new(config))
@@ -166,6 +174,7 @@ mod tests {
             config: refusing_config(),
             certificates: Vec::new(),
             min_version: TlsVersion::Tls12,
+            client_auth: None,
         }
     }
 

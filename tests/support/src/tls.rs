@@ -1,6 +1,7 @@
-//! TLS for tests: a certificate authority that issues server certificates, the
+//! TLS for tests: a certificate authority that issues server and client certificates, the
 //! `kubernetes.io/tls` Secret a listener reads them from, and clients that trust the authority
-//! and report what the handshake settled (certificate, protocol version, ALPN).
+//! (presenting a certificate of their own if given one) and report what the handshake settled
+//! (certificate, protocol version, ALPN).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -12,7 +13,7 @@ use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::api::ObjectMeta;
 use rustls::{
     ClientConfig, RootCertStore, SupportedProtocolVersion,
-    pki_types::{CertificateDer, ServerName},
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
 };
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
@@ -31,6 +32,14 @@ pub struct ServerCert {
     pub der: Vec<u8>,
 }
 
+/// A client certificate and its key, for mutual TLS.
+#[derive(Clone, Debug)]
+pub struct ClientCert {
+    der: CertificateDer<'static>,
+    /// PKCS#8.
+    key_der: Vec<u8>,
+}
+
 impl Default for TestCa {
     fn default() -> Self {
         Self::new()
@@ -39,11 +48,17 @@ impl Default for TestCa {
 
 impl TestCa {
     pub fn new() -> Self {
+        Self::named("microgate test CA")
+    }
+
+    /// An authority whose certificate names `common_name`: a peer tells authorities apart by
+    /// name before it checks a signature.
+    pub fn named(common_name: &str) -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "microgate test CA");
+            .push(rcgen::DnType::CommonName, common_name);
         let key = rcgen::KeyPair::generate().expect("a CA key");
         Self {
             issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("a CA certificate"),
@@ -74,6 +89,24 @@ impl TestCa {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             der: cert.der().to_vec(),
+        }
+    }
+
+    /// A client certificate (extended key usage `clientAuth`) naming `name`, valid from 2020
+    /// through 2099.
+    pub fn issue_client(&self, name: &str) -> ClientCert {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("certificate parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("a signed certificate");
+        ClientCert {
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
         }
     }
 
@@ -108,6 +141,23 @@ impl TestCa {
     /// An HTTP/1.1 client over TLS 1.2 or 1.3.
     pub fn http1_client(&self) -> TlsClient {
         self.client(&[b"http/1.1"], rustls::DEFAULT_VERSIONS)
+    }
+
+    /// An HTTP/1.1 client over TLS 1.2 or 1.3 that presents `certificate` when the server asks
+    /// for one.
+    pub fn http1_client_presenting(&self, certificate: &ClientCert) -> TlsClient {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certificate.key_der.clone()));
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+            .expect("supported versions")
+            .with_root_certificates(self.roots())
+            .with_client_auth_cert(vec![certificate.der.clone()], key)
+            .expect("a usable client certificate");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsClient {
+            connector: TlsConnector::from(Arc::new(config)),
+        }
     }
 }
 
@@ -278,7 +328,7 @@ impl Session {
                     sender.send_request(request).await
                 }
             }
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| with_causes(&e))?;
             let (parts, body) = response.into_parts();
             let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
             Ok(Answer {
@@ -292,6 +342,19 @@ impl Session {
             .await
             .map_err(|_| "the request timed out".to_owned())?
     }
+}
+
+/// `error` and what caused it, down the chain (hyper's own message leaves the cause out: a
+/// TLS alert, say).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut described = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        described.push_str(": ");
+        described.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    described
 }
 
 impl Drop for Session {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use super::{
-    Conflict, GatewayReport, ListenerReport, ListenerSetReport, Owner, Resources, add_listener,
-    conflict_between, reason, selector_matches,
+    Conflict, FrontendValidation, GatewayReport, ListenerReport, ListenerSetReport, Owner, Resources,
+    add_listener, conflict_between, reason, selector_matches,
 };
 use crate::{
     api::gateway_api::{GROUP, KubeGateway, Listener, ListenerSet},
@@ -28,10 +28,12 @@ pub(super) fn parent_is(set: &ListenerSet, gateway: &KubeGateway) -> bool {
 }
 
 /// Adds the listeners of the ListenerSets whose parent is `gateway` (already added with its own
-/// listeners) and says what became of each set; counts the attached ones on the Gateway.
+/// listeners) and says what became of each set; counts the attached ones on the Gateway. The
+/// sets' listeners check clients as the Gateway's `frontend` TLS says.
 pub(super) fn add(
     builder: &mut TableBuilder<'_>,
     gateway: &mut GatewayReport,
+    frontend: &FrontendValidation,
     resources: &Resources<'_>,
 ) -> Vec<ListenerSetReport> {
     let mut sets: Vec<&Arc<ListenerSet>> = resources
@@ -52,7 +54,7 @@ pub(super) fn add(
         .collect();
     let mut reports = Vec::with_capacity(sets.len());
     for set in sets {
-        let report = add_set(builder, set, gateway, &mut taken, resources);
+        let report = add_set(builder, set, gateway, frontend, &mut taken, resources);
         if report.accepted.status {
             gateway.attached_listener_sets += 1;
         }
@@ -65,6 +67,7 @@ fn add_set<'s>(
     builder: &mut TableBuilder<'_>,
     set: &'s Arc<ListenerSet>,
     gateway: &GatewayReport,
+    frontend: &FrontendValidation,
     taken: &mut Vec<&'s Listener>,
     resources: &Resources<'_>,
 ) -> ListenerSetReport {
@@ -97,6 +100,7 @@ fn add_set<'s>(
         kind: "ListenerSet",
         namespace: &namespace,
         address: gateway.address,
+        frontend,
     };
     for listener in &set.spec.listeners {
         let conflict = taken

@@ -84,11 +84,17 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ListenerSet",
     "GatewayStaticAddresses",
     "GatewayAddressEmpty",
+    "GatewayFrontendClientCertificateValidation",
+    "GatewayFrontendClientCertificateValidationInsecureFallback",
 ];
 
-/// Condition types and reasons, as the Gateway API spells them.
+mod frontend_tls;
 mod listener_sets;
 
+pub use frontend_tls::ConfigMaps;
+use frontend_tls::FrontendValidation;
+
+/// Condition types and reasons, as the Gateway API spells them.
 pub mod reason {
     pub const ACCEPTED: &str = "Accepted";
     pub const PROGRAMMED: &str = "Programmed";
@@ -116,6 +122,11 @@ pub mod reason {
     pub const NOT_ALLOWED: &str = "NotAllowed";
     pub const PARENT_NOT_ACCEPTED: &str = "ParentNotAccepted";
     pub const PENDING: &str = "Pending";
+    pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
+    pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
+    pub const INVALID_CA_CERTIFICATE_KIND: &str = "InvalidCACertificateKind";
+    pub const INSECURE_FRONTEND_VALIDATION_MODE: &str = "InsecureFrontendValidationMode";
+    pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
 }
 
 /// A namespaced object's namespace and name.
@@ -155,6 +166,8 @@ pub struct GatewayReport {
     pub listeners: Vec<ListenerReport>,
     /// ListenerSets allowed to add listeners, and Accepted.
     pub attached_listener_sets: i32,
+    /// Why clients without a valid certificate are let in, where the Gateway says they are.
+    pub insecure_frontend_validation: Option<String>,
 }
 
 /// A ListenerSet whose parent is one of microgate's Gateways.
@@ -273,8 +286,13 @@ fn our_classes(classes: &[Arc<GatewayClass>]) -> BTreeSet<String> {
 }
 
 /// Adds the Gateway API's Gateways, their ListenerSets and the routes to `builder`, and says
-/// what became of each.
-pub fn compile(builder: &mut TableBuilder<'_>, resources: &Resources<'_>) -> Report {
+/// what became of each. `config_maps` holds the CA bundles Gateways check client certificates
+/// against.
+pub fn compile(
+    builder: &mut TableBuilder<'_>,
+    resources: &Resources<'_>,
+    config_maps: ConfigMaps<'_>,
+) -> Report {
     let classes = our_classes(resources.classes);
     let mut report = Report {
         classes: resources
@@ -286,11 +304,15 @@ pub fn compile(builder: &mut TableBuilder<'_>, resources: &Resources<'_>) -> Rep
         ..Report::default()
     };
     for gateway in served_gateways(resources.classes, resources.gateways) {
-        let mut gateway_report = add_gateway(builder, gateway, resources);
+        let frontend = FrontendValidation::resolve(gateway, resources.grants, config_maps);
+        let mut gateway_report = add_gateway(builder, gateway, &frontend, resources);
         // A Gateway's own listeners come first, then its ListenerSets'.
-        report
-            .listener_sets
-            .extend(listener_sets::add(builder, &mut gateway_report, resources));
+        report.listener_sets.extend(listener_sets::add(
+            builder,
+            &mut gateway_report,
+            &frontend,
+            resources,
+        ));
         report.gateways.push(gateway_report);
     }
     let mut routes: Vec<&Arc<HTTPRoute>> = resources.routes.iter().collect();
@@ -308,6 +330,7 @@ pub fn compile(builder: &mut TableBuilder<'_>, resources: &Resources<'_>) -> Rep
 fn add_gateway(
     builder: &mut TableBuilder<'_>,
     gateway: &Arc<KubeGateway>,
+    frontend: &FrontendValidation,
     resources: &Resources<'_>,
 ) -> GatewayReport {
     let namespace = gateway.namespace().unwrap_or_default();
@@ -321,6 +344,7 @@ fn add_gateway(
         accepted: Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted"),
         listeners: Vec::new(),
         attached_listener_sets: 0,
+        insecure_frontend_validation: frontend_tls::insecure_fallback(gateway),
     };
     match resources.addresses.refused.get(&key) {
         Some(Refused::Unsupported(why)) => {
@@ -352,6 +376,7 @@ fn add_gateway(
         kind: "Gateway",
         namespace: &namespace,
         address,
+        frontend,
     };
     for listener in &gateway.spec.listeners {
         let conflict = match conflicts.get(listener.name.as_str()) {
@@ -384,11 +409,13 @@ fn add_gateway(
 }
 
 /// Whose listener it is: a Gateway's or a ListenerSet's, of `namespace` (where its certificate
-/// references start), listening on `address`.
+/// references start), listening on `address`, checking clients as the Gateway's `frontend` TLS
+/// says.
 struct Owner<'a> {
     kind: &'static str,
     namespace: &'a str,
     address: Option<IpAddr>,
+    frontend: &'a FrontendValidation,
 }
 
 /// A listener's conflict with others on its port.
@@ -466,12 +493,14 @@ fn add_listener(
         }
     };
     let mut tls = None;
+    let mut accepted = Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted");
     if https {
         match listener_certificates(listener, owner, resources.grants, builder) {
             Ok(certificates) => {
                 tls = Some(ListenerTls {
                     certificates,
                     min_version: TlsVersion::default(),
+                    client_auth: None,
                 })
             }
             Err((why_reason, message)) => {
@@ -479,10 +508,26 @@ fn add_listener(
                 report.not_served = Some(message);
             }
         }
+        if let Some(validation) = owner.frontend.for_port(listener.port) {
+            if let Some((why_reason, message)) = &validation.unresolved
+                && resolved.status
+            {
+                resolved = Desired::new(reason::RESOLVED_REFS, false, why_reason, message.clone());
+            }
+            match (&validation.auth, &mut tls) {
+                (Some(auth), Some(tls)) => tls.client_auth = Some(auth.clone()),
+                (Some(_), None) => {}
+                (None, _) => {
+                    let message =
+                        "none of the CA certificates spec.tls.frontend names for this port resolved";
+                    accepted =
+                        Desired::new(reason::ACCEPTED, false, reason::NO_VALID_CA_CERTIFICATE, message);
+                    report.not_served.get_or_insert_with(|| message.to_owned());
+                }
+            }
+        }
     }
-    report
-        .conditions
-        .push(Desired::new(reason::ACCEPTED, true, reason::ACCEPTED, "accepted"));
+    report.conditions.push(accepted);
     report.conditions.push(resolved);
     report.conditions.push(match conflict {
         Conflict::Shared(why) => {

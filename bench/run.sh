@@ -754,6 +754,9 @@ scale_round() { # target kind connections
     [ "$(date +%s)" -lt "$deadline" ] || { exec 7>&-; die "tls-client hold ($kind) against $target: not open after 900 s"; }
     sleep 0.1
   done
+  # Idle connections are measured idle: microgate parks a plain connection outside its task once
+  # it has waited a second for its next request; every proxy gets the same few seconds.
+  sleep 3
   after=$(memory_kib "${procs[@]}")
   throughput_round "$loads" 1 1 "$target" "$load_url"
   echo measured >&7

@@ -12,7 +12,7 @@ use std::{
 use crate::{discovery::ServiceLabels, gateway::buffers::BufferCounts};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
-    metrics::{MetricType, TypedMetric, counter::Counter, family::Family},
+    metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -43,6 +43,7 @@ pub struct GatewayMetrics {
     access: Family<AccessLabels, Counter>,
     buffers: WorkerBuffers,
     accept_paused: Counter,
+    parked_connections: Gauge,
     spans: crate::gateway::trace::ExportCounters,
     spans_dropped: Family<DropLabels, Counter>,
     mirror_copies: Family<MirrorLabels, Counter>,
@@ -103,6 +104,7 @@ impl GatewayMetrics {
             access: Family::default(),
             buffers: WorkerBuffers::default(),
             accept_paused: Counter::default(),
+            parked_connections: Gauge::default(),
             spans: Default::default(),
             spans_dropped: Family::default(),
             mirror_copies: Family::default(),
@@ -186,6 +188,11 @@ impl GatewayMetrics {
             "Times a listener stopped accepting for a moment because the process or the system was out of file descriptors",
             metrics.accept_paused.clone(),
         );
+        registry.register(
+            "microgate_gateway_client_connections_parked",
+            "Idle plain HTTP/1.1 client connections held outside any task until their next request or their keep-alive deadline",
+            metrics.parked_connections.clone(),
+        );
         metrics
     }
 
@@ -204,6 +211,11 @@ impl GatewayMetrics {
     /// A listener paused accepting: no file descriptor was left for a new connection.
     pub fn accept_paused(&self) {
         self.accept_paused.inc();
+    }
+
+    /// The gauge of parked idle connections, which the listeners keep.
+    pub(crate) fn parked_connections(&self) -> Gauge {
+        self.parked_connections.clone()
     }
 
     /// Counts one request's copy for the mirror `service`.

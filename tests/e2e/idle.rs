@@ -1,5 +1,6 @@
-//! Idle keep-alive connections hold no buffer: the gateway's buffer metrics show none lent while
-//! hundreds of answered connections sit idle, one lent while a head is half sent.
+//! Idle keep-alive connections hold no buffer and, after a second, no task: the gateway's metrics
+//! show no buffer lent while hundreds of answered connections sit idle, one lent while a head is
+//! half sent, and every idle connection parked outside its task, still serving its next request.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -35,17 +36,27 @@ async fn gauge(admin: SocketAddr, name: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("no {name} in /metrics"))
 }
 
-/// Waits until the buffers lent are `expected`.
-async fn lent_becomes(admin: SocketAddr, expected: u64) {
-    wait::until(format!("{expected} client buffers lent"), WAIT, || async {
-        match gauge(admin, "microgate_gateway_client_buffers_lent").await {
-            Ok(lent) if lent == expected => Probe::Done(()),
-            Ok(lent) => Probe::NotYet(format!("{lent} lent")),
+/// Waits until the gauge `name` is `expected`.
+async fn gauge_becomes(admin: SocketAddr, name: &str, expected: u64) {
+    wait::until(format!("{name} {expected}"), WAIT, || async {
+        match gauge(admin, name).await {
+            Ok(value) if value == expected => Probe::Done(()),
+            Ok(value) => Probe::NotYet(format!("{name} {value}")),
             Err(error) => Probe::NotYet(error),
         }
     })
     .await
-    .expect("the buffers lent settle");
+    .expect("the gauge settles");
+}
+
+/// Waits until the buffers lent are `expected`.
+async fn lent_becomes(admin: SocketAddr, expected: u64) {
+    gauge_becomes(admin, "microgate_gateway_client_buffers_lent", expected).await;
+}
+
+/// Waits until the parked connections are `expected`.
+async fn parked_becomes(admin: SocketAddr, expected: u64) {
+    gauge_becomes(admin, "microgate_gateway_client_connections_parked", expected).await;
 }
 
 #[tokio::test]
@@ -79,12 +90,25 @@ async fn idle_keep_alive_connections_hold_no_buffer() {
         assert_eq!(read_response(&mut half).await, Ok(200));
         lent_becomes(platform.admin, 0).await;
 
-        // The idle connections still serve: their next requests take a buffer again.
+        // Idle for a second, every connection leaves its task and waits parked.
+        parked_becomes(platform.admin, IDLE as u64 + 1).await;
+
+        // Parked connections still serve: their next requests take a task and a buffer again,
+        // pipelined ones included, and they are parked again once idle.
         for stream in idle.iter_mut().take(10) {
             stream.write_all(REQUEST).await.expect("send");
             assert_eq!(read_response(stream).await, Ok(200));
         }
+        let pipelined = [REQUEST, REQUEST].concat();
+        idle[10].write_all(&pipelined).await.expect("send two requests");
+        assert_eq!(read_response(&mut idle[10]).await, Ok(200));
+        assert_eq!(read_response(&mut idle[10]).await, Ok(200));
         lent_becomes(platform.admin, 0).await;
+        parked_becomes(platform.admin, IDLE as u64 + 1).await;
+
+        // A client that closes a parked connection ends it: it is parked no more.
+        idle.truncate(IDLE - 50);
+        parked_becomes(platform.admin, IDLE as u64 + 1 - 50).await;
     })
     .await;
 }

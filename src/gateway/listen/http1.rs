@@ -22,7 +22,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use super::ClientTimeouts;
+use super::{ClientTimeouts, idle::PARK_AFTER};
 use crate::gateway::{
     buffers::{self, READ_BUFFER, ReadBuffer, WriteBuffer},
     http::{
@@ -57,6 +57,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// How serving a connection ended.
 pub enum Served<S> {
     Closed,
+    /// The connection has waited [`PARK_AFTER`] for its next request with nothing in flight:
+    /// it may wait on elsewhere, held outside any task (see [`super::idle`]).
+    Idle(S),
     /// The connection needs what only hyper's server does: serve it from here, the bytes already
     /// read first.
     HandOver(Rewind<S>),
@@ -73,6 +76,8 @@ enum Next {
     HandOver,
     /// Malformed: answer this and close.
     Reject(StatusCode),
+    /// Nothing came for [`PARK_AFTER`], and the connection may be parked.
+    Idle,
     Closed,
 }
 
@@ -82,25 +87,32 @@ struct Connection<S> {
     /// there are none, so that an idle connection holds no buffer. (A response is written from a
     /// buffer lent for its writing only.)
     read: Option<ReadBuffer>,
-    /// The header-read deadline.
+    /// The header-read deadline; while the connection waits with nothing read and may be
+    /// parked, the parking deadline.
     timer: Pin<Box<Sleep>>,
     timeouts: ClientTimeouts,
+    /// Whether an idle connection is handed back to be parked (see [`Served::Idle`]).
+    parks: bool,
 }
 
-/// Serves HTTP/1.1 requests on `stream` until the client closes, the gateway drains, or the
-/// connection needs hyper.
+/// Serves HTTP/1.1 requests on `stream` until the client closes, the gateway drains, the
+/// connection needs hyper, or (if it `parks`) it has waited [`PARK_AFTER`] for a request.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     client: &Client,
     proxy: &Proxy,
     draining: &mut watch::Receiver<bool>,
     timeouts: ClientTimeouts,
+    parks: bool,
 ) -> Served<S> {
+    // Parking is for connections whose keep-alive outlasts the wait before it.
+    let parks = parks && timeouts.header_read > PARK_AFTER;
     let mut connection = Connection {
         stream,
         read: None,
         timer: Box::pin(tokio::time::sleep(timeouts.header_read)),
         timeouts,
+        parks,
     };
     loop {
         match connection.next_request(draining).await {
@@ -144,6 +156,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 let _ = connection.reject(status).await;
                 return Served::Closed;
             }
+            Next::Idle => return Served::Idle(connection.stream),
             Next::Closed => return Served::Closed,
         }
     }
@@ -151,10 +164,22 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn next_request(&mut self, draining: &mut watch::Receiver<bool>) -> Next {
-        let deadline = Instant::now() + self.timeouts.header_read;
-        if deadline > self.timer.deadline() + TIMER_SLACK.min(self.timeouts.header_read / 10) {
+        let ready = Instant::now();
+        let head_deadline = ready + self.timeouts.header_read;
+        // A connection that may be parked waits here for PARK_AFTER only, with nothing read; its
+        // timer moves to the head's deadline once the head's first bytes are in.
+        let first_wait = if self.parks {
+            PARK_AFTER
+        } else {
+            self.timeouts.header_read
+        };
+        let deadline = ready + first_wait;
+        let slack = TIMER_SLACK.min(first_wait / 10);
+        let timer = self.timer.deadline();
+        if deadline > timer + slack || deadline + slack < timer {
             self.timer.as_mut().reset(deadline);
         }
+        let mut waits_for_head = !self.parks;
         // The deadline is for the head: a body (at most MAX_BUFFERED_BODY) may take longer.
         let mut reading_body = false;
         loop {
@@ -176,12 +201,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
             let idle = self.read.is_none();
+            if !idle && !waits_for_head {
+                waits_for_head = true;
+                self.timer.as_mut().reset(head_deadline);
+            }
             let read = tokio::select! {
                 biased;
                 read = read_more(&mut self.stream, &mut self.read) => read,
                 // Only an idle connection stops at once: a request half read is finished.
                 _ = draining.changed(), if idle => return Next::Closed,
-                () = &mut self.timer, if !reading_body => return Next::Closed,
+                () = &mut self.timer, if !reading_body => {
+                    if waits_for_head {
+                        return Next::Closed;
+                    }
+                    return Next::Idle;
+                }
             };
             match read {
                 Ok(0) | Err(_) => return Next::Closed,

@@ -5,6 +5,7 @@
 
 mod cancellations;
 pub(super) mod http1;
+mod idle;
 
 use std::{
     collections::BTreeMap,
@@ -31,7 +32,7 @@ use tokio::{
 };
 use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
-use self::cancellations::Cancellations;
+use self::{cancellations::Cancellations, idle::IdleConnections};
 use super::{
     GatewayMetrics,
     http::client::Client,
@@ -274,7 +275,8 @@ struct Builders {
 
 /// Serves HTTP on one connection, plain or decrypted: the gateway's own HTTP/1.1 first, hyper
 /// for what it hands over (HTTP/2, chunked or large bodies, `Expect`). A TLS connection that
-/// settled on `h2` by ALPN goes to hyper at once.
+/// settled on `h2` by ALPN goes to hyper at once. Returns the connection if it `parks` and went
+/// idle (see [`http1::Served::Idle`]).
 async fn serve_connection<S>(
     stream: S,
     client: Arc<Client>,
@@ -282,20 +284,24 @@ async fn serve_connection<S>(
     builders: Arc<Builders>,
     mut draining: watch::Receiver<bool>,
     timeouts: ClientTimeouts,
-) where
+    parks: bool,
+) -> Option<S>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static + NegotiatedProtocol,
 {
     let (stream, h2) = if stream.is_h2() {
         (http1::Rewind::fresh(stream), true)
     } else {
-        match http1::serve(stream, &client, &proxy, &mut draining, timeouts).await {
-            http1::Served::Closed => return,
+        match http1::serve(stream, &client, &proxy, &mut draining, timeouts, parks).await {
+            http1::Served::Closed => return None,
+            http1::Served::Idle(stream) => return Some(stream),
             http1::Served::HandOver(rewind) => (rewind, false),
         }
     };
     // Boxed: hyper's connection state is large, and only connections it serves should carry it
     // (an async function's state is as large as its largest await).
     Box::pin(serve_with_hyper(stream, h2, client, proxy, builders, draining)).await;
+    None
 }
 
 /// Serves the rest of a connection with hyper's server: HTTP/2 (`h2`: settled by ALPN), or what
@@ -438,8 +444,85 @@ fn out_of_descriptors(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(ENFILE | EMFILE | ENOBUFS | ENOMEM))
 }
 
+/// A plain connection that went idle, handed back by its task to be parked.
+struct Idle {
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+}
+
+/// What a parked connection keeps for its next task.
+type Parked = (SocketAddr, ConnectionSlot);
+
+/// What one listener's connections on one worker share.
+struct Listener {
+    local: SocketAddr,
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    draining: watch::Receiver<bool>,
+    timeouts: ClientTimeouts,
+}
+
+impl Listener {
+    /// Serves a plain connection in a task of its own; an idle one comes back from the task.
+    fn serve_plain(
+        &self,
+        connections: &mut JoinSet<Option<Idle>>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: ConnectionSlot,
+    ) {
+        let (proxy, builders, draining) = (self.proxy.clone(), self.builders.clone(), self.draining.clone());
+        let (local, timeouts) = (self.local, self.timeouts);
+        connections.spawn(async move {
+            let client = Arc::new(Client::new(local, peer));
+            let stream = serve_connection(stream, client, proxy, builders, draining, timeouts, true).await?;
+            Some(Idle { stream, peer, slot })
+        });
+    }
+
+    /// Serves a TLS connection in a task of its own, from its handshake on.
+    fn serve_tls(
+        &self,
+        connections: &mut JoinSet<Option<Idle>>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: ConnectionSlot,
+        port: Arc<TlsPort>,
+    ) {
+        let (proxy, builders, draining) = (self.proxy.clone(), self.builders.clone(), self.draining.clone());
+        let (local, timeouts) = (self.local, self.timeouts);
+        connections.spawn(async move {
+            let _slot = slot;
+            let (stream, listener) = handshake(stream, &port).await?;
+            let client = Arc::new(Client::over_tls(local, peer, listener));
+            serve_connection(stream, client, proxy, builders, draining, timeouts, false).await;
+            None
+        });
+    }
+}
+
+/// Parks a connection its task handed back; one that cannot be parked is closed.
+fn park(idle: &mut Option<IdleConnections<Parked>>, finished: Option<Idle>) {
+    let (Some(idle), Some(Idle { stream, peer, slot })) = (idle.as_mut(), finished) else {
+        return;
+    };
+    if let Err(error) = idle.park(stream, (peer, slot)) {
+        tracing::debug!(%peer, %error, "an idle connection could not be parked: closed");
+    }
+}
+
+/// The next parked connection that became readable (never, without parking).
+async fn woken(idle: &mut Option<IdleConnections<Parked>>) -> (TcpStream, Parked) {
+    match idle {
+        Some(idle) => std::future::poll_fn(|cx| idle.poll_woken(cx)).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Accepts connections on `listener` until `draining` turns true; then stops accepting, asks every
 /// open connection to finish its in-flight requests and close, and returns when they have.
+/// Plain connections idle for a while wait in `idle` between requests (see [`idle`]).
 async fn accept(
     listener: TcpListener,
     local: SocketAddr,
@@ -452,7 +535,7 @@ async fn accept(
         timeouts,
         metrics,
     } = limits;
-    let mut connections = JoinSet::new();
+    let mut connections: JoinSet<Option<Idle>> = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -460,14 +543,37 @@ async fn accept(
         .header_read_timeout(timeouts.header_read)
         .max_buf_size(64 * 1024);
     http2_settings(&mut builder.http2());
-    let builder = Arc::new(Builders {
+    let builders = Arc::new(Builders {
         http2: builder.clone().http2_only(),
         detecting: builder,
     });
+    // A parked connection waits out what is left of its keep-alive after the wait in its task.
+    let parked_for = timeouts.header_read.saturating_sub(idle::PARK_AFTER);
+    let mut idle = match IdleConnections::new(parked_for, metrics.parked_connections()) {
+        Ok(idle) => Some(idle),
+        Err(error) => {
+            tracing::warn!(%local, %error, "idle connections stay in their tasks: no epoll set for them");
+            None
+        }
+    };
+    let this = Listener {
+        local,
+        proxy,
+        builders,
+        draining: draining.clone(),
+        timeouts,
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                park(&mut idle, finished.ok().flatten());
+                continue;
+            }
+            (stream, (peer, slot)) = woken(&mut idle) => {
+                this.serve_plain(&mut connections, stream, peer, slot);
+                continue;
+            }
             _ = draining.changed() => break,
         };
         let (stream, client) = match accepted {
@@ -477,9 +583,12 @@ async fn accept(
             Err(error) if out_of_descriptors(&error) => {
                 metrics.accept_paused();
                 tracing::warn!(%local, %error, pause = ?ACCEPT_PAUSE, open = connections.len(),
+                    parked = idle.as_ref().map_or(0, IdleConnections::len),
                     "out of file descriptors: accepting paused until a connection closes");
                 tokio::select! {
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                    Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                        park(&mut idle, finished.ok().flatten());
+                    }
                     () = tokio::time::sleep(ACCEPT_PAUSE) => {}
                     _ = draining.changed() => break,
                 }
@@ -492,31 +601,24 @@ async fn accept(
             }
         };
         let _ = stream.set_nodelay(true);
-        let tls_port = proxy.tls_port(local);
-        let Some(slot) = ConnectionSlot::take(&open, proxy.max_connections(local)) else {
+        let tls_port = this.proxy.tls_port(local);
+        let Some(slot) = ConnectionSlot::take(&open, this.proxy.max_connections(local)) else {
             tracing::debug!(%client, %local, "connection refused: the listener holds its most connections");
-            connections.spawn(refuse(stream, tls_port.is_some()));
+            connections.spawn(async move {
+                refuse(stream, tls_port.is_some()).await;
+                None
+            });
             continue;
         };
-        let (proxy, builder, draining) = (proxy.clone(), builder.clone(), draining.clone());
         // Two kinds of task, so that a plain connection's is not sized for a TLS session.
         match tls_port {
-            None => connections.spawn(async move {
-                let _slot = slot;
-                let client = Arc::new(Client::new(local, client));
-                serve_connection(stream, client, proxy, builder, draining, timeouts).await;
-            }),
-            Some(tls_port) => connections.spawn(async move {
-                let _slot = slot;
-                let Some((stream, listener)) = handshake(stream, &tls_port).await else {
-                    return;
-                };
-                let client = Arc::new(Client::over_tls(local, client, listener));
-                serve_connection(stream, client, proxy, builder, draining, timeouts).await;
-            }),
-        };
+            None => this.serve_plain(&mut connections, stream, client, slot),
+            Some(port) => this.serve_tls(&mut connections, stream, client, slot, port),
+        }
     }
     drop(listener);
+    // Idle connections close now; the others once their requests are answered.
+    drop(idle);
     while connections.join_next().await.is_some() {}
 }
 

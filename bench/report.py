@@ -801,7 +801,7 @@ if results["scale"]:
         "TLS 1.3 on the ECDSA listener, HTTP/2 with prior knowledge on the h2c listener) and leaves them idle; it keeps "
         "only the TCP connection, so the proxy's side is what is measured. Memory per connection is the proxy's RSS "
         "3 s after all are open (idle connections are measured idle: microgate moves a plain connection out of its "
-        "task once it has waited 1 s for its next request) minus its RSS just before, divided by the connections it "
+        "task once it has waited 100 ms for its next request) minus its RSS just before, divided by the connections it "
         "still held when the client checked. "
         "The steady load is `wrk -t2 -c" + str(settings.get("connections", "?")) + f" -d{settings.get('seconds', '?')}s` on "
         "the same kind of listener (plain for h2c), once without the idle connections and once beside them. Every "

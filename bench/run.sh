@@ -755,7 +755,7 @@ scale_round() { # target kind connections
     sleep 0.1
   done
   # Idle connections are measured idle: microgate parks a plain connection outside its task once
-  # it has waited a second for its next request; every proxy gets the same few seconds.
+  # it has waited 100 ms for its next request; every proxy gets the same few seconds.
   sleep 3
   after=$(memory_kib "${procs[@]}")
   throughput_round "$loads" 1 1 "$target" "$load_url"

@@ -1,4 +1,4 @@
-//! Idle keep-alive connections hold no buffer and, after a second, no task: the gateway's metrics
+//! Idle keep-alive connections hold no buffer and, soon after, no task: the gateway's metrics
 //! show no buffer lent while hundreds of answered connections sit idle, one lent while a head is
 //! half sent, and every idle connection parked outside its task, still serving its next request.
 
@@ -90,7 +90,7 @@ async fn idle_keep_alive_connections_hold_no_buffer() {
         assert_eq!(read_response(&mut half).await, Ok(200));
         lent_becomes(platform.admin, 0).await;
 
-        // Idle for a second, every connection leaves its task and waits parked.
+        // Idle for a moment, every connection leaves its task and waits parked.
         parked_becomes(platform.admin, IDLE as u64 + 1).await;
 
         // Parked connections still serve: their next requests take a task and a buffer again,

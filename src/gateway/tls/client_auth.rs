@@ -134,10 +134,11 @@ impl ClientCertVerifier for InsecureFallback {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ca_pem() -> String {
+    /// A self-signed CA certificate, PEM (also the compiler's tests' CA bundle).
+    pub(crate) fn ca_pem() -> String {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("parameters");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let key = rcgen::KeyPair::generate().expect("a key");

@@ -9,6 +9,8 @@
 
 mod certificate;
 mod client_auth;
+#[cfg(test)]
+pub(crate) use client_auth::tests::ca_pem;
 mod store;
 mod validity;
 

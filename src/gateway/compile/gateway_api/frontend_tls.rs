@@ -214,13 +214,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn ca_pem() -> String {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("parameters");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = rcgen::KeyPair::generate().expect("a key");
-        params.self_signed(&key).expect("a CA certificate").pem()
-    }
+    use crate::gateway::tls::ca_pem;
 
     fn gateway(frontend: serde_json::Value) -> KubeGateway {
         serde_json::from_value(json!({

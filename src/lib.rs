@@ -7,7 +7,7 @@
 //! - [`discovery`]: the Pod watch that keeps the registry of each Microservice's endpoints.
 //! - [`leader`]: leader election on a Lease, so that one of several processes runs the writers.
 //! - [`telemetry`]: logs, metrics and the admin endpoints.
-//! - [`watch`]: what every watch of the API server shares (its timeout, its backoff).
+//! - [`watch`]: what every watch of the API server shares (its timeout, its backoff, the client).
 //! - [`cli`]: the command line.
 
 pub mod api;

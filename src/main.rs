@@ -101,7 +101,7 @@ async fn client_from(path: &std::path::Path) -> Result<kube::Client, String> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|e| format!("cannot use the kubeconfig {}: {e}", path.display()))?;
-    kube::Client::try_from(config).map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
+    microgate::watch::client(config).map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
 }
 
 fn run_async(task: impl Future<Output = Result<(), String>>) -> ExitCode {
@@ -124,9 +124,10 @@ fn run_async(task: impl Future<Output = Result<(), String>>) -> ExitCode {
 
 async fn kube_client() -> Result<kube::Client, String> {
     // As kubectl finds it: $KUBECONFIG or ~/.kube/config, else the in-cluster service account.
-    kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    microgate::watch::client(config).map_err(|e| format!("cannot reach the Kubernetes API: {e}"))
 }
 
 /// The leader election settings, if `--leader-elect` asks for it.

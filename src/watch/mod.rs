@@ -1,5 +1,6 @@
-//! What every watch of microgate shares: how long one may stay open, and how long it waits
-//! after an error before it is polled again. The controller, discovery and the gateway all
+//! What every watch of microgate shares: how long one may stay open, how long it waits
+//! after an error before it is polled again, and the client it is made with (whose requests
+//! give up on a silent connection: [`client`]). The controller, discovery and the gateway all
 //! watch through these, so that an API server outage or a silent connection costs each of them
 //! the same few seconds.
 //!
@@ -33,8 +34,10 @@ use kube::{
     runtime::{utils::Backoff, watcher},
 };
 
+mod client;
 mod shared;
 
+pub use client::{client, client_with_head_timeout, head_timeout, head_timeout_for};
 pub use shared::{OwnKinds, Shared};
 
 /// How long a watch stays open unless `--watch-timeout` says otherwise.
@@ -47,6 +50,11 @@ static TIMEOUT_SECS: AtomicU32 = AtomicU32::new(DEFAULT_TIMEOUT.as_secs() as u32
 pub fn set_timeout(timeout: Duration) {
     let secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
     TIMEOUT_SECS.store(secs, Ordering::Relaxed);
+}
+
+/// How long every watch opened from now on stays open.
+pub fn timeout() -> Duration {
+    Duration::from_secs(TIMEOUT_SECS.load(Ordering::Relaxed).into())
 }
 
 /// The watcher configuration every watch starts from: the default one, with the timeout.

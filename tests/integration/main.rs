@@ -1,6 +1,7 @@
 //! Integration tests on the real control plane: the CRDs as the API server sees them, and the
 //! controller reconciling Microservices into Deployments and Services.
 
+mod api_client;
 mod api_validation;
 mod discovery;
 mod examples;

@@ -161,8 +161,15 @@ pub async fn api_server_down(ns: &TestNamespace, outage: Duration, rate: u32, sc
 /// changes at once: the gateway sees it only when its watches give up on the silence, after
 /// `watch_timeout` (and kube's 5 s margin) and a backoff.
 pub async fn silent_watch(ns: &TestNamespace, watch_timeout: Duration, scenario: &str) {
-    // The watch timeout, kube's margin, the longest backoff, and a few seconds to list again.
-    let target = watch_timeout + Duration::from_secs(5) + Duration::from_secs(2) + Duration::from_secs(3);
+    // The watch timeout and kube's margin; as long again for the request that reopens a watch,
+    // should it go out over a pooled connection silenced too (the client gives up on a response
+    // that has not started within the head timeout); the longest backoff, and a few seconds to
+    // list again.
+    let target = watch_timeout
+        + Duration::from_secs(5)
+        + microgate::watch::head_timeout_for(watch_timeout)
+        + Duration::from_secs(2)
+        + Duration::from_secs(3);
     let _alone = ONE_AT_A_TIME.lock().await;
     let platform = Platform::with_echo(ns, 2, json!({})).await;
     let api_port = cluster::state().await.expect("the cluster's state").api_port;
@@ -200,7 +207,7 @@ pub async fn silent_watch(ns: &TestNamespace, watch_timeout: Duration, scenario:
             watch_timeout.as_secs()
         ),
         target: &format!(
-            "the change in the table within the watch timeout, kube's 5 s margin and the backoff (≤ {} s); the last table serves meanwhile",
+            "the change in the table within the watch timeout, kube's 5 s margin, the client's head timeout (a reopened watch may go out over a silenced pooled connection) and the backoff (≤ {} s); the last table serves meanwhile",
             target.as_secs()
         ),
         measured: format!(
@@ -225,9 +232,14 @@ pub async fn silent_watch(ns: &TestNamespace, watch_timeout: Duration, scenario:
 /// Microservice is then scaled. The change must reach its Deployment, and the new replica the
 /// status, once the watches give up on the silence.
 pub async fn silent_controller(ns: &TestNamespace, watch_timeout: Duration, scenario: &str) {
-    // The watch timeout, kube's margin, the longest backoff, and a few seconds for the
-    // reconcile, the rollout and the status.
-    let target = watch_timeout + Duration::from_secs(5) + Duration::from_secs(2) + Duration::from_secs(5);
+    // The watch timeout and kube's margin; the head timeout of a request sent over a pooled
+    // connection silenced too; the longest backoff, and a few seconds for the reconcile, the
+    // rollout and the status.
+    let target = watch_timeout
+        + Duration::from_secs(5)
+        + microgate::watch::head_timeout_for(watch_timeout)
+        + Duration::from_secs(2)
+        + Duration::from_secs(5);
     let _alone = ONE_AT_A_TIME.lock().await;
     cluster::install_crds(&ns.client, microgate::api::crds()).await;
     let api_port = cluster::state().await.expect("the cluster's state").api_port;
@@ -298,7 +310,7 @@ pub async fn silent_controller(ns: &TestNamespace, watch_timeout: Duration, scen
             watch_timeout.as_secs()
         ),
         target: &format!(
-            "the change carried out within the watch timeout, kube's 5 s margin, the backoff and 5 s (≤ {} s), without a restart",
+            "the change carried out within the watch timeout, kube's 5 s margin, the client's head timeout, the backoff and 5 s (≤ {} s), without a restart",
             target.as_secs()
         ),
         measured,

@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 // glibc's allocator took about a tenth of the instructions of a proxied request (and musl's, in
 // a static build, is slower still); mimalloc's fast path is a few dozen instructions.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: microgate_allocator::MiMalloc = microgate_allocator::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -14,6 +14,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
     thread,
+    time::Duration,
 };
 
 use tokio::{runtime::Handle, sync::oneshot};
@@ -69,7 +70,12 @@ impl Workers {
                     WORKER.set(Some(index));
                     buffers::count_on_this_thread(counts);
                     // Runs the tasks spawned onto it until told to stop; the rest are dropped.
-                    let _ = runtime.block_on(stopped);
+                    runtime.block_on(async {
+                        tokio::select! {
+                            _ = stopped => {}
+                            () = release_freed_memory() => {}
+                        }
+                    });
                 })?;
         }
         Ok(Self {
@@ -94,6 +100,22 @@ impl Drop for Workers {
         for stop in self.stop.drain(..) {
             let _ = stop.send(());
         }
+    }
+}
+
+/// How often a worker hands the memory it freed back to the system.
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
+
+/// Hands the memory this worker freed back to the system, now and then, for ever. The allocator
+/// does so by itself only while it is called: a worker that falls quiet after a burst (thousands
+/// of clients served once, whose connections then wait parked without a task) would keep the
+/// burst's memory for as long as it stays quiet.
+async fn release_freed_memory() {
+    let mut every = tokio::time::interval(RELEASE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        microgate_allocator::release_freed_memory();
     }
 }
 

@@ -618,10 +618,10 @@ for w, t in results["throughput"].items():
     md.append("|---|---|---|---|---|---|---|---|---|")
     for name, e in t["targets"].items():
         split = "—" if name == "direct" or e.get("user_us") is None else f"{e['user_us'] * 1e6:.1f} + {e['system_us'] * 1e6:.1f} µs"
-        machine = "—" if e.get("machine_us") is None else f"{e['machine_us'] * 1e6:.1f} µs"
+        machine_cpu = "—" if e.get("machine_us") is None else f"{e['machine_us'] * 1e6:.1f} µs"
         segments = "—" if e.get("segments_per_request") is None else f"{e['segments_per_request']:.2f}"
         md.append(f"| {NAMES[name]} | {krange(e['rps'])} | {krange(e['req_per_cpu_second']) if e['req_per_cpu_second'] else '—'} | "
-                  f"{split} | {machine} | {segments} | "
+                  f"{split} | {machine_cpu} | {segments} | "
                   f"{mib(e['rss_kib'])} | {mib(e['hwm_kib'])} | {e['non_2xx']} / {e['socket_errors']} |")
     md.append("")
     ceiling = {p: c for p, c in t.get("zero_user_ceiling", {}).items() if c}

@@ -528,8 +528,11 @@ for kind, label in [("plain", "plain HTTP/1.1"), ("tls", "TLS"), ("h2", "h2c")]:
     e = sc.get("microgate")
     if e and kind != "h2" and e.get("load_without") and e.get("load_beside"):
         w, b = e["load_without"]["rps"], e["load_beside"]["rps"]
+        spread = lambda l: (f" [{min(l['rps_rounds']) / 1000:.1f}–{max(l['rps_rounds']) / 1000:.1f} k]"
+                            if len(l.get("rps_rounds", [])) > 1 else "")
         bar.append((f"throughput beside {e['still_open']} idle {label} connections within 10 % of without",
-                    f"{b / 1000:.1f} k vs {w / 1000:.1f} k req/s ({b / w:.2f}×)" if w else "—",
+                    f"{b / 1000:.1f} k{spread(e['load_beside'])} vs {w / 1000:.1f} k{spread(e['load_without'])} req/s, "
+                    f"medians of {len(e['load_beside'].get('rps_rounds', [b]))} round(s) ({b / w:.2f}×)" if w else "—",
                     verdict(bool(w) and b >= 0.9 * w)))
 pol = results["policy"].get("ratios", {}).get("microgate-policy/microgate", {}).get("rps")
 if pol:
@@ -804,7 +807,9 @@ if results["scale"]:
         "task once it has waited 100 ms for its next request) minus its RSS just before, divided by the connections it "
         "still held when the client checked. "
         "The steady load is `wrk -t2 -c" + str(settings.get("connections", "?")) + f" -d{settings.get('seconds', '?')}s` on "
-        "the same kind of listener (plain for h2c), once without the idle connections and once beside them. Every "
+        "the same kind of listener (plain for h2c), in " + str(settings.get("scale_rounds", 1)) + " round(s) without the idle "
+        "connections and as many beside them: the round of median req/s stands for each side (its p99), the range "
+        "in brackets. Every "
         "proxy keeps idle keep-alive connections for 300 s (nginx `keepalive_timeout`, HAProxy `timeout "
         "http-keep-alive` and `timeout client`, microgate `--client-header-timeout`) and may hold them all (nginx "
         "`worker_connections`, HAProxy `maxconn`, microgate `maxConnections`); the three are restarted before each kind "
@@ -823,7 +828,10 @@ if results["scale"]:
                 continue
             per = "—" if not e.get("still_open") else f"**{e['bytes_per_connection'] / 1024:.2f} KiB**"
             lw, lb = e.get("load_without") or {}, e.get("load_beside") or {}
-            load_ = lambda l: f"{l['rps'] / 1000:.1f} k, {l.get('p99', '?')}" if l else "—"
+            load_ = lambda l: (f"{l['rps'] / 1000:.1f} k"
+                               + (f" [{min(l['rps_rounds']) / 1000:.1f}–{max(l['rps_rounds']) / 1000:.1f} k]"
+                                  if len(l.get("rps_rounds", [])) > 1 else "")
+                               + f", {l.get('p99', '?')}") if l else "—"
             failed_ = sum(e["failed"].values()) if e["failed"] else 0
             md.append(f"| {label} | {NAMES[t]} | {e['still_open']} / {e['opened']} / {e['wanted']} | {e['open_seconds']:.1f} s | "
                       f"{mib(e['rss_before_kib'])} | {mib(e['rss_after_kib'])} | {per} | {load_(lw)} | {load_(lb)} | "

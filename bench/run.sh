@@ -43,6 +43,8 @@
 #   BENCH_SCALE_IDLE   idle connections of the scale scenario, plain and TLS (default 100000; fewer
 #                      if the open-files hard limit cannot hold them, which the report says)
 #   BENCH_SCALE_H2     idle h2c connections of the scale scenario (default 10000)
+#   BENCH_SCALE_ROUNDS rounds of the scale scenario's steady load, without and then beside the
+#                      idle connections (default 3 each; the medians are compared)
 #   BENCH_SCENARIOS    which measurements to run (default all): any of throughput, latency, h2c,
 #                      retries, callgrind, tls (all of tls-new, tls-keepalive, tls-h2, tls-idle),
 #                      scale (all of scale-plain, scale-tls, scale-h2), policy, tracing
@@ -74,6 +76,7 @@ port=${BENCH_PORT:-18080}
 tls_idle_connections=${BENCH_TLS_IDLE:-10000}
 scale_idle_wanted=${BENCH_SCALE_IDLE:-100000}
 scale_h2_wanted=${BENCH_SCALE_H2:-10000}
+scale_rounds=${BENCH_SCALE_ROUNDS:-3}
 # Loopback source addresses the scale scenario's connections come from (127.1.0.1 and up).
 scale_sources=64
 scenarios=${BENCH_SCENARIOS:-throughput latency h2c retries callgrind tls scale policy tracing}
@@ -364,7 +367,7 @@ machine_info() {
     "$(crate_version tokio)" "$(crate_version hyper)" "$(crate_version hyper-util)" \
     "$(crate_version rustls)" "$(openssl version | awk '{print $2}')" \
     "$rounds" "$seconds" "$workers_list" "$rate" "$connections" "$callgrind_n" "$extra_rounds" "$(loadavg)" \
-    "$tls_idle_connections" "$scenarios" "$scale_idle" "$scale_idle_wanted" "$scale_h2" "$open_files" "$(ulimit -Hn)"
+    "$tls_idle_connections" "$scenarios" "$scale_idle" "$scale_idle_wanted" "$scale_h2" "$open_files" "$(ulimit -Hn)" "$scale_rounds"
 import json, sys
 a = sys.argv[1:]
 keys = ["microgate", "nginx", "haproxy", "wrk", "oha", "h2load", "valgrind", "rustc", "tokio", "hyper", "hyper-util",
@@ -376,7 +379,7 @@ print(json.dumps({
                  "connections": int(a[23]), "callgrind_requests": int(a[24]), "extra_rounds": int(a[25]),
                  "tls_idle_connections": int(a[27]), "scenarios": a[28].split(),
                  "scale_idle": int(a[29]), "scale_idle_wanted": int(a[30]), "scale_h2": int(a[31]),
-                 "open_files": a[32], "open_files_hard": a[33]},
+                 "open_files": a[32], "open_files_hard": a[33], "scale_rounds": int(a[34])},
     "loadavg_before": a[26],
 }, indent=1))
 EOF
@@ -725,12 +728,12 @@ EOF_PY
 }
 
 # The scale scenario for one proxy and one kind of connection (plain, tls, h2): a steady load
-# (wrk, as the throughput rows) without idle connections; then N idle keep-alive connections
-# opened by bench/tls-client hold from $scale_sources source addresses, one request each, the
-# proxy's RSS before and after; the same load again beside them; and how many the proxy still
-# held at the end.
+# (wrk, as the throughput rows; $scale_rounds rounds) without idle connections; then N idle
+# keep-alive connections opened by bench/tls-client hold from $scale_sources source addresses,
+# one request each, the proxy's RSS before and after; the same rounds again beside them; and how
+# many the proxy still held at the end.
 scale_round() { # target kind connections
-  local target=$1 kind=$2 n=$3 procs before after pid deadline load_url address flags=()
+  local target=$1 kind=$2 n=$3 procs before after pid deadline load_url address round flags=()
   local fifo=$run/scale-hold.in json=$run/logs/scale-hold-$1-$2.jsonl loads=$run/logs/scale-load-$1-$2.jsonl
   mapfile -t procs < <(process_tree "${owner[$target]}")
   case $kind in
@@ -739,7 +742,7 @@ scale_round() { # target kind connections
     h2) load_url=${url[$target]} address=127.0.0.1:${h2port[$target]} flags=(--plain --http2) ;;
   esac
   rm -f "$loads"
-  throughput_round "$loads" 1 0 "$target" "$load_url"
+  for round in $(seq 0 $(( scale_rounds - 1 ))); do throughput_round "$loads" 1 "$round" "$target" "$load_url"; done
   before=$(memory_kib "${procs[@]}")
   rm -f "$fifo" "$json"
   mkfifo "$fifo"
@@ -758,19 +761,30 @@ scale_round() { # target kind connections
   # it has waited 100 ms for its next request; every proxy gets the same few seconds.
   sleep 3
   after=$(memory_kib "${procs[@]}")
-  throughput_round "$loads" 1 1 "$target" "$load_url"
+  for round in $(seq "$scale_rounds" $(( 2 * scale_rounds - 1 ))); do
+    throughput_round "$loads" 1 "$round" "$target" "$load_url"
+  done
   echo measured >&7
   exec 7>&-
   for _ in $(seq 1 400); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
   stop_process scale-hold
-  python3 - "$json" "$loads" "$target" "$kind" "$before" "$after" "$n" "$scale_sources" "$(loadavg)" >>"$raw/scale.jsonl" <<'EOF_PY'
-import json, sys
-path, loads, target, kind, before, after, wanted, sources, load = sys.argv[1:]
+  python3 - "$json" "$loads" "$target" "$kind" "$before" "$after" "$n" "$scale_sources" "$(loadavg)" "$scale_rounds" >>"$raw/scale.jsonl" <<'EOF_PY'
+import json, statistics, sys
+path, loads, target, kind, before, after, wanted, sources, load, per_side = sys.argv[1:]
 lines = [json.loads(l) for l in open(path) if l.strip()]
 opened, check = lines[0], (lines[1] if len(lines) > 1 else {})
 rounds = [json.loads(l) for l in open(loads) if l.strip()]
-without = next((r for r in rounds if r["round"] == 0), None)
-beside = next((r for r in rounds if r["round"] == 1), None)
+
+def side(chosen):
+    # The round of median req/s stands for the side (its p99 and CPU too); every round's req/s
+    # is kept for the spread.
+    if not chosen:
+        return None
+    middle = sorted(chosen, key=lambda r: r["rps"])[(len(chosen) - 1) // 2]
+    return dict(middle, rps=statistics.median(r["rps"] for r in chosen), rps_rounds=[r["rps"] for r in chosen])
+
+without = side([r for r in rounds if r["round"] < int(per_side)])
+beside = side([r for r in rounds if r["round"] >= int(per_side)])
 b, a = [int(x) for x in before.split()], [int(x) for x in after.split()]
 held = check.get("still_open")
 print(json.dumps({

@@ -84,6 +84,12 @@ def signed_us(seconds):
     return f"{seconds * 1e3:+.2f} ms" if abs(seconds) >= 1e-3 else f"{seconds * 1e6:+.0f} µs"
 
 
+def rounds_range(load):
+    """The spread of a scale side's rounds of req/s, as " [min–max k]"; empty for one round."""
+    rounds = load.get("rps_rounds", [])
+    return f" [{min(rounds) / 1000:.1f}–{max(rounds) / 1000:.1f} k]" if len(rounds) > 1 else ""
+
+
 def mib(kib):
     return "—" if kib is None else f"{kib / 1024:.1f} MiB"
 
@@ -528,10 +534,8 @@ for kind, label in [("plain", "plain HTTP/1.1"), ("tls", "TLS"), ("h2", "h2c")]:
     e = sc.get("microgate")
     if e and kind != "h2" and e.get("load_without") and e.get("load_beside"):
         w, b = e["load_without"]["rps"], e["load_beside"]["rps"]
-        spread = lambda l: (f" [{min(l['rps_rounds']) / 1000:.1f}–{max(l['rps_rounds']) / 1000:.1f} k]"
-                            if len(l.get("rps_rounds", [])) > 1 else "")
         bar.append((f"throughput beside {e['still_open']} idle {label} connections within 10 % of without",
-                    f"{b / 1000:.1f} k{spread(e['load_beside'])} vs {w / 1000:.1f} k{spread(e['load_without'])} req/s, "
+                    f"{b / 1000:.1f} k{rounds_range(e['load_beside'])} vs {w / 1000:.1f} k{rounds_range(e['load_without'])} req/s, "
                     f"medians of {len(e['load_beside'].get('rps_rounds', [b]))} round(s) ({b / w:.2f}×)" if w else "—",
                     verdict(bool(w) and b >= 0.9 * w)))
 pol = results["policy"].get("ratios", {}).get("microgate-policy/microgate", {}).get("rps")
@@ -828,10 +832,7 @@ if results["scale"]:
                 continue
             per = "—" if not e.get("still_open") else f"**{e['bytes_per_connection'] / 1024:.2f} KiB**"
             lw, lb = e.get("load_without") or {}, e.get("load_beside") or {}
-            load_ = lambda l: (f"{l['rps'] / 1000:.1f} k"
-                               + (f" [{min(l['rps_rounds']) / 1000:.1f}–{max(l['rps_rounds']) / 1000:.1f} k]"
-                                  if len(l.get("rps_rounds", [])) > 1 else "")
-                               + f", {l.get('p99', '?')}") if l else "—"
+            load_ = lambda l: f"{l['rps'] / 1000:.1f} k{rounds_range(l)}, {l.get('p99', '?')}" if l else "—"
             failed_ = sum(e["failed"].values()) if e["failed"] else 0
             md.append(f"| {label} | {NAMES[t]} | {e['still_open']} / {e['opened']} / {e['wanted']} | {e['open_seconds']:.1f} s | "
                       f"{mib(e['rss_before_kib'])} | {mib(e['rss_after_kib'])} | {per} | {load_(lw)} | {load_(lb)} | "

@@ -392,24 +392,45 @@ async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>, limit: 
     Ok(())
 }
 
-/// Writes all of `bytes`, failing if the client takes longer than `limit` to accept them.
+/// Writes all of `bytes` and flushes them, failing if the client takes longer than `limit` to
+/// accept them. The flush matters over TLS: rustls takes the bytes and keeps the records the
+/// socket had no room for, which would otherwise wait for the client's next request (a client
+/// waiting for the rest of its answer would wait for ever).
 async fn write_all_within<S: AsyncWrite + Unpin>(
     stream: &mut S,
     bytes: &[u8],
     limit: Duration,
 ) -> io::Result<()> {
     // Most writes go out at once: only one that has to wait for the client reads the clock.
-    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_write(cx, bytes))).await;
-    let written = match first {
-        Poll::Ready(Ok(0)) if !bytes.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
-        Poll::Ready(Ok(n)) => n,
-        Poll::Ready(Err(error)) => return Err(error),
-        Poll::Pending => 0,
-    };
-    if written == bytes.len() {
+    // `None`: all written and flushed; `Some(n)`: n bytes taken, the rest and the flush to go.
+    let first = std::future::poll_fn(|cx| {
+        let written = match Pin::new(&mut *stream).poll_write(cx, bytes) {
+            Poll::Ready(Ok(0)) if !bytes.is_empty() => {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => return Poll::Ready(Ok(Some(0))),
+        };
+        if written < bytes.len() {
+            return Poll::Ready(Ok(Some(written)));
+        }
+        match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(None)),
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => Poll::Ready(Ok(Some(written))),
+        }
+    })
+    .await?;
+    let Some(written) = first else {
         return Ok(());
-    }
-    match tokio::time::timeout(limit, stream.write_all(&bytes[written..])).await {
+    };
+    let rest = bytes.get(written..).unwrap_or_default();
+    let slow = async {
+        stream.write_all(rest).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(limit, slow).await {
         Ok(result) => result,
         Err(_) => {
             tracing::debug!(?limit, "the client stopped reading its response: closing");
@@ -795,6 +816,48 @@ mod date {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes every write whole but sends it only when flushed, and its first flush has to wait:
+    /// as a TLS session keeps the records its socket has no room for yet.
+    #[derive(Default)]
+    struct SendsWhenFlushed {
+        held: Vec<u8>,
+        sent: Vec<u8>,
+        flushes_waited: usize,
+    }
+
+    impl AsyncWrite for SendsWhenFlushed {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.flushes_waited == 0 {
+                self.flushes_waited += 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let held = std::mem::take(&mut self.held);
+            self.sent.extend_from_slice(&held);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_is_done_once_its_bytes_are_sent_not_only_taken() {
+        let mut stream = SendsWhenFlushed::default();
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        write_all_within(&mut stream, answer, Duration::from_secs(5))
+            .await
+            .expect("written");
+        assert_eq!(stream.sent, answer);
+        assert_eq!(stream.flushes_waited, 1);
+    }
 
     fn parse(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(bytes);

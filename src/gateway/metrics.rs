@@ -190,7 +190,7 @@ impl GatewayMetrics {
         );
         registry.register(
             "microgate_gateway_client_connections_parked",
-            "Idle plain HTTP/1.1 client connections held outside any task until their next request or their keep-alive deadline",
+            "Idle HTTP/1.1 client connections, plain and TLS, held outside any task until their next request or their keep-alive deadline",
             metrics.parked_connections.clone(),
         );
         metrics

@@ -1,20 +1,25 @@
 //! Idle keep-alive connections hold no buffer and, soon after, no task: the gateway's metrics
 //! show no buffer lent while hundreds of answered connections sit idle, one lent while a head is
-//! half sent, and every idle connection parked outside its task, still serving its next request.
+//! half sent, and every idle connection parked outside its task, still serving its next request;
+//! over TLS too, where the session waits with the parked socket and carries on when woken.
 
 use std::{net::SocketAddr, time::Duration};
 
+use hyper::{Method, StatusCode};
 use microgate::gateway::listen::ClientTimeouts;
 use microgate_test_support::{
     probe,
+    tls::{Session, TestCa},
     wait::{self, Probe},
     with_namespace,
 };
+use serde_json::json;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
-    WAIT,
+    WAIT, create_gateway_spec, free_port,
     slow_clients::{REQUEST, platform_with_echo, read_response},
+    tls::{create_secret, https},
 };
 
 /// Answered connections left idle at once.
@@ -109,6 +114,69 @@ async fn idle_keep_alive_connections_hold_no_buffer() {
         // A client that closes a parked connection ends it: it is parked no more.
         idle.truncate(IDLE - 50);
         parked_becomes(platform.admin, IDLE as u64 + 1 - 50).await;
+    })
+    .await;
+}
+
+/// TLS connections left idle after one request each.
+const TLS_IDLE: usize = 50;
+
+#[tokio::test]
+async fn idle_tls_connections_park_with_their_sessions_and_carry_on_when_woken() {
+    with_namespace("e2e-idle-tls", |ns| async move {
+        const HOST: &str = "idle.example.com";
+        let platform = platform_with_echo(&ns, TIMEOUTS).await;
+        let ca = TestCa::new();
+        create_secret(&ns, &ca.issue(&[HOST]).secret("idle-tls")).await;
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        create_gateway_spec(
+            &ns,
+            "edge",
+            json!({
+                "listeners": [https("idle", port, &[HOST], "idle-tls")],
+                "routes": [{"name": "all", "backends": [{"microservice": "echo"}]}],
+            }),
+        )
+        .await;
+        let client = ca.http1_client();
+        wait::until("the HTTPS listener to answer", WAIT, || async {
+            match client.get(addr, HOST, "/").await {
+                Ok(answer) if answer.status == StatusCode::OK => Probe::Done(()),
+                Ok(answer) => Probe::NotYet(format!("{}", answer.status)),
+                Err(error) => Probe::NotYet(error),
+            }
+        })
+        .await
+        .expect("the HTTPS listener serves");
+
+        let mut sessions = Vec::with_capacity(TLS_IDLE);
+        for _ in 0..TLS_IDLE {
+            let connected = client.connect(addr, HOST).await.expect("a handshake");
+            let mut session = Session::start(connected).await.expect("HTTP/1.1 over TLS");
+            let answer = session.send(Method::GET, HOST, "/").await.expect("an answer");
+            assert_eq!(answer.status, StatusCode::OK);
+            sessions.push(session);
+        }
+        // Idle for a moment, every TLS connection leaves its task, its session with it.
+        parked_becomes(platform.admin, TLS_IDLE as u64).await;
+
+        // Woken by its next request, a parked session carries on with the keys of its handshake
+        // (the client would fail on anything else), and parks again once idle.
+        for session in sessions.iter_mut().take(10) {
+            for _ in 0..2 {
+                let answer = session
+                    .send(Method::GET, HOST, "/")
+                    .await
+                    .expect("a parked session answers");
+                assert_eq!(answer.status, StatusCode::OK);
+            }
+        }
+        parked_becomes(platform.admin, TLS_IDLE as u64).await;
+
+        // A client that closes a parked TLS connection ends it.
+        sessions.truncate(TLS_IDLE - 20);
+        parked_becomes(platform.admin, TLS_IDLE as u64 - 20).await;
     })
     .await;
 }

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{Platform, WAIT, condition, create_gateway_spec, free_port};
 
-async fn create_secret(ns: &TestNamespace, secret: &Secret) {
+pub(crate) async fn create_secret(ns: &TestNamespace, secret: &Secret) {
     ns.api::<Secret>()
         .create(&PostParams::default(), secret)
         .await
@@ -38,7 +38,7 @@ async fn replace_secret(ns: &TestNamespace, secret: &Secret) {
         .expect("update the Secret");
 }
 
-fn https(name: &str, port: u16, hostnames: &[&str], secret: &str) -> serde_json::Value {
+pub(crate) fn https(name: &str, port: u16, hostnames: &[&str], secret: &str) -> serde_json::Value {
     json!({"name": name, "port": port, "protocol": "HTTPS", "hostnames": hostnames,
         "tls": {"certificateRefs": [{"name": secret}]}})
 }

@@ -96,17 +96,17 @@ struct Connection<S> {
 }
 
 /// Serves HTTP/1.1 requests on `stream` until the client closes, the gateway drains, the
-/// connection needs hyper, or (if it `parks`) it has waited [`PARK_AFTER`] for a request.
+/// connection needs hyper, or it has waited [`PARK_AFTER`] for a request (when its keep-alive
+/// outlasts that wait: see [`Connection::parks`]).
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     client: &Client,
     proxy: &Proxy,
     draining: &mut watch::Receiver<bool>,
     timeouts: ClientTimeouts,
-    parks: bool,
 ) -> Served<S> {
     // Parking is for connections whose keep-alive outlasts the wait before it.
-    let parks = parks && timeouts.header_read > PARK_AFTER;
+    let parks = timeouts.header_read > PARK_AFTER;
     let mut connection = Connection {
         stream,
         read: None,
@@ -156,7 +156,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 let _ = connection.reject(status).await;
                 return Served::Closed;
             }
-            Next::Idle => return Served::Idle(connection.stream),
+            Next::Idle => {
+                // Whatever is still to be sent goes before the connection parks: over TLS, records
+                // rustls made while reading (the answer to a client's key update, say).
+                let flushed = tokio::time::timeout(timeouts.write, connection.stream.flush()).await;
+                return match flushed {
+                    Ok(Ok(())) => Served::Idle(connection.stream),
+                    _ => Served::Closed,
+                };
+            }
             Next::Closed => return Served::Closed,
         }
     }

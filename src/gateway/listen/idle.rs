@@ -1,4 +1,5 @@
-//! Plain HTTP/1.1 connections idle between requests, held by their listener outside any task.
+//! HTTP/1.1 connections, plain and TLS, idle between requests: held by their listener outside
+//! any task.
 //!
 //! An idle keep-alive connection waiting in a task of its own costs the task's state, tokio's
 //! task and I/O registration, and a timer: about 2.5 KiB, where nginx spends 0.7 KiB. A
@@ -11,10 +12,14 @@
 //!
 //! Moving a socket from tokio's epoll set to this one and back costs four system calls, so
 //! only connections idle for a while move: a busy keep-alive connection never does.
+//!
+//! A TLS connection parks the same way: its socket leaves the session, a [`SessionSocket`]
+//! empty meanwhile, and the session (rustls's state: keys, its 4 KiB receive buffer) waits
+//! boxed with the parked socket until the socket goes back under it.
 
 use std::{
     collections::VecDeque,
-    io,
+    io::{self, IoSlice},
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -24,12 +29,12 @@ use mio::{Events, Interest, Token};
 use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
 use tokio::{
-    io::unix::AsyncFd,
+    io::{AsyncRead, AsyncWrite, ReadBuf, unix::AsyncFd},
     net::TcpStream,
     time::{Instant, Sleep},
 };
 
-/// How long a plain HTTP/1.1 connection waits for its next request in its own task before it is
+/// How long an HTTP/1.1 connection waits for its next request in its own task before it is
 /// parked: long enough that a connection carrying a steady load (its next request within
 /// milliseconds) stays put, short enough that idle ones leave soon. Few tasks are then alive at
 /// once even while thousands of clients connect, make one request and fall silent: memory freed
@@ -216,6 +221,82 @@ fn is_live<T>(parked: &Slab<Parked<T>>, entry: &Expiry) -> bool {
 impl<T> Drop for IdleConnections<T> {
     fn drop(&mut self) {
         self.gauge.dec_by(self.parked.len() as i64);
+    }
+}
+
+/// The socket under a TLS session, which it leaves while the connection is parked (and the
+/// session with it waits, socketless, beside the parked socket).
+pub struct SessionSocket(Option<TcpStream>);
+
+impl SessionSocket {
+    pub fn new(stream: TcpStream) -> Self {
+        Self(Some(stream))
+    }
+
+    /// The socket, taken out to be parked.
+    pub fn take(&mut self) -> Option<TcpStream> {
+        self.0.take()
+    }
+
+    /// Puts the socket of a woken connection back.
+    pub fn put(&mut self, stream: TcpStream) {
+        self.0 = Some(stream);
+    }
+
+    /// The socket, or the error a session without one gives: only a parked session has none,
+    /// and nothing reads or writes a parked session.
+    fn socket(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        self.0
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the session's socket is parked"))
+    }
+}
+
+impl AsyncRead for SessionSocket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().socket() {
+            Ok(socket) => socket.poll_read(cx, buf),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+}
+
+impl AsyncWrite for SessionSocket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut().socket() {
+            Ok(socket) => socket.poll_write(cx, buf),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().socket() {
+            Ok(socket) => socket.poll_write_vectored(cx, bufs),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().socket() {
+            Ok(socket) => socket.poll_flush(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().socket() {
+            Ok(socket) => socket.poll_shutdown(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 }
 

@@ -32,7 +32,10 @@ use tokio::{
 };
 use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
-use self::{cancellations::Cancellations, idle::IdleConnections};
+use self::{
+    cancellations::Cancellations,
+    idle::{IdleConnections, SessionSocket},
+};
 use super::{
     GatewayMetrics,
     http::client::Client,
@@ -230,10 +233,9 @@ impl Listeners {
 
 /// Completes the TLS handshake of a new connection on an HTTPS port: the listener whose
 /// hostnames take the ClientHello's server name serves it; none, and the handshake is refused.
-/// Returns the encrypted stream and the listener's id.
-async fn handshake(stream: TcpStream, port: &TlsPort) -> Option<(TlsStream<TcpStream>, Arc<str>)> {
+async fn handshake(stream: TcpStream, port: &TlsPort) -> Option<TlsSession> {
     let handshake = async {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), SessionSocket::new(stream))
             .await
             .map_err(|error| tracing::debug!(%error, "no TLS ClientHello"))
             .ok()?;
@@ -249,7 +251,7 @@ async fn handshake(stream: TcpStream, port: &TlsPort) -> Option<(TlsStream<TcpSt
         };
         let id = listener.id.clone();
         match start.into_stream(listener.config.clone()).await {
-            Ok(stream) => Some((stream, id)),
+            Ok(stream) => Some(TlsSession { stream, listener: id }),
             Err(error) => {
                 tracing::debug!(%error, ?server_name, "TLS handshake failed");
                 None
@@ -275,8 +277,8 @@ struct Builders {
 
 /// Serves HTTP on one connection, plain or decrypted: the gateway's own HTTP/1.1 first, hyper
 /// for what it hands over (HTTP/2, chunked or large bodies, `Expect`). A TLS connection that
-/// settled on `h2` by ALPN goes to hyper at once. Returns the connection if it `parks` and went
-/// idle (see [`http1::Served::Idle`]).
+/// settled on `h2` by ALPN goes to hyper at once. Returns the connection if it went idle, to be
+/// parked (see [`http1::Served::Idle`]).
 async fn serve_connection<S>(
     stream: S,
     client: Arc<Client>,
@@ -284,7 +286,6 @@ async fn serve_connection<S>(
     builders: Arc<Builders>,
     mut draining: watch::Receiver<bool>,
     timeouts: ClientTimeouts,
-    parks: bool,
 ) -> Option<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static + NegotiatedProtocol,
@@ -292,7 +293,7 @@ where
     let (stream, h2) = if stream.is_h2() {
         (http1::Rewind::fresh(stream), true)
     } else {
-        match http1::serve(stream, &client, &proxy, &mut draining, timeouts, parks).await {
+        match http1::serve(stream, &client, &proxy, &mut draining, timeouts).await {
             http1::Served::Closed => return None,
             http1::Served::Idle(stream) => return Some(stream),
             http1::Served::HandOver(rewind) => (rewind, false),
@@ -377,7 +378,7 @@ impl NegotiatedProtocol for TcpStream {
     }
 }
 
-impl NegotiatedProtocol for TlsStream<TcpStream> {
+impl NegotiatedProtocol for TlsStream<SessionSocket> {
     fn is_h2(&self) -> bool {
         self.get_ref().1.alpn_protocol() == Some(b"h2")
     }
@@ -444,17 +445,37 @@ fn out_of_descriptors(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(ENFILE | EMFILE | ENOBUFS | ENOMEM))
 }
 
-/// A plain connection that went idle, handed back by its task to be parked.
+/// A connection that went idle, handed back by its task to be parked.
 struct Idle {
-    stream: TcpStream,
+    connection: IdleConnection,
     peer: SocketAddr,
     slot: ConnectionSlot,
 }
 
-/// What a parked connection keeps for its next task.
-type Parked = (SocketAddr, ConnectionSlot);
+/// An idle connection as its task left it.
+enum IdleConnection {
+    Plain(TcpStream),
+    Tls(Box<TlsSession>),
+}
 
-/// What one listener's connections on one worker share.
+/// A TLS connection after its handshake: the encrypted stream, and the HTTPS listener its
+/// server name picked.
+struct TlsSession {
+    stream: TlsStream<SessionSocket>,
+    listener: Arc<str>,
+}
+
+/// What a parked connection keeps for its next task: its client's address, its slot and, over
+/// TLS, its session (without its socket, which is parked). The session is boxed so that a plain
+/// connection's entry stays small.
+struct Parked {
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    session: Option<Box<TlsSession>>,
+}
+
+/// What one listener's connections on one worker share: each connection's task has a copy.
+#[derive(Clone)]
 struct Listener {
     local: SocketAddr,
     proxy: Arc<Proxy>,
@@ -472,16 +493,11 @@ impl Listener {
         peer: SocketAddr,
         slot: ConnectionSlot,
     ) {
-        let (proxy, builders, draining) = (self.proxy.clone(), self.builders.clone(), self.draining.clone());
-        let (local, timeouts) = (self.local, self.timeouts);
-        connections.spawn(async move {
-            let client = Arc::new(Client::new(local, peer));
-            let stream = serve_connection(stream, client, proxy, builders, draining, timeouts, true).await?;
-            Some(Idle { stream, peer, slot })
-        });
+        connections.spawn(self.clone().plain(stream, peer, slot));
     }
 
-    /// Serves a TLS connection in a task of its own, from its handshake on.
+    /// Serves a TLS connection in a task of its own, from its handshake on; an idle one comes
+    /// back from the task.
     fn serve_tls(
         &self,
         connections: &mut JoinSet<Option<Idle>>,
@@ -490,24 +506,85 @@ impl Listener {
         slot: ConnectionSlot,
         port: Arc<TlsPort>,
     ) {
-        let (proxy, builders, draining) = (self.proxy.clone(), self.builders.clone(), self.draining.clone());
-        let (local, timeouts) = (self.local, self.timeouts);
+        let this = self.clone();
         connections.spawn(async move {
-            let _slot = slot;
-            let (stream, listener) = handshake(stream, &port).await?;
-            let client = Arc::new(Client::over_tls(local, peer, listener));
-            serve_connection(stream, client, proxy, builders, draining, timeouts, false).await;
-            None
+            let session = handshake(stream, &port).await?;
+            this.tls(session, peer, slot).await
         });
+    }
+
+    /// Serves a connection woken from parking in a task of its own, its TLS session (if it has
+    /// one) with its socket again.
+    fn resume(&self, connections: &mut JoinSet<Option<Idle>>, stream: TcpStream, parked: Parked) {
+        let Parked { peer, slot, session } = parked;
+        match session {
+            None => self.serve_plain(connections, stream, peer, slot),
+            Some(mut session) => {
+                session.stream.get_mut().0.put(stream);
+                connections.spawn(self.clone().tls(*session, peer, slot));
+            }
+        }
+    }
+
+    /// Serves a plain connection until it closes, or goes idle and is handed back to be parked.
+    async fn plain(self, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) -> Option<Idle> {
+        let client = Arc::new(Client::new(self.local, peer));
+        let stream = self.serve(stream, client).await?;
+        Some(Idle {
+            connection: IdleConnection::Plain(stream),
+            peer,
+            slot,
+        })
+    }
+
+    /// [`Listener::plain`] for a TLS connection after its handshake.
+    async fn tls(self, session: TlsSession, peer: SocketAddr, slot: ConnectionSlot) -> Option<Idle> {
+        let TlsSession { stream, listener } = session;
+        let client = Arc::new(Client::over_tls(self.local, peer, listener.clone()));
+        let stream = self.serve(stream, client).await?;
+        Some(Idle {
+            connection: IdleConnection::Tls(Box::new(TlsSession { stream, listener })),
+            peer,
+            slot,
+        })
+    }
+
+    async fn serve<S>(self, stream: S, client: Arc<Client>) -> Option<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static + NegotiatedProtocol,
+    {
+        let Self {
+            proxy,
+            builders,
+            draining,
+            timeouts,
+            ..
+        } = self;
+        serve_connection(stream, client, proxy, builders, draining, timeouts).await
     }
 }
 
 /// Parks a connection its task handed back; one that cannot be parked is closed.
 fn park(idle: &mut Option<IdleConnections<Parked>>, finished: Option<Idle>) {
-    let (Some(idle), Some(Idle { stream, peer, slot })) = (idle.as_mut(), finished) else {
+    let (
+        Some(idle),
+        Some(Idle {
+            connection,
+            peer,
+            slot,
+        }),
+    ) = (idle.as_mut(), finished)
+    else {
         return;
     };
-    if let Err(error) = idle.park(stream, (peer, slot)) {
+    let (stream, session) = match connection {
+        IdleConnection::Plain(stream) => (stream, None),
+        IdleConnection::Tls(mut session) => match session.stream.get_mut().0.take() {
+            Some(stream) => (stream, Some(session)),
+            None => return,
+        },
+    };
+    if let Err(error) = idle.park(stream, Parked { peer, slot, session }) {
         tracing::debug!(%peer, %error, "an idle connection could not be parked: closed");
     }
 }
@@ -522,7 +599,7 @@ async fn woken(idle: &mut Option<IdleConnections<Parked>>) -> (TcpStream, Parked
 
 /// Accepts connections on `listener` until `draining` turns true; then stops accepting, asks every
 /// open connection to finish its in-flight requests and close, and returns when they have.
-/// Plain connections idle for a while wait in `idle` between requests (see [`idle`]).
+/// Connections idle for a while wait in `idle` between requests (see [`idle`]).
 async fn accept(
     listener: TcpListener,
     local: SocketAddr,
@@ -570,8 +647,8 @@ async fn accept(
                 park(&mut idle, finished.ok().flatten());
                 continue;
             }
-            (stream, (peer, slot)) = woken(&mut idle) => {
-                this.serve_plain(&mut connections, stream, peer, slot);
+            (stream, parked) = woken(&mut idle) => {
+                this.resume(&mut connections, stream, parked);
                 continue;
             }
             _ = draining.changed() => break,

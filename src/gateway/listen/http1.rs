@@ -96,17 +96,17 @@ struct Connection<S> {
 }
 
 /// Serves HTTP/1.1 requests on `stream` until the client closes, the gateway drains, the
-/// connection needs hyper, or it has waited [`PARK_AFTER`] for a request (when its keep-alive
-/// outlasts that wait: see [`Connection::parks`]).
+/// connection needs hyper, or (if it `parks`) it has waited [`PARK_AFTER`] for a request.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     client: &Client,
     proxy: &Proxy,
     draining: &mut watch::Receiver<bool>,
     timeouts: ClientTimeouts,
+    parks: bool,
 ) -> Served<S> {
     // Parking is for connections whose keep-alive outlasts the wait before it.
-    let parks = timeouts.header_read > PARK_AFTER;
+    let parks = parks && timeouts.header_read > PARK_AFTER;
     let mut connection = Connection {
         stream,
         read: None,

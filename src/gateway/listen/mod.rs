@@ -277,8 +277,8 @@ struct Builders {
 
 /// Serves HTTP on one connection, plain or decrypted: the gateway's own HTTP/1.1 first, hyper
 /// for what it hands over (HTTP/2, chunked or large bodies, `Expect`). A TLS connection that
-/// settled on `h2` by ALPN goes to hyper at once. Returns the connection if it went idle, to be
-/// parked (see [`http1::Served::Idle`]).
+/// settled on `h2` by ALPN goes to hyper at once. Returns the connection if it `parks` and went
+/// idle (see [`http1::Served::Idle`]).
 async fn serve_connection<S>(
     stream: S,
     client: Arc<Client>,
@@ -286,6 +286,7 @@ async fn serve_connection<S>(
     builders: Arc<Builders>,
     mut draining: watch::Receiver<bool>,
     timeouts: ClientTimeouts,
+    parks: bool,
 ) -> Option<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static + NegotiatedProtocol,
@@ -293,7 +294,7 @@ where
     let (stream, h2) = if stream.is_h2() {
         (http1::Rewind::fresh(stream), true)
     } else {
-        match http1::serve(stream, &client, &proxy, &mut draining, timeouts).await {
+        match http1::serve(stream, &client, &proxy, &mut draining, timeouts, parks).await {
             http1::Served::Closed => return None,
             http1::Served::Idle(stream) => return Some(stream),
             http1::Served::HandOver(rewind) => (rewind, false),
@@ -482,6 +483,9 @@ struct Listener {
     builders: Arc<Builders>,
     draining: watch::Receiver<bool>,
     timeouts: ClientTimeouts,
+    /// Whether idle connections are handed back to be parked: not if the listener has no epoll
+    /// set for them.
+    parks: bool,
 }
 
 impl Listener {
@@ -558,9 +562,10 @@ impl Listener {
             builders,
             draining,
             timeouts,
+            parks,
             ..
         } = self;
-        serve_connection(stream, client, proxy, builders, draining, timeouts).await
+        serve_connection(stream, client, proxy, builders, draining, timeouts, parks).await
     }
 }
 
@@ -639,6 +644,7 @@ async fn accept(
         builders,
         draining: draining.clone(),
         timeouts,
+        parks: idle.is_some(),
     };
     loop {
         let accepted = tokio::select! {

@@ -757,8 +757,9 @@ scale_round() { # target kind connections
     [ "$(date +%s)" -lt "$deadline" ] || { exec 7>&-; die "tls-client hold ($kind) against $target: not open after 900 s"; }
     sleep 0.1
   done
-  # Idle connections are measured idle: microgate parks a plain connection outside its task once
-  # it has waited 100 ms for its next request; every proxy gets the same few seconds.
+  # Idle connections are measured idle: microgate parks an HTTP/1.1 connection (plain or TLS)
+  # outside its task once it has waited 100 ms for its next request; every proxy gets the same
+  # few seconds.
   sleep 3
   after=$(memory_kib "${procs[@]}")
   for round in $(seq "$scale_rounds" $(( 2 * scale_rounds - 1 ))); do

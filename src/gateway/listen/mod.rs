@@ -586,6 +586,7 @@ fn park(idle: &mut Option<IdleConnections<Parked>>, finished: Option<Idle>) {
         IdleConnection::Plain(stream) => (stream, None),
         IdleConnection::Tls(mut session) => match session.stream.get_mut().0.take() {
             Some(stream) => (stream, Some(session)),
+            // A task hands its session back with the socket under it: nothing to park otherwise.
             None => return,
         },
     };

@@ -243,31 +243,31 @@ impl SessionSocket {
         self.0 = Some(stream);
     }
 
-    /// The socket, or the error a session without one gives: only a parked session has none,
-    /// and nothing reads or writes a parked session.
-    fn socket(&mut self) -> io::Result<Pin<&mut TcpStream>> {
-        self.0
-            .as_mut()
-            .map(Pin::new)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the session's socket is parked"))
+    /// Polls the socket with `poll`, or fails as a session without one does: only a parked
+    /// session has none, and nothing reads or writes a parked session.
+    fn poll_socket<R>(
+        self: Pin<&mut Self>,
+        poll: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match self.get_mut().0.as_mut() {
+            Some(socket) => poll(Pin::new(socket)),
+            None => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the session's socket is parked",
+            ))),
+        }
     }
 }
 
 impl AsyncRead for SessionSocket {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().socket() {
-            Ok(socket) => socket.poll_read(cx, buf),
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        self.poll_socket(|socket| socket.poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for SessionSocket {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut().socket() {
-            Ok(socket) => socket.poll_write(cx, buf),
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        self.poll_socket(|socket| socket.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -275,10 +275,7 @@ impl AsyncWrite for SessionSocket {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().socket() {
-            Ok(socket) => socket.poll_write_vectored(cx, bufs),
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        self.poll_socket(|socket| socket.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -286,17 +283,11 @@ impl AsyncWrite for SessionSocket {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().socket() {
-            Ok(socket) => socket.poll_flush(cx),
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        self.poll_socket(|socket| socket.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().socket() {
-            Ok(socket) => socket.poll_shutdown(cx),
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        self.poll_socket(|socket| socket.poll_shutdown(cx))
     }
 }
 

@@ -446,18 +446,9 @@ fn out_of_descriptors(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(ENFILE | EMFILE | ENOBUFS | ENOMEM))
 }
 
-/// A connection that went idle, handed back by its task to be parked.
-struct Idle {
-    connection: IdleConnection,
-    peer: SocketAddr,
-    slot: ConnectionSlot,
-}
-
-/// An idle connection as its task left it.
-enum IdleConnection {
-    Plain(TcpStream),
-    Tls(Box<TlsSession>),
-}
+/// A connection that went idle, handed back by its task to be parked: its socket, and what its
+/// next task needs.
+type Idle = (TcpStream, Parked);
 
 /// A TLS connection after its handshake: the encrypted stream, and the HTTPS listener its
 /// server name picked.
@@ -534,23 +525,25 @@ impl Listener {
     async fn plain(self, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) -> Option<Idle> {
         let client = Arc::new(Client::new(self.local, peer));
         let stream = self.serve(stream, client).await?;
-        Some(Idle {
-            connection: IdleConnection::Plain(stream),
-            peer,
-            slot,
-        })
+        Some((
+            stream,
+            Parked {
+                peer,
+                slot,
+                session: None,
+            },
+        ))
     }
 
     /// [`Listener::plain`] for a TLS connection after its handshake.
     async fn tls(self, session: TlsSession, peer: SocketAddr, slot: ConnectionSlot) -> Option<Idle> {
         let TlsSession { stream, listener } = session;
         let client = Arc::new(Client::over_tls(self.local, peer, listener.clone()));
-        let stream = self.serve(stream, client).await?;
-        Some(Idle {
-            connection: IdleConnection::Tls(Box::new(TlsSession { stream, listener })),
-            peer,
-            slot,
-        })
+        let mut stream = self.serve(stream, client).await?;
+        // The socket leaves the session to be parked (it is always there after serving).
+        let socket = stream.get_mut().0.take()?;
+        let session = Some(Box::new(TlsSession { stream, listener }));
+        Some((socket, Parked { peer, slot, session }))
     }
 
     async fn serve<S>(self, stream: S, client: Arc<Client>) -> Option<S>
@@ -571,26 +564,11 @@ impl Listener {
 
 /// Parks a connection its task handed back; one that cannot be parked is closed.
 fn park(idle: &mut Option<IdleConnections<Parked>>, finished: Option<Idle>) {
-    let (
-        Some(idle),
-        Some(Idle {
-            connection,
-            peer,
-            slot,
-        }),
-    ) = (idle.as_mut(), finished)
-    else {
+    let (Some(idle), Some((stream, parked))) = (idle.as_mut(), finished) else {
         return;
     };
-    let (stream, session) = match connection {
-        IdleConnection::Plain(stream) => (stream, None),
-        IdleConnection::Tls(mut session) => match session.stream.get_mut().0.take() {
-            Some(stream) => (stream, Some(session)),
-            // A task hands its session back with the socket under it: nothing to park otherwise.
-            None => return,
-        },
-    };
-    if let Err(error) = idle.park(stream, Parked { peer, slot, session }) {
+    let peer = parked.peer;
+    if let Err(error) = idle.park(stream, parked) {
         tracing::debug!(%peer, %error, "an idle connection could not be parked: closed");
     }
 }
